@@ -1,0 +1,71 @@
+"""backplane: run an ML model on the best hardware this machine has, and say why.
+
+::
+
+    import backplane as bp
+    s = bp.Session("model.onnx")          # devices="auto", policy="latency", precision="fp32"
+    out = s.run({"x": x})
+    print(s.plan.explain())
+
+``import backplane`` is cheap: numpy, onnx and every vendor runtime are imported only when
+a model is loaded or a backend needs them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .contract import (
+    API_VERSION,
+    MIN_API_VERSION,
+    AttributeRule,
+    Backend,
+    Capabilities,
+    CompileOptions,
+    Device,
+    Executable,
+    OpSupport,
+    Verdict,
+)
+from .errors import (
+    BackendError,
+    BackplaneError,
+    CompileError,
+    ConformanceError,
+    DeviceNotFoundError,
+    DeviceUnavailable,
+    ExecutionError,
+    InputError,
+    ModelError,
+    PluginLoadError,
+    UnsupportedError,
+)
+from .hookspecs import hookimpl
+from .kerneltable import KernelTable
+from .registry import devices, plugin_manager, plugins, registry
+
+__version__ = "0.1.0"
+
+_LAZY = {"Session": ".session", "load_model": ".intake", "Plan": ".planner",
+         "Graph": ".graph"}
+
+
+def __getattr__(name: str) -> Any:
+    # Session and model intake pull in numpy and onnx; load them on first use only.
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'backplane' has no attribute '{name}'")
+
+
+__all__ = [
+    "API_VERSION", "MIN_API_VERSION", "AttributeRule", "Backend", "BackendError",
+    "BackplaneError", "Capabilities", "CompileError", "CompileOptions", "ConformanceError",
+    "Device", "DeviceNotFoundError", "DeviceUnavailable", "Executable", "ExecutionError",
+    "Graph", "InputError", "KernelTable", "ModelError", "OpSupport", "Plan", "PluginLoadError",
+    "Session", "UnsupportedError", "Verdict", "devices", "hookimpl", "load_model",
+    "plugin_manager", "plugins", "registry",
+]

@@ -1,0 +1,5 @@
+"""``python -m backplane`` is the ``backplane`` command."""
+
+from .cli import main
+
+main()

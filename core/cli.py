@@ -1,0 +1,215 @@
+"""The ``backplane`` command: a thin shell over the Python API.
+
+Every listing command accepts ``--json`` and prints exactly the data the API returns
+(``Device.to_dict``, ``PluginRecord.to_dict``, ``Plan.to_dict``, ``DemoResult.to_dict``).
+Backplane errors are printed as one clear line and exit with status 2; nothing else is
+caught, so a bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import BackplaneError, InputError
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*["" if v is None else str(v) for v in r])
+    return table
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the data as JSON.")
+device_option = click.option("--device", "-d", "devices", multiple=True, metavar="D",
+                             help="Device id (reference:0) or backend name; repeatable, in order.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="backplane-hal")
+def cli() -> None:
+    """backplane: run ML models on the best hardware this machine has, and say why."""
+
+
+@cli.command()
+@json_option
+def devices(as_json: bool) -> None:
+    """List the devices of every healthy backend, best first."""
+    from .registry import devices as list_devices
+
+    found = list_devices()
+    if as_json:
+        return _emit_json([d.to_dict() for d in found])
+    rows = [[d.id, d.kind, d.name, d.vendor] for d in found]
+    _console().print(_table("devices", ["id", "kind", "name", "vendor"], rows))
+
+
+@cli.command()
+@json_option
+def plugins(as_json: bool) -> None:
+    """List backend plugins: loaded, without device, failed or disabled, with the reason."""
+    from .registry import plugins as list_plugins
+
+    records = list_plugins()
+    if as_json:
+        return _emit_json([r.to_dict() for r in records])
+    rows = [[r.name, r.state, ", ".join(r.devices), r.reason,
+             f"{r.distribution or '?'} {r.distribution_version or ''}".strip(),
+             r.api_version] for r in records]
+    _console().print(_table("backend plugins", ["name", "state", "devices", "reason",
+                                                "distribution", "api"], rows))
+
+
+def _session(model: str, devices: tuple[str, ...]) -> Any:
+    from .session import Session
+
+    return Session(model, devices=list(devices) if devices else "auto")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@device_option
+@json_option
+def plan(model: str, devices: tuple[str, ...], as_json: bool) -> None:
+    """Show which device runs each node of MODEL, and why."""
+    session = _session(model, devices)
+    if as_json:
+        return _emit_json(session.plan.to_dict())
+    click.echo(session.plan.explain())
+
+
+def _read_inputs(specs: tuple[str, ...]) -> dict[str, Any]:
+    import numpy as np
+
+    feeds = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--input '{spec}' must look like NAME=FILE.npy")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"--input {name}: cannot read '{path}' as a .npy file: {exc}"
+                             ) from None
+    return feeds
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy",
+              help="An input array; repeat for each input. Without any, random inputs are used.")
+@click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False),
+              help="Write each output to DIR/NAME.npy.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
+@device_option
+@json_option
+def run(model: str, inputs: tuple[str, ...], output_dir: str | None, seed: int,
+        devices: tuple[str, ...], as_json: bool) -> None:
+    """Run MODEL once and summarise its outputs."""
+    import numpy as np
+
+    session = _session(model, devices)
+    feeds = _read_inputs(inputs) if inputs else session.random_inputs(seed=seed)
+    t0 = time.perf_counter()
+    outputs = session.run(feeds)
+    seconds = time.perf_counter() - t0
+    written = {}
+    if output_dir:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        for name, value in outputs.items():
+            path = Path(output_dir) / f"{name}.npy"
+            np.save(path, value)
+            written[name] = str(path)
+    summary = [{"name": k, "dtype": str(v.dtype), "shape": list(v.shape),
+                "min": _stat(np.min, v), "max": _stat(np.max, v), "mean": _stat(np.mean, v),
+                "file": written.get(k)} for k, v in outputs.items()]
+    data = {"model": model, "random_inputs": not inputs, "seed": seed if not inputs else None,
+            "devices": sorted({p.device for p in session.plan.partitions}),
+            "seconds": seconds, "outputs": summary, "plan": session.plan.to_dict()}
+    if as_json:
+        return _emit_json(data)
+    con = _console()
+    if not inputs:
+        con.print(f"no --input given: random inputs, seed {seed}")
+    con.print(f"ran on {', '.join(data['devices'])} in {seconds * 1e3:.2f} ms")
+    con.print(_table("outputs", ["name", "dtype", "shape", "min", "max", "mean", "file"],
+                     [[s["name"], s["dtype"], s["shape"], s["min"], s["max"], s["mean"],
+                       s["file"]] for s in summary]))
+
+
+def _stat(fn: Any, value: Any) -> float | None:
+    try:
+        return float(fn(value)) if value.size else None
+    except (TypeError, ValueError):
+        return None
+
+
+@cli.command()
+@device_option
+@click.option("--batch", default=8, show_default=True, help="Batch size of the demo input.")
+@click.option("--repeats", default=10, show_default=True, help="Timed runs per device.")
+@json_option
+def demo(devices: tuple[str, ...], batch: int, repeats: int, as_json: bool) -> None:
+    """Run a small CNN on this machine's devices and check it against the reference."""
+    from .demo import run_demo
+
+    result = run_demo(list(devices) or None, batch=batch, repeats=repeats)
+    if as_json:
+        _emit_json(result.to_dict())
+    else:
+        rows = [[r.target, ", ".join(r.devices), r.status,
+                 None if r.median_ms is None else f"{r.median_ms:.3f}",
+                 None if r.max_abs_error is None else f"{r.max_abs_error:.1e}",
+                 None if r.max_rel_error is None else f"{r.max_rel_error:.1e}"]
+                for r in result.rows]
+        tolerances = sorted({f"rtol {r.rtol:g}, atol {r.atol:g}" for r in result.rows
+                             if r.rtol is not None})
+        table = _table(f"backplane demo: {result.model}, batch {result.batch}",
+                       ["target", "ran on", "status", "median ms", "max abs err",
+                        "max rel err"], rows)
+        table.caption = (f"median of {result.repeats} runs; error against the reference "
+                         f"backend; tolerance {'; '.join(tolerances) or '-'}")
+        con = _console()
+        con.print(table)
+        for r in result.rows:
+            if r.error:
+                con.print(f"{r.target}: {r.error}", markup=False)
+    if not result.ok:
+        sys.exit(1)
+
+
+def main() -> None:
+    """Entry point of the ``backplane`` command."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except BackplaneError as exc:
+        from rich.text import Text
+
+        message = Text.assemble(("error: ", "bold red"), f"{type(exc).__name__}: {exc}")
+        _console(stderr=True).print(message, soft_wrap=True)
+        sys.exit(2)

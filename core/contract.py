@@ -1,0 +1,254 @@
+"""The backend contract: what a plugin is, what it declares, and what it must implement.
+
+A backend is one object per plugin, found through the entry-point group
+``backplane.backends``. It says what it is (``name``, ``api_version``, ``capabilities``
+as data), how it finds devices (``probe``), and how it compiles a graph (``compile``),
+either directly (graph compilers) or through a :class:`~backplane.kerneltable.KernelTable`
+(kernel backends get a default compile that runs the graph node by node).
+
+Nothing here imports numpy, onnx or any vendor runtime: capabilities are readable, and
+plugins are listed, without paying for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .graph import Graph, Node
+    from .kerneltable import KernelTable
+
+#: The contract version this backplane implements.
+API_VERSION = 1
+#: The oldest contract version a plugin may be written for and still load.
+MIN_API_VERSION = 1
+
+#: Device classes a backend may report.
+DEVICE_KINDS = ("cpu", "gpu", "npu", "accelerator")
+#: Compute precisions a backend may declare.
+PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
+#: Scheduling policies a session may ask for.
+POLICIES = ("latency", "throughput", "efficiency")
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device of one backend. ``id`` is stable: ``BACKEND:INDEX``.
+
+    A backend's ``probe`` returns these with ``backend`` and ``index`` unset; the registry
+    stamps them, in the order ``probe`` returned them (which must be deterministic).
+    """
+
+    name: str
+    kind: str = "cpu"
+    vendor: str = ""
+    memory_bytes: int | None = None
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    backend: str = ""
+    index: int = -1
+
+    @property
+    def id(self) -> str:
+        """The stable device id, ``BACKEND:INDEX``."""
+        return f"{self.backend}:{self.index}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as printed by ``backplane devices --json``."""
+        d = asdict(self)
+        d["properties"] = dict(self.properties)
+        return {"id": self.id, **d}
+
+
+@dataclass(frozen=True)
+class AttributeRule:
+    """A limit on one attribute of an op: allowed values, or a numeric range (inclusive)."""
+
+    allowed: tuple[Any, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+
+    def admits(self, value: Any) -> bool:
+        """Whether ``value`` (a scalar or a list of scalars) is within the rule."""
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if self.allowed is not None and v not in self.allowed:
+                return False
+            if self.min is not None and v < self.min:
+                return False
+            if self.max is not None and v > self.max:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class OpSupport:
+    """What a backend can do with one op.
+
+    Attributes:
+        dtypes: element types admitted for the op's primary type, the type of its first
+            input (or first output for ops without inputs); ``None`` admits any.
+        dynamic_shapes: whether inputs may have dimensions unknown until run time.
+        max_rank: the largest rank admitted for any input, or ``None``.
+        attributes: limits per attribute name; attributes not named are unconstrained.
+    """
+
+    dtypes: frozenset[str] | None = None
+    dynamic_shapes: bool = True
+    max_rank: int | None = None
+    attributes: Mapping[str, AttributeRule] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        return {
+            "dtypes": sorted(self.dtypes) if self.dtypes is not None else None,
+            "dynamic_shapes": self.dynamic_shapes,
+            "max_rank": self.max_rank,
+            "attributes": {k: asdict(v) for k, v in self.attributes.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A capability answer: ``ok``, or a reason ``code`` with a human ``detail``."""
+
+    ok: bool
+    code: str = ""
+    detail: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+ADMITTED = Verdict(True)
+
+
+def op_key(op_type: str, domain: str = "") -> str:
+    """The key of an op in capability tables: ``Add``, or ``backplane::FusedConvRelu``."""
+    return op_type if domain in ("", "ai.onnx") else f"{domain}::{op_type}"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can run, declared as data.
+
+    Attributes:
+        ops: support per op key (see :func:`op_key`).
+        any_op: admit every op of the ONNX default domain (the reference backend).
+        precisions: the compute precisions the backend can run at.
+    """
+
+    ops: Mapping[str, OpSupport] = field(default_factory=dict)
+    any_op: bool = False
+    precisions: frozenset[str] = frozenset({"fp32"})
+
+    def check(self, node: "Node") -> Verdict:
+        """Whether this backend admits ``node``. Answers; never raises."""
+        key = op_key(node.op_type, node.domain)
+        support = self.ops.get(key)
+        if support is None:
+            if self.any_op and node.domain in ("", "ai.onnx"):
+                return ADMITTED
+            return Verdict(False, "capability:op", f"op {key} is not implemented")
+        primary = node.primary_dtype
+        if support.dtypes is not None and primary not in support.dtypes:
+            return Verdict(False, "capability:dtype",
+                           f"{key} admits {sorted(support.dtypes)}, the node has {primary}")
+        shapes = [s for s in node.input_shapes if s is not None]
+        if not support.dynamic_shapes and any(
+                d is None or isinstance(d, str) for s in shapes for d in s):
+            return Verdict(False, "capability:dynamic-shape",
+                           f"{key} needs static shapes, an input has a dynamic dimension")
+        if support.max_rank is not None and any(len(s) > support.max_rank for s in shapes):
+            return Verdict(False, "capability:rank",
+                           f"{key} admits rank <= {support.max_rank}")
+        for attr, rule in support.attributes.items():
+            if attr in node.attributes and not rule.admits(node.attributes[attr]):
+                return Verdict(False, "capability:attribute",
+                               f"{key} attribute {attr}={node.attributes[attr]!r} is outside {rule}")
+        return ADMITTED
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as the conformance suite and ``--json`` listings read it."""
+        return {
+            "any_op": self.any_op,
+            "precisions": sorted(self.precisions),
+            "ops": {k: v.to_dict() for k, v in sorted(self.ops.items())},
+        }
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What the session asks of a compile.
+
+    Attributes:
+        precision: the compute precision the plan was made for (``fp32`` by default).
+        policy: ``latency``, ``throughput`` or ``efficiency``; graph compilers map it onto
+            their own hints (streams, performance mode).
+        cache_dir: where the backend may cache compiled artefacts, or ``None``.
+        extra: backend-specific options given by the application, keyed by backend name.
+    """
+
+    precision: str = "fp32"
+    policy: str = "latency"
+    cache_dir: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Executable:
+    """A compiled (sub)graph on one device.
+
+    ``run`` takes a dict of host numpy arrays (the subgraph's inputs) and returns a dict of
+    host numpy arrays (its outputs). If ``thread_safe`` is False, backplane serialises calls
+    to ``run``; set it True only when concurrent calls are safe.
+    """
+
+    thread_safe: ClassVar[bool] = False
+
+    def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Run once. Must not keep references to ``inputs`` after returning."""
+        raise NotImplementedError
+
+
+class Backend:
+    """Base class of backend plugins. Subclass it; set the class attributes; implement the hooks.
+
+    Class attributes:
+        name: the backend's name, equal to its entry-point name (``openvino-cpu``).
+        api_version: the contract version the plugin was written for.
+        version: the plugin's own version, used to scope known failures and caches.
+        priority: place in the fixed device order used until cost-based planning
+            (higher first); the reference backend is last.
+        capabilities: what it can run, as data; kernel backends get it from ``kernels``.
+        kernels: a :class:`KernelTable` for kernel backends, else ``None``.
+    """
+
+    name: ClassVar[str] = ""
+    api_version: ClassVar[int] = 0
+    version: ClassVar[str] = "0"
+    priority: ClassVar[int] = 0
+    kernels: ClassVar["KernelTable | None"] = None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Capabilities as data; derived from ``kernels`` unless a subclass declares them."""
+        if self.kernels is not None:
+            return self.kernels.capabilities()
+        return Capabilities()
+
+    def probe(self) -> list[Device]:
+        """List this backend's usable devices. Cheap and bounded in time.
+
+        A device is listed only if its runtime is ready. Raise
+        :class:`~backplane.errors.DeviceUnavailable` with the reason when the backend is
+        healthy but has no device on this machine.
+        """
+        raise NotImplementedError
+
+    def compile(self, graph: "Graph", device: Device, options: CompileOptions) -> Executable:
+        """Compile ``graph`` for ``device``. The default runs it with ``kernels``."""
+        if self.kernels is None:
+            raise NotImplementedError(
+                f"backend {self.name!r} declares no kernels and does not implement compile")
+        return self.kernels.compile(graph, device, options)

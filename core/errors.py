@@ -1,0 +1,100 @@
+"""The exception hierarchy. Every error backplane raises at the user's door is one of these.
+
+Each message says what happened, to what, and what to do next. Errors that come from a
+backend carry the backend, the device, the op and the vendor's own message as attributes,
+so programs can act on them without parsing text.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class BackplaneError(Exception):
+    """Base of every backplane exception."""
+
+
+class PluginLoadError(BackplaneError):
+    """A backend plugin could not be loaded, or a requested backend is not available."""
+
+
+class DeviceNotFoundError(BackplaneError):
+    """A named device or backend does not exist, or its backend failed."""
+
+
+class DeviceUnavailable(BackplaneError):
+    """Raised by a backend's ``probe`` to say it is healthy but has no device here.
+
+    The message is the reason (no driver, no runtime package, no GPU); it is shown in
+    ``backplane plugins`` and the backend is not counted as failed.
+    """
+
+
+class ModelError(BackplaneError):
+    """The model cannot be read, is invalid, or uses something backplane does not support."""
+
+
+class InputError(BackplaneError):
+    """The inputs given to a run do not match what the model expects."""
+
+
+class UnsupportedError(BackplaneError):
+    """No allowed device can run (part of) the model, or an option is not supported."""
+
+
+class BackendError(BackplaneError):
+    """An error raised inside a backend, with its context.
+
+    Attributes:
+        backend: the backend's name.
+        device: the device id, or None.
+        op: the ONNX op type concerned, or None.
+        vendor_message: the message of the original exception.
+    """
+
+    stage = "backend"
+
+    def __init__(self, message: str, *, backend: str, device: str | None = None,
+                 op: str | None = None, vendor_message: str | None = None):
+        super().__init__(message)
+        self.backend = backend
+        self.device = device
+        self.op = op
+        self.vendor_message = vendor_message
+
+    @classmethod
+    def wrap(cls, exc: BaseException, *, backend: str, device: str | None = None,
+             op: str | None = None, advice: str = "") -> "BackendError":
+        """Translate a vendor exception into this backplane error, keeping its message."""
+        vendor = f"{type(exc).__name__}: {exc}"
+        where = f"backend '{backend}'" + (f" on device '{device}'" if device else "")
+        what = f" for op {op}" if op else ""
+        message = f"{cls.stage} failed in {where}{what}: {vendor}"
+        if advice:
+            message += f". {advice}"
+        return cls(message, backend=backend, device=device, op=op, vendor_message=vendor)
+
+
+class CompileError(BackendError):
+    """A backend failed to compile a (sub)graph."""
+
+    stage = "compile"
+
+
+class ExecutionError(BackendError):
+    """A compiled executable failed while running."""
+
+    stage = "run"
+
+
+class ConformanceError(BackplaneError):
+    """The conformance suite could not run or found a contract violation."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """A ' Did you mean ...?' suffix for an unknown name, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(repr(c) for c in close) + "?"

@@ -1,0 +1,245 @@
+"""The Graph: an ONNX model with inferred shapes and dtypes, as nodes the planner can read.
+
+A Graph keeps its ModelProto (graph compilers take that) and a flat view of it (nodes
+with python attribute values, value infos with dtype names and shapes) that capability
+checks and kernel runners use. ``subgraph`` cuts out a partition as a valid ONNX model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: ONNX TensorProto element types by number (fixed by the ONNX spec), as numpy-style names.
+DTYPE_NAMES = {
+    1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
+    8: "string", 9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64",
+    14: "complex64", 15: "complex128", 16: "bfloat16", 17: "float8e4m3fn",
+    18: "float8e4m3fnuz", 19: "float8e5m2", 20: "float8e5m2fnuz", 21: "uint4", 22: "int4",
+    23: "float4e2m1",
+}
+DTYPE_CODES = {v: k for k, v in DTYPE_NAMES.items()}
+
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+
+
+@dataclass(frozen=True)
+class ValueInfo:
+    """A tensor's name, element type and shape.
+
+    ``shape`` is None when even the rank is unknown; a dimension is an int when static,
+    a str when symbolic (``"batch"``) and None when unknown.
+    """
+
+    name: str
+    dtype: str
+    shape: Shape | None
+
+    @property
+    def is_static(self) -> bool:
+        """Whether every dimension is a known integer."""
+        return self.shape is not None and all(isinstance(d, int) for d in self.shape)
+
+    def describe(self) -> str:
+        """``float32[batch,3,224,224]``."""
+        dims = "?" if self.shape is None else ",".join("?" if d is None else str(d)
+                                                       for d in self.shape)
+        return f"{self.dtype}[{dims}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        return {"name": self.name, "dtype": self.dtype,
+                "shape": None if self.shape is None else list(self.shape)}
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node, with python attribute values and the types of its inputs and outputs."""
+
+    name: str
+    op_type: str
+    domain: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    input_types: tuple[ValueInfo | None, ...] = ()
+    output_types: tuple[ValueInfo | None, ...] = ()
+
+    @property
+    def primary_dtype(self) -> str | None:
+        """The dtype of the first input (first output for ops without inputs)."""
+        for vi in (self.input_types or self.output_types):
+            return vi.dtype if vi is not None else None
+        return None
+
+    @property
+    def input_shapes(self) -> list[Shape | None]:
+        """Shapes of the inputs (None where unknown or absent)."""
+        return [vi.shape if vi is not None else None for vi in self.input_types]
+
+
+def value_info_from_proto(vi: Any) -> ValueInfo | None:
+    """A ValueInfo from an onnx ValueInfoProto, or None for non-tensor types."""
+    t = vi.type
+    if not t.HasField("tensor_type"):
+        return None
+    tt = t.tensor_type
+    shape: Shape | None = None
+    if tt.HasField("shape"):
+        dims: list[Dim] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        shape = tuple(dims)
+    return ValueInfo(vi.name, DTYPE_NAMES.get(tt.elem_type, f"onnx-type-{tt.elem_type}"), shape)
+
+
+def attribute_values(node_proto: Any) -> dict[str, Any]:
+    """Attributes as python values: str for strings, numpy arrays for tensors."""
+    from onnx import AttributeProto, helper, numpy_helper
+
+    out: dict[str, Any] = {}
+    for a in node_proto.attribute:
+        if a.type == AttributeProto.TENSOR:
+            out[a.name] = numpy_helper.to_array(a.t)
+            continue
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        elif isinstance(v, list) and v and isinstance(v[0], bytes):
+            v = [x.decode("utf-8", "replace") for x in v]
+        out[a.name] = v
+    return out
+
+
+def _outer_scope_inputs(node_proto: Any) -> set[str]:
+    """Names a node's subgraphs (If, Loop, Scan bodies) read from the enclosing scope."""
+    from onnx import AttributeProto
+
+    names: set[str] = set()
+    for a in node_proto.attribute:
+        graphs = [a.g] if a.type == AttributeProto.GRAPH else (
+            list(a.graphs) if a.type == AttributeProto.GRAPHS else [])
+        for g in graphs:
+            defined = {i.name for i in g.input} | {t.name for t in g.initializer}
+            for n in g.node:
+                for name in list(n.input) + sorted(_outer_scope_inputs(n)):
+                    if name and name not in defined:
+                        names.add(name)
+                defined.update(n.output)
+    return names
+
+
+class Graph:
+    """An ONNX model with every value's type known, as seen by the planner and backends.
+
+    Attributes:
+        model: the ModelProto (checked, shape-inferred, external data loaded).
+        name: a display name.
+        nodes: nodes in topological order.
+        inputs: the inputs a caller must feed (graph inputs that are not initializers).
+        outputs: the graph's outputs.
+        initializers: names of constant tensors stored in the model.
+        values: every known value by name.
+        opsets: opset version per domain (``""`` for the default domain).
+        notes: what intake changed on the way in (an opset upgrade), for plans to show.
+    """
+
+    def __init__(self, model: Any, name: str = "model"):
+        self.model = model
+        self.name = name
+        self.notes: list[str] = []
+        g = model.graph
+        self.initializers = frozenset(t.name for t in g.initializer)
+        self.opsets = {o.domain if o.domain != "ai.onnx" else "": o.version
+                       for o in model.opset_import}
+        values: dict[str, ValueInfo] = {}
+        for t in g.initializer:
+            values[t.name] = ValueInfo(t.name, DTYPE_NAMES.get(t.data_type, "unknown"),
+                                       tuple(int(d) for d in t.dims))
+        for vi in list(g.value_info) + list(g.input) + list(g.output):
+            info = value_info_from_proto(vi)
+            if info is not None:
+                values[vi.name] = info
+        self.values = values
+        self.inputs = [values[i.name] for i in g.input
+                       if i.name not in self.initializers and i.name in values]
+        self.outputs = [values[o.name] for o in g.output if o.name in values]
+        self._implicit: list[set[str]] = []
+        nodes = []
+        for n in g.node:
+            nodes.append(Node(
+                name=n.name, op_type=n.op_type, domain=n.domain,
+                inputs=tuple(n.input), outputs=tuple(n.output),
+                attributes=attribute_values(n),
+                input_types=tuple(values.get(i) if i else None for i in n.input),
+                output_types=tuple(values.get(o) if o else None for o in n.output),
+            ))
+            self._implicit.append(_outer_scope_inputs(n))
+        self.nodes = nodes
+
+    def node_reads(self, index: int) -> set[str]:
+        """Every value node ``index`` reads, its subgraphs' outer-scope reads included."""
+        return {i for i in self.nodes[index].inputs if i} | self._implicit[index]
+
+    def boundary(self, indices: Iterable[int]) -> tuple[list[str], list[str]]:
+        """The inputs and outputs of the nodes at ``indices`` taken as one subgraph.
+
+        Inputs are the values read but not produced there (initializers excluded: they
+        travel with the subgraph); outputs are the values produced there that the rest of
+        the graph, or the graph's caller, reads.
+        """
+        chosen = sorted(set(indices))
+        produced: set[str] = set()
+        read: list[str] = []
+        for i in chosen:
+            for r in sorted(self.node_reads(i)):
+                if r not in produced and r not in read:
+                    read.append(r)
+            produced.update(o for o in self.nodes[i].outputs if o)
+        needed_outside = {o.name for o in self.outputs}
+        for i in set(range(len(self.nodes))) - set(chosen):
+            needed_outside |= self.node_reads(i)
+        inputs = [r for r in read if r not in self.initializers]
+        outputs = [o for i in chosen for o in self.nodes[i].outputs if o and o in needed_outside]
+        return inputs, outputs
+
+    def subgraph(self, indices: Iterable[int], name: str | None = None) -> "Graph":
+        """The nodes at ``indices`` as a valid ONNX model of their own (see ``boundary``)."""
+        from onnx import helper
+
+        chosen = sorted(set(indices))
+        if chosen == list(range(len(self.nodes))):
+            return self
+        sub_inputs, sub_outputs = self.boundary(chosen)
+        reads = set().union(*(self.node_reads(i) for i in chosen))
+        consts = [t for t in self.model.graph.initializer if t.name in reads]
+
+        def proto(value: str) -> Any:
+            vi = self.values.get(value)
+            if vi is None:
+                raise ValueError(f"value {value!r} has no inferred type; cannot cut a partition")
+            dims = None if vi.shape is None else list(vi.shape)
+            return helper.make_tensor_value_info(value, DTYPE_CODES[vi.dtype], dims)
+
+        internal = [o for i in chosen for o in self.nodes[i].outputs
+                    if o and o not in sub_outputs and o in self.values]
+        graph = helper.make_graph(
+            [self.model.graph.node[i] for i in chosen], name or f"{self.name}-part",
+            [proto(v) for v in sub_inputs], [proto(v) for v in sub_outputs],
+            initializer=consts, value_info=[proto(v) for v in internal])
+        model = helper.make_model(graph, opset_imports=list(self.model.opset_import),
+                                  ir_version=self.model.ir_version,
+                                  functions=list(self.model.functions))
+        return Graph(model, name or f"{self.name}-part")
+
+    def describe_inputs(self) -> str:
+        """``x: float32[batch,3], y: int64[4]``."""
+        return ", ".join(f"{vi.name}: {vi.describe()}" for vi in self.inputs)
+

@@ -1,0 +1,283 @@
+"""Model intake: from a path, bytes or ModelProto to a checked, shape-inferred Graph.
+
+Every way a model can be wrong ends here as a :class:`ModelError` naming what is wrong and
+what to do; every way a run's inputs can be wrong ends as an :class:`InputError`.
+External data is read only from files inside the model's own folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, ModelError, did_you_mean
+from .graph import Graph, ValueInfo
+
+#: Default-domain opsets whose semantics backplane implements. Older models are upgraded.
+MIN_OPSET = 13
+MAX_OPSET = 21
+#: Domains a node may use (besides the domains of the model's own local functions).
+SUPPORTED_DOMAINS = ("", "ai.onnx", "backplane")
+
+
+def load_model(model: Any, *, base_dir: str | os.PathLike | None = None) -> Graph:
+    """Read, check and shape-infer a model.
+
+    Args:
+        model: a path to an ``.onnx`` file, the file's bytes, or an ``onnx.ModelProto``.
+        base_dir: the folder external data is read from, for bytes or a ModelProto that
+            refer to external data. For a path, it is the model's own folder.
+
+    Returns:
+        A :class:`Graph`.
+
+    Raises:
+        ModelError: the model cannot be read, is invalid, uses an unsupported opset or
+            domain, or refers to external data outside its folder.
+    """
+    import onnx
+
+    name = "model"
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise ModelError(f"model file '{path}' {what}; pass the path of an .onnx file")
+        name = path.stem
+        base_dir = path.resolve().parent
+        proto = _parse(path.read_bytes(), f"model file '{path}'")
+    elif isinstance(model, (bytes, bytearray, memoryview)):
+        proto = _parse(bytes(model), "model bytes")
+    elif isinstance(model, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+    else:
+        raise ModelError(f"cannot read a model from a {type(model).__name__}; "
+                         "pass a path, the file's bytes, or an onnx.ModelProto")
+    if name == "model" and proto.graph.name:
+        name = proto.graph.name
+    notes: list[str] = []
+    _check_domains(proto)
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # onnx raises ValidationError and, for odd protos, others
+        raise ModelError(f"{name}: the ONNX checker rejected the model: {exc}") from None
+    proto = _check_opset(proto, name, notes)
+    _load_external_data(proto, base_dir, name)
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True,
+                                                  data_prop=True)
+    except Exception as exc:
+        raise ModelError(f"{name}: shape inference failed, the model is inconsistent: {exc}"
+                         ) from None
+    _name_nodes(proto)
+    graph = Graph(proto, name)
+    graph.notes.extend(notes)
+    return graph
+
+
+def _parse(data: bytes, what: str) -> Any:
+    import onnx
+
+    if not data:
+        raise ModelError(f"{what} is empty; it should hold a serialised ONNX model")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except Exception as exc:  # protobuf's DecodeError, and RuntimeError from its C++ parser
+        raise ModelError(f"{what} is not a valid ONNX file (truncated or not ONNX): {exc}"
+                         ) from None
+    if not proto.HasField("graph") or not proto.opset_import:
+        raise ModelError(f"{what} is not an ONNX model (no graph or no opset); "
+                         "it may be truncated or another format")
+    return proto
+
+
+def _all_nodes(nodes: Any) -> Iterator[Any]:
+    """Nodes, and the nodes of their subgraphs, recursively."""
+    from onnx import AttributeProto
+
+    for n in nodes:
+        yield n
+        for a in n.attribute:
+            if a.type == AttributeProto.GRAPH:
+                yield from _all_nodes(a.g.node)
+            elif a.type == AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _all_nodes(g.node)
+
+
+def _check_domains(proto: Any) -> None:
+    allowed = set(SUPPORTED_DOMAINS) | {f.domain for f in proto.functions}
+    for n in _all_nodes(proto.graph.node):
+        if n.domain not in allowed:
+            raise ModelError(
+                f"node '{n.name or n.op_type}' uses op {n.op_type} of domain '{n.domain}', "
+                f"which backplane does not support; supported domains are the ONNX default "
+                f"domain and 'backplane'. Re-export the model with standard ONNX ops.")
+
+
+def _check_opset(proto: Any, name: str, notes: list[str]) -> Any:
+    from onnx import version_converter
+
+    version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if version is None:
+        return proto
+    if version > MAX_OPSET:
+        raise ModelError(
+            f"{name}: default-domain opset {version} is newer than backplane supports "
+            f"({MIN_OPSET} to {MAX_OPSET}); export at opset {MAX_OPSET} or convert with "
+            f"onnx.version_converter.convert_version(model, {MAX_OPSET})")
+    if version < MIN_OPSET:
+        try:
+            upgraded = version_converter.convert_version(proto, MIN_OPSET)
+        except Exception as exc:
+            raise ModelError(
+                f"{name}: default-domain opset {version} is older than backplane supports "
+                f"({MIN_OPSET} to {MAX_OPSET}) and could not be upgraded automatically: {exc}. "
+                f"Re-export the model at opset {MIN_OPSET} or newer.") from None
+        notes.append(f"upgraded from opset {version} to {MIN_OPSET}")
+        return upgraded
+    return proto
+
+
+def _tensors(proto: Any) -> Iterator[Any]:
+    """Every tensor stored in the model: initializers and tensor attributes, recursively."""
+    from onnx import AttributeProto
+
+    def from_graph(g: Any) -> Iterator[Any]:
+        yield from g.initializer
+        for n in g.node:
+            for a in n.attribute:
+                if a.type == AttributeProto.TENSOR:
+                    yield a.t
+                elif a.type == AttributeProto.TENSORS:
+                    yield from a.tensors
+                elif a.type == AttributeProto.GRAPH:
+                    yield from from_graph(a.g)
+                elif a.type == AttributeProto.GRAPHS:
+                    for sub in a.graphs:
+                        yield from from_graph(sub)
+
+    yield from from_graph(proto.graph)
+
+
+def _load_external_data(proto: Any, base_dir: Any, name: str) -> None:
+    """Read external tensor data into the model, refusing any file outside ``base_dir``."""
+    from onnx import TensorProto
+
+    external = [t for t in _tensors(proto) if t.data_location == TensorProto.EXTERNAL]
+    if not external:
+        return
+    if base_dir is None:
+        raise ModelError(f"{name}: tensor '{external[0].name}' keeps its data in an external "
+                         "file; load the model from its path, or pass base_dir= the folder "
+                         "that holds the data")
+    root = Path(base_dir).resolve()
+    for t in external:
+        info = {e.key: e.value for e in t.external_data}
+        location = info.get("location", "")
+        target = (root / location).resolve()
+        if not location or Path(location).is_absolute() or (
+                target != root and root not in target.parents):
+            raise ModelError(
+                f"{name}: tensor '{t.name}' refers to external data at '{location}', outside "
+                f"the model's folder '{root}'; backplane reads external data only from "
+                f"inside that folder. Move the data file next to the model.")
+        if not target.is_file():
+            raise ModelError(f"{name}: external data file '{location}' of tensor '{t.name}' "
+                             f"is missing from '{root}'")
+        offset, length = int(info.get("offset", 0)), info.get("length")
+        size = target.stat().st_size
+        length = size - offset if length is None else int(length)
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ModelError(f"{name}: tensor '{t.name}' asks for bytes {offset}..{offset + length}"
+                             f" of '{location}', which has {size} bytes (truncated file?)")
+        with open(target, "rb") as f:
+            f.seek(offset)
+            t.raw_data = f.read(length)
+        del t.external_data[:]
+        t.data_location = TensorProto.DEFAULT
+
+
+def _name_nodes(proto: Any) -> None:
+    """Give every unnamed node a unique, stable name (``Relu_3``) for plans and errors."""
+    taken = {n.name for n in proto.graph.node if n.name}
+    for i, n in enumerate(proto.graph.node):
+        if not n.name:
+            candidate = f"{n.op_type}_{i}"
+            while candidate in taken:
+                candidate += "_"
+            n.name = candidate
+            taken.add(candidate)
+
+
+def validate_inputs(graph: Graph, feeds: Any) -> dict[str, Any]:
+    """Check a run's inputs against the model and return them as numpy arrays.
+
+    Refuses missing, extra, mis-typed and mis-shaped inputs, and symbolic dimensions
+    bound to different sizes by different inputs. Arrays are never cast: a float64 array
+    for a float32 input is refused. Python lists and scalars are converted.
+    """
+    import numpy as np
+
+    if not isinstance(feeds, Mapping):
+        raise InputError(f"inputs must be a dict mapping input names to arrays, got a "
+                         f"{type(feeds).__name__}; the model's inputs are: "
+                         f"{graph.describe_inputs()}")
+    expected = {vi.name: vi for vi in graph.inputs}
+    missing = [n for n in expected if n not in feeds]
+    if missing:
+        raise InputError(f"missing input{'s' if len(missing) > 1 else ''} "
+                         + ", ".join(f"'{n}' ({expected[n].describe()})" for n in missing)
+                         + f"; the model's inputs are: {graph.describe_inputs()}")
+    extra = [n for n in feeds if n not in expected]
+    if extra:
+        raise InputError(f"unknown input '{extra[0]}'; the model's inputs are: "
+                         f"{graph.describe_inputs()}.{did_you_mean(str(extra[0]), expected)}")
+    bound: dict[str, tuple[int, str]] = {}
+    out: dict[str, Any] = {}
+    for name, vi in expected.items():
+        out[name] = _check_one(np, name, vi, feeds[name], bound)
+    return out
+
+
+def _check_one(np: Any, name: str, vi: ValueInfo, value: Any, bound: dict) -> Any:
+    want = np.dtype(vi.dtype) if vi.dtype not in ("bfloat16", "string") else None
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:
+            raise InputError(f"input '{name}' cannot be read as an array ({exc}); "
+                             f"expected {vi.describe()}") from None
+        if want is not None and arr.dtype != want and np.can_cast(arr.dtype, want, "same_kind"):
+            arr = arr.astype(want)
+    if vi.dtype == "string":
+        ok = arr.dtype.kind in "OU"
+    else:
+        ok = want is not None and arr.dtype == want
+    if not ok:
+        hint = f"; convert it with .astype(numpy.{vi.dtype})" if want is not None else ""
+        raise InputError(f"input '{name}' has dtype {arr.dtype}, the model expects "
+                         f"{vi.dtype} ({vi.describe()}){hint}")
+    if vi.shape is None:
+        return arr
+    if arr.ndim != len(vi.shape):
+        raise InputError(f"input '{name}' has shape {tuple(arr.shape)} (rank {arr.ndim}), the "
+                         f"model expects rank {len(vi.shape)}: {vi.describe()}")
+    for axis, (got, dim) in enumerate(zip(arr.shape, vi.shape)):
+        if isinstance(dim, int) and got != dim:
+            raise InputError(f"input '{name}' has shape {tuple(arr.shape)}, the model expects "
+                             f"{vi.describe()}: dimension {axis} must be {dim}, got {got}")
+        if isinstance(dim, str):
+            if dim in bound and bound[dim][0] != got:
+                size, other = bound[dim]
+                raise InputError(f"input '{name}' dimension {axis} ('{dim}') is {got}, but input "
+                                 f"'{other}' set '{dim}' = {size}; inputs sharing a dimension "
+                                 f"name must agree")
+            bound.setdefault(dim, (got, name))
+    return arr

@@ -1,0 +1,57 @@
+"""reference: runs any valid ONNX graph through onnx.reference, on the host CPU.
+
+It is always available, it is the oracle the conformance suite compares against, and it
+is the last resort of every automatic plan (plans flag it when it is used).
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+from typing import Any
+
+from backplane import API_VERSION, Backend, Capabilities, CompileOptions, Device, Executable
+from backplane import __version__ as _backplane_version
+
+
+class ReferenceBackend(Backend):
+    """onnx.reference as a backend: every default-domain op, in the model's own types."""
+
+    name = "reference"
+    api_version = API_VERSION
+    version = _backplane_version
+    priority = -1000  # last in the fixed order: the fallback, never the first choice
+    capabilities = Capabilities(any_op=True, precisions=frozenset({"fp64", "fp32"}))
+
+    def probe(self) -> list[Device]:
+        """One device, the host CPU; onnx.reference needs nothing else."""
+        cpu = platform.processor() or platform.machine()
+        return [Device(name=f"host CPU ({cpu}), onnx.reference", kind="cpu",
+                       properties={"machine": platform.machine()})]
+
+    def compile(self, graph: Any, device: Device, options: CompileOptions) -> Executable:
+        """Build a ReferenceEvaluator over the (sub)graph's model."""
+        return ReferenceExecutable(graph.model)
+
+
+class ReferenceExecutable(Executable):
+    """One onnx.reference evaluator per thread: concurrent runs never share evaluator state."""
+
+    thread_safe = True
+
+    def __init__(self, model: Any):
+        from onnx.reference import ReferenceEvaluator
+
+        self._model = model
+        self._outputs = [o.name for o in model.graph.output]
+        self._local = threading.local()
+        self._local.evaluator = ReferenceEvaluator(model)  # fail at compile, not at first run
+
+    def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Evaluate the graph once."""
+        evaluator = getattr(self._local, "evaluator", None)
+        if evaluator is None:
+            from onnx.reference import ReferenceEvaluator
+
+            evaluator = self._local.evaluator = ReferenceEvaluator(self._model)
+        return dict(zip(self._outputs, evaluator.run(None, inputs)))
