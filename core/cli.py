@@ -194,6 +194,8 @@ def demo(devices: tuple[str, ...], batch: int, repeats: int, as_json: bool) -> N
         for r in result.rows:
             if r.error:
                 con.print(f"{r.target}: {r.error}", markup=False)
+        for event in result.events:
+            con.print(event, markup=False)
     if not result.ok:
         sys.exit(1)
 

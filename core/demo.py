@@ -73,6 +73,7 @@ class DemoResult:
     seed: int
     repeats: int
     rows: list[DemoRow] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -87,6 +88,9 @@ class DemoResult:
 def run_demo(devices: list[str] | None = None, batch: int = 8, repeats: int = 10,
              seed: int = 0) -> DemoResult:
     """Run the demo model automatically placed and on each device, against the reference.
+
+    Each device is tried first in the order, with the reference backend behind it for the
+    ops it lacks; the row says which devices ran.
 
     Args:
         devices: device ids or backend names to try one by one; default: every device.
@@ -106,8 +110,11 @@ def run_demo(devices: list[str] | None = None, batch: int = 8, repeats: int = 10
     targets = devices if devices is not None else ["auto"] + [d.id for d in registry().devices()]
     for target in targets:
         try:
-            session = Session(model, devices="auto" if target == "auto" else [target],
-                              strict=True)
+            if target == "auto":  # what an application gets: re-plans past failures
+                session = Session(model)
+            else:  # this device first, the reference only for ops it lacks; no re-planning
+                names = [target] if target.split(":")[0] == "reference" else [target, "reference"]
+                session = Session(model, devices=names, strict=True)
             session.run(inputs)  # warm-up
             times = []
             for _ in range(repeats):
@@ -119,6 +126,7 @@ def run_demo(devices: list[str] | None = None, batch: int = 8, repeats: int = 10
             continue
         cmp = compare(out, expected)
         used = sorted({p.device for p in session.plan.partitions})
+        result.events += [f"{target}: {e}" for e in session.plan.events]
         result.rows.append(DemoRow(
             target, used, "PASS" if cmp.ok else "FAIL", round(statistics.median(times) * 1e3, 4),
             cmp.max_abs_error, cmp.max_rel_error, cmp.rtol, cmp.atol, cmp.detail))

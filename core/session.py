@@ -102,7 +102,7 @@ class Session:
                     raise
                 with self._lock:
                     if self._compiled is compiled:  # another thread may have re-planned
-                        self._exclude(exc.device, f"run failed: {exc}")
+                        self._exclude(exc.device, str(exc))
                         self._compiled = self._build()
 
     def random_inputs(self, seed: int = 0, dims: Mapping[str, int] | None = None
@@ -152,7 +152,7 @@ class Session:
             except CompileError as exc:
                 if self.strict or exc.device is None:
                     raise
-                self._exclude(exc.device, f"compile failed: {exc}")
+                self._exclude(exc.device, str(exc))
 
 
 def _resolve_devices(reg: Registry, devices: Any) -> tuple[bool, list[Device]]:
