@@ -42,7 +42,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .kerneltable import KernelTable
-from .registry import devices, plugin_manager, plugins, registry
+from .registry import devices, plugin_manager, plugin_records, registry
 
 __version__ = "0.1.0"
 
@@ -67,5 +67,5 @@ __all__ = [
     "Device", "DeviceNotFoundError", "DeviceUnavailable", "Executable", "ExecutionError",
     "Graph", "InputError", "KernelTable", "ModelError", "OpSupport", "Plan", "PluginLoadError",
     "Session", "UnsupportedError", "Verdict", "devices", "hookimpl", "load_model",
-    "plugin_manager", "plugins", "registry",
+    "plugin_manager", "plugin_records", "registry",
 ]

@@ -68,9 +68,9 @@ def devices(as_json: bool) -> None:
 @json_option
 def plugins(as_json: bool) -> None:
     """List backend plugins: loaded, without device, failed or disabled, with the reason."""
-    from .registry import plugins as list_plugins
+    from .registry import plugin_records
 
-    records = list_plugins()
+    records = plugin_records()
     if as_json:
         return _emit_json([r.to_dict() for r in records])
     rows = [[r.name, r.state, ", ".join(r.devices), r.reason,

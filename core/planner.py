@@ -156,7 +156,7 @@ def make_plan(graph: "Graph", devices: list[Device], backends: "dict[str, Backen
         rejected += [Rejection(c.device_id, "not-chosen:rank",
                                f"admits the node; ranked {c.rank + 1} of {len(devices)}")
                      for c in admitted if c is not chosen]
-        fallback = chosen.device.backend == FALLBACK_BACKEND and not explicit
+        fallback = not explicit and all(c.device.backend == FALLBACK_BACKEND for c in admitted)
         if fallback:
             reason = "no faster backend admits this node; the reference backend runs it"
         placements.append(Placement(node.name, node.op_type, chosen.device_id,

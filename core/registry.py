@@ -324,8 +324,11 @@ def devices() -> list[Device]:
     return registry().devices()
 
 
-def plugins() -> list[PluginRecord]:
-    """Every backend plugin with its state, as :meth:`Registry.plugins`."""
+def plugin_records() -> list[PluginRecord]:
+    """Every backend plugin with its state, as :meth:`Registry.plugins`.
+
+    (Not called ``plugins``: that is the name of the built-in plugins' package.)
+    """
     return registry().plugins()
 
 

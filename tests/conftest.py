@@ -1,0 +1,87 @@
+"""Shared fixtures: real plugin packages, pip-installed into temporary folders.
+
+``example_site`` holds the third-party example plugin; the whole test process imports from
+it (so in-process sessions see ``example-numpy``). ``broken_site`` adds the deliberately
+broken plugins; only subprocesses see it, through PYTHONPATH, so discovery meets them
+through real distributions and entry points.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "backplane-example-plugin"
+BROKEN = [ROOT / "tests" / "plugins" / name for name in ("broken_import", "hanging_probe", "faulty")]
+#: Probe timeout used wherever the hanging plugin is installed.
+PROBE_TIMEOUT_S = "1"
+
+
+def pip_install(packages: list[Path], target: Path, work: Path) -> Path:
+    """pip-install source folders into ``target`` (built from copies, leaving no build files)."""
+    copies = []
+    for package in packages:
+        copy = work / package.name
+        shutil.copytree(package, copy, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+        copies.append(str(copy))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--no-index", "--target", str(target), *copies],
+                   check=True, capture_output=True, text=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def example_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder where the example plugin is installed."""
+    work = tmp_path_factory.mktemp("example-src")
+    return pip_install([EXAMPLE], tmp_path_factory.mktemp("example-site"), work)
+
+
+@pytest.fixture(scope="session")
+def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the example plugin and every deliberately broken plugin installed."""
+    work = tmp_path_factory.mktemp("broken-src")
+    return pip_install([EXAMPLE, *BROKEN], tmp_path_factory.mktemp("broken-site"), work)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def example_plugin_on_path(example_site: Path):
+    """Make the installed example plugin visible to this process, then rediscover."""
+    import backplane
+
+    sys.path.insert(0, str(example_site))
+    importlib.invalidate_caches()
+    backplane.registry(refresh=True)
+    yield
+    sys.path.remove(str(example_site))
+
+
+def clean_env(site: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment for a child process: no inherited BACKPLANE_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKPLANE_")}
+    env["BACKPLANE_PROBE_TIMEOUT_S"] = PROBE_TIMEOUT_S
+    if site is not None:
+        env["PYTHONPATH"] = str(site)
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, site: Path | None = None, timeout: float = 120, **env: str
+            ) -> subprocess.CompletedProcess:
+    """Run ``python -m backplane ARGS`` in a child process."""
+    return subprocess.run([sys.executable, "-m", "backplane", *args], capture_output=True,
+                          text=True, env=clean_env(site, **env), timeout=timeout)
+
+
+def run_python(code: str, site: Path | None = None, timeout: float = 120, **env: str
+               ) -> subprocess.CompletedProcess:
+    """Run a Python snippet in a child process."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=clean_env(site, **env), timeout=timeout)

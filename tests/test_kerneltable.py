@@ -1,0 +1,97 @@
+"""The kernel interface: kernels with constraints become capabilities, and the default
+compile runs a graph node by node, dropping each value after its last reader."""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import pytest
+
+import backplane as bp
+from models import single
+
+
+def chain_model(length: int):
+    from onnx import TensorProto, helper
+
+    names = ["x"] + [f"v{i}" for i in range(1, length)] + ["y"]
+    nodes = [helper.make_node("Neg", [names[i]], [names[i + 1]], name=f"neg{i}")
+             for i in range(length)]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_registered_kernels_are_the_backends_capabilities():
+    table = bp.KernelTable()
+
+    @table.register("Neg", dtypes=["float32"], max_rank=2, dynamic_shapes=False)
+    def neg(x):
+        return -x
+
+    caps = table.capabilities().to_dict()
+    assert caps["ops"]["Neg"] == {"dtypes": ["float32"], "dynamic_shapes": False,
+                                  "max_rank": 2, "attributes": {}}
+    assert "Neg" in table and len(table) == 1
+
+
+def test_default_compile_frees_each_value_after_its_last_reader():
+    table = bp.KernelTable()
+    produced: list[weakref.ref] = []
+    alive_counts: list[int] = []
+
+    @table.register("Neg")
+    def neg(x):
+        alive_counts.append(sum(r() is not None for r in produced))
+        out = -x
+        produced.append(weakref.ref(out))
+        return out
+
+    graph = bp.load_model(chain_model(12))
+    exe = table.compile(graph, bp.Device("test", backend="t", index=0), bp.CompileOptions())
+    x = np.random.default_rng(11).standard_normal(8).astype(np.float32)
+    y = exe.run({"x": x})["y"]
+    np.testing.assert_array_equal(y, x)  # twelve negations
+    # At each step only the value being read is alive: the chain never piles up.
+    assert max(alive_counts) <= 1, alive_counts
+
+
+def test_default_compile_refuses_a_node_outside_the_constraints():
+    from onnx import TensorProto
+
+    table = bp.KernelTable()
+    table.register("Relu", dtypes=["float64"])(lambda x: np.maximum(x, 0))
+    graph = bp.load_model(single("Relu", TensorProto.FLOAT))
+    with pytest.raises(bp.CompileError) as err:
+        table.compile(graph, bp.Device("test", backend="t", index=0), bp.CompileOptions())
+    assert "cannot compile node 'relu'" in str(err.value) and "float32" in str(err.value)
+    assert err.value.op == "Relu"
+
+
+def test_a_kernel_that_raises_becomes_an_execution_error_naming_the_op():
+    table = bp.KernelTable()
+
+    @table.register("Relu")
+    def relu(x):
+        raise FloatingPointError("denormal trap")
+
+    graph = bp.load_model(single("Relu"))
+    exe = table.compile(graph, bp.Device("test", backend="t", index=0), bp.CompileOptions())
+    with pytest.raises(bp.ExecutionError) as err:
+        exe.run({"x": np.ones((2, 4), np.float32)})
+    assert err.value.op == "Relu" and "denormal trap" in str(err.value)
+
+
+@pytest.mark.parametrize("attrs, code", [
+    ({"dtypes": ["float64"]}, "capability:dtype"),
+    ({"max_rank": 1}, "capability:rank"),
+    ({"dynamic_shapes": False}, "capability:dynamic-shape"),
+])
+def test_capability_check_answers_with_a_reason_code(attrs, code):
+    table = bp.KernelTable()
+    table.register("Relu", **attrs)(lambda x: x)
+    node = bp.load_model(single("Relu")).nodes[0]  # float32[batch,4]
+    verdict = table.capabilities().check(node)
+    assert not verdict and verdict.code == code
+    assert bp.Capabilities().check(node).code == "capability:op"

@@ -1,0 +1,259 @@
+"""Session, plan and executor: what runs where, why, and that the numbers are right.
+
+These run in this process, where the example plugin (numpy kernels, no Conv) is installed
+beside the reference backend, so plans split a model between two backends.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+import backplane as bp
+from conftest import run_python
+from models import gemm, relu_conv_relu, relu_conv_relu_numpy, single
+
+SEED = 20261122
+
+
+def rng(offset: int = 0) -> np.random.Generator:
+    return np.random.default_rng(SEED + offset)
+
+
+def test_auto_plan_splits_the_model_where_a_backend_lacks_an_op():
+    session = bp.Session(relu_conv_relu())
+    plan = session.plan
+    assert [(p.device, p.nodes) for p in plan.partitions] == [
+        ("example-numpy:0", ["relu_in"]), ("reference:0", ["conv"]),
+        ("example-numpy:0", ["relu_out"])]
+    conv = next(p for p in plan.placements if p.node == "conv")
+    assert conv.fallback is True
+    assert any(r.device == "example-numpy:0" and r.code == "capability:op" for r in conv.rejected)
+    assert plan.partitions[1].transfers_in == ["a"]
+    assert plan.partitions[2].transfers_in == ["b"]
+
+
+def test_split_plan_matches_an_independent_numpy_computation():
+    session = bp.Session(relu_conv_relu())
+    for trial in range(3):
+        x = rng(trial).standard_normal((1, 2, 6, 6)).astype(np.float32)
+        y = session.run({"x": x})["y"]
+        np.testing.assert_allclose(y, relu_conv_relu_numpy(x), rtol=1e-5, atol=1e-5,
+                                   err_msg=f"seed {SEED + trial}")
+
+
+def test_explain_names_every_node_its_device_and_the_rejections():
+    text = bp.Session(relu_conv_relu()).plan.explain()
+    for expected in ("partition 0 on example-numpy:0", "relu_in (Relu) -> example-numpy:0",
+                     "conv (Conv) -> reference:0", "[reference fallback]",
+                     "not example-numpy:0: capability:op: op Conv is not implemented",
+                     "data in from other devices: a"):
+        assert expected in text, text
+
+
+def test_plan_is_plain_data():
+    data = bp.Session(relu_conv_relu()).plan.to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert data["placements"][1]["rejected"][0]["code"] == "capability:op"
+
+
+def test_attribute_limit_sends_the_node_elsewhere_with_its_reason():
+    plan = bp.Session(gemm(trans_a=1)).plan
+    placement = plan.placements[0]
+    assert placement.device == "reference:0"
+    rejection = next(r for r in placement.rejected if r.device == "example-numpy:0")
+    assert rejection.code == "capability:attribute" and "transA=1" in rejection.detail
+    assert bp.Session(gemm(trans_a=0)).plan.placements[0].device == "example-numpy:0"
+
+
+def test_gemm_on_the_example_backend_matches_numpy():
+    from onnx import numpy_helper
+
+    model = gemm(trans_a=0, seed=5)
+    w, c = (numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer)
+    a = rng(1).standard_normal((3, 4)).astype(np.float32)
+    y = bp.Session(model, devices=["example-numpy"]).run({"a": a})["y"]
+    np.testing.assert_allclose(y, a.astype(np.float64) @ w + c, rtol=1e-5, atol=1e-5)
+
+
+def test_dtype_outside_a_backends_capabilities_goes_to_the_next_device():
+    from onnx import TensorProto
+
+    plan = bp.Session(single("Relu", TensorProto.INT32)).plan
+    rejection = next(r for r in plan.placements[0].rejected if r.device == "example-numpy:0")
+    assert plan.placements[0].device == "reference:0"
+    assert rejection.code == "capability:dtype" and "int32" in rejection.detail
+
+
+def test_explicit_devices_never_fall_back_silently():
+    with pytest.raises(bp.UnsupportedError) as err:
+        bp.Session(relu_conv_relu(), devices=["example-numpy"])
+    message = str(err.value)
+    assert "no allowed device can run node 'conv' (Conv)" in message
+    assert "include 'reference' as a last resort" in message
+
+
+def test_explicit_device_list_order_is_the_ranking():
+    plan = bp.Session(relu_conv_relu(), devices=["reference:0", "example-numpy:0"]).plan
+    assert plan.explicit and plan.devices == ["reference:0", "example-numpy:0"]
+    assert {p.device for p in plan.placements} == {"reference:0"}
+    assert not plan.uses_fallback  # asked for by name, so not a fallback
+
+
+@pytest.mark.parametrize("kwargs, phrase", [
+    ({"precision": "fp16"}, "computes at"),
+    ({"precision": "auto"}, "precision='auto'"),
+    ({"precision": "fp99"}, "unknown precision 'fp99'"),
+    ({"policy": "fastest"}, "unknown policy 'fastest'"),
+])
+def test_unsupported_precision_or_policy_is_refused_with_the_choices(kwargs, phrase):
+    with pytest.raises(bp.UnsupportedError) as err:
+        bp.Session(relu_conv_relu(), **kwargs)
+    assert phrase in str(err.value)
+
+
+def test_run_is_safe_from_many_threads_at_once():
+    session = bp.Session(relu_conv_relu())
+    inputs = [rng(100 + i).standard_normal((1, 2, 6, 6)).astype(np.float32) for i in range(16)]
+    expected = [relu_conv_relu_numpy(x) for x in inputs]
+    errors: list[str] = []
+
+    def worker(k: int) -> None:
+        for round_ in range(5):
+            i = (k + round_) % len(inputs)
+            y = session.run({"x": inputs[i]})["y"]
+            if not np.allclose(y, expected[i], rtol=1e-5, atol=1e-5):
+                errors.append(f"thread {k} input {i} (seed {SEED + 100 + i})")
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+
+
+def test_compile_failure_replans_without_the_device_and_says_so(broken_site):
+    code = """
+import numpy as np, backplane as bp, sys
+sys.path.insert(0, 'tests')
+from models import single
+x = np.random.default_rng(7).standard_normal((2, 4)).astype(np.float32)
+s = bp.Session(single('Relu'), devices=['failing-compile', 'example-numpy'])
+np.testing.assert_array_equal(s.run({'x': x})['y'], np.maximum(x, 0))
+print(s.plan.placements[0].device)
+print(s.plan.events)
+try:
+    bp.Session(single('Relu'), devices=['failing-compile', 'example-numpy'], strict=True)
+except bp.CompileError as e:
+    print('strict:', e.backend, e.device, e.op, '|', e.vendor_message)
+"""
+    result = run_python(code, site=broken_site)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "example-numpy:0"
+    assert "re-planned without failing-compile:0" in lines[1] and "vendor compiler crashed" in lines[1]
+    assert lines[2] == ("strict: failing-compile failing-compile:0 Relu | "
+                        "RuntimeError: vendor compiler crashed: internal error 0xdead")
+    assert "re-planning without it" in result.stderr  # a fallback is never silent
+
+
+def test_run_failure_replans_and_the_request_still_succeeds(broken_site):
+    code = """
+import numpy as np, backplane as bp, sys
+sys.path.insert(0, 'tests')
+from models import single
+x = np.random.default_rng(8).standard_normal((3, 4)).astype(np.float32)
+s = bp.Session(single('Relu'))
+print(s.plan.placements[0].device)
+np.testing.assert_array_equal(s.run({'x': x})['y'], np.maximum(x, 0))
+print(s.plan.placements[0].device)
+print(s.plan.events)
+strict = bp.Session(single('Relu'), devices=['failing-run'], strict=True)
+try:
+    strict.run({'x': x})
+except bp.ExecutionError as e:
+    print('strict:', e.device, e.op, '|', e.vendor_message)
+"""
+    result = run_python(code, site=broken_site)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "failing-run:0"  # highest priority that compiles
+    assert lines[1] == "example-numpy:0"
+    assert "re-planned without failing-run:0" in lines[2] and "out of memory" in lines[2]
+    assert lines[3] == "strict: failing-run:0 Relu | MemoryError: device out of memory while running"
+
+
+class _Observer:
+    def __init__(self) -> None:
+        self.plans: list[bp.Plan] = []
+
+    @bp.hookimpl
+    def backplane_plan_ready(self, plan):
+        self.plans.append(plan)
+
+
+class _PreferReference:
+    @bp.hookimpl
+    def backplane_select_device(self, node, candidates):
+        return next((c for c in candidates if c.device.backend == "reference"), None)
+
+
+class _Raising:
+    @bp.hookimpl
+    def backplane_plan_ready(self, plan, graph):
+        raise RuntimeError("observer bug")
+
+
+@pytest.fixture
+def hooks():
+    pm = bp.plugin_manager()
+    added: list[object] = []
+
+    def register(obj):
+        pm.register(obj)
+        added.append(obj)
+        return obj
+
+    yield register
+    for obj in added:
+        pm.unregister(obj)
+
+
+def test_plan_observers_see_every_plan_and_a_raising_hook_breaks_nothing(hooks):
+    hooks(_Raising())
+    observer = hooks(_Observer())
+    session = bp.Session(relu_conv_relu())
+    assert observer.plans == [session.plan]
+
+
+def test_selection_delegate_can_choose_among_the_candidates(hooks):
+    hooks(_PreferReference())
+    plan = bp.Session(single("Relu")).plan
+    assert plan.placements[0].device == "reference:0"
+    assert plan.placements[0].reason == "chosen by the selection delegate hook"
+    rejected = {r.device: r.code for r in plan.placements[0].rejected}
+    assert rejected["example-numpy:0"] == "not-chosen:rank"
+
+
+def test_selection_delegate_returning_a_non_candidate_is_ignored_and_recorded(hooks):
+    class Wrong:
+        @bp.hookimpl
+        def backplane_select_device(self, node, candidates):
+            return "cuda:0"
+
+    hooks(Wrong())
+    plan = bp.Session(single("Relu")).plan
+    assert plan.placements[0].device == "example-numpy:0"
+    assert any("not one of its candidates" in e for e in plan.events)
+
+
+def test_random_inputs_match_the_model_and_symbolic_dims_can_be_set():
+    session = bp.Session(single("Relu"))
+    feeds = session.random_inputs(seed=1, dims={"batch": 5})
+    assert feeds["x"].shape == (5, 4) and feeds["x"].dtype == np.float32
+    assert np.any(feeds["x"] != 0)
