@@ -73,7 +73,9 @@ class CompiledPlan:
         result = {}
         for name in self._outputs:
             value = values[name]
-            result[name] = value.copy() if name in feeds or not value.flags.writeable else value
+            # Never hand out an array the caller or a later request could share.
+            shared = name in feeds or name in self.graph.initializers
+            result[name] = value.copy() if shared or not value.flags.writeable else value
         return result
 
     def _checked(self, np: Any, part: "Partition", name: str, value: Any) -> Any:

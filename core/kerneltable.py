@@ -137,7 +137,10 @@ class KernelExecutable(Executable):
                     values[name] = value
             for name in self._free_after[i]:
                 values.pop(name, None)
-        return {name: self._download(values[name]) for name in self._outputs}
+        # A kernel may hand back a constant as it is (Identity): outputs must not alias one.
+        const_ids = {id(v) for v in self._consts.values()}
+        return {name: self._download(values[name].copy() if id(values[name]) in const_ids
+                                     else values[name]) for name in self._outputs}
 
 
 def _to_host(value: Any) -> Any:

@@ -7,7 +7,8 @@
     print(s.plan.explain())
 
 Devices are chosen automatically unless named: ``devices=[...]`` (device ids or backend
-names), or the environment's ``BACKPLANE_DEVICES``. A named device that is unknown or
+names), or else the environment's ``BACKPLANE_DEVICES``; the argument wins over the
+environment. A named device that is unknown or
 failed raises at once with the cause. A compile or run failure re-plans without the failed
 device (unless ``strict=True``), records the event in ``plan.events`` and logs a warning; a
 request is never lost and numerics never change silently.

@@ -95,3 +95,25 @@ def test_capability_check_answers_with_a_reason_code(attrs, code):
     verdict = table.capabilities().check(node)
     assert not verdict and verdict.code == code
     assert bp.Capabilities().check(node).code == "capability:op"
+
+
+def test_outputs_never_alias_a_constant_across_requests():
+    from onnx import TensorProto, helper, numpy_helper
+
+    const = numpy_helper.from_array(np.arange(4, dtype=np.float32), "c")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["c"], ["y"], name="id"),
+         helper.make_node("Relu", ["x"], ["z"], name="relu")], "const-out",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [4])], initializer=[const])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    table = bp.KernelTable()
+    table.register("Identity")(lambda x: x)  # returns the constant itself
+    table.register("Relu")(lambda x: np.maximum(x, 0))
+    exe = table.compile(bp.load_model(model), bp.Device("test", backend="t", index=0),
+                        bp.CompileOptions())
+    x = np.ones(4, np.float32)
+    first = exe.run({"x": x})["y"]
+    first[:] = -1  # the caller scribbles on its result
+    np.testing.assert_array_equal(exe.run({"x": x})["y"], np.arange(4, dtype=np.float32))
