@@ -156,10 +156,14 @@ class Capabilities:
             return Verdict(False, "capability:dtype",
                            f"{key} admits {sorted(support.dtypes)}, the node has {primary}")
         shapes = [s for s in node.input_shapes if s is not None]
-        if not support.dynamic_shapes and any(
-                d is None or isinstance(d, str) for s in shapes for d in s):
+        # A present input whose rank is unknown is as dynamic as a symbolic dimension.
+        unknown_rank = any(name and (vi is None or vi.shape is None)
+                           for name, vi in zip(node.inputs, node.input_types))
+        if not support.dynamic_shapes and (unknown_rank or any(
+                d is None or isinstance(d, str) for s in shapes for d in s)):
             return Verdict(False, "capability:dynamic-shape",
-                           f"{key} needs static shapes, an input has a dynamic dimension")
+                           f"{key} needs static shapes, an input has a dynamic dimension"
+                           + (" or an unknown rank" if unknown_rank else ""))
         if support.max_rank is not None and any(len(s) > support.max_rank for s in shapes):
             return Verdict(False, "capability:rank",
                            f"{key} admits rank <= {support.max_rank}")

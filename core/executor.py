@@ -33,8 +33,8 @@ class CompiledPlan:
         for part in plan.partitions:
             device = devices[part.device]
             backend = reg.backends[part.backend]
-            sub = graph.subgraph(part.node_indices, f"{graph.name}-p{part.index}")
             try:
+                sub = graph.subgraph(part.node_indices, f"{graph.name}-p{part.index}")
                 exe = backend.compile(sub, device, options)
             except BackendError:
                 raise
@@ -53,9 +53,10 @@ class CompiledPlan:
         """Run every partition in order; return the graph's outputs as fresh host arrays."""
         import numpy as np
 
-        values: dict[str, Any] = {k: _readonly(np, v) for k, v in feeds.items()}
+        values: dict[str, Any] = dict(feeds)
         for part, exe, lock in self._steps:
-            args = {name: values[name] for name in part.inputs}
+            # Read-only views: a partition cannot write into its producer's outputs.
+            args = {name: _readonly(np, values[name]) for name in part.inputs}
             try:
                 with lock:
                     out = exe.run(args)

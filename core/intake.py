@@ -47,7 +47,12 @@ def load_model(model: Any, *, base_dir: str | os.PathLike | None = None) -> Grap
             raise ModelError(f"model file '{path}' {what}; pass the path of an .onnx file")
         name = path.stem
         base_dir = path.resolve().parent
-        proto = _parse(path.read_bytes(), f"model file '{path}'")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"model file '{path}' cannot be read: {exc.strerror or exc}; "
+                             "check its permissions") from None
+        proto = _parse(data, f"model file '{path}'")
     elif isinstance(model, (bytes, bytearray, memoryview)):
         proto = _parse(bytes(model), "model bytes")
     elif isinstance(model, onnx.ModelProto):
@@ -60,12 +65,14 @@ def load_model(model: Any, *, base_dir: str | os.PathLike | None = None) -> Grap
         name = proto.graph.name
     notes: list[str] = []
     _check_domains(proto)
+    # External data is confined and read first: the checker would otherwise resolve its
+    # locations against the process's working directory, with its own rules and words.
+    _load_external_data(proto, base_dir, name)
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:  # onnx raises ValidationError and, for odd protos, others
         raise ModelError(f"{name}: the ONNX checker rejected the model: {exc}") from None
     proto = _check_opset(proto, name, notes)
-    _load_external_data(proto, base_dir, name)
     try:
         proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True,
                                                   data_prop=True)
@@ -179,22 +186,21 @@ def _load_external_data(proto: Any, base_dir: Any, name: str) -> None:
     for t in external:
         info = {e.key: e.value for e in t.external_data}
         location = info.get("location", "")
-        target = (root / location).resolve()
-        if not location or Path(location).is_absolute() or (
-                target != root and root not in target.parents):
-            raise ModelError(
-                f"{name}: tensor '{t.name}' refers to external data at '{location}', outside "
-                f"the model's folder '{root}'; backplane reads external data only from "
-                f"inside that folder. Move the data file next to the model.")
-        if not target.is_file():
-            raise ModelError(f"{name}: external data file '{location}' of tensor '{t.name}' "
-                             f"is missing from '{root}'")
-        offset, length = int(info.get("offset", 0)), info.get("length")
+        target = _confined(root, location, t.name, name)
+        offset = _byte_count(info, "offset", t.name, name)
+        length = _byte_count(info, "length", t.name, name)
         size = target.stat().st_size
-        length = size - offset if length is None else int(length)
-        if offset < 0 or length < 0 or offset + length > size:
+        offset = offset or 0
+        length = size - offset if length is None else length
+        if offset + length > size:
             raise ModelError(f"{name}: tensor '{t.name}' asks for bytes {offset}..{offset + length}"
                              f" of '{location}', which has {size} bytes (truncated file?)")
+        expected = _tensor_nbytes(t)
+        if expected is not None and length != expected:
+            raise ModelError(
+                f"{name}: tensor '{t.name}' ({_describe_tensor(t)}) needs {expected} bytes, "
+                f"but its external data in '{location}' is {length} bytes long; the data "
+                "file does not belong to this model or was written incompletely")
         with open(target, "rb") as f:
             f.seek(offset)
             t.raw_data = f.read(length)
@@ -202,16 +208,92 @@ def _load_external_data(proto: Any, base_dir: Any, name: str) -> None:
         t.data_location = TensorProto.DEFAULT
 
 
+def _confined(root: Path, location: str, tensor: str, name: str) -> Path:
+    """The file ``location`` names, if it is a regular file inside ``root``."""
+    outside = ModelError(
+        f"{name}: tensor '{tensor}' refers to external data at '{location}', outside "
+        f"the model's folder '{root}'; backplane reads external data only from "
+        f"inside that folder. Move the data file next to the model.")
+    if "\x00" in location:
+        raise ModelError(f"{name}: tensor '{tensor}' has an external data location with a NUL "
+                         f"byte ({location!r}); the model file is corrupt or was tampered with")
+    if not location or Path(location).is_absolute():
+        raise outside
+    try:
+        target = (root / location).resolve()
+    except (OSError, RuntimeError) as exc:  # symlink loops, names too long
+        raise ModelError(f"{name}: external data location '{location}' of tensor '{tensor}' "
+                         f"cannot be resolved: {exc}") from None
+    if target != root and root not in target.parents:
+        raise outside
+    if not target.is_file():
+        raise ModelError(f"{name}: external data file '{location}' of tensor '{tensor}' "
+                         f"is missing from '{root}'")
+    return target
+
+
+def _byte_count(info: dict, key: str, tensor: str, name: str) -> int | None:
+    if key not in info:
+        return None
+    try:
+        value = int(info[key])
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ModelError(f"{name}: tensor '{tensor}' has external data {key} {info[key]!r}; "
+                         f"it must be a whole number of bytes, 0 or more")
+    return value
+
+
+def _tensor_nbytes(t: Any) -> int | None:
+    """Bytes a tensor's raw data must hold, or None for types without a fixed width."""
+    import math
+
+    from onnx import TensorProto, helper
+
+    count = math.prod(t.dims)
+    packed = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1")
+              if hasattr(TensorProto, n)}
+    if t.data_type in packed:
+        return (count + 1) // 2
+    if t.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
+        return None
+    try:
+        return count * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _describe_tensor(t: Any) -> str:
+    from onnx import helper
+
+    try:
+        kind = helper.tensor_dtype_to_string(t.data_type).removeprefix("TensorProto.").lower()
+    except (KeyError, ValueError):
+        kind = f"type {t.data_type}"
+    return f"{kind}[{','.join(str(d) for d in t.dims)}]"
+
+
 def _name_nodes(proto: Any) -> None:
-    """Give every unnamed node a unique, stable name (``Relu_3``) for plans and errors."""
+    """Give every node a unique, stable name for plans and errors.
+
+    An unnamed node becomes ``Relu_3`` (op and position); a name the model repeats keeps its
+    first use and later uses get a ``#2``, ``#3`` suffix, since placements are keyed by name.
+    """
     taken = {n.name for n in proto.graph.node if n.name}
+    seen: set[str] = set()
     for i, n in enumerate(proto.graph.node):
-        if not n.name:
-            candidate = f"{n.op_type}_{i}"
-            while candidate in taken:
-                candidate += "_"
-            n.name = candidate
-            taken.add(candidate)
+        if n.name and n.name not in seen:
+            seen.add(n.name)
+            continue
+        stem, k = (n.name, 2) if n.name else (f"{n.op_type}_{i}", 1)
+        candidate = stem if k == 1 else f"{stem}#{k}"
+        while candidate in taken:
+            k += 1
+            candidate = f"{stem}#{k}"
+        n.name = candidate
+        taken.add(candidate)
+        seen.add(candidate)
 
 
 def validate_inputs(graph: Graph, feeds: Any) -> dict[str, Any]:
@@ -229,14 +311,23 @@ def validate_inputs(graph: Graph, feeds: Any) -> dict[str, Any]:
                          f"{graph.describe_inputs()}")
     expected = {vi.name: vi for vi in graph.inputs}
     missing = [n for n in expected if n not in feeds]
-    if missing:
-        raise InputError(f"missing input{'s' if len(missing) > 1 else ''} "
-                         + ", ".join(f"'{n}' ({expected[n].describe()})" for n in missing)
-                         + f"; the model's inputs are: {graph.describe_inputs()}")
     extra = [n for n in feeds if n not in expected]
-    if extra:
-        raise InputError(f"unknown input '{extra[0]}'; the model's inputs are: "
-                         f"{graph.describe_inputs()}.{did_you_mean(str(extra[0]), expected)}")
+    if missing or extra:
+        # A misspelt name is both unknown and missing: name what was given, then what is
+        # missing, then the model's inputs and the likely meaning of each unknown name.
+        problems, hints = [], ""
+        if extra:
+            problems.append(f"unknown input{'s' if len(extra) > 1 else ''} "
+                            + ", ".join(f"'{n}'" for n in extra))
+            for n in extra:
+                hint = did_you_mean(str(n), missing or expected)
+                if hint:
+                    hints += (f" For '{n}':" if len(extra) > 1 else "") + hint
+        if missing:
+            problems.append(f"missing input{'s' if len(missing) > 1 else ''} "
+                            + ", ".join(f"'{n}' ({expected[n].describe()})" for n in missing))
+        raise InputError("; ".join(problems)
+                         + f"; the model's inputs are: {graph.describe_inputs()}.{hints}")
     bound: dict[str, tuple[int, str]] = {}
     out: dict[str, Any] = {}
     for name, vi in expected.items():

@@ -126,6 +126,9 @@ def make_plan(graph: "Graph", devices: list[Device], backends: "dict[str, Backen
               excluded: dict[str, str] | None = None) -> Plan:
     """Place every node of ``graph`` on one of ``devices`` (already in rank order).
 
+    ``excluded`` maps device ids to the reason they may not be used (a failed compile or
+    run); they stay in every node's rejections with the code ``excluded``.
+
     Raises:
         UnsupportedError: a node that no allowed device admits, naming each device's reason.
     """
@@ -161,10 +164,9 @@ def make_plan(graph: "Graph", devices: list[Device], backends: "dict[str, Backen
             reason = "no faster backend admits this node; the reference backend runs it"
         placements.append(Placement(node.name, node.op_type, chosen.device_id,
                                     chosen.device.backend, reason, fallback, rejected))
-    plan = Plan(graph.name, policy, precision, explicit, [d.id for d in devices], placements,
+    return Plan(graph.name, policy, precision, explicit,
+                [d.id for d in devices if d.id not in excluded], placements,
                 _partitions(graph, placements), events, list(graph.notes))
-    plan.events += [f"excluded {dev}: {why}" for dev, why in excluded.items()]
-    return plan
 
 
 def _admits(backend: "Backend", device: Device, node: Any, precision: str,

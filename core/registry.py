@@ -76,6 +76,21 @@ def _env_list(name: str) -> list[str]:
     return [x.strip() for x in os.environ.get(name, "").split(",") if x.strip()]
 
 
+def _probe_timeout() -> float:
+    raw = os.environ.get("BACKPLANE_PROBE_TIMEOUT_S", "").strip()
+    if not raw:
+        return DEFAULT_PROBE_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        log.warning("backplane: BACKPLANE_PROBE_TIMEOUT_S=%r is not a positive number of "
+                    "seconds; using %g", raw, DEFAULT_PROBE_TIMEOUT_S)
+        return DEFAULT_PROBE_TIMEOUT_S
+    return value
+
+
 _dist_index: dict[tuple[str, str], tuple[str, str]] | None = None
 
 
@@ -105,8 +120,7 @@ class Registry:
         self.records: dict[str, PluginRecord] = {}
         self.backends: dict[str, Backend] = {}
         self._devices: dict[str, list[Device]] | None = None
-        self.probe_timeout_s = float(os.environ.get("BACKPLANE_PROBE_TIMEOUT_S",
-                                                    DEFAULT_PROBE_TIMEOUT_S))
+        self.probe_timeout_s = _probe_timeout()
         self._discover()
 
     # -- discovery -------------------------------------------------------------------------
@@ -120,8 +134,13 @@ class Registry:
         allow, deny = _env_list("BACKPLANE_PLUGINS"), _env_list("BACKPLANE_DISABLE_PLUGINS")
         names = []
         for ep in entry_points:
-            if ep.name in self.records:
-                continue  # the same name declared twice: the first one wins
+            if ep.name in self.records:  # the same name declared twice: the first one wins
+                dist, version = _distribution_of(ep.name, ep.value)
+                log.warning("backplane: backend name '%s' is declared twice: '%s' is used, "
+                            "'%s'%s is ignored; uninstall one of them", ep.name,
+                            self.records[ep.name].entry_point, ep.value,
+                            f" (from {dist} {version})" if dist else "")
+                continue
             record = PluginRecord(ep.name, ep.value, LOADED)
             self.records[ep.name] = record
             if ep.name not in ALWAYS_LOADED and allow and ep.name not in allow:
@@ -132,16 +151,22 @@ class Registry:
                 names.append(ep.name)
         for wanted in allow:
             if wanted not in self.records:
-                log.warning("BACKPLANE_PLUGINS names '%s', which no installed package "
+                log.warning("backplane: BACKPLANE_PLUGINS names '%s', which no installed package "
                             "provides.%s", wanted, did_you_mean(wanted, self.records))
 
+        def first(ep: Any) -> bool:  # stevedore loads every entry point of a wanted name
+            return self.records[ep.name].entry_point == ep.value
+
         def on_failure(_manager: Any, ep: Any, exc: BaseException) -> None:
-            self._fail(self.records[ep.name], f"import failed: {type(exc).__name__}: {exc}", exc)
+            if first(ep):
+                self._fail(self.records[ep.name], f"import failed: {type(exc).__name__}: {exc}",
+                           exc)
 
         manager = NamedExtensionManager(GROUP, names=names, on_load_failure_callback=on_failure,
                                         on_missing_entrypoints_callback=None)
         for ext in manager.extensions:
-            self._accept(self.records[ext.name], ext.plugin)
+            if first(ext.entry_point):
+                self._accept(self.records[ext.name], ext.plugin)
 
     def _accept(self, record: PluginRecord, plugin: Any) -> None:
         """Construct and validate one loaded plugin object."""
@@ -313,10 +338,13 @@ def registry(refresh: bool = False) -> Registry:
     """The process's registry, discovered on first use (or again with ``refresh=True``)."""
     global _registry
     with _registry_lock:
-        if _registry is None or refresh:
-            _registry = Registry()
-            _notify_loaded(_registry)
-        return _registry
+        if _registry is not None and not refresh:
+            return _registry
+        old, _registry = _registry, Registry()
+        new = _registry
+    # Hooks run outside the lock: an implementation may itself ask for the registry.
+    _notify_loaded(new, old)
+    return new
 
 
 def devices() -> list[Device]:
@@ -381,8 +409,11 @@ def _register(pm: Any, obj: Any, name: str) -> None:
         log.warning("backplane: hooks of '%s' rejected: %s", name, exc)
 
 
-def _notify_loaded(reg: Registry) -> None:
+def _notify_loaded(reg: Registry, old: Registry | None = None) -> None:
     pm = plugin_manager()
+    for backend in (old.backends.values() if old else ()):
+        if pm.is_registered(backend):  # a refreshed registry replaces the old objects
+            pm.unregister(backend)
     for name, backend in reg.backends.items():
         _register(pm, backend, f"backend:{name}")
     for record in reg.records.values():

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .contract import POLICIES, PRECISIONS, CompileOptions, Device
-from .errors import CompileError, ExecutionError, UnsupportedError
+from .errors import BackendError, UnsupportedError
 from .executor import CompiledPlan
 from .graph import ValueInfo
 from .intake import load_model, validate_inputs
@@ -91,18 +91,23 @@ class Session:
 
         Raises:
             InputError: missing, extra, mis-typed or mis-shaped inputs.
-            ExecutionError: a backend failed and the session is strict (or nothing is left).
+            ExecutionError: a backend failed and the session is strict, or the error names
+                no device to re-plan without.
+            UnsupportedError: a backend failed and no remaining device can run the model;
+                the message lists every device's reason, the failures included.
         """
         feeds = validate_inputs(self.graph, inputs)
         while True:
             compiled = self._compiled
             try:
                 return compiled.run(feeds)
-            except ExecutionError as exc:
+            except BackendError as exc:  # ExecutionError, or a plugin's own BackendError
                 if self.strict or exc.device is None:
                     raise
                 with self._lock:
                     if self._compiled is compiled:  # another thread may have re-planned
+                        if exc.device in self._excluded:
+                            raise  # not the named device's fault: re-planning cannot help
                         self._exclude(exc.device, str(exc))
                         self._compiled = self._build()
 
@@ -136,22 +141,15 @@ class Session:
         """Plan and compile, excluding each device whose compile fails, until one holds."""
         by_id = {d.id: d for d in self._devices}
         while True:
-            allowed = [d for d in self._devices if d.id not in self._excluded]
-            try:
-                plan = make_plan(self.graph, allowed, self._registry.backends,
-                                 precision=self.precision, policy=self.policy,
-                                 explicit=self._explicit)
-            except UnsupportedError as exc:
-                if self._excluded:
-                    raise UnsupportedError(f"{exc} Excluded after failures: "
-                                           f"{self._excluded}") from None
-                raise
+            plan = make_plan(self.graph, self._devices, self._registry.backends,
+                             precision=self.precision, policy=self.policy,
+                             explicit=self._explicit, excluded=dict(self._excluded))
             plan.events[:0] = self._history
             call_hook("backplane_plan_ready", plan=plan, graph=self.graph)
             try:
                 return CompiledPlan(self.graph, plan, self._registry, self._options, by_id)
-            except CompileError as exc:
-                if self.strict or exc.device is None:
+            except BackendError as exc:  # CompileError, or a plugin's own BackendError
+                if self.strict or exc.device is None or exc.device in self._excluded:
                     raise
                 self._exclude(exc.device, str(exc))
 

@@ -51,6 +51,14 @@ def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return pip_install([EXAMPLE, *BROKEN], tmp_path_factory.mktemp("broken-site"), work)
 
 
+@pytest.fixture(scope="session")
+def duplicate_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a package that declares the name ``example-numpy`` a second time."""
+    work = tmp_path_factory.mktemp("duplicate-src")
+    return pip_install([ROOT / "tests" / "plugins" / "duplicate_name"],
+                       tmp_path_factory.mktemp("duplicate-site"), work)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def example_plugin_on_path(example_site: Path):
     """Make the installed example plugin visible to this process, then rediscover."""
@@ -63,8 +71,11 @@ def example_plugin_on_path(example_site: Path):
     sys.path.remove(str(example_site))
 
 
-def clean_env(site: Path | None = None, **extra: str) -> dict[str, str]:
-    """The environment for a child process: no inherited BACKPLANE_* settings."""
+def clean_env(site: Path | str | None = None, **extra: str) -> dict[str, str]:
+    """The environment for a child process: no inherited BACKPLANE_* settings.
+
+    ``site`` becomes PYTHONPATH (several folders joined with ``os.pathsep``, first wins).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKPLANE_")}
     env["BACKPLANE_PROBE_TIMEOUT_S"] = PROBE_TIMEOUT_S
     if site is not None:
@@ -73,14 +84,14 @@ def clean_env(site: Path | None = None, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, site: Path | None = None, timeout: float = 120, **env: str
+def run_cli(*args: str, site: Path | str | None = None, timeout: float = 120, **env: str
             ) -> subprocess.CompletedProcess:
     """Run ``python -m backplane ARGS`` in a child process."""
     return subprocess.run([sys.executable, "-m", "backplane", *args], capture_output=True,
                           text=True, env=clean_env(site, **env), timeout=timeout)
 
 
-def run_python(code: str, site: Path | None = None, timeout: float = 120, **env: str
+def run_python(code: str, site: Path | str | None = None, timeout: float = 120, **env: str
                ) -> subprocess.CompletedProcess:
     """Run a Python snippet in a child process."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

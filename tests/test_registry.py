@@ -7,6 +7,7 @@ plugin distributions (see conftest.py), so discovery goes through real entry poi
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -183,3 +184,56 @@ def test_device_index_out_of_range_lists_the_devices_that_exist(tmp_path):
     result = run_cli("plan", path, "--device", "reference:3")
     assert result.returncode == 2
     assert "device 'reference:3' does not exist; backend 'reference' has reference:0" in result.stderr
+
+
+def test_a_backend_name_declared_twice_uses_the_first_and_says_so(broken_site, duplicate_site):
+    # PYTHONPATH order is import order: the example plugin's declaration comes first.
+    records = plugin_records(f"{broken_site}{os.pathsep}{duplicate_site}")
+    r = records["example-numpy"]
+    assert r["state"] == "ready" and r["distribution"] == "backplane-example-plugin"
+    result = run_cli("devices", site=f"{broken_site}{os.pathsep}{duplicate_site}")
+    assert "backend name 'example-numpy' is declared twice" in result.stderr
+    assert "bp_duplicate_name:Impostor' (from backplane-test-duplicate-name 0.4.0) is ignored" \
+        in result.stderr
+
+
+def test_a_hook_that_asks_for_the_registry_while_plugins_load_does_not_deadlock():
+    code = """
+import backplane as bp
+
+class Curious:
+    seen = []
+    @bp.hookimpl
+    def backplane_plugin_loaded(self, record):
+        Curious.seen.append((record.name, len(bp.registry().records)))
+
+bp.plugin_manager().register(Curious())
+bp.registry(refresh=True)
+print(sorted(Curious.seen)[0])
+"""
+    result = run_python(code, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("('reference',")
+
+
+def test_refresh_replaces_the_backend_objects_carrying_hooks():
+    code = """
+import backplane as bp
+first = bp.registry().backends['reference']
+second = bp.registry(refresh=True).backends['reference']
+pm = bp.plugin_manager()
+print(first is not second, pm.is_registered(first), pm.get_plugin('backend:reference') is second)
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False", "True"]
+    assert "rejected" not in result.stderr
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "0", "inf"])
+def test_a_bad_probe_timeout_warns_and_uses_the_default(value):
+    result = run_cli("devices", BACKPLANE_PROBE_TIMEOUT_S=value)
+    assert result.returncode == 0, result.stderr
+    assert f"BACKPLANE_PROBE_TIMEOUT_S={value!r} is not a positive number of seconds; " \
+           "using 5" in result.stderr
+    assert "reference:0" in result.stdout

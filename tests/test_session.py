@@ -147,6 +147,7 @@ s = bp.Session(single('Relu'), devices=['failing-compile', 'example-numpy'])
 np.testing.assert_array_equal(s.run({'x': x})['y'], np.maximum(x, 0))
 print(s.plan.placements[0].device)
 print(s.plan.events)
+print({r.device: r.code for r in s.plan.placements[0].rejected})
 try:
     bp.Session(single('Relu'), devices=['failing-compile', 'example-numpy'], strict=True)
 except bp.CompileError as e:
@@ -157,7 +158,8 @@ except bp.CompileError as e:
     lines = result.stdout.splitlines()
     assert lines[0] == "example-numpy:0"
     assert "re-planned without failing-compile:0" in lines[1] and "vendor compiler crashed" in lines[1]
-    assert lines[2] == ("strict: failing-compile failing-compile:0 Relu | "
+    assert lines[2] == "{'failing-compile:0': 'excluded'}"  # explain() keeps the reason
+    assert lines[3] == ("strict: failing-compile failing-compile:0 Relu | "
                         "RuntimeError: vendor compiler crashed: internal error 0xdead")
     assert "re-planning without it" in result.stderr  # a fallback is never silent
 
@@ -257,3 +259,37 @@ def test_random_inputs_match_the_model_and_symbolic_dims_can_be_set():
     feeds = session.random_inputs(seed=1, dims={"batch": 5})
     assert feeds["x"].shape == (5, 4) and feeds["x"].dtype == np.float32
     assert np.any(feeds["x"] != 0)
+
+
+def test_repeated_node_names_are_made_unique_so_every_node_is_placed():
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="n"),
+             helper.make_node("Sigmoid", ["a"], ["b"], name="n"),
+             helper.make_node("Relu", ["b"], ["y"])]
+    graph = helper.make_graph(nodes, "dup", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    session = bp.Session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert [p.node for p in session.plan.placements] == ["n", "n#2", "Relu_2"]
+    x = np.random.default_rng(12).standard_normal((2, 3)).astype(np.float32)
+    expected = np.maximum(1 / (1 + np.exp(-np.maximum(x, 0))), 0)
+    np.testing.assert_allclose(session.run({"x": x})["y"], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_static_shape_kernel_refuses_an_input_of_unknown_rank():
+    from onnx import TensorProto, helper
+
+    table = bp.KernelTable()
+    table.register("Relu", dynamic_shapes=False)(lambda x: np.maximum(x, 0))
+    # Reshape to a shape given at run time: the rank of 'a' is unknown until then.
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["a"], name="reshape"),
+             helper.make_node("Relu", ["a"], ["y"], name="r")]
+    graph = helper.make_graph(nodes, "unranked", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [6]),
+        helper.make_tensor_value_info("shape", TensorProto.INT64, ["k"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])])
+    loaded = bp.load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert loaded.nodes[1].input_shapes == [None]
+    verdict = table.capabilities().check(loaded.nodes[1])
+    assert not verdict and verdict.code == "capability:dynamic-shape"
+    assert "unknown rank" in verdict.detail

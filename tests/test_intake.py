@@ -1,0 +1,547 @@
+"""Model intake and input validation, as specifications.
+
+``backplane.load_model`` (and so ``Session``) takes a path, bytes or an ``onnx.ModelProto``
+and gives a checked, shape-inferred Graph; every way a model can be wrong is a
+``ModelError`` that names the problem. External data is read only from inside the model's
+own folder. ``Session.run`` refuses wrong inputs with an ``InputError`` that names the
+input, what was given and what is expected, and leaves the caller's arrays alone.
+
+Every model here is built in code with ``onnx.helper``. Numerical checks compare with
+numpy on fresh random inputs; the seed is printed and put in every assertion message
+(set ``BACKPLANE_TEST_SEED`` to replay one).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import backplane as bp
+from backplane import intake
+
+RTOL, ATOL = 1e-6, 1e-6
+
+# --------------------------------------------------------------------------------------
+# Helpers: models built in code, and the seed of this run.
+# --------------------------------------------------------------------------------------
+
+
+def tensor(name: str, elem_type: int, shape) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem_type, shape)
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset: int = 17,
+               extra_opsets=()) -> onnx.ModelProto:
+    graph = helper.make_graph(list(nodes), "intake-test", list(inputs), list(outputs),
+                              initializer=list(initializers))
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in extra_opsets]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+def two_input_model() -> onnx.ModelProto:
+    """x: float32[batch,3], n: int64[batch] -> y = Relu(x) + c, m = n + n."""
+    c = numpy_helper.from_array(np.array([0.5, -1.0, 2.0], np.float32), "c")
+    return make_model(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "c"], ["y"]),
+         helper.make_node("Add", ["n", "n"], ["m"])],
+        [tensor("x", TensorProto.FLOAT, ["batch", 3]), tensor("n", TensorProto.INT64, ["batch"])],
+        [tensor("y", TensorProto.FLOAT, ["batch", 3]), tensor("m", TensorProto.INT64, ["batch"])],
+        [c])
+
+
+def relu_add_model(opset: int = 17) -> onnx.ModelProto:
+    """a, b: float32[batch,3] -> y = Relu(a) + b."""
+    return make_model(
+        [helper.make_node("Relu", ["a"], ["r"]), helper.make_node("Add", ["r", "b"], ["y"])],
+        [tensor("a", TensorProto.FLOAT, ["batch", 3]), tensor("b", TensorProto.FLOAT, ["batch", 3])],
+        [tensor("y", TensorProto.FLOAT, ["batch", 3])], opset=opset)
+
+
+def relu_add_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.maximum(a.astype(np.float64), 0) + b.astype(np.float64)
+
+
+def static_add_model() -> onnx.ModelProto:
+    """a, b: float32[2,3] -> y = a + b."""
+    return make_model([helper.make_node("Add", ["a", "b"], ["y"])],
+                      [tensor("a", TensorProto.FLOAT, [2, 3]), tensor("b", TensorProto.FLOAT, [2, 3])],
+                      [tensor("y", TensorProto.FLOAT, [2, 3])])
+
+
+def reference_session(model) -> "bp.Session":
+    return bp.Session(model, devices=["reference"])
+
+
+#: Fresh for every run of the suite, unless BACKPLANE_TEST_SEED replays one.
+SEED = int(os.environ.get("BACKPLANE_TEST_SEED") or secrets.randbits(32))
+
+
+@pytest.fixture
+def seed() -> int:
+    """This run's seed, printed in each test that uses it so a failure shows it."""
+    print(f"random seed: {SEED} (replay with BACKPLANE_TEST_SEED={SEED})")
+    return SEED
+
+
+def normal(rng: np.random.Generator, shape) -> np.ndarray:
+    """Standard normal float32 values, shifted so none is exactly zero."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[x == 0] = 0.25
+    return x
+
+
+# --------------------------------------------------------------------------------------
+# 1. Loading from a path, bytes or a ModelProto.
+# --------------------------------------------------------------------------------------
+
+EXPECTED_INPUTS = [("x", "float32", ("batch", 3)), ("n", "int64", ("batch",))]
+EXPECTED_OUTPUTS = [("y", "float32", ("batch", 3)), ("m", "int64", ("batch",))]
+
+
+@pytest.mark.parametrize("form", ["str path", "pathlib path", "bytes", "bytearray", "ModelProto"])
+def test_every_model_form_gives_a_graph_with_the_declared_inputs_and_outputs(form, tmp_path):
+    """Names, dtypes and shapes (symbolic 'batch' included) come through every way in."""
+    model = two_input_model()
+    path = tmp_path / "two.onnx"
+    onnx.save_model(model, str(path))
+    source = {"str path": str(path), "pathlib path": path, "bytes": path.read_bytes(),
+              "bytearray": bytearray(path.read_bytes()), "ModelProto": model}[form]
+    graph = bp.load_model(source)
+    assert isinstance(graph, bp.Graph)
+    assert [(v.name, v.dtype, v.shape) for v in graph.inputs] == EXPECTED_INPUTS
+    assert [(v.name, v.dtype, v.shape) for v in graph.outputs] == EXPECTED_OUTPUTS
+
+
+def test_loading_a_model_proto_leaves_the_callers_proto_unchanged():
+    model = relu_add_model(opset=11)  # an upgrade, node naming and shape inference all apply
+    before = model.SerializeToString()
+    graph = bp.load_model(model)
+    assert model.SerializeToString() == before
+    assert graph.model is not model
+    assert not any(n.name for n in model.graph.node)
+    assert not model.graph.value_info
+
+
+# --------------------------------------------------------------------------------------
+# 2. Files and objects that are not models.
+# --------------------------------------------------------------------------------------
+
+
+def test_a_nonexistent_path_is_a_model_error_saying_it_does_not_exist(tmp_path):
+    path = tmp_path / "nowhere.onnx"
+    with pytest.raises(bp.ModelError, match="does not exist") as err:
+        bp.load_model(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_directory_path_is_a_model_error_saying_it_is_a_folder(tmp_path):
+    with pytest.raises(bp.ModelError, match="is a folder") as err:
+        bp.load_model(tmp_path)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_an_empty_file_is_a_model_error_saying_it_is_empty(tmp_path):
+    path = tmp_path / "empty.onnx"
+    path.write_bytes(b"")
+    with pytest.raises(bp.ModelError, match="is empty") as err:
+        bp.load_model(path)
+    assert str(path) in str(err.value)
+
+
+def test_files_of_random_bytes_are_model_errors_saying_they_are_not_onnx(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    for trial in range(20):
+        path = tmp_path / f"random{trial}.onnx"
+        path.write_bytes(rng.bytes(int(rng.integers(1, 2000))))
+        with pytest.raises(bp.ModelError) as err:
+            bp.load_model(path)
+        assert re.search(r"not (a valid ONNX file|an ONNX model)", str(err.value)), \
+            f"seed {seed}, trial {trial}: {err.value}"
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
+def test_a_truncated_model_file_is_a_model_error_saying_it_may_be_truncated(fraction, tmp_path):
+    data = two_input_model().SerializeToString()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[:int(len(data) * fraction)])
+    with pytest.raises(bp.ModelError, match="truncated") as err:
+        bp.load_model(path)
+    assert str(path) in str(err.value)
+
+
+def test_every_proper_prefix_of_model_bytes_is_a_model_error():
+    """However the bytes are cut, the only exception is ModelError (no crash, no other type)."""
+    data = two_input_model().SerializeToString()
+    for cut in range(len(data)):
+        try:
+            bp.load_model(data[:cut])
+        except bp.ModelError:
+            continue
+        except Exception as exc:  # noqa: BLE001 - the point is to catch any other type
+            pytest.fail(f"cut at {cut} of {len(data)} bytes raised {type(exc).__name__}: {exc}")
+        pytest.fail(f"cut at {cut} of {len(data)} bytes loaded as a model")
+
+
+@pytest.mark.parametrize("value", [42, {"graph": "x"}], ids=["int", "dict"])
+def test_an_object_that_is_not_a_model_is_a_model_error_naming_its_type(value):
+    with pytest.raises(bp.ModelError, match=type(value).__name__) as err:
+        bp.load_model(value)
+    assert "ModelProto" in str(err.value)
+
+
+# --------------------------------------------------------------------------------------
+# 3-5. Invalid models, domains and opsets.
+# --------------------------------------------------------------------------------------
+
+
+def test_a_model_the_onnx_checker_rejects_is_a_model_error_naming_the_checker():
+    model = make_model([helper.make_node("Relu", ["undefined"], ["y"])],
+                       [tensor("x", TensorProto.FLOAT, [2])], [tensor("y", TensorProto.FLOAT, [2])])
+    with pytest.raises(bp.ModelError, match="checker") as err:
+        bp.load_model(model)
+    assert "undefined" in str(err.value)
+
+
+def test_inconsistent_static_shapes_are_a_model_error_naming_shape_inference():
+    model = make_model([helper.make_node("Add", ["a", "b"], ["y"])],
+                       [tensor("a", TensorProto.FLOAT, [2, 3]), tensor("b", TensorProto.FLOAT, [4, 5])],
+                       [tensor("y", TensorProto.FLOAT, [2, 3])])
+    with pytest.raises(bp.ModelError, match="shape inference"):
+        bp.load_model(model)
+
+
+def test_a_node_of_an_unsupported_domain_is_a_model_error_naming_domain_and_op():
+    model = make_model(
+        [helper.make_node("FusedGemm", ["a", "b"], ["y"], domain="com.microsoft")],
+        [tensor("a", TensorProto.FLOAT, [2, 3]), tensor("b", TensorProto.FLOAT, [3, 5])],
+        [tensor("y", TensorProto.FLOAT, [2, 5])], extra_opsets=[("com.microsoft", 1)])
+    with pytest.raises(bp.ModelError) as err:
+        bp.load_model(model)
+    assert "'com.microsoft'" in str(err.value) and "FusedGemm" in str(err.value)
+
+
+def test_an_opset_newer_than_supported_is_a_model_error_naming_it_and_the_range():
+    newer = intake.MAX_OPSET + 1
+    with pytest.raises(bp.ModelError) as err:
+        bp.load_model(relu_add_model(opset=newer))
+    message = str(err.value)
+    assert f"opset {newer}" in message
+    assert f"{intake.MIN_OPSET} to {intake.MAX_OPSET}" in message
+
+
+def test_an_older_opset_is_upgraded_and_the_graph_notes_say_so():
+    graph = bp.load_model(relu_add_model(opset=11))
+    assert graph.opsets[""] == intake.MIN_OPSET
+    assert any("opset 11" in n and str(intake.MIN_OPSET) in n for n in graph.notes), graph.notes
+
+
+def test_an_upgraded_model_runs_and_matches_numpy(seed):
+    session = reference_session(relu_add_model(opset=11))
+    rng = np.random.default_rng(seed)
+    a, b = normal(rng, (5, 3)), normal(rng, (5, 3))
+    y = session.run({"a": a, "b": b})["y"]
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, relu_add_numpy(a, b), rtol=RTOL, atol=ATOL,
+                               err_msg=f"seed {seed}")
+
+
+# --------------------------------------------------------------------------------------
+# 6. External data.
+# --------------------------------------------------------------------------------------
+
+W_SHAPE = (3, 4)
+
+
+class External:
+    """A model folder ``root/model`` holding ``m.onnx`` (y = x @ w) and ``weights.bin``."""
+
+    def __init__(self, root: Path, seed: int):
+        self.seed = seed
+        self.root = root
+        self.folder = root / "model"
+        self.folder.mkdir()
+        self.w = normal(np.random.default_rng(seed), W_SHAPE)
+        model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                           [tensor("x", TensorProto.FLOAT, ["batch", W_SHAPE[0]])],
+                           [tensor("y", TensorProto.FLOAT, ["batch", W_SHAPE[1]])],
+                           [numpy_helper.from_array(self.w, "w")])
+        self.path = self.folder / "m.onnx"
+        onnx.save_model(model, str(self.path), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+        self.proto = onnx.load_model(str(self.path), load_external_data=False)
+        assert self.proto.graph.initializer[0].data_location == TensorProto.EXTERNAL
+        assert (self.folder / "weights.bin").stat().st_size == self.w.nbytes
+
+    def variant(self, name: str, **entries: str) -> Path:
+        """The model saved as ``name`` with the tensor's external_data entries replaced."""
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        t = proto.graph.initializer[0]
+        info = {e.key: e.value for e in t.external_data}
+        info.update(entries)
+        del t.external_data[:]
+        for key, value in info.items():
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+        path = self.folder / name
+        onnx.save_model(proto, str(path))
+        return path
+
+
+@pytest.fixture
+def ext(tmp_path, seed, monkeypatch) -> External:
+    """An external-data model folder; the working directory is its parent, never the folder,
+    so no test passes merely because data paths happen to resolve from the CWD."""
+    built = External(tmp_path, seed)
+    monkeypatch.chdir(built.root)
+    return built
+
+
+def check_matmul(session: "bp.Session", ext: External) -> None:
+    x = normal(np.random.default_rng(ext.seed + 1), (4, W_SHAPE[0]))
+    y = session.run({"x": x})["y"]
+    np.testing.assert_allclose(y, x.astype(np.float64) @ ext.w.astype(np.float64),
+                               rtol=1e-5, atol=1e-5, err_msg=f"seed {ext.seed}")
+
+
+def test_an_external_data_model_loads_from_its_path_and_runs_correctly(ext):
+    check_matmul(reference_session(ext.path), ext)
+
+
+def test_external_data_loading_does_not_depend_on_the_working_directory(ext, monkeypatch):
+    elsewhere = ext.root / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    check_matmul(reference_session(ext.path), ext)
+
+
+def _outside_location(ext: External, how: str) -> str:
+    """Put a real copy of the weights outside the folder and return a location reaching it."""
+    outside = ext.root / "escape.bin"
+    shutil.copy(ext.folder / "weights.bin", outside)
+    if how == "parent":
+        return "../escape.bin"
+    if how == "absolute":
+        return str(outside)
+    link = ext.folder / "link.bin"
+    link.symlink_to(outside)
+    return "link.bin"
+
+
+OUTSIDE = ["parent", "absolute", "symlink"]
+
+
+@pytest.mark.parametrize("how", OUTSIDE)
+def test_external_data_outside_the_model_folder_is_refused(ext, how):
+    path = ext.variant(f"{how}.onnx", location=_outside_location(ext, how))
+    with pytest.raises(bp.ModelError):
+        bp.load_model(path)
+
+
+@pytest.mark.parametrize("how", OUTSIDE)
+def test_refused_outside_external_data_message_says_it_is_outside_the_model_folder(ext, how):
+    path = ext.variant(f"{how}.onnx", location=_outside_location(ext, how))
+    with pytest.raises(bp.ModelError, match="outside the model's folder") as err:
+        bp.load_model(path)
+    assert str(ext.folder.resolve()) in str(err.value)
+
+
+def test_a_missing_external_data_file_is_a_model_error_naming_it(ext):
+    path = ext.variant("missing.onnx", location="missing.bin")
+    with pytest.raises(bp.ModelError, match="missing.bin"):
+        bp.load_model(path)
+
+
+@pytest.mark.parametrize("entries", [{"offset": "40"}, {"length": "1000"},
+                                     {"offset": "8", "length": str(W_SHAPE[0] * W_SHAPE[1] * 4)}],
+                         ids=["offset", "length", "offset+length"])
+def test_an_external_data_range_beyond_the_file_is_a_model_error(ext, entries):
+    path = ext.variant("range.onnx", **entries)
+    size = (ext.folder / "weights.bin").stat().st_size
+    with pytest.raises(bp.ModelError, match=f"has {size} bytes"):
+        bp.load_model(path)
+
+
+def test_external_data_shorter_than_the_tensor_is_a_model_error(ext):
+    path = ext.variant("short.onnx", length="8")
+    with pytest.raises(bp.ModelError, match="'w'"):
+        bp.load_model(path)
+
+
+@pytest.mark.parametrize("entries", [{"offset": "abc"}, {"length": "12x"},
+                                     {"location": "weights.bin\x00.txt"}],
+                         ids=["offset-not-a-number", "length-not-a-number", "nul-in-location"])
+def test_malformed_external_data_entries_are_model_errors(ext, entries):
+    path = ext.variant("malformed.onnx", **entries)
+    with pytest.raises(bp.ModelError):
+        bp.load_model(path)
+
+
+def test_model_bytes_with_external_data_and_no_base_dir_ask_for_base_dir(ext):
+    with pytest.raises(bp.ModelError, match="base_dir"):
+        bp.load_model(ext.path.read_bytes())
+
+
+def test_model_bytes_with_external_data_load_with_base_dir_and_run_correctly(ext):
+    check_matmul(bp.Session(ext.path.read_bytes(), devices=["reference"], base_dir=ext.folder),
+                 ext)
+
+
+# --------------------------------------------------------------------------------------
+# 7. Input validation in Session.run.
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def relu_add() -> "bp.Session":
+    return reference_session(relu_add_model())
+
+
+@pytest.fixture
+def ab(seed) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return normal(rng, (4, 3)), normal(rng, (4, 3))
+
+
+def test_a_missing_input_is_an_input_error_naming_it_and_its_type(relu_add, ab):
+    with pytest.raises(bp.InputError) as err:
+        relu_add.run({"a": ab[0]})
+    message = str(err.value)
+    assert "missing input 'b'" in message and "float32[batch,3]" in message
+
+
+def test_an_extra_input_is_an_input_error_suggesting_the_near_name(relu_add, ab):
+    a, b = ab
+    with pytest.raises(bp.InputError) as err:
+        relu_add.run({"a": a, "b": b, "bb": b})
+    message = str(err.value)
+    assert "unknown input 'bb'" in message
+    assert "Did you mean 'b'" in message
+    assert "a: float32[batch,3], b: float32[batch,3]" in message
+
+
+def test_a_misspelt_input_name_is_an_input_error_naming_it_and_suggesting_the_right_one(
+        relu_add, ab):
+    a, b = ab
+    with pytest.raises(bp.InputError) as err:
+        relu_add.run({"a": a, "bx": b})
+    assert "'bx'" in str(err.value) and "Did you mean 'b'" in str(err.value)
+
+
+def test_a_float64_array_for_a_float32_input_is_refused_suggesting_astype(relu_add, ab):
+    a, b = ab
+    with pytest.raises(bp.InputError) as err:
+        relu_add.run({"a": a.astype(np.float64), "b": b})
+    message = str(err.value)
+    assert "input 'a'" in message and "float64" in message and "float32[batch,3]" in message
+    assert ".astype(numpy.float32)" in message
+
+
+def test_an_input_of_the_wrong_rank_is_an_input_error(relu_add, ab):
+    a, b = ab
+    with pytest.raises(bp.InputError) as err:
+        relu_add.run({"a": a[0], "b": b})
+    message = str(err.value)
+    assert "input 'a'" in message and "(3,)" in message and "rank 1" in message
+    assert "rank 2" in message and "float32[batch,3]" in message
+
+
+def test_a_wrong_static_dimension_is_an_input_error(seed):
+    rng = np.random.default_rng(seed)
+    session = reference_session(static_add_model())
+    with pytest.raises(bp.InputError) as err:
+        session.run({"a": normal(rng, (2, 4)), "b": normal(rng, (2, 3))})
+    message = str(err.value)
+    assert "input 'a'" in message and "(2, 4)" in message and "float32[2,3]" in message
+    assert "dimension 1 must be 3, got 4" in message
+
+
+def test_a_symbolic_dimension_bound_differently_by_two_inputs_is_an_input_error(relu_add, ab):
+    a, b = ab
+    with pytest.raises(bp.InputError) as err:
+        relu_add.run({"a": a, "b": b[:2]})
+    message = str(err.value)
+    assert "input 'b'" in message and "'batch'" in message
+    assert "is 2" in message and "input 'a'" in message and "'batch' = 4" in message
+
+
+def test_feeds_that_are_not_a_dict_are_an_input_error(relu_add, ab):
+    with pytest.raises(bp.InputError) as err:
+        relu_add.run(list(ab))
+    message = str(err.value)
+    assert "got a list" in message and "dict" in message
+    assert "a: float32[batch,3], b: float32[batch,3]" in message
+
+
+def test_a_python_list_of_floats_for_a_float32_input_is_converted(relu_add, ab, seed):
+    a, b = ab
+    y = relu_add.run({"a": a.tolist(), "b": b})["y"]
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, relu_add_numpy(a, b), rtol=RTOL, atol=ATOL,
+                               err_msg=f"seed {seed}")
+
+
+def test_a_session_runs_correctly_after_refused_requests(seed):
+    session = reference_session(relu_add_model())
+    rng = np.random.default_rng(seed)
+    a, b = normal(rng, (4, 3)), normal(rng, (4, 3))
+    refused = [{"a": a}, {"a": a, "b": b, "c": b}, {"a": a.astype(np.float64), "b": b},
+               {"a": a[0], "b": b}, {"a": a, "b": b[:2]}, [a, b]]
+    for feeds in refused:
+        with pytest.raises(bp.InputError):
+            session.run(feeds)
+    y = session.run({"a": a, "b": b})["y"]
+    np.testing.assert_allclose(y, relu_add_numpy(a, b), rtol=RTOL, atol=ATOL,
+                               err_msg=f"seed {seed}")
+
+
+# --------------------------------------------------------------------------------------
+# 8. The caller's arrays and the outputs.
+# --------------------------------------------------------------------------------------
+
+
+def aliasing_model() -> onnx.ModelProto:
+    """x: float32[2,3] -> same = Identity(x), const = Identity(w), relu = Relu(x)."""
+    w = numpy_helper.from_array(np.array([[1, 2, 3], [4, 5, 6]], np.float32), "w")
+    return make_model(
+        [helper.make_node("Identity", ["x"], ["same"]), helper.make_node("Identity", ["w"], ["const"]),
+         helper.make_node("Relu", ["x"], ["relu"])],
+        [tensor("x", TensorProto.FLOAT, [2, 3])],
+        [tensor(n, TensorProto.FLOAT, [2, 3]) for n in ("same", "const", "relu")], [w])
+
+
+def test_a_run_does_not_modify_the_callers_input_arrays(ab, seed):
+    session = reference_session(relu_add_model())
+    a, b = ab
+    a_before, b_before = a.copy(), b.copy()
+    session.run({"a": a, "b": b})
+    np.testing.assert_array_equal(a, a_before, err_msg=f"seed {seed}")
+    np.testing.assert_array_equal(b, b_before, err_msg=f"seed {seed}")
+    assert a.flags.writeable and b.flags.writeable
+
+
+def test_outputs_are_fresh_writable_arrays_sharing_memory_with_nothing(seed):
+    session = reference_session(aliasing_model())
+    x = normal(np.random.default_rng(seed), (2, 3))
+    first = session.run({"x": x})
+    for name, value in first.items():
+        assert value.flags.writeable, name
+        assert not np.shares_memory(value, x), name
+    names = list(first)
+    for i, p in enumerate(names):
+        for q in names[i + 1:]:
+            assert not np.shares_memory(first[p], first[q]), (p, q)
+    for value in first.values():
+        value[...] = 7.0  # writing into outputs must not reach the model or the next run
+    second = session.run({"x": x})
+    np.testing.assert_array_equal(second["same"], x, err_msg=f"seed {seed}")
+    np.testing.assert_array_equal(second["const"], [[1, 2, 3], [4, 5, 6]])
+    np.testing.assert_array_equal(second["relu"], np.maximum(x, 0), err_msg=f"seed {seed}")
