@@ -55,13 +55,16 @@ def cli() -> None:
 @json_option
 def devices(as_json: bool) -> None:
     """List the devices of every healthy backend, best first."""
+    from .hardware.match import device_records
     from .registry import devices as list_devices
 
-    found = list_devices()
+    records = device_records(list_devices())
     if as_json:
-        return _emit_json([d.to_dict() for d in found])
-    rows = [[d.id, d.kind, d.name, d.vendor] for d in found]
-    _console().print(_table("devices", ["id", "kind", "name", "vendor"], rows))
+        return _emit_json(records)
+    rows = [[d["id"], d["kind"], d["name"], d["vendor"],
+             f"{d['hwdb']['entry']} ({d['hwdb']['confidence']:.2f})"
+             if d["hwdb"] and d["hwdb"]["entry"] else "-"] for d in records]
+    _console().print(_table("devices", ["id", "kind", "name", "vendor", "hwdb entry"], rows))
 
 
 @cli.command()
@@ -215,3 +218,12 @@ def main() -> None:
         message = Text.assemble(("error: ", "bold red"), f"{type(exc).__name__}: {exc}")
         _console(stderr=True).print(message, soft_wrap=True)
         sys.exit(2)
+
+
+def _add_subcommands() -> None:
+    from .hardware.cli import hwdb
+
+    cli.add_command(hwdb)
+
+
+_add_subcommands()

@@ -22,7 +22,9 @@ def model_path(tmp_path_factory):
 def test_devices_json_is_the_api_data(example_site):
     result = run_cli("devices", "--json", site=example_site)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == [d.to_dict() for d in bp.devices()]
+    from backplane.hardware.match import device_records
+
+    assert json.loads(result.stdout) == device_records(bp.devices())
 
 
 def test_plugins_json_is_the_api_data(example_site):

@@ -45,7 +45,9 @@ def test_wheel_holds_every_package_its_data_and_the_entry_points(wheel):
     for expected in ("backplane/__init__.py", "backplane/session.py",
                      "backplane/plugins/reference/__init__.py", "backplane/hwdb/__init__.py",
                      "backplane/kernels/__init__.py", "backplane/conformance/__init__.py",
-                     "backplane/conformance/tolerances.toml"):
+                     "backplane/conformance/tolerances.toml", "backplane/hardware/schema.py",
+                     "backplane/hwdb/schema.json", "backplane/hwdb/nvidia/h100-sxm5-80gb.toml",
+                     "backplane/hwdb/generic/x86-64-avx2.toml"):
         assert expected in names
     for rel in DATA_PROBES:
         assert "backplane/" + rel in names, f"package data rule misses {rel}"

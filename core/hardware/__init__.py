@@ -1,0 +1,1 @@
+"""Hardware access: the hwdb schema and loader, probing, matching, calibration."""

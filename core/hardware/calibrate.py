@@ -1,0 +1,270 @@
+"""Calibration: short microbenchmarks that measure a device's real ceilings.
+
+For each device, through the backend that reaches it: a large element-wise product for
+memory bandwidth, a square matrix product per supported element type for peak rate (the
+size grows until one run takes long enough to time), and a one-element op for launch
+overhead. The best of several timed runs is kept. Results go to a per-user overlay,
+``<data dir>/calibration.json``, keyed by the device's fingerprint, the backend and the
+versions of the backend and its runtime, so a driver or library upgrade is measured anew
+instead of trusted. Queries return measured figures beside the datasheet ones.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackplaneError
+
+OVERLAY_SCHEMA = 1
+#: Element types tried for the matrix-product peak, as (dtype name, numpy dtype, figure key).
+PEAK_DTYPES = (("fp64", "float64", "fp64_tflops"), ("fp32", "float32", "fp32_tflops"),
+               ("fp16", "float16", "fp16_tflops"))
+BANDWIDTH_BYTES = 64 * 2**20
+MIN_RUN_S = 0.02
+MAX_MATMUL_N = 2048
+TIME_PER_FIGURE_S = 0.4
+
+
+@dataclass
+class Measurement:
+    """One measured figure of one device through one backend."""
+
+    key: str
+    value: float
+    detail: str
+
+
+@dataclass
+class DeviceCalibration:
+    """Everything measured on one device, and where it was stored."""
+
+    device: str
+    backend: str
+    fingerprint: str
+    hardware: str
+    entry: str | None
+    versions: dict[str, str]
+    measured_at: str
+    measurements: list[Measurement] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    datasheet: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as ``backplane hwdb calibrate --json`` prints it."""
+        return {"device": self.device, "backend": self.backend,
+                "fingerprint": self.fingerprint, "hardware": self.hardware,
+                "entry": self.entry, "versions": self.versions, "measured_at": self.measured_at,
+                "measured": {m.key: {"value": m.value, "detail": m.detail}
+                             for m in self.measurements},
+                "datasheet_or_derived": self.datasheet, "skipped": self.skipped}
+
+
+def overlay_path() -> Path:
+    """Where measured figures are stored."""
+    from .db import data_dir
+
+    return data_dir() / "calibration.json"
+
+
+def read_overlay() -> list[dict[str, Any]]:
+    """Every stored calibration record (an unreadable overlay reads as empty)."""
+    path = overlay_path()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(data, dict) or data.get("schema") != OVERLAY_SCHEMA:
+        return []
+    return [r for r in data.get("records", []) if isinstance(r, dict)]
+
+
+def _write_overlay(records: list[dict[str, Any]]) -> None:
+    path = overlay_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"schema": OVERLAY_SCHEMA, "records": records}, indent=1))
+    tmp.replace(path)  # atomic: a concurrent reader sees the old or the new file
+
+
+def store(result: DeviceCalibration) -> None:
+    """Add a calibration to the overlay, replacing the record with the same key."""
+    record = result.to_dict()
+    key = (record["fingerprint"], record["backend"], json.dumps(record["versions"], sort_keys=True))
+    kept = [r for r in read_overlay()
+            if (r.get("fingerprint"), r.get("backend"),
+                json.dumps(r.get("versions"), sort_keys=True)) != key]
+    _write_overlay(kept + [record])
+
+
+def measured_for(fingerprint: str | None = None, entry: str | None = None
+                 ) -> dict[str, dict[str, Any]]:
+    """The best measured value of each figure for a device fingerprint or an entry id.
+
+    Returns ``{figure: {"value", "backend", "measured_at", "detail"}}``; the highest value
+    wins for rates and bandwidth, the lowest for launch overhead.
+    """
+    best: dict[str, dict[str, Any]] = {}
+    for r in read_overlay():
+        if (fingerprint and r.get("fingerprint") != fingerprint) or \
+                (entry and r.get("entry") != entry):
+            continue
+        for key, m in (r.get("measured") or {}).items():
+            value = m.get("value")
+            if not isinstance(value, (int, float)):
+                continue
+            lower_is_better = key.endswith("_us")
+            old = best.get(key)
+            if old is None or (value < old["value"] if lower_is_better else value > old["value"]):
+                best[key] = {"value": value, "backend": r.get("backend"),
+                             "measured_at": r.get("measured_at"), "detail": m.get("detail")}
+    return best
+
+
+def measured_for_entry(entry_id: str) -> dict[str, dict[str, Any]]:
+    """The best measured figures of every device matched to ``entry_id``."""
+    return measured_for(entry=entry_id)
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+def calibrate(devices: list[str] | None = None, dtypes: list[str] | None = None,
+              save: bool = True) -> list[DeviceCalibration]:
+    """Measure every available device (or the named ones) and store the figures.
+
+    Args:
+        devices: device ids or backend names; default every device of every ready backend.
+        dtypes: element types for the peak measurement (default fp64, fp32, fp16).
+        save: write the results to the overlay.
+    """
+    from ..registry import registry
+    from .match import hardware_for, match_all
+    from .probe import probe_all
+
+    reg = registry()
+    chosen = ([d for spec in devices for d in reg.resolve(spec)] if devices else reg.devices())
+    probed = probe_all().hardware
+    matches = {id(m.hardware): m for m in match_all(probed)}
+    results = []
+    for device in chosen:
+        hw = hardware_for(device, probed)
+        if hw is None:
+            raise BackplaneError(f"cannot tell which hardware device '{device.id}' runs on "
+                                 f"(kind {device.kind}, name {device.name!r}); nothing to "
+                                 "calibrate against")
+        m = matches[id(hw)]
+        backend = reg.backends[device.backend]
+        result = DeviceCalibration(
+            device.id, device.backend, hw.fingerprint, hw.name, m.entry_id,
+            _versions(backend), _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            datasheet=dict(m.figures))
+        _measure(result, backend, device, dtypes)
+        if save:
+            store(result)
+        results.append(result)
+    return results
+
+
+def _versions(backend: Any) -> dict[str, str]:
+    import numpy
+    import onnx
+
+    versions = {"backend": str(getattr(backend, "version", "") or "unknown"),
+                "numpy": numpy.__version__, "onnx": onnx.__version__}
+    extra = getattr(backend, "runtime_versions", None)
+    if callable(extra):
+        try:
+            versions.update({str(k): str(v) for k, v in extra().items()})
+        except Exception:
+            pass
+    return versions
+
+
+def _model(op: str, inputs: list[tuple[str, str, list[int]]], consts: dict[str, Any]) -> Any:
+    from onnx import helper, numpy_helper
+
+    from ..graph import DTYPE_CODES
+    from ..intake import load_model
+
+    out_dtype, out_shape = inputs[0][1], inputs[0][2]  # every op used keeps the shape
+    node = helper.make_node(op, [n for n, _, _ in inputs] + list(consts), ["y"], name=op.lower())
+    graph = helper.make_graph(
+        [node], f"calibrate-{op.lower()}",
+        [helper.make_tensor_value_info(n, DTYPE_CODES[d], s) for n, d, s in inputs],
+        [helper.make_tensor_value_info("y", DTYPE_CODES[out_dtype], out_shape)],
+        initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()])
+    return load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def _best_time(exe: Any, feeds: dict[str, Any], budget_s: float = TIME_PER_FIGURE_S
+               ) -> tuple[float, int]:
+    exe.run(feeds)  # warm up: first-run allocation, lazy compilation
+    best, runs, start = float("inf"), 0, time.perf_counter()
+    while runs < 3 or (time.perf_counter() - start < budget_s and runs < 200):
+        t0 = time.perf_counter()
+        exe.run(feeds)
+        best = min(best, time.perf_counter() - t0)
+        runs += 1
+    return best, runs
+
+
+def _measure(result: DeviceCalibration, backend: Any, device: Any,
+             dtypes: list[str] | None) -> None:
+    import numpy as np
+
+    from ..contract import CompileOptions
+
+    rng = np.random.default_rng(0)
+    options = CompileOptions()
+
+    def compiled(graph: Any) -> Any:
+        verdict = backend.capabilities.check(graph.nodes[0])
+        if not verdict:
+            result.skipped.append(f"{graph.nodes[0].op_type} "
+                                  f"{graph.nodes[0].primary_dtype}: {verdict.detail}")
+            return None
+        try:
+            return backend.compile(graph, device, options)
+        except Exception as exc:
+            result.skipped.append(f"{graph.name}: compile failed: {type(exc).__name__}: {exc}")
+            return None
+
+    for name, np_dtype, key in PEAK_DTYPES:
+        if dtypes is not None and name not in dtypes:
+            continue
+        n, seconds, runs = 128, 0.0, 0
+        while True:
+            exe = compiled(_model("MatMul", [("a", np_dtype, [n, n]), ("b", np_dtype, [n, n])], {}))
+            if exe is None:
+                break
+            a = rng.standard_normal((n, n)).astype(np_dtype)
+            seconds, runs = _best_time(exe, {"a": a, "b": a}, budget_s=0.0)
+            if seconds >= MIN_RUN_S or n >= MAX_MATMUL_N:
+                seconds, runs = _best_time(exe, {"a": a, "b": a})
+                break
+            n *= 2
+        if exe is not None:
+            rate = 2 * n**3 / seconds / 1e12
+            result.measurements.append(Measurement(
+                key, round(rate, 6), f"MatMul {n}x{n}x{n} {name}, best of {runs}: "
+                                     f"{seconds * 1e3:.2f} ms"))
+    count = BANDWIDTH_BYTES // 4
+    exe = compiled(_model("Mul", [("x", "float32", [count])], {"c": np.array(1.0001, np.float32)}))
+    if exe is not None:
+        x = rng.standard_normal(count).astype(np.float32)
+        seconds, runs = _best_time(exe, {"x": x})
+        result.measurements.append(Measurement(
+            "memory_bandwidth_gb_s", round(2 * x.nbytes / seconds / 1e9, 3),
+            f"Mul by a scalar over {x.nbytes // 2**20} MiB (read + write), best of {runs}"))
+    exe = compiled(_model("Add", [("x", "float32", [1]), ("z", "float32", [1])], {}))
+    if exe is not None:
+        one = np.ones(1, np.float32)
+        seconds, runs = _best_time(exe, {"x": one, "z": one})
+        result.measurements.append(Measurement(
+            "launch_overhead_us", round(seconds * 1e6, 3),
+            f"one-element Add, best of {runs}"))
