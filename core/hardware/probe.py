@@ -166,7 +166,7 @@ def probe_cpu(cpuinfo: str | None = None, sysfs: str = "/sys/devices/system/cpu"
 
 
 def probe_nvidia() -> tuple[list[Hardware], str | None]:
-    """NVIDIA GPUs through NVML (nvidia-ml-py), else nvidia-smi."""
+    """NVIDIA GPUs through NVML (nvidia-ml-py), else nvidia-smi, else torch."""
     if not Path("/dev/nvidiactl").exists() and shutil.which("nvidia-smi") is None:
         return [], "no NVIDIA GPU: no /dev/nvidiactl and no nvidia-smi"
     found = _nvml()
@@ -174,9 +174,35 @@ def probe_nvidia() -> tuple[list[Hardware], str | None]:
         return found, None
     text = _tool("nvidia-smi", f"--query-gpu={','.join(parsers.NVIDIA_SMI_QUERY)}",
                  "--format=csv,noheader,nounits")
-    if text is None:
-        return [], "NVIDIA device nodes exist but neither NVML nor nvidia-smi answered"
-    return [_nvidia_hw(g, "nvidia-smi") for g in parsers.parse_nvidia_smi_csv(text)], None
+    if text is not None:
+        return [_nvidia_hw(g, "nvidia-smi") for g in parsers.parse_nvidia_smi_csv(text)], None
+    found = _torch_cuda()
+    if found:
+        return found, None
+    return [], "NVIDIA device nodes exist but neither NVML, nvidia-smi nor torch answered"
+
+
+def _torch_cuda() -> list[Hardware]:
+    """NVIDIA GPUs as a CUDA build of torch sees them, when torch is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return []
+    try:
+        import torch
+
+        if not torch.cuda.is_available() or torch.version.hip:
+            return []
+        out = []
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            out.append(_nvidia_hw({
+                "index": i, "name": p.name, "memory_mib": p.total_memory // 2**20,
+                "compute_capability": f"{p.major}.{p.minor}",
+                "units": p.multi_processor_count}, "torch"))
+        return out
+    except Exception:
+        return []
 
 
 def _nvidia_hw(g: dict[str, Any], source: str) -> Hardware:
