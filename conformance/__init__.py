@@ -19,21 +19,50 @@ else:  # pragma: no cover
 
 
 @functools.lru_cache(maxsize=None)
-def _table() -> dict[str, dict[str, float]]:
+def _table() -> dict[str, Any]:
     text = resources.files(__name__).joinpath("tolerances.toml").read_text("utf-8")
     table = tomllib.loads(text)
     for key, entry in table.items():
+        if key == "override":
+            continue
         if set(entry) != {"rtol", "atol"} or any(
                 not isinstance(v, (int, float)) or v < 0 for v in entry.values()):
             raise ValueError(f"tolerances.toml [{key}] must hold non-negative rtol and atol")
+    for i, o in enumerate(table.get("override", [])):
+        if not {"rtol", "atol", "reason"} <= set(o) or not (o.get("op") or o.get("backend")) \
+                or not str(o["reason"]).strip():
+            raise ValueError(f"tolerances.toml [[override]] {i + 1} needs rtol, atol, a "
+                             "non-empty reason, and an op or a backend")
     return table
 
 
-def tolerance(dtype: str) -> tuple[float, float]:
-    """(rtol, atol) for outputs of ``dtype``; integers and booleans compare exactly."""
+def tolerance(dtype: str, op: str | None = None, backend: str | None = None
+              ) -> tuple[float, float]:
+    """(rtol, atol) for outputs of ``dtype``; integers and booleans compare exactly.
+
+    An ``[[override]]`` in ``tolerances.toml`` matching the op (and dtype, and backend, where
+    it names them) replaces the per-dtype default; the most specific one wins.
+    """
+    found = tolerance_with_reason(dtype, op, backend)
+    return found[0], found[1]
+
+
+def tolerance_with_reason(dtype: str, op: str | None = None, backend: str | None = None
+                          ) -> tuple[float, float, str]:
+    """(rtol, atol, reason): the reason is '' for the per-dtype default."""
     table = _table()
+    best, score = None, -1
+    for o in table.get("override", []):
+        if (o.get("op") not in (None, op) or o.get("dtype") not in (None, dtype)
+                or o.get("backend") not in (None, backend)):
+            continue
+        specificity = sum(k in o for k in ("op", "dtype", "backend"))
+        if specificity > score:
+            best, score = o, specificity
+    if best is not None:
+        return float(best["rtol"]), float(best["atol"]), str(best["reason"])
     entry = table.get(dtype, table["exact"])
-    return float(entry["rtol"]), float(entry["atol"])
+    return float(entry["rtol"]), float(entry["atol"]), ""
 
 
 @dataclass(frozen=True)
@@ -48,26 +77,45 @@ class Comparison:
     detail: str = ""
 
 
-def compare(actual: Any, expected: Any) -> Comparison:
-    """Compare an output with the reference output, using the tolerance of its dtype."""
+def compare(actual: Any, expected: Any, rtol: float | None = None, atol: float | None = None
+            ) -> Comparison:
+    """Compare an output with the reference output.
+
+    Shape and dtype must be exactly equal. Values pass when ``|actual - expected| <= atol +
+    rtol * |expected|`` element-wise, with NaN matching NaN and an infinity matching the
+    same infinity. The tolerance is that of the dtype unless ``rtol``/``atol`` are given.
+    """
     import numpy as np
 
     expected = np.asarray(expected)
     actual = np.asarray(actual)
-    rtol, atol = tolerance(str(expected.dtype))
+    default_rtol, default_atol = tolerance(str(expected.dtype))
+    rtol = default_rtol if rtol is None else rtol
+    atol = default_atol if atol is None else atol
     if actual.shape != expected.shape or actual.dtype != expected.dtype:
         return Comparison(False, float("inf"), float("inf"), rtol, atol,
                           f"got {actual.dtype}{list(actual.shape)}, "
                           f"expected {expected.dtype}{list(expected.shape)}")
     if expected.size == 0:
         return Comparison(True, 0.0, 0.0, rtol, atol)
+    if expected.dtype.kind not in "fc":  # integers, booleans, strings: exactly equal
+        wrong = int(np.count_nonzero(actual != expected))
+        diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64)) \
+            if expected.dtype.kind in "iub" else np.zeros(1)
+        return Comparison(wrong == 0, float(diff.max()), float(diff.max()), 0.0, 0.0,
+                          f"{wrong} of {expected.size} elements differ" if wrong else "")
     a, e = actual.astype(np.float64), expected.astype(np.float64)
+    same = (a == e) | (np.isnan(a) & np.isnan(e))  # equal infinities, or both NaN
     nan_mismatch = bool(np.any(np.isnan(a) != np.isnan(e)))
-    diff = np.abs(np.where(np.isnan(e), 0.0, a - e))
-    max_abs = float(np.nanmax(diff))
-    # Relative to |expected|, floored at atol so that near-zero references do not explode it.
-    floor = atol if atol > 0 else np.finfo(np.float64).tiny
-    max_rel = float(np.nanmax(diff / np.maximum(np.abs(np.nan_to_num(e)), floor)))
-    ok = not nan_mismatch and bool(np.all(diff <= atol + rtol * np.abs(np.nan_to_num(e))))
-    return Comparison(ok, max_abs, max_rel, rtol, atol, "NaN where the reference has none"
-                      if nan_mismatch else "")
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.where(same, 0.0, np.abs(a - e))
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        max_abs = float(diff.max())
+        # Relative to |expected|, floored at atol so near-zero references do not explode it.
+        floor = atol if atol > 0 else np.finfo(np.float64).tiny
+        scale = np.maximum(np.abs(np.where(np.isfinite(e), e, 0.0)), floor)
+        max_rel = float((diff / scale).max())
+        ok = not nan_mismatch and bool(np.all(diff <= atol + rtol * np.abs(
+            np.where(np.isfinite(e), e, 0.0))))
+    return Comparison(ok, max_abs, max_rel, rtol, atol,
+                      "NaN where the reference has none (or the reverse)" if nan_mismatch else "")

@@ -221,9 +221,11 @@ def main() -> None:
 
 
 def _add_subcommands() -> None:
+    from .conformance.cli import conformance
     from .hardware.cli import hwdb
 
     cli.add_command(hwdb)
+    cli.add_command(conformance)
 
 
 _add_subcommands()

@@ -1,0 +1,88 @@
+"""``backplane conformance run`` and ``backplane conformance matrix``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from backplane.cli import _console, _emit_json, _table, json_option
+
+
+@click.group()
+def conformance() -> None:
+    """The conformance suite: check a backend on a device, merge reports into a matrix."""
+
+
+@conformance.command()
+@click.option("--backend", "-b", required=True, help="The backend to check.")
+@click.option("--device", "-d", help="Device id (default: the backend's first device).")
+@click.option("--tier", type=click.Choice(["api", "mandatory", "all"]), default="mandatory",
+              show_default=True)
+@click.option("-k", "pattern", metavar="PATTERN", help="Only cases whose id matches (glob or substring).")
+@click.option("-j", "jobs", default=1, show_default=True, help="Worker processes.")
+@click.option("--seed", type=int, help="Replay the random inputs of an earlier run.")
+@click.option("--timeout", "timeout_s", default=120.0, show_default=True,
+              help="Seconds a case may take before it is recorded as a hang.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False),
+              help="Write report.json, junit.xml and report.html here.")
+@click.option("--also-run-known-failures", is_flag=True,
+              help="Run declared known failures too, to see which now pass.")
+@json_option
+def run(backend: str, device: str | None, tier: str, pattern: str | None, jobs: int,
+        seed: int | None, timeout_s: float, report_dir: str | None,
+        also_run_known_failures: bool, as_json: bool) -> None:
+    """Run a tier; exit 0 only if the api and mandatory cases passed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .suite import run as run_suite
+
+    con = _console(stderr=True)
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=con,
+                  disable=as_json or not con.is_terminal) as bar:
+        task = bar.add_task(f"{backend} {tier}", total=None)
+
+        def tick(result, total):
+            bar.update(task, total=total, advance=1,
+                       description=f"{backend} {tier}: {result.id[:40]}")
+
+        report = run_suite(backend, device, tier=tier, pattern=pattern, jobs=jobs, seed=seed,
+                           report_dir=report_dir, also_run_known_failures=also_run_known_failures,
+                           timeout_s=timeout_s, progress=tick)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        out = _console()
+        bad = [c for c in report.cases if c.status not in ("pass", "skipped", "undeclared-pass")]
+        if bad:
+            out.print(_table("cases that did not pass", ["case", "status", "error or reason"],
+                             [[c.id, c.status, (c.error or c.reason or "").splitlines()[0][:120]]
+                              for c in bad[:200]]))
+        summary = ", ".join(f"{k} {v}" for k, v in report.summary.items())
+        out.print(f"{'PASSED' if report.mandatory_passed else 'FAILED'}: {backend} on "
+                  f"{report.device['id']} ({report.device.get('hwdb') or 'no hwdb entry'}), "
+                  f"tier {tier}: {len(report.cases)} cases in {report.seconds:.1f} s: {summary}; "
+                  f"seed {report.seed}", markup=False)
+        if report_dir:
+            out.print(f"reports in {Path(report_dir).resolve()}", markup=False)
+    if not report.mandatory_passed:
+        sys.exit(1)
+
+
+@conformance.command()
+@click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="The matrix page to write (.html).")
+@json_option
+def matrix(reports: tuple[str, ...], output: str, as_json: bool) -> None:
+    """Merge REPORT.json files from many machines into one backend x device matrix."""
+    from .report import load, matrix as merge, render_matrix_html
+
+    m = merge([load(p) for p in reports])
+    Path(output).write_text(render_matrix_html(m))
+    if as_json:
+        return _emit_json(m)
+    _console().print(f"wrote {output}: {len(m['columns'])} columns, {len(m['rows'])} rows",
+                     markup=False)

@@ -1,0 +1,210 @@
+"""Conformance reports: JSON with a versioned schema, JUnit XML, a self-contained HTML page,
+and the matrix that merges reports from many machines.
+
+JSON schema ``backplane-conformance/1``::
+
+    {"schema": "backplane-conformance/1",
+     "backend": {"name", "version", "distribution", "distribution_version", "api_version"},
+     "device": {"id", "name", "kind", "hwdb": entry id or null, "fingerprint"},
+     "versions": {runtime and driver versions by name},
+     "host": {"hostname", "platform", "python", "cpu"},
+     "seed", "tier", "pattern", "started", "seconds",
+     "summary": {status: count}, "mandatory_passed": bool,
+     "cases": [{"id", "op", "dtype", "tier", "tags", "status", "seconds", "max_abs_error",
+                "max_rel_error", "rtol", "atol", "oracle_mode", "error", "reason"}]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from backplane.errors import ConformanceError
+
+SCHEMA = "backplane-conformance/1"
+
+
+@dataclass
+class Report:
+    """One conformance run of one backend on one device."""
+
+    backend: dict[str, Any]
+    device: dict[str, Any]
+    versions: dict[str, str]
+    host: dict[str, str]
+    seed: int
+    tier: str
+    pattern: str | None
+    started: str
+    seconds: float
+    cases: list[Any] = field(default_factory=list)
+
+    @property
+    def summary(self) -> dict[str, int]:
+        """How many cases ended in each status."""
+        return dict(sorted(Counter(_get(c, "status") for c in self.cases).items()))
+
+    @property
+    def mandatory_passed(self) -> bool:
+        """Whether every case of the api and mandatory tiers passed (or is a known failure)."""
+        from .runner import PASSING
+
+        return all(_get(c, "status") in PASSING for c in self.cases
+                   if _get(c, "tier") in ("api", "mandatory"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data in the versioned schema."""
+        return {"schema": SCHEMA, "backend": self.backend, "device": self.device,
+                "versions": self.versions, "host": self.host, "seed": self.seed,
+                "tier": self.tier, "pattern": self.pattern, "started": self.started,
+                "seconds": round(self.seconds, 3), "summary": self.summary,
+                "mandatory_passed": self.mandatory_passed,
+                "cases": [c if isinstance(c, dict) else dataclasses.asdict(c)
+                          for c in self.cases]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "report") -> "Report":
+        """Read a report back; ConformanceError if it is not one of this schema."""
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise ConformanceError(f"{where} is not a backplane conformance report of schema "
+                                   f"{SCHEMA} (found {data.get('schema') if isinstance(data, dict) else type(data).__name__!r})")
+        keys = ("backend", "device", "versions", "host", "seed", "tier", "pattern", "started",
+                "seconds")
+        return cls(**{k: data.get(k) for k in keys}, cases=list(data.get("cases", [])))
+
+    def write(self, folder: str | Path) -> dict[str, Path]:
+        """Write report.json, junit.xml and report.html into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {"json": folder / "report.json", "junit": folder / "junit.xml",
+                 "html": folder / "report.html"}
+        paths["json"].write_text(json.dumps(self.to_dict(), indent=1, default=_num))
+        paths["junit"].write_text(junit(self))
+        paths["html"].write_text(render_html(self))
+        return paths
+
+
+def _get(case: Any, key: str) -> Any:
+    return case[key] if isinstance(case, dict) else getattr(case, key)
+
+
+def _num(value: Any) -> Any:
+    return float(value)
+
+
+def load(path: str | Path) -> Report:
+    """A report from its JSON file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConformanceError(f"cannot read conformance report '{path}': {exc}") from None
+    return Report.from_dict(data, str(path))
+
+
+def junit(report: Report) -> str:
+    """JUnit XML: one testsuite, one testcase per case; known failures are skipped."""
+    suite = ET.Element("testsuite", name=f"backplane-conformance.{report.backend['name']}",
+                       tests=str(len(report.cases)), time=f"{report.seconds:.3f}")
+    counts = Counter()
+    for c in report.cases:
+        status = _get(c, "status")
+        case = ET.SubElement(suite, "testcase", classname=f"{report.backend['name']}."
+                             f"{_get(c, 'op')}", name=_get(c, "id"),
+                             time=f"{_get(c, 'seconds') or 0:.4f}")
+        if status in ("fail", "unsupported"):
+            ET.SubElement(case, "failure", message=status).text = _get(c, "error") or ""
+            counts["failures"] += 1
+        elif status in ("error", "crash", "hang", "invalid"):
+            ET.SubElement(case, "error", message=status).text = _get(c, "error") or ""
+            counts["errors"] += 1
+        elif status == "skipped":
+            ET.SubElement(case, "skipped", message=_get(c, "reason") or "known failure")
+            counts["skipped"] += 1
+    for k in ("failures", "errors", "skipped"):
+        suite.set(k, str(counts[k]))
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True)
+
+
+_STYLE = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}
+.pass,.undeclared-pass,.xpass{background:#d9f2d9}.fail,.error,.crash,.hang,.unsupported{background:#f7d4d4}
+.skipped{background:#eee}.invalid{background:#fbe6b8}code{font-size:12px}
+#filter{margin:.5em 0;padding:3px;width:20em}"""
+
+_FILTER = """<script>
+document.getElementById('filter').addEventListener('input', function(e){
+ var q=e.target.value.toLowerCase();
+ document.querySelectorAll('#cases tbody tr').forEach(function(r){
+  r.style.display = r.textContent.toLowerCase().indexOf(q) >= 0 ? '' : 'none';});
+});</script>"""
+
+
+def render_html(report: Report) -> str:
+    """A self-contained page: verdict, summary, and every case (with a filter box)."""
+    e = html.escape
+    verdict = "PASSED" if report.mandatory_passed else "FAILED"
+    summary = "".join(f"<tr class='{e(k)}'><td>{e(k)}</td><td>{v}</td></tr>"
+                      for k, v in report.summary.items())
+    rows = []
+    for c in report.cases:
+        err = _get(c, "error") or _get(c, "reason") or ""
+        rel = _get(c, "max_rel_error")
+        rows.append(f"<tr class='{e(_get(c, 'status'))}'><td><code>{e(_get(c, 'id'))}</code></td>"
+                    f"<td>{e(_get(c, 'op'))}</td><td>{e(_get(c, 'dtype'))}</td>"
+                    f"<td>{e(_get(c, 'tier'))}</td><td>{e(_get(c, 'status'))}</td>"
+                    f"<td>{'' if rel is None else f'{rel:.2e}'}</td>"
+                    f"<td>{e(err.splitlines()[0] if err else '')}</td></tr>")
+    b, d = report.backend, report.device
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>backplane conformance: {e(b['name'])} on {e(d['id'])}</title><style>{_STYLE}</style></head>
+<body><h1 id="verdict">{verdict}: {e(b['name'])} {e(str(b.get('version') or ''))} on {e(d['id'])}</h1>
+<p>device <b>{e(str(d.get('name')))}</b>, hwdb entry {e(str(d.get('hwdb')))}; tier {e(report.tier)};
+seed {report.seed}; {len(report.cases)} cases in {report.seconds:.1f} s; host {e(report.host.get('hostname', ''))}
+({e(report.host.get('platform', ''))}); started {e(report.started)}</p>
+<table id="summary"><tr><th>status</th><th>cases</th></tr>{summary}</table>
+<p><input id="filter" placeholder="filter cases"></p>
+<table id="cases"><thead><tr><th>case</th><th>op</th><th>dtype</th><th>tier</th><th>status</th>
+<th>max rel error</th><th>error or reason</th></tr></thead><tbody>{''.join(rows)}</tbody></table>
+{_FILTER}</body></html>"""
+
+
+def matrix(reports: list[Report]) -> dict[str, Any]:
+    """Merge reports: columns are backend x device, rows op x dtype, cells the worst status."""
+    order = ["crash", "hang", "error", "fail", "unsupported", "invalid", "skipped", "xpass",
+             "undeclared-pass", "pass"]
+    columns = []
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for r in reports:
+        col = f"{r.backend['name']} {r.backend.get('version') or ''} @ {r.device.get('name')} " \
+              f"({r.host.get('hostname', '?')})"
+        if col not in columns:
+            columns.append(col)
+        for c in r.cases:
+            row = cells.setdefault((_get(c, "op"), _get(c, "dtype")), {})
+            status = _get(c, "status")
+            old = row.get(col)
+            if old is None or order.index(status) < order.index(old):
+                row[col] = status
+    rows = [{"op": op, "dtype": dt, "cells": cells[(op, dt)]} for op, dt in sorted(cells)]
+    return {"columns": columns, "rows": rows}
+
+
+def render_matrix_html(m: dict[str, Any]) -> str:
+    """The merged matrix as one self-contained page."""
+    e = html.escape
+    head = "".join(f"<th>{e(c)}</th>" for c in m["columns"])
+    body = "".join(
+        f"<tr><td>{e(r['op'])}</td><td>{e(r['dtype'])}</td>"
+        + "".join(f"<td class='{e(r['cells'].get(c, 'none'))}'>{e(r['cells'].get(c, '-'))}</td>"
+                  for c in m["columns"]) + "</tr>" for r in m["rows"])
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>backplane conformance matrix</title>
+<style>{_STYLE}</style></head><body><h1>conformance matrix: {len(m['columns'])} backend x device
+columns, {len(m['rows'])} op x dtype rows</h1><p><input id="filter" placeholder="filter rows"></p>
+<table id="cases"><thead><tr><th>op</th><th>dtype</th>{head}</tr></thead><tbody>{body}</tbody></table>
+{_FILTER}</body></html>"""
