@@ -161,8 +161,9 @@ def run_cases(cases: list[Any], backend: str, device: str, *, jobs: int = 1,
                         pool.replace(w)
                         continue
                     w.case = None
-                    finish(case, k, *_judge(case, res, compare, tolerance_with_reason,
-                                            tolerance_backend))
+                    status, kw = _judge(case, res, compare, tolerance_with_reason,
+                                        tolerance_backend)
+                    finish(case, k, status, **kw)
                 elif now - w.started > timeout_s:
                     finish(case, k, "hang", seconds=now - w.started,
                            error=f"no answer within {timeout_s:g} s; the worker was killed")

@@ -1,0 +1,99 @@
+"""The conformance runner catches planted defects, each a real plugin package installed by the
+tests, and reports each as exactly what it is while the rest of the run completes.
+
+The cases here are built in the test with their expected values computed by numpy, so the
+runner is checked independently of the case generators and the oracle.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ROOT, pip_install, run_python
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def defects_site(tmp_path_factory):
+    work = tmp_path_factory.mktemp("defects-src")
+    return pip_install([ROOT / "tests" / "plugins" / "defects"],
+                       tmp_path_factory.mktemp("defects-site"), work)
+
+
+RUN = """
+import json, sys, types
+import numpy as np
+sys.path.insert(0, 'tests')
+from models import single
+from onnx import TensorProto
+from backplane.conformance.runner import run_cases
+
+FUNCS = {{'Relu': lambda x: np.maximum(x, 0), 'Sigmoid': lambda x: 1 / (1 + np.exp(-x)),
+         'Tanh': np.tanh, 'Neg': np.negative,
+         'Softmax': lambda x: np.exp(x) / np.exp(x).sum(-1, keepdims=True)}}
+cases = []
+rng = np.random.default_rng({seed})
+for op in {ops!r}:
+    for dtype, code in (('float32', TensorProto.FLOAT), ('float16', TensorProto.FLOAT16)):
+        x = rng.standard_normal((3, 4)).astype(dtype)
+        want = FUNCS[op](x.astype(np.float64)).astype(dtype)
+        cases.append(types.SimpleNamespace(id=f'{{op}}/{{dtype}}', op=op, dtype=dtype,
+                     tier='mandatory', tags=(), model=single(op, code), inputs={{'x': x}},
+                     expected={{'y': want}}, tolerance_key=op))
+results = run_cases(cases, {backend!r}, {backend!r} + ':0', jobs={jobs}, timeout_s={timeout})
+print(json.dumps({{r.id: [r.status, r.error] for r in results}}))
+"""
+
+
+def run(site, backend: str, ops: list[str], jobs: int = 1, timeout: float = 20) -> dict:
+    code = RUN.format(seed=3, ops=ops, backend=backend, jobs=jobs, timeout=timeout)
+    result = run_python(code, site=site, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return {k: tuple(v) for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
+
+
+def test_wrong_values_for_one_op_and_dtype_are_a_failure_of_exactly_that_variant(defects_site):
+    got = run(defects_site, "wrong-values", ["Relu", "Neg"])
+    assert got["Relu/float32"][0] == "fail" and "max abs error" in got["Relu/float32"][1]
+    assert {k: v[0] for k, v in got.items() if k != "Relu/float32"} == \
+        {"Relu/float16": "pass", "Neg/float32": "pass", "Neg/float16": "pass"}
+
+
+def test_a_segfault_is_recorded_as_a_crash_and_the_run_goes_on(defects_site):
+    got = run(defects_site, "segfaults", ["Neg", "Sigmoid", "Relu"], jobs=2)
+    assert got["Sigmoid/float32"][0] == "crash" and got["Sigmoid/float16"][0] == "crash"
+    assert "exit code -11" in got["Sigmoid/float32"][1]
+    assert all(got[f"{op}/{dt}"][0] == "pass" for op in ("Neg", "Relu")
+               for dt in ("float32", "float16"))
+
+
+def test_a_hang_is_cut_off_by_the_case_timeout_and_the_run_goes_on(defects_site):
+    got = run(defects_site, "hangs", ["Tanh", "Relu"], timeout=3)
+    assert got["Tanh/float32"][0] == "hang" and "no answer within 3 s" in got["Tanh/float32"][1]
+    assert got["Relu/float32"][0] == "pass" and got["Relu/float16"][0] == "pass"
+
+
+def test_a_declared_op_that_cannot_run_is_an_error_and_an_undeclared_one_that_works_is_reported(
+        defects_site):
+    got = run(defects_site, "overclaims", ["Softmax", "Relu", "Sigmoid"])
+    assert got["Softmax/float32"][0] == "error"
+    assert "Softmax is declared but was never written" in got["Softmax/float32"][1]
+    assert got["Relu/float32"][0] == "pass"
+    assert got["Sigmoid/float32"][0] == "undeclared-pass"
+
+
+def test_the_api_tier_passes_on_the_reference_backend_and_writes_all_three_reports(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("conformance", "run", "--backend", "reference", "--tier", "api",
+                     "--report", str(tmp_path / "rep"), BACKPLANE_DATA_DIR=str(tmp_path / "d"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["schema"] == "backplane-conformance/1" and report["mandatory_passed"]
+    assert [c["status"] for c in report["cases"]] == ["pass"] * 7
+    assert report["device"]["hwdb"] and report["seed"] >= 0
+    assert (tmp_path / "rep" / "junit.xml").read_text().startswith("<?xml")
+    assert "PASSED: reference" in (tmp_path / "rep" / "report.html").read_text()
