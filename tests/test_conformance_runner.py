@@ -97,3 +97,21 @@ def test_the_api_tier_passes_on_the_reference_backend_and_writes_all_three_repor
     assert report["device"]["hwdb"] and report["seed"] >= 0
     assert (tmp_path / "rep" / "junit.xml").read_text().startswith("<?xml")
     assert "PASSED: reference" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_the_example_plugin_runs_the_suite_with_plain_pytest(example_site, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import EXAMPLE, clean_env
+
+    work = tmp_path / "example"
+    shutil.copytree(EXAMPLE, work, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA"], cwd=work,
+                            capture_output=True, text=True, timeout=300,
+                            env=clean_env(example_site, BACKPLANE_DATA_DIR=str(tmp_path / "d")))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "7 passed" in result.stdout
+    assert "PASSED backplane:example-numpy::conformance[api/thread-safe]" in result.stdout \
+        or "conformance[api/thread-safe]" in result.stdout
