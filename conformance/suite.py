@@ -34,9 +34,13 @@ def collect(tier: str, seed: int, pattern: str | None = None) -> list[Any]:
         return []
     from . import cases, zoo
 
+    from backplane.registry import call_hook
+
     found = list(cases.all_cases(seed, tier="mandatory")) + list(zoo.zoo_cases(seed))
     if tier == "all":
         found += list(cases.onnx_node_cases(cases.MANDATORY_OPS))
+    for contributed in call_hook("backplane_conformance_cases"):
+        found += [c for c in contributed if tier == "all" or c.tier in ("api", "mandatory")]
     return select(found, pattern)
 
 
