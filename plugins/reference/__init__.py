@@ -10,7 +10,8 @@ import platform
 import threading
 from typing import Any
 
-from backplane import API_VERSION, Backend, Capabilities, CompileOptions, Device, Executable
+from backplane import (API_VERSION, Backend, Capabilities, CompileOptions, Device, Executable,
+                       OpSupport)
 from backplane import __version__ as _backplane_version
 
 
@@ -21,7 +22,12 @@ class ReferenceBackend(Backend):
     api_version = API_VERSION
     version = _backplane_version
     priority = -1000  # last in the fixed order: the fallback, never the first choice
-    capabilities = Capabilities(any_op=True, precisions=frozenset({"fp64", "fp32"}))
+    # Every default-domain op, and the fused ops of the backplane domain, which onnx.reference
+    # runs through the decompositions the fusion pass adds to the model as local functions.
+    capabilities = Capabilities(
+        ops={f"backplane::{op}": OpSupport() for op in
+             ("FusedConvRelu", "FusedMatMulBiasGelu", "Attention")},
+        any_op=True, precisions=frozenset({"fp64", "fp32"}))
 
     def probe(self) -> list[Device]:
         """One device, the host CPU; onnx.reference needs nothing else."""
