@@ -47,16 +47,15 @@ def expected_with_mode(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]
     """``expected``, and the mode it used: ``"float64"`` or ``"native"``."""
     plan = _Float64Plan.of(model)
     if plan.blocker is not None:
-        return _evaluate(model, inputs), NATIVE
+        return evaluate(model, inputs), NATIVE
     feeds = {name: (np.asarray(value).astype(np.float64) if name in plan.upcast_inputs
                     else value) for name, value in inputs.items()}
-    raw = _evaluate(plan.model, feeds)
     out = {}
-    for name, value in raw.items():
+    for name, value in evaluate(plan.model, feeds).items():
         declared = plan.output_types.get(name)
-        out[name] = (value.astype(helper.tensor_dtype_to_np_dtype(declared))
-                     if declared and value.dtype != helper.tensor_dtype_to_np_dtype(declared)
-                     else value)
+        dtype = helper.tensor_dtype_to_np_dtype(declared) if declared else value.dtype
+        with np.errstate(over="ignore"):  # beyond float16's range is inf, as it should be
+            out[name] = value.astype(dtype) if value.dtype != dtype else value
     return out, FLOAT64
 
 
@@ -65,14 +64,21 @@ def native_reason(model: onnx.ModelProto) -> str | None:
     return _Float64Plan.of(model).blocker
 
 
-def _evaluate(model: onnx.ModelProto, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    from onnx.reference import ReferenceEvaluator
-
+def evaluate(model: onnx.ModelProto, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """onnx.reference on ``model`` as it is, in its own types (with the kernel fixes below)."""
     names = [o.name for o in model.graph.output]
     # Special-value cases overflow and divide by zero on purpose.
     with np.errstate(all="ignore"):
-        results = ReferenceEvaluator(model).run(None, dict(feeds))
+        results = _evaluator_class()(model).run(None, dict(feeds))
     return {name: np.asarray(value) for name, value in zip(names, results)}
+
+
+def _evaluator_class() -> type:
+    """onnx.reference's evaluator with the reference backend's kernel fixes (Erf in float64,
+    MaxPool, Pad, ConvTranspose ...: ``backplane.plugins.reference.fixes``)."""
+    from backplane.plugins.reference.fixes import evaluator_class
+
+    return evaluator_class()
 
 
 class _Float64Plan:
@@ -129,6 +135,11 @@ class _Float64Plan:
                     attr.i = TensorProto.DOUBLE
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 _constant_scalars_to_double(node)
+            if (node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx")
+                    and not any(a.name == "value" for a in node.attribute)):
+                # Its default value is a float32 zero.
+                node.attribute.append(helper.make_attribute(
+                    "value", numpy_helper.from_array(np.zeros(1, np.float64))))
         upcast = frozenset(vi.name for vi in model.graph.input
                            if vi.type.tensor_type.elem_type in _UPCAST and vi.name not in fixed)
         output_types = {vi.name: (vi.type.tensor_type.elem_type or types.get(vi.name, 0))
@@ -260,6 +271,66 @@ def np_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
     return out
 
 
+def np_pool(kind: str, x: np.ndarray, kernel_shape: Iterable[int], *,
+            strides: Iterable[int] | None = None, pads: Iterable[int] | None = None,
+            dilations: Iterable[int] | None = None, ceil_mode: int = 0,
+            auto_pad: str = "NOTSET", count_include_pad: int = 0, storage_order: int = 0
+            ) -> tuple[np.ndarray, np.ndarray | None]:
+    """MaxPool (``kind="max"``) or AveragePool (``"avg"``) over N-D windows, in float64.
+
+    Returns the pooled values and, for max, the ONNX ``Indices`` output: the flat index of
+    each selected element in the unpadded input (row-major, or column-major within each
+    image for ``storage_order=1``).
+    """
+    x = np.asarray(x, np.float64)
+    kernel = list(kernel_shape)
+    nsp = len(kernel)
+    spatial = list(x.shape[2:])
+    strides = list(strides or [1] * nsp)
+    dilations = list(dilations or [1] * nsp)
+    p = conv_pads(spatial, kernel, strides, dilations, pads, auto_pad)
+    begins, ends, out_sp, extra = p[:nsp], p[nsp:], [], []
+    for size, k, s, d, b, e in zip(spatial, kernel, strides, dilations, begins, ends):
+        span = size + b + e - ((k - 1) * d + 1)
+        o = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (o - 1) * s >= size + b:  # a window may not start in the end pad
+            o -= 1
+        out_sp.append(o)
+        extra.append(max(0, (o - 1) * s + (k - 1) * d + 1 - (size + b + e)))
+    widths = [(b, e + x_) for b, e, x_ in zip(begins, ends, extra)]
+    fill = -np.inf if kind == "max" else 0.0
+    xp = np.pad(x, [(0, 0), (0, 0)] + widths, constant_values=fill)
+    if kind == "max":
+        flat = np.arange(int(np.prod(spatial))).reshape(spatial[::-1] if storage_order
+                                                         else spatial)
+        if storage_order:
+            flat = flat.transpose(list(range(nsp))[::-1])
+        index = np.pad(flat, widths, constant_values=-1)
+        best = np.full(x.shape[:2] + tuple(out_sp), -np.inf)
+        where = np.full(best.shape, -1, np.int64)
+    else:
+        inside = np.ones(spatial) if not count_include_pad else np.ones(
+            [s + b + e for s, b, e in zip(spatial, begins, ends)])
+        region = np.pad(inside, widths if not count_include_pad else [(0, x_) for x_ in extra])
+        total, count = np.zeros(x.shape[:2] + tuple(out_sp)), np.zeros(out_sp)
+    for offset in np.ndindex(*kernel):
+        window = tuple(slice(o * d, o * d + s * (n - 1) + 1, s)
+                       for o, d, s, n in zip(offset, dilations, strides, out_sp))
+        patch = xp[(slice(None), slice(None)) + window]
+        if kind == "max":
+            better = patch > best
+            best = np.where(better, patch, best)
+            where = np.where(better, index[window], where)
+        else:
+            total += patch
+            count += region[window]
+    if kind != "max":
+        return total / count, None
+    image = int(np.prod(spatial))
+    offsets = (np.arange(x.shape[0] * x.shape[1]) * image).reshape(x.shape[:2] + (1,) * nsp)
+    return best, where + offsets
+
+
 def np_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """exp(x - max) / sum(exp(x - max)) along ``axis``, in float64."""
     x = np.asarray(x, np.float64)
@@ -286,15 +357,17 @@ def np_gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
     x = np.asarray(x, np.float64)
     if approximate == "tanh":
         return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
-    return 0.5 * x * (1 + _erf(x / math.sqrt(2)).astype(np.float64))
+    return 0.5 * x * (1 + np.asarray(_erf(x / math.sqrt(2)), np.float64))
 
 
 def np_reduce(kind: str, x: np.ndarray, axes: Iterable[int] | None = None,
               keepdims: bool = True) -> np.ndarray:
     """``mean``, ``sum`` or ``max`` over ``axes`` (None: all), in float64."""
-    fn = {"mean": np.mean, "sum": np.sum, "max": np.max}[kind]
     x = np.asarray(x, np.float64)
     axes = None if axes is None else tuple(int(a) % max(x.ndim, 1) for a in axes)
+    if kind == "max":  # the max of nothing is -inf (ONNX ReduceMax, opset 18 on)
+        return np.asarray(np.max(x, axis=axes, keepdims=bool(keepdims), initial=-np.inf))
+    fn = {"mean": np.mean, "sum": np.sum}[kind]
     return np.asarray(fn(x, axis=axes, keepdims=bool(keepdims)))
 
 
@@ -319,6 +392,16 @@ def _conv_formula(inputs: list, attrs: dict) -> np.ndarray:
                    auto_pad=attrs.get("auto_pad", "NOTSET"))
 
 
+def _pool_formula(kind: str) -> Callable[[list, dict], np.ndarray]:
+    def formula(inputs: list, attrs: dict) -> np.ndarray:
+        keys = ("strides", "pads", "dilations", "ceil_mode", "auto_pad", "count_include_pad",
+                "storage_order")
+        return np_pool(kind, inputs[0], attrs["kernel_shape"],
+                       **{k: attrs[k] for k in keys if k in attrs})[0]
+    formula.__doc__ = f"{'MaxPool' if kind == 'max' else 'AveragePool'} from (inputs, attributes)."
+    return formula
+
+
 #: Independent float64 formulas by op name, each taking (inputs, attributes) -> output.
 #: ``inputs`` lists the node's inputs in order (None for an omitted optional one);
 #: ``attributes`` holds python values as ``backplane.graph.attribute_values`` gives them.
@@ -330,6 +413,8 @@ FORMULAS: dict[str, Callable[[list, dict], np.ndarray]] = {
         inputs[0], inputs[1], inputs[2] if len(inputs) > 2 else None,
         attrs.get("axis", -1), attrs.get("epsilon", 1e-5)),
     "Gelu": lambda inputs, attrs: np_gelu(inputs[0], attrs.get("approximate", "none")),
+    "MaxPool": _pool_formula("max"),
+    "AveragePool": _pool_formula("avg"),
     "ReduceMean": _reduce_formula("mean"),
     "ReduceSum": _reduce_formula("sum"),
     "ReduceMax": _reduce_formula("max"),

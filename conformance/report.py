@@ -11,7 +11,8 @@ JSON schema ``backplane-conformance/1``::
      "seed", "tier", "pattern", "started", "seconds",
      "summary": {status: count}, "mandatory_passed": bool,
      "cases": [{"id", "op", "dtype", "tier", "tags", "status", "seconds", "max_abs_error",
-                "max_rel_error", "rtol", "atol", "oracle_mode", "error", "reason"}]}
+                "max_rel_error", "rtol", "atol", "oracle_mode", "error", "reason",
+                "tolerance_reason" (why rtol/atol differ from the dtype default, or null)}]}
 """
 
 from __future__ import annotations

@@ -50,6 +50,8 @@ class CaseResult:
     oracle_mode: str | None = None
     error: str | None = None
     reason: str | None = None
+    tolerance_reason: str | None = None
+    """Why this case's tolerance differs from its dtype's default, where it does."""
 
 
 @dataclass
@@ -190,12 +192,13 @@ def _judge(case: Any, res: dict[str, Any], compare: Any, tolerance_with_reason: 
     expected = case.expected if case.expected is not None else res["expected"]
     outputs = res["outputs"] or {}
     worst = (0.0, 0.0, None, None)
-    problems = []
+    problems, reasons = [], set()
     for name, want in expected.items():
         if name not in outputs:
             problems.append(f"output '{name}' missing")
             continue
-        rtol, atol, _ = tolerance_with_reason(str(want.dtype), case.tolerance_key, backend)
+        rtol, atol, why = tolerance_with_reason(str(want.dtype), case.tolerance_key, backend)
+        reasons.add(why)
         c = compare(outputs[name], want, rtol, atol)
         worst = (max(worst[0], c.max_abs_error), max(worst[1], c.max_rel_error), c.rtol, c.atol)
         if not c.ok:
@@ -203,7 +206,7 @@ def _judge(case: Any, res: dict[str, Any], compare: Any, tolerance_with_reason: 
                             f"error {c.max_rel_error:.3g} (rtol {c.rtol:g}, atol {c.atol:g})"
                             + (f"; {c.detail}" if c.detail else ""))
     kw = {**base, "max_abs_error": worst[0], "max_rel_error": worst[1], "rtol": worst[2],
-          "atol": worst[3]}
+          "atol": worst[3], "tolerance_reason": "; ".join(sorted(r for r in reasons if r)) or None}
     if problems:
         return ("fail" if declared else "unsupported"), {**kw, "error": "; ".join(problems)}
     return ("pass" if declared else "undeclared-pass"), kw

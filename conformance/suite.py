@@ -1,8 +1,8 @@
 """One conformance run: the cases of a tier, on one backend and device, into a report.
 
 Tiers: ``api`` (the plugin contract, ``apitier.py``); ``mandatory`` (api, plus generated
-cases of the 49 core ops and the model zoo); ``all`` (mandatory, plus ONNX's own node tests
-for every op, and the fused ops). Fresh random inputs each run; the seed is in the report,
+cases of the 49 core ops, the fused ops and the model zoo); ``all`` (mandatory, plus ONNX's
+own node tests for every op the backend declares). Fresh random inputs each run; the seed is in the report,
 and ``seed=`` replays a run.
 """
 
@@ -26,22 +26,45 @@ from .runner import DEFAULT_TIMEOUT_S, CaseResult, run_cases, select
 TIERS = ("api", "mandatory", "all")
 
 
-def collect(tier: str, seed: int, pattern: str | None = None) -> list[Any]:
-    """The op and model cases of a tier (the API checks are not cases of this kind)."""
+def collect(tier: str, seed: int, pattern: str | None = None, backend: Any = None
+            ) -> list[Any]:
+    """The op and model cases of a tier (the API checks are not cases of this kind).
+
+    ``mandatory``: generated cases of the core ops, the fused ops' cases and the model zoo.
+    ``all`` adds ONNX's own node tests for every default-domain op ``backend`` declares
+    (every op with node tests for a backend that admits any op; the core ops when no
+    backend is given), and plugin-contributed cases of every tier.
+    """
     if tier not in TIERS:
         raise ConformanceError(f"unknown tier '{tier}'; choose one of {', '.join(TIERS)}")
     if tier == "api":
         return []
     from . import cases, zoo
+    from .fused_cases import fused_cases
 
     from backplane.registry import call_hook
 
-    found = list(cases.all_cases(seed, tier="mandatory")) + list(zoo.zoo_cases(seed))
+    found = (list(cases.all_cases(seed, tier="mandatory")) + fused_cases(seed)
+             + list(zoo.zoo_cases(seed)))
     if tier == "all":
-        found += list(cases.onnx_node_cases(cases.MANDATORY_OPS))
+        found += cases.onnx_node_cases(_declared_ops(backend))
     for contributed in call_hook("backplane_conformance_cases"):
         found += [c for c in contributed if tier == "all" or c.tier in ("api", "mandatory")]
     return select(found, pattern)
+
+
+def _declared_ops(backend: Any) -> list[str]:
+    """Default-domain ops whose ONNX node tests the ``all`` tier runs for ``backend``."""
+    from .cases import MANDATORY_OPS
+
+    caps = getattr(backend, "capabilities", None)
+    if caps is None:
+        return list(MANDATORY_OPS)
+    if caps.any_op:
+        import onnx
+
+        return sorted({s.name for s in onnx.defs.get_all_schemas() if s.domain == ""})
+    return sorted(k for k in caps.ops if "::" not in k)
 
 
 def _device_record(device: Any) -> dict[str, Any]:
@@ -96,7 +119,7 @@ def run(backend: str, device: str | None = None, *, tier: str = "mandatory",
     seed = random.SystemRandom().randrange(2**31) if seed is None else seed
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    cases = collect(tier, seed, pattern)
+    cases = collect(tier, seed, pattern, plugin)
     total = len(cases) + len(CHECKS)
     record = next((r for r in reg.plugins() if r.name == backend), None)
     known = knownfail.for_backend(plugin, target)

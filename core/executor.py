@@ -34,7 +34,8 @@ class CompiledPlan:
             device = devices[part.device]
             backend = reg.backends[part.backend]
             try:
-                sub = graph.subgraph(part.node_indices, f"{graph.name}-p{part.index}")
+                sub = _fused(graph.subgraph(part.node_indices, f"{graph.name}-p{part.index}"),
+                             backend, part)
                 exe = backend.compile(sub, device, options)
             except BackendError:
                 raise
@@ -105,6 +106,21 @@ def _readonly(np: Any, arr: Any) -> Any:
     view = arr.view()
     view.flags.writeable = False
     return view
+
+
+def _fused(sub: "Graph", backend: Any, part: "Partition") -> "Graph":
+    """The partition's subgraph with the fused ops its backend declares (and admits)."""
+    declared = getattr(backend.capabilities, "ops", {})
+    if not any(key.startswith("backplane::") for key in declared):
+        return sub
+    from .ops.fusion import fuse
+
+    fused = fuse(sub, lambda key: key in declared)
+    if fused is sub or not all(backend.capabilities.check(n) for n in fused.nodes):
+        return sub
+    part.fused = next((n.split(": ", 1)[1] for n in fused.notes
+                       if n.startswith("fused into backplane ops: ")), "")
+    return fused
 
 
 def _single_op(graph: "Graph", part: "Partition") -> str | None:

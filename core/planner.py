@@ -71,6 +71,8 @@ class Partition:
     inputs: list[str]
     outputs: list[str]
     transfers_in: list[str] = field(default_factory=list)
+    fused: str = ""
+    """What the fusion pass rewrote for this partition's backend (``"1 x FusedConvRelu"``)."""
 
 
 @dataclass
@@ -110,7 +112,8 @@ class Plan:
             lines.append(f"partition {part.index} on {part.device} ({len(part.nodes)} node"
                          f"{'s' if len(part.nodes) != 1 else ''})"
                          + (f", data in from other devices: {', '.join(part.transfers_in)}"
-                            if part.transfers_in else ""))
+                            if part.transfers_in else "")
+                         + (f", fused for {part.backend}: {part.fused}" if part.fused else ""))
             for name in part.nodes:
                 p = next(pl for pl in self.placements if pl.node == name)
                 flag = "  [reference fallback]" if p.fallback else ""

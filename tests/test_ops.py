@@ -536,3 +536,28 @@ def test_session_on_the_reference_device_runs_fused_graphs_like_the_unfused_mode
         got = backplane.Session(result.model, devices=["reference"]).run(feeds)
         want = backplane.Session(original, devices=["reference"]).run(feeds)
         assert_close(got["y"], want["y"], seed, pattern)
+
+
+def test_session_fuses_patterns_for_a_backend_that_declares_the_fused_op(seed):
+    """The executor runs the pass per partition: the reference backend declares all three
+    fused ops, so an unfused model is rewritten, and says so in its plan."""
+    for pattern, original, _, feeds in _fused_pairs(seed):
+        session = backplane.Session(original, devices=["reference"])
+        [part] = session.plan.partitions
+        assert part.fused.startswith("1 x "), (pattern, part)
+        assert f"fused for reference: {part.fused}" in session.plan.explain()
+        assert_close(session.run(feeds)["y"], run(original, feeds)[0], seed, pattern)
+
+
+def test_session_leaves_patterns_alone_for_a_backend_without_fused_ops(seed):
+    from backplane.executor import _fused
+    from backplane.planner import Partition
+
+    class Unfused:
+        capabilities = backplane.Capabilities(ops={"Conv": backplane.OpSupport(),
+                                                   "Relu": backplane.OpSupport()})
+
+    graph = load_model(conv_model(np.random.default_rng(seed)))
+    part = Partition(0, "x:0", "x", [n.name for n in graph.nodes],
+                     list(range(len(graph.nodes))), [], [])
+    assert _fused(graph, Unfused(), part) is graph and part.fused == ""

@@ -366,7 +366,15 @@ KEYS: dict[str, str] = {name: op_key(name, DOMAIN) for name in FUSED}
 #: The type of ``fuse``'s ``has_kernel`` argument: op key -> whether a kernel exists.
 HasKernel = Callable[[str], bool]
 
-from .fusion import fuse  # noqa: E402  (the pass uses the definitions above)
+
+
+def fuse(graph: Any, has_kernel: HasKernel) -> Any:
+    """The fusion pass, :func:`backplane.ops.fusion.fuse` (imported on use: it imports this
+    module, so either may be imported first)."""
+    from .fusion import fuse as _fuse
+
+    return _fuse(graph, has_kernel)
+
 
 __all__ = ["CONV_ATTRIBUTES", "KEYS", "MIN_OPSET", "VARIANTS", "VERSION", "HasKernel",
            "add_decompositions", "attention_cost", "conv_relu_cost", "function_proto", "fuse",
