@@ -55,7 +55,8 @@ def run(backend: str, device: str | None, tier: str, pattern: str | None, jobs: 
         _emit_json(report.to_dict())
     else:
         out = _console()
-        bad = [c for c in report.cases if c.status not in ("pass", "skipped", "undeclared-pass")]
+        bad = [c for c in report.cases
+               if c.status not in ("pass", "skipped", "undeclared-pass", "unsupported")]
         if bad:
             out.print(_table("cases that did not pass", ["case", "status", "error or reason"],
                              [[c.id, c.status, (c.error or c.reason or "").splitlines()[0][:120]]
@@ -65,6 +66,11 @@ def run(backend: str, device: str | None, tier: str, pattern: str | None, jobs: 
                   f"{report.device['id']} ({report.device.get('hwdb') or 'no hwdb entry'}), "
                   f"tier {tier}: {len(report.cases)} cases in {report.seconds:.1f} s: {summary}; "
                   f"seed {report.seed}", markup=False)
+        cov = report.coverage()
+        out.print(f"core ops declared: {len(cov['declared'])} of {cov['core_ops']}, passed: "
+                  f"{len(cov['passed'])}" + (f"; {report.summary['unsupported']} cases of "
+                  "undeclared ops did not run (unsupported)"
+                  if report.summary.get("unsupported") else ""), markup=False)
         if report_dir:
             out.print(f"reports in {Path(report_dir).resolve()}", markup=False)
     if not report.mandatory_passed:

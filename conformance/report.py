@@ -10,6 +10,7 @@ JSON schema ``backplane-conformance/1``::
      "host": {"hostname", "platform", "python", "cpu"},
      "seed", "tier", "pattern", "started", "seconds",
      "summary": {status: count}, "mandatory_passed": bool,
+     "coverage": {"core_ops": 49, "declared": [op], "passed": [op]},
      "cases": [{"id", "op", "dtype", "tier", "tags", "status", "seconds", "max_abs_error",
                 "max_rel_error", "rtol", "atol", "oracle_mode", "error", "reason",
                 "tolerance_reason" (why rtol/atol differ from the dtype default, or null)}]}
@@ -59,13 +60,27 @@ class Report:
         return all(_get(c, "status") in PASSING for c in self.cases
                    if _get(c, "tier") in ("api", "mandatory"))
 
+    def coverage(self) -> dict[str, Any]:
+        """Which of the core ops the backend declared (some case of the op was admitted by
+        its capabilities) and which of those passed every declared case."""
+        from .cases import MANDATORY_OPS
+        from .runner import DECLARED, PASSING
+
+        declared: dict[str, bool] = {}
+        for c in self.cases:
+            op, status = _get(c, "op"), _get(c, "status")
+            if op in MANDATORY_OPS and status in DECLARED:
+                declared[op] = declared.get(op, True) and status in PASSING
+        return {"core_ops": len(MANDATORY_OPS), "declared": sorted(declared),
+                "passed": sorted(op for op, ok in declared.items() if ok)}
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data in the versioned schema."""
         return {"schema": SCHEMA, "backend": self.backend, "device": self.device,
                 "versions": self.versions, "host": self.host, "seed": self.seed,
                 "tier": self.tier, "pattern": self.pattern, "started": self.started,
                 "seconds": round(self.seconds, 3), "summary": self.summary,
-                "mandatory_passed": self.mandatory_passed,
+                "mandatory_passed": self.mandatory_passed, "coverage": self.coverage(),
                 "cases": [c if isinstance(c, dict) else dataclasses.asdict(c)
                           for c in self.cases]}
 
@@ -155,23 +170,26 @@ def render_html(report: Report) -> str:
     rows = []
     for c in report.cases:
         err = _get(c, "error") or _get(c, "reason") or ""
-        rel = _get(c, "max_rel_error")
+        rel, ab = _get(c, "max_rel_error"), _get(c, "max_abs_error")
         rows.append(f"<tr class='{e(_get(c, 'status'))}'><td><code>{e(_get(c, 'id'))}</code></td>"
                     f"<td>{e(_get(c, 'op'))}</td><td>{e(_get(c, 'dtype'))}</td>"
                     f"<td>{e(_get(c, 'tier'))}</td><td>{e(_get(c, 'status'))}</td>"
+                    f"<td>{'' if ab is None else f'{ab:.2e}'}</td>"
                     f"<td>{'' if rel is None else f'{rel:.2e}'}</td>"
                     f"<td>{e(err.splitlines()[0] if err else '')}</td></tr>")
     b, d = report.backend, report.device
+    cov = report.coverage()
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>backplane conformance: {e(b['name'])} on {e(d['id'])}</title><style>{_STYLE}</style></head>
 <body><h1 id="verdict">{verdict}: {e(b['name'])} {e(str(b.get('version') or ''))} on {e(d['id'])}</h1>
 <p>device <b>{e(str(d.get('name')))}</b>, hwdb entry {e(str(d.get('hwdb')))}; tier {e(report.tier)};
 seed {report.seed}; {len(report.cases)} cases in {report.seconds:.1f} s; host {e(report.host.get('hostname', ''))}
 ({e(report.host.get('platform', ''))}); started {e(report.started)}</p>
+<p id="coverage">core ops declared: {len(cov['declared'])} of {cov['core_ops']}; passed: {len(cov['passed'])}</p>
 <table id="summary"><tr><th>status</th><th>cases</th></tr>{summary}</table>
 <p><input id="filter" placeholder="filter cases"></p>
 <table id="cases"><thead><tr><th>case</th><th>op</th><th>dtype</th><th>tier</th><th>status</th>
-<th>max rel error</th><th>error or reason</th></tr></thead><tbody>{''.join(rows)}</tbody></table>
+<th>max abs error</th><th>max rel error</th><th>error or reason</th></tr></thead><tbody>{''.join(rows)}</tbody></table>
 {_FILTER}</body></html>"""
 
 

@@ -26,8 +26,12 @@ from typing import Any
 
 from backplane.errors import ConformanceError
 
-#: Statuses that count as success for the tier verdict.
-PASSING = frozenset({"pass", "undeclared-pass", "skipped", "xpass"})
+#: Statuses that count as success for the tier verdict. ``unsupported`` is among them: a
+#: backend answers for what it declares (a declared op that fails is a ``fail`` or an
+#: ``error``); the report's coverage says how much of the core op set that is.
+PASSING = frozenset({"pass", "undeclared-pass", "unsupported", "skipped", "xpass"})
+#: Statuses of cases the backend declared (its capabilities admitted every node).
+DECLARED = frozenset({"pass", "fail", "error", "crash", "hang", "skipped", "xpass"})
 DEFAULT_TIMEOUT_S = 120.0
 WORKER_START_TIMEOUT_S = 120.0
 

@@ -115,3 +115,81 @@ def test_the_example_plugin_runs_the_suite_with_plain_pytest(example_site, tmp_p
     assert "7 passed" in result.stdout
     assert "PASSED backplane:example-numpy::conformance[api/thread-safe]" in result.stdout \
         or "conformance[api/thread-safe]" in result.stdout
+
+
+def _cli_report(site, tmp_path, name, *args):
+    from conftest import run_cli
+
+    rep = tmp_path / name
+    result = run_cli("conformance", "run", *args, "--report", str(rep), site=site,
+                     timeout=300, BACKPLANE_DATA_DIR=str(tmp_path / "data"))
+    report = json.loads((rep / "report.json").read_text())
+    return result, report, {c["id"]: c for c in report["cases"]}
+
+
+KNOWN = "Relu/float32/rank-2-*|Relu/float16/rank-2-*|Neg/float32/rank-*|Add/float32/broadcast-*"
+
+
+def test_generated_cases_through_the_cli_skip_known_failures_with_their_reason(defects_site,
+                                                                             tmp_path):
+    result, report, cases = _cli_report(defects_site, tmp_path, "known", "--backend",
+                                        "wrong-values", "-k", KNOWN, "-j", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    relu = [c for i, c in cases.items() if i.startswith("Relu/float32/")]
+    neg = [c for i, c in cases.items() if i.startswith("Neg/float32/")]
+    assert relu and all(c["status"] == "skipped" and "planted defect" in c["reason"]
+                        for c in relu)
+    assert neg and all(c["status"] == "skipped" for c in neg)
+    assert all(c["status"] == "pass" for i, c in cases.items()
+               if i.startswith(("Relu/float16/", "Add/float32/")))
+    assert report["pattern"] == KNOWN and "PASSED: wrong-values" in result.stdout
+
+
+def test_also_running_known_failures_shows_which_now_pass(defects_site, tmp_path):
+    result, _, cases = _cli_report(defects_site, tmp_path, "also", "--backend", "wrong-values",
+                                   "-k", KNOWN, "--also-run-known-failures")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {c["status"] for i, c in cases.items() if i.startswith("Neg/float32/")} == {"xpass"}
+    still = [c for i, c in cases.items() if i.startswith("Relu/float32/")]
+    assert all(c["status"] == "skipped" and "max abs error" in c["error"] for c in still)
+
+
+def test_a_defect_in_generated_cases_fails_the_run_with_exit_code_1(defects_site, tmp_path):
+    result, report, cases = _cli_report(defects_site, tmp_path, "seg", "--backend",
+                                        "segfaults", "-k", "Sigmoid/float32/rank-*|Neg/float32/"
+                                        "rank-2-*", "-j", "2")
+    assert result.returncode == 1 and "FAILED: segfaults" in result.stdout
+    assert {c["status"] for i, c in cases.items() if i.startswith("Sigmoid/")} == {"crash"}
+    assert {c["status"] for i, c in cases.items() if i.startswith("Neg/")} == {"pass"}
+    assert not report["mandatory_passed"]
+
+
+def test_a_backend_answers_for_the_ops_it_declares(defects_site, tmp_path):
+    """overclaims declares Relu, Softmax and Add: undeclared ops' cases are unsupported (or
+    undeclared-pass) and do not fail the run; the declared Softmax does."""
+    result, report, cases = _cli_report(defects_site, tmp_path, "over", "--backend",
+                                        "overclaims", "-k", "Relu/float32/rank-2-*|Sigmoid/"
+                                        "float32/rank-2-*|Softmax/float32/rank-2-*")
+    assert result.returncode == 1
+    assert cases["Softmax/float32/rank-2-3x4"]["status"] == "error"
+    assert cases["Sigmoid/float32/rank-2-3x4"]["status"] == "undeclared-pass"
+    assert report["coverage"]["declared"] == ["Relu", "Softmax"]
+    assert report["coverage"]["passed"] == ["Relu"]
+    assert "core ops declared: 2 of 49" in result.stdout
+
+
+def test_the_mandatory_tier_passes_on_the_reference_backend(tmp_path):
+    """Every generated, fused and zoo case, on the backend that is the oracle's own."""
+    from backplane.conformance.cases import MANDATORY_OPS
+
+    result, report, cases = _cli_report(None, tmp_path, "ref", "--backend", "reference",
+                                        "--tier", "mandatory", "-j", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert set(report["summary"]) == {"pass"}, report["summary"]
+    assert report["coverage"]["passed"] == sorted(MANDATORY_OPS)
+    ops = {c["op"] for c in cases.values()}
+    assert {"FusedConvRelu", "FusedMatMulBiasGelu", "Attention"} <= ops
+    assert sum(1 for i in cases if i.startswith("model:")) >= 10
+    assert len(cases) >= 1200
+    assert all(c["max_abs_error"] is not None for i, c in cases.items()
+               if not i.startswith("api/"))
