@@ -82,6 +82,10 @@ class AttributeRule:
         return True
 
 
+#: Memory layouts a kernel may declare (see :attr:`OpSupport.layout`).
+LAYOUTS = frozenset({"strided", "contiguous"})
+
+
 @dataclass(frozen=True)
 class OpSupport:
     """What a backend can do with one op.
@@ -91,13 +95,24 @@ class OpSupport:
             input (or first output for ops without inputs); ``None`` admits any.
         dynamic_shapes: whether inputs may have dimensions unknown until run time.
         max_rank: the largest rank admitted for any input, or ``None``.
+        min_rank: the smallest rank admitted for any input (1 refuses scalars).
+        layout: the memory layout the kernel reads: ``strided`` takes any view (a
+            transposed or sliced array as it is), ``contiguous`` needs dense row-major
+            buffers; the default compile hands such a kernel contiguous copies of views.
         attributes: limits per attribute name; attributes not named are unconstrained.
     """
 
     dtypes: frozenset[str] | None = None
     dynamic_shapes: bool = True
     max_rank: int | None = None
+    min_rank: int = 0
+    layout: str = "strided"
     attributes: Mapping[str, AttributeRule] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"OpSupport.layout must be one of {sorted(LAYOUTS)}, "
+                             f"not {self.layout!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
@@ -105,6 +120,8 @@ class OpSupport:
             "dtypes": sorted(self.dtypes) if self.dtypes is not None else None,
             "dynamic_shapes": self.dynamic_shapes,
             "max_rank": self.max_rank,
+            "min_rank": self.min_rank,
+            "layout": self.layout,
             "attributes": {k: asdict(v) for k, v in self.attributes.items()},
         }
 
@@ -167,6 +184,9 @@ class Capabilities:
         if support.max_rank is not None and any(len(s) > support.max_rank for s in shapes):
             return Verdict(False, "capability:rank",
                            f"{key} admits rank <= {support.max_rank}")
+        if support.min_rank and any(len(s) < support.min_rank for s in shapes):
+            return Verdict(False, "capability:rank",
+                           f"{key} admits rank >= {support.min_rank}")
         for attr, rule in support.attributes.items():
             if attr in node.attributes and not rule.admits(node.attributes[attr]):
                 return Verdict(False, "capability:attribute",

@@ -46,11 +46,16 @@ class KernelTable:
 
     def register(self, op: str, *, domain: str = "", dtypes: Any = None,
                  dynamic_shapes: bool = True, max_rank: int | None = None,
+                 min_rank: int = 0, layout: str = "strided",
                  attributes: Mapping[str, AttributeRule] | None = None
                  ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator registering ``fn`` as the kernel of ``op`` with its constraints."""
+        """Decorator registering ``fn`` as the kernel of ``op`` with its constraints.
+
+        The keyword arguments are the fields of :class:`~backplane.core.contract.OpSupport`.
+        """
         support = OpSupport(dtypes=frozenset(dtypes) if dtypes is not None else None,
                             dynamic_shapes=dynamic_shapes, max_rank=max_rank,
+                            min_rank=min_rank, layout=layout,
                             attributes=dict(attributes or {}))
 
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -104,13 +109,14 @@ class KernelExecutable(Executable):
                     f"backend '{device.backend}' cannot compile node '{node.name}': "
                     f"{verdict.detail}", backend=device.backend, device=device.id,
                     op=node.op_type)
-            self._steps.append((node, table._kernels[op_key(node.op_type, node.domain)].fn))
+            kernel = table._kernels[op_key(node.op_type, node.domain)]
+            self._steps.append((node, kernel.fn, kernel.support.layout == "contiguous"))
         self._consts = {t.name: self._upload(numpy_helper.to_array(t))
                         for t in graph.model.graph.initializer}
         self._outputs = [o.name for o in graph.outputs]
         keep = set(self._outputs) | set(self._consts)
         last_read: dict[str, int] = {}
-        for i, (node, _) in enumerate(self._steps):
+        for i, (node, _, _) in enumerate(self._steps):
             for name in node.inputs:
                 if name:
                     last_read[name] = i
@@ -124,8 +130,10 @@ class KernelExecutable(Executable):
         """Run every node in order; return the graph's outputs on the host."""
         values: dict[str, Any] = dict(self._consts)
         values.update((k, self._upload(v)) for k, v in inputs.items())
-        for i, (node, fn) in enumerate(self._steps):
+        for i, (node, fn, contiguous) in enumerate(self._steps):
             args = [values[name] if name else None for name in node.inputs]
+            if contiguous:
+                args = [_dense(a) for a in args]
             try:
                 result = fn(*args, **node.attributes)
             except Exception as exc:
@@ -141,6 +149,16 @@ class KernelExecutable(Executable):
         const_ids = {id(v) for v in self._consts.values()}
         return {name: self._download(values[name].copy() if id(values[name]) in const_ids
                                      else values[name]) for name in self._outputs}
+
+
+def _dense(value: Any) -> Any:
+    """A row-major dense version of a host array view; other values as they are."""
+    flags = getattr(value, "flags", None)
+    if flags is None or getattr(flags, "c_contiguous", True):
+        return value
+    import numpy as np
+
+    return np.ascontiguousarray(value)
 
 
 def _to_host(value: Any) -> Any:

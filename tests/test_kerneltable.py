@@ -32,7 +32,8 @@ def test_registered_kernels_are_the_backends_capabilities():
 
     caps = table.capabilities().to_dict()
     assert caps["ops"]["Neg"] == {"dtypes": ["float32"], "dynamic_shapes": False,
-                                  "max_rank": 2, "attributes": {}}
+                                  "max_rank": 2, "min_rank": 0, "layout": "strided",
+                                  "attributes": {}}
     assert "Neg" in table and len(table) == 1
 
 
@@ -86,6 +87,7 @@ def test_a_kernel_that_raises_becomes_an_execution_error_naming_the_op():
 @pytest.mark.parametrize("attrs, code", [
     ({"dtypes": ["float64"]}, "capability:dtype"),
     ({"max_rank": 1}, "capability:rank"),
+    ({"min_rank": 3}, "capability:rank"),
     ({"dynamic_shapes": False}, "capability:dynamic-shape"),
 ])
 def test_capability_check_answers_with_a_reason_code(attrs, code):
@@ -117,3 +119,43 @@ def test_outputs_never_alias_a_constant_across_requests():
     first = exe.run({"x": x})["y"]
     first[:] = -1  # the caller scribbles on its result
     np.testing.assert_array_equal(exe.run({"x": x})["y"], np.arange(4, dtype=np.float32))
+
+
+def test_a_contiguous_kernel_gets_dense_buffers_and_a_strided_one_gets_views():
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["t"], name="tr", perm=[1, 0]),
+         helper.make_node("Neg", ["t"], ["n"], name="neg"),
+         helper.make_node("Relu", ["t"], ["r"], name="relu")], "layouts",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 5])],
+        [helper.make_tensor_value_info("n", TensorProto.FLOAT, [5, 3]),
+         helper.make_tensor_value_info("r", TensorProto.FLOAT, [5, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    seen: dict[str, bool] = {}
+    table = bp.KernelTable()
+    table.register("Transpose")(lambda x, perm: x.transpose(perm))  # a view, not a copy
+
+    @table.register("Neg", layout="contiguous")
+    def neg(x):
+        seen["Neg"] = x.flags.c_contiguous
+        return -x
+
+    @table.register("Relu")
+    def relu(x):
+        seen["Relu"] = x.flags.c_contiguous
+        return np.maximum(x, 0)
+
+    assert table.capabilities().ops["Neg"].layout == "contiguous"
+    exe = table.compile(bp.load_model(model), bp.Device("test", backend="t", index=0),
+                        bp.CompileOptions())
+    x = np.random.default_rng(5).standard_normal((3, 5)).astype(np.float32)
+    out = exe.run({"x": x})
+    assert seen == {"Neg": True, "Relu": False}
+    np.testing.assert_array_equal(out["n"], -x.T)
+    np.testing.assert_array_equal(out["r"], np.maximum(x.T, 0))
+
+
+def test_an_unknown_layout_is_refused_when_the_kernel_is_registered():
+    with pytest.raises(ValueError, match="layout must be one of"):
+        bp.KernelTable().register("Neg", layout="nhwc")
