@@ -105,6 +105,9 @@ def compare(actual: Any, expected: Any, rtol: float | None = None, atol: float |
     default_rtol, default_atol = tolerance(str(expected.dtype))
     rtol = default_rtol if rtol is None else rtol
     atol = default_atol if atol is None else atol
+    if expected.dtype.kind in "OU" and actual.dtype.kind in "OU":
+        # ONNX strings: numpy holds them as object or fixed-width unicode arrays alike.
+        expected, actual = expected.astype(object), actual.astype(object)
     if actual.shape != expected.shape or actual.dtype != expected.dtype:
         return Comparison(False, float("inf"), float("inf"), rtol, atol,
                           f"got {actual.dtype}{list(actual.shape)}, "
