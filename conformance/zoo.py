@@ -106,8 +106,8 @@ class _Net:
         return model
 
 
-def _image(name: str = "x") -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3, 32, 32])
+def _image(name: str = "x", size: int = 32) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3, size, size])
 
 
 def mlp(seed: int = 0) -> ZooModel:
@@ -123,21 +123,23 @@ def mlp(seed: int = 0) -> ZooModel:
     return ZooModel("mlp", n.model([x], ["batch", 10]), [{"x": [1, 64]}, {"x": [8, 64]}])
 
 
-def resnet(seed: int = 0) -> ZooModel:
+def resnet(seed: int = 0, width: int = 16, size: int = 32) -> ZooModel:
     """A ResNet-style CNN: conv-bn-relu stem, an identity block, a strided block with a
-    1x1 projection shortcut, global average pool and a Gemm head."""
+    1x1 projection shortcut, global average pool and a Gemm head. ``width`` channels in the
+    first stage, ``size`` x ``size`` images (the suite's cases use the defaults)."""
     n = _Net("resnet", seed)
-    stem = n.conv_bn("x", 3, 16, 3)
-    a = n.conv_bn(stem, 16, 16, 3)
-    a = n.conv_bn(a, 16, 16, 3, act=None)
+    w = width
+    stem = n.conv_bn("x", 3, w, 3)
+    a = n.conv_bn(stem, w, w, 3)
+    a = n.conv_bn(a, w, w, 3, act=None)
     a = n.op("Relu", [n.op("Add", [a, stem])])
-    b = n.conv_bn(a, 16, 32, 3, stride=2)
-    b = n.conv_bn(b, 32, 32, 3, act=None)
-    shortcut = n.conv_bn(a, 16, 32, 1, stride=2, act=None)
+    b = n.conv_bn(a, w, 2 * w, 3, stride=2)
+    b = n.conv_bn(b, 2 * w, 2 * w, 3, act=None)
+    shortcut = n.conv_bn(a, w, 2 * w, 1, stride=2, act=None)
     b = n.op("Relu", [n.op("Add", [b, shortcut])])
-    n.head(b, 32)
-    return ZooModel("resnet", n.model([_image()], ["batch", 10]),
-                    [{"x": [1, 3, 32, 32]}, {"x": [2, 3, 32, 32]}])
+    n.head(b, 2 * w)
+    return ZooModel("resnet", n.model([_image(size=size)], ["batch", 10]),
+                    [{"x": [1, 3, size, size]}, {"x": [2, 3, size, size]}])
 
 
 def depthwise_separable(seed: int = 0) -> ZooModel:

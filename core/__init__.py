@@ -24,6 +24,7 @@ from .contract import (
     CompileOptions,
     Device,
     Executable,
+    LazyOps,
     OpSupport,
     Verdict,
 )
@@ -65,7 +66,7 @@ __all__ = [
     "API_VERSION", "MIN_API_VERSION", "AttributeRule", "Backend", "BackendError",
     "BackplaneError", "Capabilities", "CompileError", "CompileOptions", "ConformanceError",
     "Device", "DeviceNotFoundError", "DeviceUnavailable", "Executable", "ExecutionError",
-    "Graph", "InputError", "KernelTable", "ModelError", "OpSupport", "Plan", "PluginLoadError",
+    "Graph", "InputError", "KernelTable", "LazyOps", "ModelError", "OpSupport", "Plan", "PluginLoadError",
     "Session", "UnsupportedError", "Verdict", "devices", "hookimpl", "load_model",
     "plugin_manager", "plugin_records", "registry",
 ]

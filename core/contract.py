@@ -12,7 +12,8 @@ plugins are listed, without paying for them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -124,6 +125,46 @@ class OpSupport:
             "layout": self.layout,
             "attributes": {k: asdict(v) for k, v in self.attributes.items()},
         }
+
+
+class LazyOps(Mapping):
+    """An op table (``{op key: OpSupport}``) computed on its first read, for
+    :attr:`Capabilities.ops` of backends that derive their capabilities by running their
+    runtime (graph compilers: see :mod:`backplane.ops.probes`).
+
+    Loading a plugin builds its Capabilities and the registry checks them, so the table
+    cannot be computed then without importing the vendor runtime into every process that
+    only lists plugins. ``compute`` is called once, on the first ``[]``, ``iter``, ``len``
+    or ``in``, under a lock (concurrent first readers wait for the one computation); its
+    result is kept. An exception from ``compute`` reaches the reader and the next read
+    tries again.
+    """
+
+    def __init__(self, compute: Callable[[], Mapping[str, OpSupport]]):
+        self._compute = compute
+        self._ops: Mapping[str, OpSupport] | None = None
+        self._lock = threading.Lock()
+
+    def _table(self) -> Mapping[str, OpSupport]:
+        if self._ops is None:
+            with self._lock:
+                if self._ops is None:
+                    self._ops = self._compute()
+        return self._ops
+
+    @property
+    def computed(self) -> bool:
+        """Whether the table has been computed (reading this does not compute it)."""
+        return self._ops is not None
+
+    def __getitem__(self, key: str) -> OpSupport:
+        return self._table()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
 
 
 @dataclass(frozen=True)

@@ -71,12 +71,39 @@ def example_plugin_on_path(example_site: Path):
     sys.path.remove(str(example_site))
 
 
+#: The real CPU backends shipped with backplane. Tests that describe planning over the
+#: example and test plugins leave them out (fixture ``without_cpu_backends``), so that the
+#: placements are the ones the test describes whatever this machine has installed.
+CPU_BACKENDS = "openvino-cpu,onnxruntime,opencl"
+#: BACKPLANE_* variables children inherit (set only by ``without_cpu_backends``).
+_INHERITED: tuple[str, ...] = ()
+
+
+@pytest.fixture(scope="module")
+def without_cpu_backends():
+    """Discovery without the real CPU backends, in this process and in child processes."""
+    import backplane
+
+    global _INHERITED
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BACKPLANE_DISABLE_PLUGINS", CPU_BACKENDS)
+        _INHERITED = ("BACKPLANE_DISABLE_PLUGINS",)
+        backplane.registry(refresh=True)
+        try:
+            yield
+        finally:
+            _INHERITED = ()
+    backplane.registry(refresh=True)
+
+
 def clean_env(site: Path | str | None = None, **extra: str) -> dict[str, str]:
-    """The environment for a child process: no inherited BACKPLANE_* settings.
+    """The environment for a child process: no inherited BACKPLANE_* settings (but those
+    a fixture set on purpose).
 
     ``site`` becomes PYTHONPATH (several folders joined with ``os.pathsep``, first wins).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKPLANE_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("BACKPLANE_") or k in _INHERITED}
     env["BACKPLANE_PROBE_TIMEOUT_S"] = PROBE_TIMEOUT_S
     if site is not None:
         env["PYTHONPATH"] = str(site)

@@ -236,7 +236,8 @@ def test_float64_oracle_is_closer_to_the_exact_sum_than_float32_reference():
     float32_error = abs(float(ReferenceEvaluator(model).run(None, {"x": x})[0]) - exact)
     assert mode == "float64" and out["y"].dtype == np.float32, WHERE
     assert oracle_error <= np.spacing(np.float32(exact)) / 2, WHERE  # correctly rounded
-    assert oracle_error < float32_error, f"{oracle_error} vs {float32_error} {WHERE}"
+    # float32 pairwise sums are sometimes correctly rounded too: never better than the oracle.
+    assert oracle_error <= float32_error, f"{oracle_error} vs {float32_error} {WHERE}"
 
 
 def test_oracle_runs_integer_ops_in_their_own_types(generated):

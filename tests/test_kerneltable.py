@@ -159,3 +159,54 @@ def test_a_contiguous_kernel_gets_dense_buffers_and_a_strided_one_gets_views():
 def test_an_unknown_layout_is_refused_when_the_kernel_is_registered():
     with pytest.raises(ValueError, match="layout must be one of"):
         bp.KernelTable().register("Neg", layout="nhwc")
+
+
+# ---------------------------------------------------------------------- LazyOps
+
+def test_lazy_ops_computes_on_first_read_only_once_across_threads():
+    import threading
+    import time
+
+    calls = []
+
+    def compute():
+        calls.append(threading.get_ident())
+        time.sleep(0.05)  # readers arriving meanwhile must wait, not compute again
+        return {"Relu": bp.OpSupport(dtypes=frozenset({"float32"}))}
+
+    ops = bp.LazyOps(compute)
+    caps = bp.Capabilities(ops=ops)
+    assert not ops.computed and calls == [], "building Capabilities must not compute"
+    barrier = threading.Barrier(8)
+    seen = []
+
+    def read():
+        barrier.wait()
+        seen.append(dict(caps.ops))
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and ops.computed
+    assert all(s == {"Relu": bp.OpSupport(dtypes=frozenset({"float32"}))} for s in seen)
+    assert "Relu" in ops and len(ops) == 1 and list(ops) == ["Relu"] and len(calls) == 1
+    [node] = bp.load_model(single("Relu")).nodes
+    assert caps.check(node) and len(calls) == 1
+
+
+def test_lazy_ops_retries_after_a_failed_computation():
+    outcomes = [RuntimeError("runtime not ready"), {"Add": bp.OpSupport()}]
+
+    def compute():
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    ops = bp.LazyOps(compute)
+    with pytest.raises(RuntimeError, match="not ready"):
+        len(ops)
+    assert not ops.computed
+    assert set(ops) == {"Add"} and ops.computed

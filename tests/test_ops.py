@@ -561,3 +561,93 @@ def test_session_leaves_patterns_alone_for_a_backend_without_fused_ops(seed):
     part = Partition(0, "x:0", "x", [n.name for n in graph.nodes],
                      list(range(len(graph.nodes))), [], [])
     assert _fused(graph, Unfused(), part) is graph and part.fused == ""
+
+
+# ---------------------------------------------------------------------- probe models
+
+def _checked_probe(model: onnx.ModelProto) -> None:
+    """onnx's full check of a probe model. Probe outputs declare their dtype but no shape
+    (the runtime infers it), which the checker alone refuses; strict shape inference fills
+    the shapes in and fails on any type the schema does not admit for the declared one."""
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    onnx.checker.check_model(inferred, full_check=True)
+    for declared, got in zip(model.graph.output, inferred.graph.output):
+        assert got.type.tensor_type.elem_type == declared.type.tensor_type.elem_type
+
+
+def test_every_core_op_has_probe_models_that_pass_the_full_onnx_check():
+    """backplane.ops.probes builds, for every core op in every dtype its schema admits (and
+    every fused op in the float types it admits), valid one-node models with their feeds."""
+    from backplane.ops import probes
+
+    built = 0
+    for op in ops.MANDATORY:
+        definition = ops.get(op)
+        main = definition.inputs[1 if op == "Where" else 0][0]
+        dtypes = [d for d in probes.DTYPES if d in definition.dtypes_of(main)]
+        assert dtypes, op
+        if op not in ("DequantizeLinear", "MatMulInteger"):  # their inputs are integers
+            assert "float32" in dtypes, op
+        for dt in dtypes:
+            pairs = list(probes.models(op, dt))
+            assert pairs, (op, dt)
+            for model, feeds in pairs:
+                _checked_probe(model)
+                [node] = model.graph.node
+                assert node.op_type == op and model.opset_import[0].version == probes.OPSET
+                fed = {i.name for i in model.graph.input}
+                assert fed and set(feeds) == fed, (op, dt, "data inputs must be fed")
+                assert {i.name for i in model.graph.initializer}.isdisjoint(fed)
+                built += 1
+    for op in ops.FUSED:
+        definition = ops.get(op, ops.DOMAIN)
+        admitted = definition.dtypes_of(definition.inputs[0][0])
+        for dt in [d for d in probes.FUSED_DTYPES if d in admitted]:
+            for model, _ in probes.models(op, dt, ops.DOMAIN):
+                _checked_probe(model)
+                assert [f.name for f in model.functions] == [op]
+                built += 1
+    assert built > 400
+    with pytest.raises(ValueError, match="no probe model"):
+        list(probes.models("NotAnOp", "float32"))
+
+
+def test_probe_models_cover_the_variants_whose_kernels_differ():
+    from backplane.ops import probes
+
+    def attrs(op, dt="float32"):
+        return [{a.name: helper.get_attribute_value(a) for a in m.graph.node[0].attribute}
+                for m, _ in probes.models(op, dt)]
+
+    assert [a.get("approximate") for a in attrs("Gelu")] == [b"none", b"tanh"]
+    assert sorted(a["mode"] for a in attrs("Pad")) == [b"constant", b"edge", b"reflect"]
+    assert len(list(probes.models("Clip", "float32"))) == 3  # constant, fed, no bounds
+    assert len(list(probes.models("Flatten", "float32"))) == 2  # rank 2 and rank 3, axis 1
+    index_types = {m.graph.initializer[0].data_type for m, _ in probes.models("Gather", "int8")}
+    assert index_types == {TensorProto.INT64, TensorProto.INT32}
+
+
+def test_discover_tries_each_admitted_dtype_and_declares_where_by_its_condition():
+    from backplane.ops import probes
+
+    tried = []
+
+    def try_op(op, dt, domain):
+        tried.append((domain, op, dt))
+        return "no kernel" if dt == "bfloat16" else ""
+
+    found, refused = probes.discover(try_op)
+    assert not any(domain for domain, _, _ in tried), "fused ops are tried only when asked"
+    assert set(found) == set(ops.MANDATORY) and found["Where"] == ["bool"]
+    assert "bool" not in found["Add"] and refused["Add"] == {"bfloat16": "no kernel"}
+    found, refused = probes.discover(try_op, dtypes=("float32",),
+                                     fused_dtypes=probes.FUSED_DTYPES)
+    assert found["backplane::Attention"] == ["float32", "float16"]
+    assert refused["backplane::FusedConvRelu"] == {"bfloat16": "no kernel"}
+
+
+def test_importing_the_probe_module_imports_neither_numpy_nor_onnx():
+    result = run_python("import sys; from backplane.ops import probes; "
+                        "print('numpy' in sys.modules, 'onnx' in sys.modules)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]

@@ -98,7 +98,9 @@ y = s.run({'x': x})['y']
 np.testing.assert_allclose(y, relu_conv_relu_numpy(x), rtol=1e-5, atol=1e-5)
 print(sorted({p.device for p in s.plan.partitions}))
 """
-    result = run_python(code, site=broken_site)
+    from conftest import CPU_BACKENDS
+
+    result = run_python(code, site=broken_site, BACKPLANE_DISABLE_PLUGINS=CPU_BACKENDS)
     assert result.returncode == 0, result.stderr
     assert "example-numpy:0" in result.stdout and "reference:0" in result.stdout
 
@@ -209,11 +211,11 @@ class Curious:
 
 bp.plugin_manager().register(Curious())
 bp.registry(refresh=True)
-print(sorted(Curious.seen)[0])
+print(sorted(name for name, _ in Curious.seen))
 """
     result = run_python(code, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().startswith("('reference',")
+    assert "'reference'" in result.stdout.strip()
 
 
 def test_refresh_replaces_the_backend_objects_carrying_hooks():

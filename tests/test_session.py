@@ -1,7 +1,8 @@
 """Session, plan and executor: what runs where, why, and that the numbers are right.
 
 These run in this process, where the example plugin (numpy kernels, no Conv) is installed
-beside the reference backend, so plans split a model between two backends.
+beside the reference backend, so plans split a model between two backends. The real CPU
+backends are left out (``without_cpu_backends``): they would take every node.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from conftest import run_python
 from models import gemm, relu_conv_relu, relu_conv_relu_numpy, single
 
 SEED = 20261122
+pytestmark = pytest.mark.usefixtures("without_cpu_backends")
 
 
 def rng(offset: int = 0) -> np.random.Generator:

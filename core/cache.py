@@ -1,0 +1,107 @@
+"""Where backends keep compiled artefacts on disk, and how they name and write them.
+
+One folder per backend under the cache root: ``CompileOptions.cache_dir`` when the session
+sets one, else ``BACKPLANE_CACHE_DIR`` (``off`` disables caching), else the per-user cache
+folder (platformdirs). Keys are hashes of everything the artefact depends on (model bytes,
+options, device, runtime version), so a change in any of them is a miss, never a stale hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+OFF = "off"
+
+
+def cache_root(options: Any = None) -> Path | None:
+    """The cache root, or None when caching is off."""
+    chosen = getattr(options, "cache_dir", None) or os.environ.get("BACKPLANE_CACHE_DIR", "").strip()
+    if chosen == OFF:
+        return None
+    if chosen:
+        return Path(chosen)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("backplane", appauthor=False))
+
+
+def cache_dir(backend: str, options: Any = None) -> Path | None:
+    """The backend's own cache folder (created), or None when caching is off or the folder
+    cannot be created (a read-only home must not stop a compile)."""
+    root = cache_root(options)
+    if root is None:
+        return None
+    folder = root / backend
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder
+
+
+def cache_key(*parts: Any) -> str:
+    """A stable hex key over ``parts`` (bytes as they are, anything else by its repr)."""
+    h = hashlib.sha256()
+    for part in parts:
+        data = part if isinstance(part, (bytes, bytearray, memoryview)) else repr(part).encode()
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()[:32]
+
+
+def model_bytes(model: Any) -> bytes:
+    """The deterministic serialisation of an ONNX ModelProto, for hashing."""
+    return model.SerializeToString(deterministic=True)
+
+
+def write_atomic(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so that a reader in
+    another process never sees half a file. Returns False (and writes nothing) on OSError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        try:
+            os.unlink(tmp)  # type: ignore[possibly-undefined]
+        except (OSError, NameError):
+            pass
+        return False
+
+
+def cached_json(backend: str, key_parts: tuple[Any, ...],
+                compute: Callable[[], dict[str, Any]], *, name: str = "capabilities",
+                valid: Callable[[dict[str, Any]], bool] | None = None,
+                use_cache: bool = True) -> dict[str, Any]:
+    """A JSON object kept at ``cache_dir(backend)/NAME-KEY.json``, KEY being
+    ``cache_key(*key_parts)`` (put in them everything the object depends on: runtime and
+    backplane versions, a derivation version, the machine).
+
+    Read from that file when it holds a JSON object that ``valid`` accepts (a missing,
+    unreadable, corrupt or rejected file is a miss), else ``compute()``-d and written there
+    atomically. With ``use_cache`` False, or caching off, it is computed and nothing is
+    read or written. Used for tables that are slow to derive and the same until a version
+    changes, such as the capabilities a graph-compiler backend derives by probing its runtime.
+    """
+    folder = cache_dir(backend) if use_cache else None
+    path = folder / f"{name}-{cache_key(*key_parts)}.json" if folder else None
+    if path is not None:
+        try:
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and (valid is None or valid(data)):
+                return data
+        except (OSError, ValueError):
+            pass
+    data = compute()
+    if path is not None:
+        write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())
+    return data

@@ -1,0 +1,283 @@
+"""Device state of the OpenCL backend: one context, queue, buffer pool and program cache per
+device and process.
+
+- Buffers come from a :class:`pyopencl.tools.MemoryPool` (size classes, freed buffers are
+  held and reused); :meth:`DeviceState.trim` bounds what it holds.
+- Programs build once per process (in-process cache) and their binaries are kept on disk
+  under ``cache_dir("opencl", options)``, keyed by device name, driver version, platform
+  version, build options and the source's hash; a fresh process loads the binary instead of
+  compiling the source.
+- Launch sizes come from the device's limits (max work-group size, preferred work-group
+  multiple, local memory), never from constants.
+
+This module imports pyopencl and numpy; the plugin's ``__init__`` imports it only when a
+device is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cla
+import pyopencl.tools as cltools
+
+from backplane.cache import cache_dir, cache_key, write_atomic
+from backplane.errors import DeviceNotFoundError
+from backplane.kernels import source
+
+#: OpenCL C type of each numpy dtype the kernels compute on.
+CL_TYPES = {"float32": "float", "float64": "double", "int8": "char", "uint8": "uchar",
+            "int16": "short", "uint16": "ushort", "int32": "int", "uint32": "uint",
+            "int64": "long", "uint64": "ulong", "bool": "uchar"}
+#: Raw (bit-moving) OpenCL type by element size, for data-movement kernels.
+RAW_TYPES = {1: "uchar", 2: "ushort", 4: "uint", 8: "ulong"}
+RAW_NUMPY = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+#: Small integer arrays keep a host copy next to the device one (shapes, axes, indices),
+#: so that kernels reading them as parameters need no device-to-host transfer.
+HOST_MIRROR_MAX = 64
+#: Entries of the layout-descriptor cache (shape/stride tables uploaded once).
+LAYOUT_CACHE = 512
+MAXR = 8
+
+_states: dict[tuple[int, int], "DeviceState"] = {}
+_by_context: dict[int, "DeviceState"] = {}
+_states_lock = threading.Lock()
+
+
+def cl_device(platform_index: int, device_index: int) -> Any:
+    """The pyopencl device at (platform, device) index."""
+    try:
+        return cl.get_platforms()[platform_index].get_devices()[device_index]
+    except (IndexError, cl.Error) as exc:
+        raise DeviceNotFoundError(
+            f"OpenCL device {device_index} of platform {platform_index} is gone ({exc}); "
+            f"run 'backplane devices' to list what is there now") from exc
+
+
+def state_for(device: Any) -> "DeviceState":
+    """The process-wide state of a backplane ``Device`` of the opencl backend."""
+    key = (int(device.properties["platform_index"]), int(device.properties["device_index"]))
+    with _states_lock:
+        st = _states.get(key)
+        if st is None:
+            st = DeviceState(cl_device(*key))
+            _states[key] = st
+            _by_context[st.ctx.int_ptr] = st
+        return st
+
+
+def state_of(array: Any) -> "DeviceState":
+    """The state owning a device array (found from its context)."""
+    return _by_context[array.context.int_ptr]
+
+
+class DeviceState:
+    """Context, queue, buffer pool, program cache and limits of one device."""
+
+    def __init__(self, device: Any):
+        self.device = device
+        self.ctx = cl.Context([device])
+        self.queue = cl.CommandQueue(self.ctx)
+        self.pool = cltools.MemoryPool(cltools.ImmediateAllocator(self.queue))
+        #: Serialises runs: kernel objects carry their arguments, so two threads must not
+        #: set them at once; a CPU device is busy on all cores with one run anyway.
+        self.lock = threading.RLock()
+        self._programs: dict[tuple[str, str], Any] = {}
+        self._kernels: dict[tuple[str, str, str], Any] = {}
+        self._layouts: OrderedDict[tuple, Any] = OrderedDict()
+        self.disk: Path | None = cache_dir("opencl")
+        self.stats = {"builds": 0, "disk_hits": 0, "memory_hits": 0}
+        # Limits, from the device.
+        self.max_work_group = int(device.max_work_group_size)
+        self.local_mem = int(device.local_mem_size)
+        self.max_item_sizes = [int(s) for s in device.max_work_item_sizes]
+        self.is_cpu = bool(device.type & cl.device_type.CPU)
+        vw = int(device.preferred_vector_width_float) or 4
+        self.vector_width = vw if vw in (4, 8, 16) else 4
+        self.identity = (device.name, device.driver_version, device.platform.version,
+                         device.version)
+        fp = int(device.single_fp_config)
+        # -cl-mad-enable lets a * b + c contract to one fused multiply-add (as accurate or
+        # more than the two operations; on CPU devices fma() itself may be a library call).
+        self.build_options = ["-cl-std=CL1.2", "-cl-mad-enable"]
+        if fp & int(cl.device_fp_config.CORRECTLY_ROUNDED_DIVIDE_SQRT):
+            # Div, Sqrt and QuantizeLinear's x / scale must round as IEEE does.
+            self.build_options.append("-cl-fp32-correctly-rounded-divide-sqrt")
+        self.pool_limit = min(512 << 20, int(device.global_mem_size) // 4)
+        probe_prog = self.program("elementwise", _probe_prelude())
+        knl = probe_prog.map_contig
+        self.wg_multiple = int(knl.get_work_group_info(
+            cl.kernel_work_group_info.PREFERRED_WORK_GROUP_SIZE_MULTIPLE, device))
+        # 1-D launches: a few multiples of the preferred size, within the device's limit.
+        self.local_1d = _round_down(min(self.max_work_group, max(self.wg_multiple * 8, 64),
+                                        256), self.wg_multiple)
+        self._dummy = cla.zeros(self.queue, (1,), np.uint64)
+
+    # ------------------------------------------------------------------ programs
+
+    def program(self, name: str, prelude: str) -> Any:
+        """The built program ``kernels/opencl/NAME.cl`` with ``prelude`` (defines) before it."""
+        key = (name, prelude)
+        prg = self._programs.get(key)
+        if prg is not None:
+            self.stats["memory_hits"] += 1
+            return prg
+        src = prelude + "\n" + source("opencl/common.h") + "\n" + source(f"opencl/{name}.cl")
+        options = " ".join(self.build_options)
+        digest = hashlib.sha256((src + "\0" + options).encode()).hexdigest()
+        path = None
+        if self.disk is not None:
+            path = self.disk / f"{cache_key(*self.identity, options, digest)}.bin"
+        prg = None
+        if path is not None and path.is_file():
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", cl.CompilerWarning)
+                    prg = cl.Program(self.ctx, [self.device], [path.read_bytes()]).build(options)
+                self.stats["disk_hits"] += 1
+            except (cl.Error, OSError):
+                prg = None  # a stale or foreign binary: build from source and overwrite it
+        if prg is None:
+            with warnings.catch_warnings():
+                # PoCL's clang reports notes (unused parameters of generated ops) as a
+                # build log; a failed build still raises.
+                warnings.simplefilter("ignore", cl.CompilerWarning)
+                prg = cl.Program(self.ctx, src).build(options)
+            self.stats["builds"] += 1
+            if path is not None:
+                binaries = prg.get_info(cl.program_info.BINARIES)
+                if binaries and binaries[0]:
+                    write_atomic(path, bytes(binaries[0]))
+        self._programs[key] = prg
+        return prg
+
+    def kernel(self, name: str, prelude: str, entry: str) -> Any:
+        """One kernel object of a program, created once."""
+        key = (name, prelude, entry)
+        knl = self._kernels.get(key)
+        if knl is None:
+            knl = getattr(self.program(name, prelude), entry)
+            self._kernels[key] = knl
+        return knl
+
+    def use_cache_dir(self, options: Any) -> None:
+        """Follow the compile options' cache folder for programs built from now on."""
+        self.disk = cache_dir("opencl", options)
+
+    # ------------------------------------------------------------------ memory
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        """An uninitialised device array from the pool."""
+        return cla.empty(self.queue, tuple(int(d) for d in shape), np.dtype(dtype),
+                         allocator=self.pool)
+
+    def upload(self, value: Any) -> Any:
+        """Host array (or scalar) -> dense device array; device arrays pass through."""
+        if isinstance(value, cla.Array):
+            return value
+        host = np.asarray(value)
+        if not host.flags.c_contiguous:  # (np.ascontiguousarray would make a 0-d array 1-d)
+            host = host.copy(order="C")
+        out = self.empty(host.shape, host.dtype)
+        if host.size:
+            cl.enqueue_copy(self.queue, out.base_data, host, is_blocking=False)
+        if host.size <= HOST_MIRROR_MAX and host.dtype.kind in "iub":
+            out._host = host.copy()
+        return out
+
+    def download(self, value: Any) -> Any:
+        """Device array -> host numpy array."""
+        if not isinstance(value, cla.Array):
+            return np.asarray(value)
+        out = np.empty(value.shape, value.dtype)
+        if value.size:
+            cl.enqueue_copy(self.queue, out, value.base_data, src_offset=value.offset,
+                            is_blocking=True)
+        return out
+
+    def trim(self) -> None:
+        """Give pooled memory back to the device when the pool holds more than its bound."""
+        if self.pool.managed_bytes - self.pool.active_bytes > self.pool_limit:
+            self.pool.free_held()
+
+    def layout(self, table: tuple[int, ...]) -> Any:
+        """A small int64 table (shapes, strides) on the device, uploaded once per content."""
+        buf = self._layouts.get(table)
+        if buf is None:
+            host = np.asarray(table, np.int64)
+            buf = cl.Buffer(self.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
+                            hostbuf=host)
+            self._layouts[table] = buf
+            if len(self._layouts) > LAYOUT_CACHE:
+                self._layouts.popitem(last=False)
+        else:
+            self._layouts.move_to_end(table)
+        return buf
+
+    def buf(self, array: Any) -> Any:
+        """The buffer of a device array (a one-element dummy for empty arrays)."""
+        return array.base_data if array.base_data is not None else self._dummy.base_data
+
+    # ------------------------------------------------------------------ launching
+
+    def launch1d(self, knl: Any, n: int, *args: Any) -> None:
+        """Run ``knl`` over ``n`` work-items (the kernel checks ``i < n``)."""
+        if n <= 0:
+            return
+        local = self.local_1d
+        knl(self.queue, (_round_up(n, local),), (local,), *args)
+
+    def cpu_gemm_blocks(self) -> tuple[int, int, int, int]:
+        """(rows per work-item, vector width, work-group size, k block) of the CPU GEMM:
+        the device's preferred float vector width; 8 rows (16 vector accumulators) where
+        the vectors are wide, 4 otherwise; 4 work-items per group (measured on PoCL: 1 pays
+        the per-group overhead, 16 no better); no k blocking (measured no faster)."""
+        vw = self.vector_width
+        return (8 if vw >= 8 else 4), vw, max(1, min(4, self.max_work_group)), 0
+
+    def gemm_tiles(self) -> tuple[int, int, int, int, int]:
+        """(TM, TN, TK, WGX, WGY) for the GEMM kernel, from the device's limits: the largest
+        work-group of the preferred multiple's shape whose A and B tiles fit in local memory."""
+        wgx = max(1, min(16, self.wg_multiple, self.max_item_sizes[0]))
+        wgy = max(1, min(16, self.max_work_group // wgx, self.max_item_sizes[1]))
+        tm, tn, tk = 4, 4, 16
+        while wgy > 1 and 4 * tk * (wgy * tm + wgx * tn) > self.local_mem // 2:
+            wgy //= 2
+        while tk > 1 and 4 * tk * (wgy * tm + wgx * tn) > self.local_mem // 2:
+            tk //= 2
+        return tm, tn, tk, wgx, wgy
+
+
+def mirror(array: Any) -> np.ndarray:
+    """The host value of a (small) device array: its host copy when it has one."""
+    host = getattr(array, "_host", None)
+    if host is not None:
+        return host
+    if not isinstance(array, cla.Array):
+        return np.asarray(array)
+    return state_of(array).download(array)
+
+
+def _probe_prelude() -> str:
+    return ("#define T0 float\n#define T1 float\n#define T2 float\n#define TO float\n"
+            "#define PT float\n"
+            "inline TO bp_op(T0 a, T1 b, T2 c, PT p0, PT p1) { return a; }\n")
+
+
+def _round_up(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+def _round_down(n: int, m: int) -> int:
+    return max(m, n // m * m)
+
+
+__all__ = ["CL_TYPES", "MAXR", "RAW_NUMPY", "RAW_TYPES", "DeviceState", "mirror", "state_for",
+           "state_of"]

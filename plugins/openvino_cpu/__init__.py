@@ -1,0 +1,754 @@
+"""openvino-cpu: runs a (sub)graph as one OpenVINO model on OpenVINO's CPU plugin.
+
+A graph compiler: ``compile`` reads the partition's ONNX model with OpenVINO's ONNX frontend,
+asks ``query_model`` whether the CPU plugin takes every node (a partial model is a
+``CompileError`` naming the nodes, never a silent partial run), and compiles it.
+
+- Capabilities are derived, not written by hand: each core op, in each dtype its schema
+  admits, is built as one-node models (:mod:`backplane.ops.probes`, shared with the other
+  graph compilers); the op is declared with the dtypes for which ``query_model`` takes every
+  node *and* a compile and a run succeed. Computed on first read of ``capabilities.ops``
+  (:class:`~backplane.LazyOps`), cached in memory and on disk (JSON keyed by the OpenVINO,
+  backplane and probe versions), narrowed by :data:`CONSTRAINTS` where a variant runs but
+  gives wrong results.
+- Precision is explicit: ``INFERENCE_PRECISION_HINT`` is f32 unless ``CompileOptions.precision``
+  asks for fp16 or bf16 (OpenVINO would otherwise run f32 models in bf16 on CPUs with AMX
+  or AVX-512 BF16), ``EXECUTION_MODE_HINT`` is ACCURACY at fp32 (no dynamic quantization of
+  activations), and the compiled model's precision is read back and checked.
+- Shapes: each input-shape signature gets its own model reshaped to static shapes and
+  compiled once, kept in an LRU of :data:`SHAPE_CACHE_SIZE`; compiled blobs are cached on
+  disk (``export_model``/``import_model``) keyed by model, options, shapes and versions.
+
+- ``probe`` asks OpenVINO in a child process; fused ``backplane`` ops are not declared
+  (OpenVINO fuses on its own), but a graph that carries them runs: ``compile`` inlines their
+  decompositions, which OpenVINO's frontend does not do.
+
+Importing this module, discovering it and listing devices import neither openvino nor numpy
+nor onnx. Behaviour, measurements and known failures: ``docs/backends/openvino-cpu.md``.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from backplane import (API_VERSION, AttributeRule, Backend, Capabilities, CompileOptions, Device,
+                       Executable, LazyOps, OpSupport)
+from backplane import __version__ as _backplane_version
+from backplane.errors import CompileError, DeviceUnavailable, ExecutionError
+
+#: OpenVINO's name of the device this backend drives.
+OV_DEVICE = "CPU"
+#: Bump when this backend's derivation (try_op) changes, so stale disk caches are ignored;
+#: the probe models' own version (backplane.ops.probes.VERSION) is in the key as well.
+DERIVATION_VERSION = 1
+#: Compiled models kept per executable, one per input-shape signature.
+SHAPE_CACHE_SIZE = 16
+#: Compiled blobs kept on disk; the least recently used beyond this are deleted.
+MAX_CACHED_BLOBS = 512
+#: CompileOptions.precision -> OpenVINO INFERENCE_PRECISION_HINT.
+PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+#: CPU flags (``/proc/cpuinfo``) with which OpenVINO's CPU plugin computes in each precision.
+_PRECISION_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16", "avx_ne_convert"),
+                    "fp16": ("avx512_fp16", "amx_fp16", "avx_ne_convert")}
+_OPTIMIZATION_NAMES = {"bf16": "BF16", "fp16": "FP16"}
+
+_core_lock = threading.Lock()
+_core: Any = None
+
+
+def _ov() -> Any:
+    import openvino
+
+    return openvino
+
+
+def ov_core() -> Any:
+    """The process's one ``openvino.Core`` (thread-safe; created on first use)."""
+    global _core
+    with _core_lock:
+        if _core is None:
+            _core = _ov().Core()
+        return _core
+
+
+class OpenVINOBackend(Backend):
+    """OpenVINO's CPU plugin: a whole partition per compiled model."""
+
+    name = "openvino-cpu"
+    api_version = API_VERSION
+    version = _backplane_version
+    priority = 300  # ahead of onnxruntime (200), opencl (100) and reference (-1000)
+    known_failures = str(Path(__file__).with_name("known_failures.toml"))
+
+    def __init__(self) -> None:
+        self._capabilities = Capabilities(ops=LazyOps(derived_ops),
+                                          precisions=host_precisions())
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Derived on first read of ``ops`` (see :func:`derive`); this object is data."""
+        return self._capabilities
+
+    # ------------------------------------------------------------------ devices
+
+    def probe(self) -> list[Device]:
+        """OpenVINO's CPU device, if ``Core().available_devices`` lists it.
+
+        Asked in a child process (:func:`probe_info`), so that listing devices imports no
+        runtime into the application and a plugin that crashes while loading costs only
+        the child; the answer is kept for the life of the process."""
+        info = probe_info()
+        if not info.get("ok"):
+            raise DeviceUnavailable(info.get("reason") or "OpenVINO's CPU device is not ready")
+        return [Device(name=info["name"], kind="cpu", vendor=_vendor(info["name"]), properties={
+            "openvino": info["openvino"], "ov_device": OV_DEVICE,
+            "architecture": info["architecture"],
+            "optimization_capabilities": info["optimization_capabilities"],
+            "available_devices": info["available_devices"],
+            "precisions": sorted(self.capabilities.precisions)})]
+
+    # ------------------------------------------------------------------ compile
+
+    def compile(self, graph: Any, device: Device, options: CompileOptions) -> Executable:
+        """Read, check with ``query_model``, and compile the partition (at once when its
+        input shapes are static, else once per input-shape signature at run time)."""
+        fail = lambda msg, **kw: CompileError(  # noqa: E731
+            f"compile failed in backend '{self.name}' on device '{device.id}': {msg}",
+            backend=self.name, device=device.id, **kw)
+        if options.precision not in self.capabilities.precisions:
+            raise fail(f"this CPU cannot compute at {options.precision} with OpenVINO; it "
+                       f"admits {sorted(self.capabilities.precisions)}")
+        config = compile_config(options, (options.extra or {}).get(self.name, {}))
+        data = _patched(_inlined(graph.model), graph).SerializeToString(deterministic=True)
+        core = ov_core()
+        try:
+            ov_model = core.read_model(data)
+            placed = core.query_model(ov_model, OV_DEVICE, config)
+        except Exception as exc:
+            raise _wrap(CompileError, exc, device, graph) from exc
+        missing = [op for op in ov_model.get_ops() if op.get_friendly_name() not in placed]
+        if missing:
+            names = ", ".join(f"{op.get_friendly_name()} ({op.get_type_name()})"
+                              for op in missing[:10])
+            nodes = _onnx_nodes_of(missing, graph)
+            labels = ", ".join(f"'{n.name or n.outputs[0]}' ({n.op_type})" for n in nodes)
+            raise fail(f"OpenVINO's query_model leaves {len(missing)} operation(s) off the CPU "
+                       f"device: {names}" + (f"; they come from ONNX nodes {labels}" if nodes
+                                             else "") + "; the graph is not run partially",
+                       op=nodes[0].op_type if nodes else None,
+                       vendor_message=f"query_model: unsupported {names}")
+        folder = _blob_folder(options)
+        key = (hashlib.sha256(data).hexdigest(), options.precision, options.policy,
+               sorted(config.items()), ov_version(), _backplane_version, device.name)
+        exe = OpenVINOExecutable(ov_model, graph, device, config, options.precision, folder, key)
+        if exe.static_signature is not None:
+            exe.compiled_for(exe.static_signature)  # fail here, not at the first run
+        return exe
+
+
+_probe_lock = threading.Lock()
+_probe_answer: dict[str, Any] | None = None
+
+
+def probe_info() -> dict[str, Any]:
+    """What OpenVINO says about its CPU device, asked once per process in a child process
+    (within 4 s, or 90% of ``BACKPLANE_PROBE_TIMEOUT_S`` if shorter): ``{"ok": True,
+    "name", "openvino", "architecture", "optimization_capabilities", "available_devices"}``
+    or ``{"ok": False, "reason"}``. Writes no file and changes no environment variable."""
+    global _probe_answer
+    import importlib.util
+    import subprocess
+    import sys
+
+    with _probe_lock:
+        if _probe_answer is not None:
+            return _probe_answer
+        if importlib.util.find_spec("openvino") is None:
+            answer = {"ok": False, "reason": "openvino is not installed; pip install "
+                                             "'backplane-hal[openvino]'"}
+        else:
+            try:
+                limit = float(os.environ.get("BACKPLANE_PROBE_TIMEOUT_S", "") or 5.0)
+            except ValueError:
+                limit = 5.0
+            budget = max(0.5, min(4.0, 0.9 * limit))
+            code = "from backplane.plugins.openvino_cpu import _probe_child; _probe_child()"
+            try:
+                done = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                      text=True, timeout=budget)
+                lines = done.stdout.strip().splitlines()
+                answer = json.loads(lines[-1]) if done.returncode == 0 and lines else {
+                    "ok": False, "reason": f"the OpenVINO probe process exited with "
+                    f"{done.returncode}: {done.stderr.strip()[-300:]}"}
+            except subprocess.TimeoutExpired:
+                answer = {"ok": False, "reason": f"OpenVINO did not list its devices within "
+                                                 f"{budget:g} s"}
+            except (OSError, ValueError) as exc:
+                answer = {"ok": False, "reason": f"the OpenVINO probe failed: {exc}"}
+        _probe_answer = answer
+        return answer
+
+
+def _probe_child() -> None:
+    """The probe's child process: print OpenVINO's answer as one JSON line."""
+    try:
+        ov = _ov()
+        core = ov.Core()
+        available = list(core.available_devices)
+        if OV_DEVICE not in available:
+            answer = {"ok": False, "reason": f"OpenVINO {ov.get_version()} lists no CPU "
+                                             f"device (it lists {available or 'none'})"}
+        else:
+            prop = lambda key: core.get_property(OV_DEVICE, key)  # noqa: E731
+            answer = {"ok": True, "name": str(prop("FULL_DEVICE_NAME")),
+                      "openvino": ov.get_version(),
+                      "architecture": str(prop("DEVICE_ARCHITECTURE")),
+                      "optimization_capabilities": [str(c) for c in
+                                                    prop("OPTIMIZATION_CAPABILITIES")],
+                      "available_devices": available}
+    except Exception as exc:
+        answer = {"ok": False, "reason": f"OpenVINO's CPU plugin failed to load: "
+                                         f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(answer))
+
+
+def compile_config(options: CompileOptions, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenVINO compile properties for the options.
+
+    - precision: ``INFERENCE_PRECISION_HINT`` f32, f16 or bf16; at fp32 also
+      ``EXECUTION_MODE_HINT`` ACCURACY, which keeps OpenVINO from quantizing activations
+      dynamically. ``extra`` may not change either: precision is the session's choice.
+    - latency: ``PERFORMANCE_HINT`` LATENCY (one stream, every core on each request).
+    - throughput: ``PERFORMANCE_HINT`` THROUGHPUT (several streams; the executable keeps one
+      infer request per concurrent caller, so concurrent ``run`` calls fill the streams).
+    - efficiency: LATENCY on half the physical cores (``INFERENCE_NUM_THREADS``).
+
+    ``extra`` (``Session(options={"openvino-cpu": {...}})``) adds raw OpenVINO properties.
+    """
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[options.precision],
+                              "EXECUTION_MODE_HINT": "ACCURACY" if options.precision == "fp32"
+                              else "PERFORMANCE"}
+    if options.policy == "throughput":
+        config["PERFORMANCE_HINT"] = "THROUGHPUT"
+    else:
+        config["PERFORMANCE_HINT"] = "LATENCY"
+        if options.policy == "efficiency":
+            config["INFERENCE_NUM_THREADS"] = max(1, _physical_cores() // 2)
+    for key, value in dict(extra).items():
+        if key in ("INFERENCE_PRECISION_HINT", "EXECUTION_MODE_HINT"):
+            raise CompileError(f"options['openvino-cpu'] may not set {key}: the precision is "
+                               "CompileOptions.precision (Session(precision=...))",
+                               backend=OpenVINOBackend.name)
+        config[str(key)] = value if isinstance(value, (int, float, bool)) else str(value)
+    return config
+
+
+def host_precisions() -> frozenset[str]:
+    """fp32, plus fp16/bf16 where the CPU computes them natively (read from /proc/cpuinfo,
+    without importing OpenVINO; ``compile`` checks OpenVINO's own answer again)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset({"fp32"})
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return frozenset({"fp32"} | {p for p, need in _PRECISION_FLAGS.items() if flags & set(need)})
+
+
+def ov_version() -> str:
+    """The installed OpenVINO version, from package metadata (no import) when possible."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("openvino")
+    except metadata.PackageNotFoundError:
+        return _ov().get_version()
+
+
+def _vendor(name: str) -> str:
+    return next((v for v in ("Intel", "AMD", "ARM", "Apple") if v.lower() in name.lower()), "")
+
+
+def _physical_cores() -> int:
+    """Physical cores available to this process."""
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list").read_text()
+        per_core = sum(int(p.split("-")[-1]) - int(p.split("-")[0]) + 1
+                       for p in siblings.strip().split(","))
+    except (OSError, ValueError):
+        per_core = 1
+    return max(1, (logical or 1) // max(1, per_core))
+
+
+# ---------------------------------------------------------------------- the executable
+
+class _Compiled:
+    """One compiled model (one input-shape signature) and its idle infer requests."""
+
+    def __init__(self, compiled: Any, from_cache: bool):
+        self.model = compiled
+        self.from_cache = from_cache
+        self.idle: collections.deque = collections.deque()
+
+
+class OpenVINOExecutable(Executable):
+    """Compiled models per input-shape signature; each ``run`` borrows an idle infer request
+    (or makes one), so concurrent calls never share a request: thread-safe."""
+
+    thread_safe = True
+
+    def __init__(self, ov_model: Any, graph: Any, device: Device, config: dict[str, Any],
+                 precision: str, folder: Path | None, key: tuple):
+        self._model, self._graph, self._device = ov_model, graph, device
+        self._config, self._precision, self._folder, self._key = config, precision, folder, key
+        self._lock = threading.Lock()
+        self._cache: collections.OrderedDict[tuple, _Compiled] = collections.OrderedDict()
+        self.compiles = self.disk_hits = 0
+        declared = {vi.name: vi for vi in graph.inputs}
+        self._inputs = [(p.get_any_name(), declared.get(p.get_any_name())) for p in ov_model.inputs]
+        self._dtypes = [declared[n].dtype if declared.get(n) else None for n, _ in self._inputs]
+        wanted = {vi.name: vi.dtype for vi in graph.outputs}
+        self._outputs = []  # (ONNX output name, index in OpenVINO's outputs, declared dtype)
+        for name in [o.name for o in graph.model.graph.output]:
+            index = next((i for i, p in enumerate(ov_model.outputs) if name in p.get_names()),
+                         None)
+            if index is None:
+                raise CompileError(f"OpenVINO's model has no output named {name!r}",
+                                   backend=OpenVINOBackend.name, device=device.id)
+            self._outputs.append((name, index, wanted.get(name)))
+        self._gather_checks = _gather_checks(graph, device)
+        shapes = [vi.shape if vi is not None else None for _, vi in self._inputs]
+        static = all(s is not None and all(isinstance(d, int) for d in s) for s in shapes)
+        self.static_signature = tuple(tuple(s) for s in shapes) if static else None  # type: ignore[arg-type]
+
+    def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Run once; outputs are fresh arrays in exactly the dtypes the graph declares."""
+        import numpy as np
+
+        arrays = [np.asarray(inputs[name]) for name, _ in self._inputs]
+        for indices, data, axis in self._gather_checks:
+            _check_indices(np, inputs[indices], data if isinstance(data, int)
+                           else np.shape(inputs[data])[axis], self._device)
+        signature = tuple(a.shape for a in arrays)
+        entry = self.compiled_for(signature)
+        try:
+            request = entry.idle.popleft()
+        except IndexError:  # every request is busy in another thread: one more
+            request = entry.model.create_infer_request()
+        try:
+            for i, (arr, dtype) in enumerate(zip(arrays, self._dtypes)):
+                request.set_input_tensor(i, _to_tensor(np, arr, dtype))
+            request.infer()
+            out = {name: _from_tensor(np, request.get_output_tensor(i), dtype)
+                   for name, i, dtype in self._outputs}
+        except Exception as exc:
+            raise _wrap(ExecutionError, exc, self._device, self._graph) from exc
+        entry.idle.append(request)
+        return out
+
+    def compiled_for(self, signature: tuple) -> _Compiled:
+        """The compiled model for one input-shape signature: from the LRU, from the disk
+        cache, or compiled now (then kept in both)."""
+        with self._lock:
+            entry = self._cache.get(signature)
+            if entry is not None:
+                self._cache.move_to_end(signature)
+                return entry
+            self._check_signature(signature)
+            entry = self._compile(signature)
+            self._cache[signature] = entry
+            while len(self._cache) > SHAPE_CACHE_SIZE:
+                self._cache.popitem(last=False)
+            return entry
+
+    def _check_signature(self, signature: tuple) -> None:
+        for (name, vi), shape in zip(self._inputs, signature):
+            if vi is None or vi.shape is None:
+                continue
+            if len(vi.shape) != len(shape) or any(isinstance(d, int) and d != g
+                                                  for d, g in zip(vi.shape, shape)):
+                raise ExecutionError(
+                    f"run failed in backend 'openvino-cpu' on device '{self._device.id}': input "
+                    f"{name!r} has shape {tuple(shape)}, the graph declares {vi.describe()}",
+                    backend=OpenVINOBackend.name, device=self._device.id)
+
+    def _compile(self, signature: tuple) -> _Compiled:
+        from backplane.cache import cache_key, write_atomic
+
+        core, ov = ov_core(), _ov()
+        path = (self._folder / f"{cache_key(*self._key, signature)}.blob"
+                if self._folder is not None else None)
+        if path is not None and path.is_file():
+            try:
+                compiled = core.import_model(path.read_bytes(), OV_DEVICE, self._config)
+                os.utime(path)  # least recently used goes first when the folder is pruned
+                self.disk_hits += 1
+                return _Compiled(self._checked(compiled), from_cache=True)
+            except CompileError:
+                raise
+            except Exception:  # a blob from a broken write or another build: recompile
+                pass
+        model = self._model
+        if self.static_signature is None:
+            model = self._model.clone()
+            try:
+                model.reshape({i: ov.PartialShape(list(s)) for i, s in enumerate(signature)})
+            except Exception:  # the graph pins a shape reshape cannot change: stay dynamic
+                model = self._model
+        self._refuse_empty(model)
+        try:
+            compiled = core.compile_model(model, OV_DEVICE, self._config)
+        except Exception as exc:
+            err = CompileError if self.compiles == 0 and not self._cache else ExecutionError
+            raise _wrap(err, exc, self._device, self._graph) from exc
+        self.compiles += 1
+        self._checked(compiled)
+        if path is not None:
+            try:
+                if write_atomic(path, compiled.export_model().getvalue()):
+                    _prune(self._folder)  # type: ignore[arg-type]
+            except Exception:  # caching is an optimisation; a failed export loses nothing
+                pass
+        return _Compiled(compiled, from_cache=False)
+
+    def _refuse_empty(self, model: Any) -> None:
+        """OpenVINO's CPU Gather and Broadcast kernels die of SIGFPE on an empty tensor:
+        refuse such a model rather than let it take the process down."""
+        for op in model.get_ops():
+            if op.get_type_name() not in _CRASH_ON_EMPTY:
+                continue
+            shapes = [op.get_input_partial_shape(i) for i in range(op.get_input_size())] + [
+                op.get_output_partial_shape(i) for i in range(op.get_output_size())]
+            if any(s.rank.is_static and any(d.is_static and d.get_length() == 0 for d in s)
+                   for s in shapes):
+                err = CompileError if self.compiles == 0 and not self._cache else ExecutionError
+                raise err(f"backend 'openvino-cpu' refuses an empty tensor in OpenVINO "
+                          f"{op.get_type_name()} '{op.get_friendly_name()}': the CPU plugin "
+                          "crashes the process (SIGFPE) on it", backend=OpenVINOBackend.name,
+                          device=self._device.id, op=_ONNX_OF.get(op.get_type_name()))
+
+    def _checked(self, compiled: Any) -> Any:
+        """Refuse a compiled model whose inference precision is not the one asked for."""
+        got = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        want = PRECISION_HINTS[self._precision]
+        if got != want:
+            raise CompileError(
+                f"compile failed in backend 'openvino-cpu' on device '{self._device.id}': "
+                f"OpenVINO compiled at {got}, not the {want} asked for",
+                backend=OpenVINOBackend.name, device=self._device.id)
+        return compiled
+
+
+def _to_tensor(np: Any, arr: Any, dtype: str | None) -> Any:
+    """A host array as an OpenVINO tensor in the graph's dtype (bfloat16 through its bits:
+    OpenVINO's Python API has no numpy type for it)."""
+    ov = _ov()
+    if arr.dtype in _PLAIN and arr.flags.c_contiguous and arr.ndim \
+            and (dtype is None or _PLAIN[arr.dtype] == dtype):
+        return ov.Tensor(arr, shared_memory=False)  # the common case, without checks below
+    if dtype == "bfloat16" or arr.dtype.name == "bfloat16":
+        tensor = ov.Tensor(ov.Type.bf16, list(arr.shape))
+        if arr.size:
+            tensor.data.view(np.uint16)[...] = arr.view(np.uint16)
+        return tensor
+    if dtype is not None and dtype != arr.dtype.name:
+        arr = arr.astype(dtype)
+    if not arr.flags.c_contiguous:  # (np.ascontiguousarray would turn rank 0 into rank 1)
+        arr = arr.copy(order="C")
+    return ov.Tensor(arr, shared_memory=False)
+
+
+def _from_tensor(np: Any, tensor: Any, dtype: str | None) -> Any:
+    """A copy of an output tensor in the dtype the ONNX graph declares."""
+    data = tensor.data
+    if data.dtype in _PLAIN and _PLAIN[data.dtype] == dtype and data.ndim:
+        return data.copy()  # the common case: already the graph's dtype and shape
+    if tensor.element_type == _ov().Type.bf16:
+        import ml_dtypes
+
+        data = np.array(tensor.data, copy=True).view(np.uint16).view(ml_dtypes.bfloat16)
+    else:
+        data = np.array(tensor.data, copy=True)
+    data = data.reshape(tuple(tensor.shape))
+    if dtype and dtype != data.dtype.name:
+        if dtype == "bfloat16":
+            import ml_dtypes
+
+            return data.astype(ml_dtypes.bfloat16)
+        return data.astype(dtype)
+    return data
+
+
+def _plain_dtypes() -> dict[Any, str]:
+    import numpy as np
+
+    return {np.dtype(n): n for n in ("float32", "float16", "float64", "int8", "uint8", "int16",
+                                     "uint16", "int32", "uint32", "int64", "uint64")}
+
+
+class _LazyPlain(dict):
+    """numpy dtype -> name for the types OpenVINO tensors hold as they are (built on first
+    use: this module must not import numpy at load)."""
+
+    def _fill(self) -> None:
+        if not dict.__len__(self):
+            self.update(_plain_dtypes())
+
+    def __contains__(self, key: object) -> bool:
+        self._fill()
+        return dict.__contains__(self, key)
+
+
+_PLAIN = _LazyPlain()
+
+
+#: OpenVINO operations whose CPU kernels crash on an empty input or output, and the ONNX
+#: op they come from (found by the conformance suite's empty-tensor cases).
+_CRASH_ON_EMPTY = frozenset({"Gather", "Broadcast"})
+_ONNX_OF = {"Gather": "Gather", "Broadcast": "Expand"}
+
+
+def _gather_checks(graph: Any, device: Device) -> list[tuple[str, Any, int]]:
+    """OpenVINO's Gather returns zeros for an out-of-range index where ONNX makes it an
+    error. Indices that are initializers are checked now; indices fed by the caller are
+    checked at each run: ``(indices input, data input name or static dim, axis)``."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    fed = {vi.name for vi in graph.inputs}
+    consts = {t.name: t for t in graph.model.graph.initializer}
+    checks = []
+    for node in graph.nodes:
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
+            continue
+        data, indices = node.inputs[0], node.inputs[1]
+        vi = graph.values.get(data)
+        axis = int(node.attributes.get("axis", 0))
+        rank = len(vi.shape) if vi is not None and vi.shape is not None else None
+        if rank is None:
+            continue
+        axis = axis + rank if axis < 0 else axis
+        dim = vi.shape[axis] if data not in fed else data
+        if not isinstance(dim, (int, str)) or (isinstance(dim, str) and dim not in fed):
+            continue
+        if indices in consts and isinstance(dim, int):
+            _check_indices(np, numpy_helper.to_array(consts[indices]), dim, device, at_compile=True)
+        elif indices in fed:
+            checks.append((indices, dim if isinstance(dim, int) else data, axis))
+    return checks
+
+
+def _check_indices(np: Any, indices: Any, dim: int, device: Device,
+                   at_compile: bool = False) -> None:
+    indices = np.asarray(indices)
+    if indices.size and (indices.min() < -dim or indices.max() >= dim):
+        bad = indices[(indices < -dim) | (indices >= dim)].reshape(-1)[0]
+        cls = CompileError if at_compile else ExecutionError
+        raise cls(f"{cls.stage} failed in backend 'openvino-cpu' on device '{device.id}' for op "
+                  f"Gather: index {int(bad)} is out of range for an axis of size {dim} (ONNX "
+                  "makes it an error; OpenVINO would return zeros)",
+                  backend=OpenVINOBackend.name, device=device.id, op="Gather")
+
+
+def _patched(model: Any, graph: Any) -> Any:
+    """Work around OpenVINO frontend bugs by equivalent ONNX: a Gemm whose C is given as ""
+    (absent) loses that trailing empty input (the frontend otherwise leaves a NullNode the
+    CPU plugin cannot compile; a Gemm of two inputs converts fine)."""
+    nodes = [i for i, n in enumerate(model.graph.node) if n.op_type == "Gemm"
+             and n.domain in ("", "ai.onnx") and len(n.input) > 2 and not n.input[2]]
+    if not nodes:
+        return model
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i in nodes:
+        del out.graph.node[i].input[2:]
+    return out
+
+
+# ---------------------------------------------------------------------- disk cache
+
+def _blob_folder(options: CompileOptions) -> Path | None:
+    """``cache_dir("openvino-cpu")/compiled``, or None when caching is off."""
+    from backplane.cache import cache_dir
+
+    root = cache_dir(OpenVINOBackend.name, options)
+    if root is None:
+        return None
+    folder = root / "compiled"
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        return None
+    return folder
+
+
+def _prune(folder: Path) -> None:
+    """Delete the least recently used blobs beyond :data:`MAX_CACHED_BLOBS`."""
+    try:
+        blobs = sorted(folder.glob("*.blob"), key=lambda p: p.stat().st_mtime)
+        for old in blobs[:max(0, len(blobs) - MAX_CACHED_BLOBS)]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------- errors
+
+def _wrap(cls: type, exc: BaseException, device: Device, graph: Any) -> Any:
+    """``cls.wrap`` with OpenVINO's message cleaned of its source-location lines."""
+    text = " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
+    text = re.sub(r"Exception from src/[\w/.]+:\d+:\s*", "", text)
+    text = re.sub(r"Check '.*?' failed at [\w/.]+:\d+:\s*", "", text)
+    return cls.wrap(type(exc)(text), backend=OpenVINOBackend.name, device=device.id,
+                    op=_op_named(exc, graph))
+
+
+def _inlined(model: Any) -> Any:
+    """The model with its model-local functions inlined: OpenVINO's ONNX frontend has no
+    conversion for a call to one (a ``backplane`` fused op carrying its decomposition)."""
+    if not model.functions:
+        return model
+    import onnx.inliner
+
+    return onnx.inliner.inline_local_functions(model)
+
+
+def _op_named(exc: BaseException, graph: Any) -> str | None:
+    """The op of the ONNX node an OpenVINO message names, else the graph's only op type."""
+    text = str(exc)
+    nodes = list(getattr(graph, "nodes", []))
+    for n in nodes:
+        for name in [n.name, *n.outputs]:
+            if name and len(name) > 2 and re.search(
+                    rf"(?<![\w/.-]){re.escape(name)}(?![\w.-])", text):
+                return n.op_type
+    found = re.search(r"ONNX operations?:?\s*([\w.]+)", text)
+    if found:
+        return found.group(1).split(".")[-1]
+    ops = {n.op_type for n in nodes}
+    return ops.pop() if len(ops) == 1 else None
+
+
+def _onnx_nodes_of(ov_ops: list[Any], graph: Any) -> list[Any]:
+    """The ONNX nodes the OpenVINO operations come from. OpenVINO's ONNX frontend names an
+    operation after the ONNX output it computes (``/suffix`` for the inner operations of a
+    decomposition); operations it made up (``Multiply_12``) are traced through their users."""
+    by_output = {o: n for n in getattr(graph, "nodes", []) for o in n.outputs if o}
+    found: list[Any] = []
+    seen: set[int] = set()
+    todo = list(ov_ops)
+    while todo:
+        op = todo.pop(0)
+        if id(op) in seen:
+            continue
+        seen.add(id(op))
+        name = op.get_friendly_name()
+        node = by_output.get(name) or by_output.get(name.split("/")[0])
+        if node is not None:
+            if node not in found:
+                found.append(node)
+            continue
+        todo += [t.get_node() for out in op.outputs() for t in out.get_target_inputs()]
+    return found
+
+
+# ---------------------------------------------------------------------- capabilities
+
+#: Narrowings of the derived support, where an op runs in a one-node probe but some of its
+#: variants give wrong results on OpenVINO's CPU plugin (each with the reason).
+CONSTRAINTS: dict[str, dict[str, Any]] = {
+    # output_shape is honoured with the extra padding placed differently from ONNX (every
+    # element of the conformance case differs): refuse every node that sets it.
+    "ConvTranspose": {"attributes": {"output_shape": AttributeRule(allowed=())}},
+    # The Indices output in column-major order is wrong (computed as row-major).
+    "MaxPool": {"attributes": {"storage_order": AttributeRule(allowed=(0,))}},
+    # The ONNX frontend has no conversion for mode "wrap".
+    "Pad": {"attributes": {"mode": AttributeRule(allowed=("constant", "reflect", "edge"))}},
+    # The frontend refuses half_pixel_symmetric and tf_crop_and_resize; antialias and
+    # keep_aspect_ratio_policy other than "stretch" run but give wrong values and shapes.
+    "Resize": {"attributes": {
+        "coordinate_transformation_mode": AttributeRule(allowed=(
+            "half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")),
+        "antialias": AttributeRule(allowed=(0,)),
+        "keep_aspect_ratio_policy": AttributeRule(allowed=("stretch",))}},
+}
+
+
+def derived_ops() -> dict[str, OpSupport]:
+    """The op table: the derived dtypes per op (:func:`derive`), narrowed by CONSTRAINTS."""
+    found = derive()["ops"]
+    return {key: OpSupport(dtypes=frozenset(dtypes), **CONSTRAINTS.get(key, {}))
+            for key, dtypes in found.items() if dtypes}
+
+
+def derive(use_cache: bool = True) -> dict[str, Any]:
+    """``{"ops": {op key: [dtypes that ran]}, "refused": {op key: {dtype: why}}, ...}``.
+
+    Read from ``cache_dir("openvino-cpu")/capabilities-KEY.json`` when present (KEY hashes
+    the OpenVINO and backplane versions, the derivation and probe versions and the machine),
+    else computed and written there (:func:`backplane.cache.cached_json`).
+    """
+    import platform
+
+    from backplane.cache import cached_json
+    from backplane.ops import probes
+
+    key = (ov_version(), _backplane_version, DERIVATION_VERSION, probes.VERSION,
+           platform.machine())
+    return cached_json(OpenVINOBackend.name, key, _derive_now, use_cache=use_cache,
+                       valid=lambda data: isinstance(data.get("ops"), dict))
+
+
+def _derive_now() -> dict[str, Any]:
+    """Every core op tried in every dtype (:func:`backplane.ops.probes.discover`); fused
+    ops are not declared."""
+    from backplane.ops.probes import OPSET, discover
+
+    t0 = time.perf_counter()
+    ops, refused = discover(try_op)
+    return {"openvino": ov_version(), "backplane": _backplane_version, "opset": OPSET,
+            "seconds": round(time.perf_counter() - t0, 3), "ops": ops, "refused": refused}
+
+
+def try_op(op: str, dtype: str, domain: str = "") -> str:
+    """'' when every probe model of ``op`` in ``dtype`` is taken whole by ``query_model``,
+    compiles and runs on the CPU plugin (f32 precision, one thread); else OpenVINO's reason."""
+    import numpy as np
+
+    from backplane.ops.probes import models
+
+    core = ov_core()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "EXECUTION_MODE_HINT": "ACCURACY",
+              "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1}
+    for model, feeds in models(op, dtype, domain):
+        try:
+            ov_model = core.read_model(_inlined(model).SerializeToString())
+            placed = core.query_model(ov_model, OV_DEVICE, config)
+            missing = [f"{o.get_friendly_name()} ({o.get_type_name()})"
+                       for o in ov_model.get_ops() if o.get_friendly_name() not in placed]
+            if missing:
+                return "query_model leaves off the CPU: " + ", ".join(missing)
+            request = core.compile_model(ov_model, OV_DEVICE, config).create_infer_request()
+            for i, port in enumerate(ov_model.inputs):
+                request.set_input_tensor(i, _to_tensor(np, feeds[port.get_any_name()], None))
+            request.infer()
+            for i in range(len(ov_model.outputs)):
+                _from_tensor(np, request.get_output_tensor(i), None)
+        except Exception as exc:
+            return str(_wrap(CompileError, exc, Device("probe"), None).vendor_message)[:400]
+    return ""

@@ -1,0 +1,512 @@
+"""onnxruntime: runs a (sub)graph as one ONNX Runtime InferenceSession.
+
+A graph compiler: ``compile`` hands the whole partition to ORT. Device 0 is ORT's CPU
+execution provider; every other compute provider of the installed build (CUDA, TensorRT,
+ROCm, OpenVINO, QNN, DirectML, CoreML ...) becomes a device only after a readiness check
+has run a one-node model on it with ``session.disable_cpu_ep_fallback`` set, so ORT cannot
+quietly place the nodes on the CPU. Providers that fail the check are listed, with the
+reason, in the CPU device's ``not_ready`` property (``backplane devices --json``). Compiles
+for those devices keep the same setting: a provider that does not take the nodes it was given
+is a ``CompileError`` naming it, never a silent run on the CPU.
+
+ORT has no op-support query, so the capabilities are derived: each core op, in each dtype
+its schema admits, is built as one-node models (:mod:`backplane.ops.probes`, shared with the
+other graph compilers) and run once on the CPU provider; the op is declared with the dtypes
+that ran. The result is cached in memory and on disk (JSON, keyed by the ORT, backplane and
+probe versions), and computed only when first read (:class:`~backplane.LazyOps`): listing
+plugins imports neither onnxruntime nor numpy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from backplane import (API_VERSION, AttributeRule, Backend, Capabilities, CompileOptions, Device,
+                       Executable, LazyOps, OpSupport)
+from backplane import __version__ as _backplane_version
+from backplane.errors import CompileError, DeviceUnavailable, ExecutionError
+
+CPU = "CPUExecutionProvider"
+#: Providers of ORT builds that are not compute devices (Azure calls a remote endpoint).
+NOT_COMPUTE = frozenset({"AzureExecutionProvider"})
+#: Device kind and vendor of the providers backplane knows; others are "accelerator".
+PROVIDER_KINDS = {
+    "CUDAExecutionProvider": ("gpu", "NVIDIA"), "TensorrtExecutionProvider": ("gpu", "NVIDIA"),
+    "ROCMExecutionProvider": ("gpu", "AMD"), "MIGraphXExecutionProvider": ("gpu", "AMD"),
+    "DmlExecutionProvider": ("gpu", "Microsoft"), "WebGpuExecutionProvider": ("gpu", ""),
+    "OpenVINOExecutionProvider": ("accelerator", "Intel"),
+    "QNNExecutionProvider": ("npu", "Qualcomm"),
+    "CoreMLExecutionProvider": ("npu", "Apple"), "VitisAIExecutionProvider": ("npu", "AMD"),
+    "DnnlExecutionProvider": ("cpu", "Intel"), "XnnpackExecutionProvider": ("cpu", ""),
+}
+#: Seconds one provider's readiness check may take before it counts as not ready.
+READINESS_TIMEOUT_S = 2.0
+#: Bump when this backend's derivation (try_op) changes, so stale disk caches are ignored;
+#: the probe models' own version (backplane.ops.probes.VERSION) is in the key as well.
+DERIVATION_VERSION = 2
+_FALLBACK_OFF = "session.disable_cpu_ep_fallback"
+
+
+def _ort() -> Any:
+    import onnxruntime
+
+    return onnxruntime
+
+
+class ORTBackend(Backend):
+    """ONNX Runtime: a whole partition per InferenceSession, CPU provider plus ready others."""
+
+    name = "onnxruntime"
+    api_version = API_VERSION
+    version = _backplane_version
+    priority = 200  # after openvino-cpu (300), before opencl (100) and reference (-1000)
+    known_failures = str(Path(__file__).with_name("known_failures.toml"))
+
+    def __init__(self) -> None:
+        self._capabilities = Capabilities(ops=LazyOps(derived_ops),
+                                          precisions=frozenset({"fp32"}))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Derived on first read of ``ops`` (see :func:`derived_ops`); this object is data."""
+        return self._capabilities
+
+    # ------------------------------------------------------------------ devices
+
+    def probe(self) -> list[Device]:
+        """The CPU provider, then every other compute provider that passes its readiness check.
+
+        The checks run in a child process (:func:`probe_providers`): a provider whose driver
+        crashes cannot take the application down, and listing devices imports no runtime.
+        """
+        version, available, checks = probe_providers()
+        not_ready = {p: reason for p, (ok, reason) in checks.items() if not ok}
+        devices = []
+        if checks.get(CPU, (False, ""))[0]:
+            devices.append(Device(
+                name=f"ONNX Runtime {version} CPUExecutionProvider", kind="cpu",
+                properties={"provider": CPU, "onnxruntime": version,
+                            "available_providers": list(available), "not_ready": not_ready}))
+        for p, (ok, _) in checks.items():
+            if ok and p != CPU:
+                kind, vendor = PROVIDER_KINDS.get(p, ("accelerator", ""))
+                devices.append(Device(name=f"ONNX Runtime {version} {p}", kind=kind,
+                                      vendor=vendor, properties={"provider": p,
+                                                                 "onnxruntime": version}))
+        if not devices:
+            raise DeviceUnavailable("no onnxruntime execution provider is ready: " + "; ".join(
+                f"{p}: {r}" for p, r in not_ready.items()))
+        return devices
+
+    # ------------------------------------------------------------------ compile
+
+    def compile(self, graph: Any, device: Device, options: CompileOptions) -> Executable:
+        """One InferenceSession over the partition, with session options from the policy."""
+        provider = device.properties.get("provider", CPU)
+        extra = dict(options.extra.get(self.name, {})) if options.extra else {}
+        if options.precision not in self.capabilities.precisions:
+            raise CompileError(f"backend '{self.name}' computes at fp32 only, not "
+                               f"{options.precision}", backend=self.name, device=device.id)
+        ort = _ort()
+        so = session_options(ort, options.policy, provider, extra)
+        try:
+            session = ort.InferenceSession(
+                graph.model.SerializeToString(), so,
+                providers=[(provider, dict(extra.get("provider_options", {})))])
+        except Exception as exc:
+            raise CompileError.wrap(
+                exc, backend=self.name, device=device.id, op=_op_named(exc, graph),
+                advice=f"ORT execution provider {provider}" + (
+                    " does not take every node it was given; CPU fallback is disabled so "
+                    "that no node runs elsewhere quietly" if provider != CPU else "")) from exc
+        placed = session.get_providers()
+        if placed[0] != provider:  # ORT drops an unusable provider with only a warning
+            raise CompileError(f"compile failed in backend '{self.name}' on device "
+                               f"'{device.id}': ORT session runs on {placed}, not {provider}",
+                               backend=self.name, device=device.id)
+        return ORTExecutable(session, graph, device, thread_safe=options.policy == "throughput")
+
+
+def session_options(ort: Any, policy: str, provider: str, extra: Mapping[str, Any]) -> Any:
+    """ORT session options for a policy: latency runs one request on every physical core,
+    throughput lets requests run side by side with one core each, efficiency uses fewer
+    cores and never spins. ``extra`` (``options={"onnxruntime": {...}}``) may set
+    ``intra_op_num_threads``, ``log_severity_level``, ``session_config`` entries and
+    (read by ``compile``) ``provider_options``."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Fatal only: every ORT error reaches the caller as a backplane error carrying ORT's
+    # message, so ORT's own copy on stderr would only repeat it.
+    so.log_severity_level = int(extra.get("log_severity_level", 4))
+    # ORT's QDQ transformers turn DequantizeLinear -> op -> QuantizeLinear into integer
+    # kernels (QLinearMatMul ...) that round differently from the graph as written (one
+    # quantization step off on the zoo's QDQ MLP): numerics must not change silently.
+    # ``session_config={"session.disable_quant_qdq": "0"}`` opts back in.
+    so.add_session_config_entry("session.disable_quant_qdq", "1")
+    cores = _physical_cores()
+    if policy == "throughput":
+        so.intra_op_num_threads = 1
+    elif policy == "efficiency":
+        so.intra_op_num_threads = max(1, cores // 2)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # latency: ORT's own default (0), one thread per physical core, pinned to the cores;
+    # setting the same count explicitly leaves the threads unpinned: 1.4x slower on the CNN
+    # of benchmarks/bench_cpu_backends.py on this 2-core machine (2026-11-23).
+    if "intra_op_num_threads" in extra:
+        so.intra_op_num_threads = int(extra["intra_op_num_threads"])
+    if provider != CPU:
+        so.add_session_config_entry(_FALLBACK_OFF, "1")
+    for key, value in dict(extra.get("session_config", {})).items():
+        so.add_session_config_entry(str(key), str(value))
+    return so
+
+
+def _physical_cores() -> int:
+    """Physical cores available to this process (ORT's own default for intra-op threads)."""
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list").read_text()
+        per_core = sum(int(b or a) - int(a) + 1  # "0,4" or "0-1": hardware threads per core
+                       for a, _, b in (r.partition("-") for r in siblings.strip().split(",")))
+    except (OSError, ValueError):
+        per_core = 1
+    return max(1, (logical or 1) // max(1, per_core))
+
+
+# ---------------------------------------------------------------------- the executable
+
+class ORTExecutable(Executable):
+    """An InferenceSession. ORT's ``run`` is thread-safe; ``thread_safe`` is set for the
+    throughput policy only, so latency and efficiency sessions serve one request at a time
+    with their cores instead of oversubscribing them."""
+
+    def __init__(self, session: Any, graph: Any, device: Device, thread_safe: bool):
+        self.thread_safe = thread_safe  # type: ignore[misc]  # per instance, by policy
+        self._session = session
+        self._graph = graph
+        self._device = device
+        self._inputs = [(i.name, i.type) for i in session.get_inputs()]
+        self._outputs = [o.name for o in session.get_outputs()]
+        self._raw = any(v.type in _RAW_TYPES for v in [*session.get_inputs(),
+                                                        *session.get_outputs()])
+
+    def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Run once; outputs come back in exactly the dtypes the graph declares."""
+        import numpy as np
+
+        try:
+            if self._raw:
+                return self._run_ort_values(np, inputs)
+            feeds = {name: np.asarray(inputs[name], order="C") for name, _ in self._inputs}
+            return dict(zip(self._outputs, self._session.run(self._outputs, feeds)))
+        except Exception as exc:
+            raise ExecutionError.wrap(exc, backend=ORTBackend.name, device=self._device.id,
+                                      op=_op_named(exc, self._graph)) from exc
+
+    def _run_ort_values(self, np: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Types ORT's Python API has no numpy type for (bfloat16, float8, int4): pass
+        ml_dtypes arrays as raw OrtValues, and copy such outputs out of ORT's buffers."""
+        import ml_dtypes
+
+        ort = _ort()
+        feeds = {}
+        for name, type_str in self._inputs:
+            arr = np.asarray(inputs[name], order="C")
+            raw = _RAW_TYPES.get(type_str)
+            if raw is None:
+                feeds[name] = ort.OrtValue.ortvalue_from_numpy(arr)
+                continue
+            if arr.dtype != np.dtype(getattr(ml_dtypes, raw[0])):
+                raise TypeError(f"input {name!r} must be {raw[0]}, got {arr.dtype}")
+            data = arr.view(f"u{arr.dtype.itemsize}").reshape(-1)
+            if raw[0].endswith("int4"):  # two per byte, the first in the low nibble
+                data = np.concatenate([data & 0xF, np.zeros(data.size % 2, data.dtype)])
+                data = (data[0::2] | (data[1::2] << 4)).astype(np.uint8)
+            value = ort.OrtValue.ortvalue_from_shape_and_type(list(arr.shape), raw[1])
+            if data.nbytes:
+                ctypes.memmove(value.data_ptr(), data.ctypes.data, data.nbytes)
+            feeds[name] = value
+        values = self._session.run_with_ort_values(self._outputs, feeds)
+        out = {}
+        for name, value in zip(self._outputs, values):
+            raw = _RAW_TYPES.get(value.data_type())
+            if raw is None:
+                out[name] = value.numpy()
+                continue
+            host = np.empty(value.tensor_size_in_bytes(), np.uint8)
+            if host.nbytes:
+                ctypes.memmove(host.ctypes.data, value.data_ptr(), host.nbytes)
+            shape = tuple(value.shape())
+            if raw[0].endswith("int4"):  # two per byte, the first in the low nibble
+                nibbles = np.stack([host & 0xF, host >> 4], axis=-1).reshape(-1)
+                nibbles = nibbles[:int(np.prod(shape, dtype=np.int64))].astype(np.int8)
+                if raw[0] == "int4":
+                    nibbles = np.where(nibbles > 7, nibbles - 16, nibbles).astype(np.int8)
+                out[name] = nibbles.astype(getattr(ml_dtypes, raw[0])).reshape(shape)
+            else:
+                out[name] = host.view(getattr(ml_dtypes, raw[0])).reshape(shape)
+        return out
+
+
+#: ONNX types that ORT's Python API cannot exchange with numpy: ml_dtypes name, ONNX code.
+_RAW_TYPES = {
+    "tensor(bfloat16)": ("bfloat16", 16), "tensor(float8e4m3fn)": ("float8_e4m3fn", 17),
+    "tensor(float8e4m3fnuz)": ("float8_e4m3fnuz", 18), "tensor(float8e5m2)": ("float8_e5m2", 19),
+    "tensor(float8e5m2fnuz)": ("float8_e5m2fnuz", 20), "tensor(uint4)": ("uint4", 21),
+    "tensor(int4)": ("int4", 22),
+}
+
+
+_OP_PATTERNS = (re.compile(r"implementation for (\w+)\(\d+\)"), re.compile(r"Op \((\w+)\)"),
+                re.compile(r"running (\w+) node"), re.compile(r"node \w* ?\((\w+)\)"))
+
+
+def _op_named(exc: BaseException, graph: Any) -> str | None:
+    """The op an ORT message names, else the graph's only op, else None."""
+    text = str(exc)
+    for pattern in _OP_PATTERNS:
+        found = pattern.search(text)
+        if found:
+            return found.group(1)
+    ops = {n.op_type for n in getattr(graph, "nodes", [])}
+    return ops.pop() if len(ops) == 1 else None
+
+
+# ---------------------------------------------------------------------- readiness
+
+#: Seconds the whole probe (a child process: start, import, every check) may take; less
+#: where BACKPLANE_PROBE_TIMEOUT_S is shorter.
+PROBE_BUDGET_S = 4.0
+_readiness: dict[str, tuple[bool, str]] = {}
+_readiness_lock = threading.Lock()
+_probed: tuple[str, list[str], dict[str, tuple[bool, str]]] | None = None
+
+
+def probe_providers() -> tuple[str, list[str], dict[str, tuple[bool, str]]]:
+    """``(ORT version, available providers, {compute provider: (ready, reason)})``, found
+    once per process by a child process that runs :func:`provider_readiness` on each.
+
+    The CPU provider is checked first and reported before the others start, so a provider
+    that crashes the child costs only itself. Raises DeviceUnavailable when onnxruntime is
+    not importable or the child gives no answer within PROBE_BUDGET_S.
+    """
+    global _probed
+    with _readiness_lock:
+        if _probed is not None:
+            return _probed
+    import subprocess
+    import sys
+    import tempfile
+
+    try:  # stay inside the registry's own deadline for all probes
+        budget = min(PROBE_BUDGET_S, 0.9 * float(os.environ["BACKPLANE_PROBE_TIMEOUT_S"]))
+    except (KeyError, ValueError):
+        budget = PROBE_BUDGET_S
+    budget = budget if budget > 0 else PROBE_BUDGET_S
+    code = "from backplane.plugins.ort import _probe_child; _probe_child()"
+    try:
+        child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               timeout=budget, cwd=tempfile.gettempdir(),
+                               env=dict(os.environ))
+        out, err, rc = child.stdout, child.stderr, child.returncode
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        err, rc = f"no answer within {budget:.2g} s", None
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    if not lines or "error" in lines[0]:
+        why = lines[0]["error"] if lines else (err.strip().splitlines() or ["no output"])[-1]
+        raise DeviceUnavailable(f"onnxruntime is not usable here ({why}); "
+                                "pip install 'backplane-hal[onnxruntime]'")
+    head, rows = lines[0], lines[1:]
+    checks = {r["provider"]: (bool(r["ready"]), str(r["reason"])) for r in rows}
+    for p in head["compute"]:
+        checks.setdefault(p, (False, "the readiness check " + (
+            f"crashed the probe process (exit code {rc})" if rc else f"gave no answer: {err}")))
+    result = (head["onnxruntime"], head["available"], checks)
+    with _readiness_lock:
+        _probed = _probed or result
+        return _probed
+
+
+def _probe_child() -> None:
+    """The child's side of :func:`probe_providers`: JSON lines on stdout."""
+    def emit(row: dict[str, Any]) -> None:
+        with _readiness_lock:
+            print(json.dumps(row), flush=True)
+
+    try:
+        ort = _ort()
+    except Exception as exc:
+        return emit({"error": f"{type(exc).__name__}: {exc}"})
+    available = list(ort.get_available_providers())
+    compute = [p for p in available if p not in NOT_COMPUTE]
+    emit({"onnxruntime": ort.__version__, "available": available, "compute": compute})
+
+    def check(p: str) -> None:
+        ready, reason = provider_readiness(p, timeout_s=READINESS_TIMEOUT_S)
+        emit({"provider": p, "ready": ready, "reason": reason})
+
+    if CPU in compute:
+        check(CPU)
+    threads = [threading.Thread(target=check, args=(p,), daemon=True)
+               for p in compute if p != CPU]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(READINESS_TIMEOUT_S + 0.5)
+
+
+def provider_readiness(provider: str, timeout_s: float = READINESS_TIMEOUT_S) -> tuple[bool, str]:
+    """Whether ``provider`` runs a one-node float32 Add by itself: ``(ready, reason)``.
+
+    A provider other than the CPU is checked with CPU fallback disabled, so a provider that
+    is built in but cannot run here (no driver, no GPU) fails instead of passing on the
+    CPU. Bounded by ``timeout_s``; no file written, no environment changed; the answer is
+    kept for the life of the process.
+    """
+    with _readiness_lock:
+        if provider in _readiness:
+            return _readiness[provider]
+    box: list[tuple[bool, str]] = []
+    worker = threading.Thread(target=lambda: box.append(_check_provider(provider)),
+                              name=f"backplane-ort-ready-{provider}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    answer = box[0] if box else (False, f"readiness check did not finish within {timeout_s:g} s")
+    with _readiness_lock:
+        _readiness.setdefault(provider, answer)
+        return _readiness[provider]
+
+
+def _check_provider(provider: str) -> tuple[bool, str]:
+    try:
+        import numpy as np
+        from onnx import TensorProto, helper
+
+        ort = _ort()
+        if provider not in ort.get_available_providers():
+            return False, (f"{provider} is not in this onnxruntime build (it has "
+                           f"{', '.join(ort.get_available_providers())})")
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+        graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "ready", [x], [y])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                                  ir_version=7)
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        if provider != CPU:  # ORT refuses the setting for the CPU provider itself
+            so.add_session_config_entry(_FALLBACK_OFF, "1")
+        session = ort.InferenceSession(model.SerializeToString(), so, providers=[provider])
+        if session.get_providers()[0] != provider:
+            return False, f"ORT placed the session on {session.get_providers()}, not {provider}"
+        data = np.arange(6, dtype=np.float32).reshape(2, 3) - 2.5
+        [got] = session.run(None, {"x": data})
+        if not np.array_equal(got, data + data):
+            return False, f"{provider} computed a wrong Add: {got.tolist()}"
+        return True, ""
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}".strip()
+
+
+# ---------------------------------------------------------------------- capabilities
+
+#: Narrowings of the derived support, where an op runs in a one-node probe but some of its
+#: variants give wrong results (each with the reason). Op key -> OpSupport keywords.
+CONSTRAINTS: dict[str, dict[str, Any]] = {
+    # ORT pads a ConvTranspose whose output_shape needs odd total padding as SAME_UPPER
+    # where ONNX asks (for auto_pad NOTSET) for the extra pixel at the start, and it is wrong
+    # whenever output_shape exceeds the natural size: refuse every node that sets it.
+    "ConvTranspose": {"attributes": {"output_shape": AttributeRule(allowed=())}},
+}
+
+
+def derived_ops() -> dict[str, OpSupport]:
+    """The op table: the derived dtypes per op (:func:`derive`), narrowed by CONSTRAINTS."""
+    found = derive()["ops"]
+    return {key: OpSupport(dtypes=frozenset(dtypes), **CONSTRAINTS.get(key, {}))
+            for key, dtypes in found.items() if dtypes}
+
+
+def ort_version() -> str:
+    """The installed ORT version, from package metadata (no import) when possible."""
+    from importlib import metadata
+
+    for dist in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-qnn",
+                 "onnxruntime-directml", "onnxruntime-rocm", "ort-nightly", "ort-nightly-gpu"):
+        try:
+            return f"{dist}=={metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return f"onnxruntime=={_ort().__version__}"
+
+
+def derive(use_cache: bool = True) -> dict[str, Any]:
+    """``{"ops": {op key: [dtypes that ran]}, "refused": {op key: {dtype: why}}, ...}``.
+
+    Read from ``cache_dir("onnxruntime")/capabilities-KEY.json`` when present (KEY hashes
+    the ORT and backplane versions, the derivation and probe versions and the machine), else
+    computed and written (:func:`backplane.cache.cached_json`).
+    """
+    import platform
+
+    from backplane.cache import cached_json
+    from backplane.ops import probes
+
+    key = (ort_version(), _backplane_version, DERIVATION_VERSION, probes.VERSION,
+           platform.machine())
+    return cached_json(ORTBackend.name, key, _derive_now, use_cache=use_cache,
+                       valid=lambda data: isinstance(data.get("ops"), dict))
+
+
+def _derive_now() -> dict[str, Any]:
+    """Every core op tried in every dtype (:func:`backplane.ops.probes.discover`).
+
+    The fused ``backplane`` ops are not declared: ORT fuses on its own, and a graph fused
+    for it would only be inlined back, less well than the graph as written (measured: the
+    transformer block of benchmarks/bench_cpu_backends.py ran 5% slower fused). A graph that
+    carries fused nodes still runs: ORT inlines their model-local decompositions."""
+    from backplane.ops.probes import OPSET, discover
+
+    t0 = time.perf_counter()
+    ops, refused = discover(try_op)
+    return {"onnxruntime": ort_version(), "backplane": _backplane_version, "opset": OPSET,
+            "seconds": round(time.perf_counter() - t0, 3), "ops": ops, "refused": refused}
+
+
+def try_op(op: str, dtype: str, domain: str = "") -> str:
+    """Build ``op`` as a one-node model in ``dtype``, run it once on the CPU provider; return
+    '' when every variant ran with the right output dtype, else ORT's reason."""
+    import numpy as np
+
+    from backplane.graph import DTYPE_NAMES
+    from backplane.ops.probes import models
+
+    ort = _ort()
+    so = session_options(ort, "latency", CPU, {})
+    so.intra_op_num_threads = 1
+    for model, feeds in models(op, dtype, domain):
+        try:
+            session = ort.InferenceSession(model.SerializeToString(), so, providers=[CPU])
+            exe = ORTExecutable(session, _NoGraph, Device("probe"), thread_safe=False)
+            outs = exe.run(feeds)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}".split("\n")[0][:300]
+        for out in model.graph.output:
+            want = DTYPE_NAMES.get(out.type.tensor_type.elem_type)
+            got = str(np.asarray(outs[out.name]).dtype)
+            if want and got != want:
+                return f"output {out.name} is {got}, the model declares {want}"
+    return ""
+
+
+class _NoGraph:
+    nodes: list[Any] = []

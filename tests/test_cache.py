@@ -1,0 +1,87 @@
+"""Where compiled artefacts are cached, how they are keyed, and how they are written."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import backplane as bp
+from backplane import cache
+
+
+def test_the_session_option_wins_over_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKPLANE_CACHE_DIR", str(tmp_path / "env"))
+    assert cache.cache_dir("x") == tmp_path / "env" / "x"
+    chosen = bp.CompileOptions(cache_dir=str(tmp_path / "option"))
+    assert cache.cache_dir("x", chosen) == tmp_path / "option" / "x"
+    assert (tmp_path / "option" / "x").is_dir()
+
+
+def test_off_disables_caching(monkeypatch):
+    monkeypatch.setenv("BACKPLANE_CACHE_DIR", "off")
+    assert cache.cache_dir("x") is None
+    assert cache.cache_dir("x", bp.CompileOptions(cache_dir="off")) is None
+
+
+def test_an_unwritable_root_means_no_cache_not_an_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert cache.cache_dir("x", bp.CompileOptions(cache_dir=str(blocker))) is None
+
+
+def test_keys_change_with_any_part_and_only_then():
+    key = cache.cache_key(b"model", "fp32", (1, 3), "2026.4")
+    assert key == cache.cache_key(b"model", "fp32", (1, 3), "2026.4")
+    assert key != cache.cache_key(b"model", "fp16", (1, 3), "2026.4")
+    assert key != cache.cache_key(b"mode", b"lfp32", (1, 3), "2026.4")  # no concatenation clash
+
+
+def test_write_atomic_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "sub" / "blob.bin"
+    assert cache.write_atomic(target, b"abc")
+    assert target.read_bytes() == b"abc"
+    assert os.listdir(target.parent) == ["blob.bin"]
+
+
+def test_write_atomic_answers_false_where_it_cannot_write(tmp_path: Path):
+    (tmp_path / "file").write_text("a file, not a folder")
+    assert not cache.write_atomic(tmp_path / "file" / "blob.bin", b"abc")
+
+
+def test_cached_json_computes_once_then_reads_the_file_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKPLANE_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"ops": {"Add": ["float32"]}}
+
+    key = ("runtime 1.0", "0.1.0", 1)
+    assert cache.cached_json("x", key, compute) == {"ops": {"Add": ["float32"]}}
+    [path] = (tmp_path / "x").glob("capabilities-*.json")
+    assert path.name == f"capabilities-{cache.cache_key(*key)}.json"
+    path.write_text('{"ops": {"Add": ["float16"]}}')  # a planted change is read back
+    assert cache.cached_json("x", key, compute)["ops"]["Add"] == ["float16"] and len(calls) == 1
+    cache.cached_json("x", ("runtime 1.1", "0.1.0", 1), compute)  # another key: a miss
+    assert len(calls) == 2
+
+
+def test_cached_json_recomputes_a_corrupt_or_rejected_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKPLANE_CACHE_DIR", str(tmp_path))
+    valid = lambda data: isinstance(data.get("ops"), dict)  # noqa: E731
+    cache.cached_json("x", ("k",), lambda: {"ops": {}}, valid=valid)
+    [path] = (tmp_path / "x").glob("*.json")
+    for planted in ("{not json", "[1, 2]", '{"ops": 3}'):
+        path.write_text(planted)
+        assert cache.cached_json("x", ("k",), lambda: {"ops": {"Relu": []}}, valid=valid) == {
+            "ops": {"Relu": []}}
+        assert json.loads(path.read_text()) == {"ops": {"Relu": []}}, planted
+
+
+def test_cached_json_with_caching_off_computes_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKPLANE_CACHE_DIR", str(tmp_path))
+    assert cache.cached_json("x", ("k",), lambda: {"a": 1}, use_cache=False) == {"a": 1}
+    monkeypatch.setenv("BACKPLANE_CACHE_DIR", "off")
+    assert cache.cached_json("x", ("k",), lambda: {"a": 2}) == {"a": 2}
+    assert not (tmp_path / "x").exists()
