@@ -24,19 +24,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from backplane.intake import MIN_OPSET
 from backplane.graph import DTYPE_CODES, DTYPE_NAMES
+from backplane.intake import MIN_OPSET
+from backplane.ops import MANDATORY
 
 #: The core op set: a backend that claims one of these ops must pass its cases.
-MANDATORY_OPS: tuple[str, ...] = (
-    "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Exp", "Log", "Erf", "Abs", "Neg", "Relu",
-    "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Clip", "MatMul",
-    "Gemm", "Conv", "ConvTranspose", "BatchNormalization", "LayerNormalization", "Softmax",
-    "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "ReduceMax",
-    "Reshape", "Transpose", "Concat", "Slice", "Gather", "Squeeze", "Unsqueeze", "Flatten",
-    "Expand", "Shape", "Cast", "Where", "Pad", "Resize", "QuantizeLinear", "DequantizeLinear",
-    "MatMulInteger",
-)
+MANDATORY_OPS: tuple[str, ...] = MANDATORY
 #: The element types cases are generated for, in order of preference for an op's main dtype.
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64",
                            "bool")

@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
+from backplane.ops import window_pads
+
 FLOAT64 = "float64"
 NATIVE = "native"
 
@@ -220,27 +222,6 @@ def np_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.squeeze(out, axis=tuple(squeeze)) if squeeze else out
 
 
-def conv_pads(spatial: Iterable[int], kernel: Iterable[int], strides: Iterable[int],
-              dilations: Iterable[int], pads: Iterable[int] | None, auto_pad: str = "NOTSET"
-              ) -> list[int]:
-    """Explicit pads (all begins, then all ends) for a convolution or pooling window."""
-    spatial, kernel = list(spatial), list(kernel)
-    strides, dilations = list(strides), list(dilations)
-    n = len(spatial)
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begins, ends = [], []
-        for size, k, s, d in zip(spatial, kernel, strides, dilations):
-            out = -(-size // s)
-            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
-            small, large = total // 2, total - total // 2
-            begins.append(small if auto_pad == "SAME_UPPER" else large)
-            ends.append(large if auto_pad == "SAME_UPPER" else small)
-        return begins + ends
-    if auto_pad == "VALID" or pads is None:
-        return [0] * (2 * n)
-    return list(pads)
-
-
 def np_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
             strides: Iterable[int] | None = None, pads: Iterable[int] | None = None,
             dilations: Iterable[int] | None = None, group: int = 1,
@@ -251,7 +232,7 @@ def np_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
     kernel = w.shape[2:]
     strides = list(strides or [1] * nsp)
     dilations = list(dilations or [1] * nsp)
-    p = conv_pads(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
+    p = window_pads(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
     xp = np.pad(x, [(0, 0), (0, 0)] + [(p[i], p[i + nsp]) for i in range(nsp)])
     out_sp = [(xp.shape[2 + i] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
               for i in range(nsp)]
@@ -288,7 +269,7 @@ def np_pool(kind: str, x: np.ndarray, kernel_shape: Iterable[int], *,
     spatial = list(x.shape[2:])
     strides = list(strides or [1] * nsp)
     dilations = list(dilations or [1] * nsp)
-    p = conv_pads(spatial, kernel, strides, dilations, pads, auto_pad)
+    p = window_pads(spatial, kernel, strides, dilations, pads, auto_pad)
     begins, ends, out_sp, extra = p[:nsp], p[nsp:], [], []
     for size, k, s, d, b, e in zip(spatial, kernel, strides, dilations, begins, ends):
         span = size + b + e - ((k - 1) * d + 1)

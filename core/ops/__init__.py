@@ -19,7 +19,7 @@ it at all.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -209,3 +209,25 @@ def cost(node: "Node") -> Cost:
 
 
 __all__ = ["DOMAIN", "FUSED", "MANDATORY", "TIERS", "Cost", "OpDef", "all_ops", "cost", "get"]
+
+
+def window_pads(spatial: Iterable[int], kernel: Iterable[int], strides: Iterable[int],
+                dilations: Iterable[int], pads: Iterable[int] | None,
+                auto_pad: str = "NOTSET") -> list[int]:
+    """Explicit pads (all begins, then all ends) of a convolution or pooling window.
+
+    ``auto_pad`` SAME_UPPER / SAME_LOWER pads so that the output is ceil(size / stride),
+    the odd pixel at the end / the beginning; VALID, or no ``pads``, is no padding.
+    """
+    spatial, kernel = list(spatial), list(kernel)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begins, ends = [], []
+        for size, k, s, d in zip(spatial, kernel, strides, dilations):
+            total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
+            small, large = total // 2, total - total // 2
+            begins.append(small if auto_pad == "SAME_UPPER" else large)
+            ends.append(large if auto_pad == "SAME_UPPER" else small)
+        return begins + ends
+    if auto_pad == "VALID" or pads is None:
+        return [0] * (2 * len(spatial))
+    return [int(p) for p in pads]

@@ -29,7 +29,7 @@ import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from . import DOMAIN, get
+from . import DOMAIN, get, window_pads
 from .fused import KEYS, MIN_OPSET, HasKernel, add_decompositions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -217,13 +217,7 @@ class _Rewriter:
             x = self.shape(conv.inputs[0])
             if x is None or len(x) != k + 2 or not all(isinstance(d, int) for d in x[2:]):
                 return None
-            begin, end = [], []
-            for size, s, d, kk in zip(x[2:], strides, dilations, kernel):
-                total = max(0, (-(-size // s) - 1) * s + (kk - 1) * d + 1 - size)
-                small, big = total // 2, total - total // 2
-                begin.append(small if auto_pad == "SAME_UPPER" else big)
-                end.append(big if auto_pad == "SAME_UPPER" else small)
-            pads = begin + end
+            pads = window_pads(x[2:], kernel, strides, dilations, None, auto_pad)
         return {"pads": pads, "strides": strides, "dilations": dilations,
                 "group": int(attrs.get("group", 1)), "kernel_shape": list(kernel)}
 

@@ -3,6 +3,17 @@
  * KAHAN (compensated float sums). */
 
 #ifdef MODE
+/* One accumulation step of the reduction: max (NaN wins), compensated (Kahan) float sum
+ * (1024 terms near zero stay in tolerance; inf and NaN pass through), or a plain sum. */
+#if MODE == 2
+#define BP_STEP(v) (acc = ((v) > acc || (v) != (v)) ? (v) : acc)
+#elif KAHAN
+#define BP_STEP(v) do { TA yk = (v) - comp; TA tk = acc + yk; \
+        comp = isfinite(tk) ? (tk - acc) - yk : 0.0f; acc = tk; } while (0)
+#else
+#define BP_STEP(v) (acc += (v))
+#endif
+
 /* L = [kept rank, kept dims[MAXR], kept strides[MAXR], red rank, red dims[MAXR],
  *      red strides[MAXR]] */
 __kernel void reduce(__global TO* y, __global const T* x, __global const long* L,
@@ -15,36 +26,18 @@ __kernel void reduce(__global TO* y, __global const T* x, __global const long* L
     __global const long* rstr = L + 2 + 3 * MAXR;
     TA acc = INIT;
 #if KAHAN
-    TA comp = 0;  /* compensated (Kahan) float sums: 1024 terms near zero stay in tolerance */
+    TA comp = 0;
 #endif
     if (rr == 1) {
         long s = rstr[0];
         for (long j = 0; j < nred; ++j) {
             TA v = (TA)x[base + j * s];
-#if MODE == 2
-            acc = (v > acc || v != v) ? v : acc;
-#elif KAHAN
-            TA yk = v - comp;
-            TA tk = acc + yk;
-            comp = isfinite(tk) ? (tk - acc) - yk : 0.0f;  /* inf and NaN pass through */
-            acc = tk;
-#else
-            acc += v;
-#endif
+            BP_STEP(v);
         }
     } else {
         for (long j = 0; j < nred; ++j) {
             TA v = (TA)x[base + bp_offset(j, rr, rdims, rstr)];
-#if MODE == 2
-            acc = (v > acc || v != v) ? v : acc;
-#elif KAHAN
-            TA yk = v - comp;
-            TA tk = acc + yk;
-            comp = isfinite(tk) ? (tk - acc) - yk : 0.0f;  /* inf and NaN pass through */
-            acc = tk;
-#else
-            acc += v;
-#endif
+            BP_STEP(v);
         }
     }
 #if MODE == 1

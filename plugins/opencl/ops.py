@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pyopencl.array as cla
 
+from backplane.ops import window_pads
+
 from .runtime import CL_TYPES, MAXR, RAW_NUMPY, RAW_TYPES, mirror, state_of
 
 FLOAT_MIN = {"float32": "-INFINITY"}
@@ -460,25 +462,6 @@ def attention(q: Any, k: Any, v: Any, mask: Any = None, scale: float | None = No
 
 # --------------------------------------------------------------------------- convolution
 
-def conv_pads(spatial: list[int], kernel: list[int], strides: list[int], dilations: list[int],
-              pads: list[int] | None, auto_pad: str) -> list[int]:
-    """Explicit [begins..., ends...] pads, from ``pads`` or ``auto_pad``."""
-    n = len(spatial)
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begins, ends = [], []
-        for size, k, s, d in zip(spatial, kernel, strides, dilations):
-            out = -(-size // s)
-            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
-            small = total // 2
-            begin = small if auto_pad == "SAME_UPPER" else total - small
-            begins.append(begin)
-            ends.append(total - begin)
-        return begins + ends
-    if auto_pad == "VALID" or pads is None:
-        return [0] * (2 * n)
-    return list(pads)
-
-
 def _to3(values: list[int], fill: int) -> list[int]:
     return [fill] * (3 - len(values)) + list(values)
 
@@ -498,7 +481,7 @@ def conv(x: Any, w: Any, b: Any = None, auto_pad: str = "NOTSET", dilations: Any
     strides = list(strides or [1] * nsp)
     dilations = list(dilations or [1] * nsp)
     spatial = list(x.shape[2:])
-    p = conv_pads(spatial, kernel, strides, dilations, pads, auto_pad)
+    p = window_pads(spatial, kernel, strides, dilations, pads, auto_pad)
     out_sp = [(size + p[i] + p[i + nsp] - ((k - 1) * d + 1)) // s + 1
               for i, (size, k, s, d) in enumerate(zip(spatial, kernel, strides, dilations))]
     G = int(group)
@@ -576,7 +559,7 @@ def pool(kind: str, x: Any, kernel_shape: Any, auto_pad: str = "NOTSET", ceil_mo
     strides = list(strides or [1] * nsp)
     dilations = list(dilations or [1] * nsp)
     spatial = list(x.shape[2:])
-    p = conv_pads(spatial, kernel, strides, dilations, pads, auto_pad)
+    p = window_pads(spatial, kernel, strides, dilations, pads, auto_pad)
     out_sp = []
     for i, (size, k, s, d) in enumerate(zip(spatial, kernel, strides, dilations)):
         span = size + p[i] + p[i + nsp] - ((k - 1) * d + 1)

@@ -30,6 +30,7 @@ nor onnx. Behaviour, measurements and known failures: ``docs/backends/openvino-c
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import json
 import os
@@ -456,8 +457,9 @@ def _to_tensor(np: Any, arr: Any, dtype: str | None) -> Any:
     """A host array as an OpenVINO tensor in the graph's dtype (bfloat16 through its bits:
     OpenVINO's Python API has no numpy type for it)."""
     ov = _ov()
-    if arr.dtype in _PLAIN and arr.flags.c_contiguous and arr.ndim \
-            and (dtype is None or _PLAIN[arr.dtype] == dtype):
+    plain = _plain().get(arr.dtype)
+    if plain is not None and arr.flags.c_contiguous and arr.ndim \
+            and (dtype is None or plain == dtype):
         return ov.Tensor(arr, shared_memory=False)  # the common case, without checks below
     if dtype == "bfloat16" or arr.dtype.name == "bfloat16":
         tensor = ov.Tensor(ov.Type.bf16, list(arr.shape))
@@ -474,7 +476,7 @@ def _to_tensor(np: Any, arr: Any, dtype: str | None) -> Any:
 def _from_tensor(np: Any, tensor: Any, dtype: str | None) -> Any:
     """A copy of an output tensor in the dtype the ONNX graph declares."""
     data = tensor.data
-    if data.dtype in _PLAIN and _PLAIN[data.dtype] == dtype and data.ndim:
+    if data.ndim and dtype is not None and _plain().get(data.dtype) == dtype:
         return data.copy()  # the common case: already the graph's dtype and shape
     if tensor.element_type == _ov().Type.bf16:
         import ml_dtypes
@@ -492,27 +494,14 @@ def _from_tensor(np: Any, tensor: Any, dtype: str | None) -> Any:
     return data
 
 
-def _plain_dtypes() -> dict[Any, str]:
+@functools.lru_cache(maxsize=None)
+def _plain() -> dict[Any, str]:
+    """numpy dtype -> name for the types OpenVINO tensors hold as they are (built on first
+    use: this module must not import numpy at load)."""
     import numpy as np
 
     return {np.dtype(n): n for n in ("float32", "float16", "float64", "int8", "uint8", "int16",
                                      "uint16", "int32", "uint32", "int64", "uint64")}
-
-
-class _LazyPlain(dict):
-    """numpy dtype -> name for the types OpenVINO tensors hold as they are (built on first
-    use: this module must not import numpy at load)."""
-
-    def _fill(self) -> None:
-        if not dict.__len__(self):
-            self.update(_plain_dtypes())
-
-    def __contains__(self, key: object) -> bool:
-        self._fill()
-        return dict.__contains__(self, key)
-
-
-_PLAIN = _LazyPlain()
 
 
 #: OpenVINO operations whose CPU kernels crash on an empty input or output, and the ONNX

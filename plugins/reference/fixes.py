@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from backplane.ops import window_pads
+
 _erf = np.frompyfunc(math.erf, 1, 1)
 
 
@@ -203,23 +205,6 @@ def _crop(data: np.ndarray, pads: np.ndarray, axes: Any) -> tuple[np.ndarray, np
         begin, end = int(pads[i]), int(pads[n + i])
         index[axis] = slice(max(0, -begin), data.shape[axis] - max(0, -end))
     return data[tuple(index)], np.maximum(pads, 0)
-
-
-def window_pads(spatial: list[int], kernel: list[int], strides: list[int],
-                dilations: list[int], pads: Any, auto_pad: str) -> list[int]:
-    """Explicit pads (all begins, then all ends) of a pooling window, after ``auto_pad``."""
-    n = len(spatial)
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begins, ends = [], []
-        for size, k, s, d in zip(spatial, kernel, strides, dilations):
-            total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
-            small, large = total // 2, total - total // 2
-            begins.append(small if auto_pad == "SAME_UPPER" else large)
-            ends.append(large if auto_pad == "SAME_UPPER" else small)
-        return begins + ends
-    if auto_pad == "VALID" or pads is None:
-        return [0] * (2 * n)
-    return [int(p) for p in pads]
 
 
 def max_pool(x: np.ndarray, kernel: list[int], *, strides: Any = None, pads: Any = None,
