@@ -48,7 +48,8 @@ from .registry import devices, plugin_manager, plugin_records, registry
 __version__ = "0.1.0"
 
 _LAZY = {"Session": ".session", "load_model": ".intake", "Plan": ".planner",
-         "Graph": ".graph"}
+         "Candidate": ".planner", "Graph": ".graph", "Constraints": ".scheduler",
+         "plan_model": ".scheduler"}
 
 
 def __getattr__(name: str) -> Any:
@@ -64,9 +65,10 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "API_VERSION", "MIN_API_VERSION", "AttributeRule", "Backend", "BackendError",
-    "BackplaneError", "Capabilities", "CompileError", "CompileOptions", "ConformanceError",
-    "Device", "DeviceNotFoundError", "DeviceUnavailable", "Executable", "ExecutionError",
+    "BackplaneError", "Candidate", "Capabilities", "CompileError", "CompileOptions", "ConformanceError",
+    "Constraints", "Device", "DeviceNotFoundError", "DeviceUnavailable", "Executable", "ExecutionError",
     "Graph", "InputError", "KernelTable", "LazyOps", "ModelError", "OpSupport", "Plan", "PluginLoadError",
     "Session", "UnsupportedError", "Verdict", "devices", "hookimpl", "load_model",
+    "plan_model",
     "plugin_manager", "plugin_records", "registry",
 ]

@@ -83,19 +83,49 @@ def plugins(as_json: bool) -> None:
                                                 "distribution", "api"], rows))
 
 
-def _session(model: str, devices: tuple[str, ...]) -> Any:
+def _session(model: str, devices: tuple[str, ...], **kwargs: Any) -> Any:
     from .session import Session
 
-    return Session(model, devices=list(devices) if devices else "auto")
+    return Session(model, devices=list(devices) if devices else "auto", **kwargs)
+
+
+def planning_options(fn: Any) -> Any:
+    """The options that shape a plan, shared by ``plan`` and ``run``."""
+    from .contract import DEVICE_KINDS, POLICIES
+
+    options = [
+        click.option("--policy", type=click.Choice(POLICIES), default="latency",
+                     show_default=True, help="What the plan minimises."),
+        click.option("--precision", default="fp32", show_default=True,
+                     help="Compute precision to keep, or 'auto' (lower precision within "
+                          "--max-rel-error of the reference on sample inputs)."),
+        click.option("--max-rel-error", type=float, default=None,
+                     help="Accuracy budget of --precision auto (default 1e-2)."),
+        click.option("--device-class", type=click.Choice(DEVICE_KINDS), default=None,
+                     help="Run every node this class of device admits there."),
+        click.option("--exclude", multiple=True, metavar="CLASS|BACKEND|DEVICE",
+                     help="Never use these (repeatable)."),
+        click.option("--strict", is_flag=True,
+                     help="Fail instead of falling back when a node would leave the "
+                          "requested devices or a backend fails."),
+        click.option("--tune", is_flag=True,
+                     help="Measure the best candidate plans on sample inputs; cache the "
+                          "fastest."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
 
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @device_option
+@planning_options
 @json_option
-def plan(model: str, devices: tuple[str, ...], as_json: bool) -> None:
-    """Show which device runs each node of MODEL, and why."""
-    session = _session(model, devices)
+def plan(model: str, devices: tuple[str, ...], as_json: bool, **planning: Any) -> None:
+    """Show which device runs each node of MODEL, at which precision, predicted cost, and
+    why every other device does not."""
+    session = _session(model, devices, **planning)
     if as_json:
         return _emit_json(session.plan.to_dict())
     click.echo(session.plan.explain())
@@ -125,13 +155,14 @@ def _read_inputs(specs: tuple[str, ...]) -> dict[str, Any]:
               help="Write each output to DIR/NAME.npy.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
 @device_option
+@planning_options
 @json_option
 def run(model: str, inputs: tuple[str, ...], output_dir: str | None, seed: int,
-        devices: tuple[str, ...], as_json: bool) -> None:
+        devices: tuple[str, ...], as_json: bool, **planning: Any) -> None:
     """Run MODEL once and summarise its outputs."""
     import numpy as np
 
-    session = _session(model, devices)
+    session = _session(model, devices, **planning)
     feeds = _read_inputs(inputs) if inputs else session.random_inputs(seed=seed)
     t0 = time.perf_counter()
     outputs = session.run(feeds)

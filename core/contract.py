@@ -30,8 +30,10 @@ MIN_API_VERSION = 1
 DEVICE_KINDS = ("cpu", "gpu", "npu", "accelerator")
 #: Compute precisions a backend may declare.
 PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
-#: Scheduling policies a session may ask for.
-POLICIES = ("latency", "throughput", "efficiency")
+#: Scheduling policies a session may ask for: least time per request (the default), most
+#: requests per second, least energy; and, for comparison, the first admitting device in
+#: priority order (``fixed-order``, as ONNX Runtime assigns nodes to execution providers).
+POLICIES = ("latency", "throughput", "efficiency", "fixed-order")
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,10 @@ class Executable:
     """
 
     thread_safe: ClassVar[bool] = False
+    dlpack: ClassVar[bool] = False
+    """Whether ``run`` also accepts, as inputs, objects implementing ``__dlpack__`` (device
+    tensors of another partition, handed over as they are) and may return such objects;
+    backplane moves them to the host wherever a consumer does not declare this."""
 
     def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Run once. Must not keep references to ``inputs`` after returning."""
@@ -283,10 +289,16 @@ class Backend:
         name: the backend's name, equal to its entry-point name (``openvino-cpu``).
         api_version: the contract version the plugin was written for.
         version: the plugin's own version, used to scope known failures and caches.
-        priority: place in the fixed device order used until cost-based planning
-            (higher first); the reference backend is last.
+        priority: place in the order of the ``fixed-order`` policy (higher first), and
+            the tie-break between equal costs; the reference backend is last.
         capabilities: what it can run, as data; kernel backends get it from ``kernels``.
         kernels: a :class:`KernelTable` for kernel backends, else ``None``.
+        cost_hints: what the cost model assumes until ``backplane hwdb calibrate`` has
+            measured the backend on a device: ``launch_us`` (one call into a partition),
+            ``node_us`` (per node inside it), ``compute_efficiency`` and
+            ``memory_efficiency`` (fractions of the device's peak rate and bandwidth the
+            backend reaches on large ops). Missing keys take
+            :data:`backplane.costmodel.DEFAULT_HINTS`.
     """
 
     name: ClassVar[str] = ""
@@ -294,6 +306,7 @@ class Backend:
     version: ClassVar[str] = "0"
     priority: ClassVar[int] = 0
     kernels: ClassVar["KernelTable | None"] = None
+    cost_hints: ClassVar[Mapping[str, float]] = {}
 
     @property
     def capabilities(self) -> Capabilities:

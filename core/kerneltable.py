@@ -4,18 +4,28 @@ A kernel is a plain callable ``fn(*inputs, **attributes) -> output | tuple[outpu
 Optional inputs that the node leaves empty arrive as ``None``; attributes the node does
 not set are absent, so the kernel's own defaults (ONNX's defaults) apply.
 
+A kernel with one output may also name an ``out`` parameter (``def relu(x, out=None)``):
+the default compile then hands it, when it has one, a free host buffer of exactly the
+output's inferred shape and dtype, and the kernel may write its result there and return
+it. Without a buffer ``out`` is not passed. A kernel's result belongs to the runner: it
+must not be kept by the kernel, since its memory may be handed out again in the same run.
+
 The table's constraints are the backend's capabilities: the planner, the conformance
 suite and the default compile all read the same data.
 """
 
 from __future__ import annotations
 
+import inspect
+import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .contract import AttributeRule, Capabilities, CompileOptions, Device, Executable, OpSupport, op_key
 from .errors import CompileError, ExecutionError
+from .executor import NUMPY_DTYPES, MemoryStats, PeakMeter, free_after, predicted_peak
 
 if TYPE_CHECKING:  # pragma: no cover
     from .graph import Graph
@@ -90,7 +100,14 @@ class KernelExecutable(Executable):
     """Runs a graph node by node with a backend's kernels.
 
     Each value is dropped after its last reader, so peak memory follows the graph's
-    liveness rather than its size. Constants are uploaded once, at compile time.
+    liveness rather than its size; :attr:`memory` reports the peak bytes of the values the
+    kernels produced, predicted and measured. Constants are uploaded once, at compile time.
+
+    A kernel that takes an ``out`` keyword is handed, when one is free, a host buffer of
+    exactly the shape and dtype the graph infers for its (single) output, left behind by
+    a value whose last reader has run: it may write its result there and return it. A
+    buffer is reused only if it is a dense, writeable numpy array that owns its memory and
+    that no live value, input or constant shares; graph outputs are never reused.
     """
 
     def __init__(self, graph: "Graph", table: KernelTable, device: Device,
@@ -101,7 +118,7 @@ class KernelExecutable(Executable):
         self.device = device
         self._upload = upload or (lambda a: a)
         self._download = download or _to_host
-        self._steps = []
+        kernels = []
         for node in graph.nodes:
             verdict = caps.check(node)
             if not verdict:
@@ -109,33 +126,61 @@ class KernelExecutable(Executable):
                     f"backend '{device.backend}' cannot compile node '{node.name}': "
                     f"{verdict.detail}", backend=device.backend, device=device.id,
                     op=node.op_type)
-            kernel = table._kernels[op_key(node.op_type, node.domain)]
-            self._steps.append((node, kernel.fn, kernel.support.layout == "contiguous"))
+            kernels.append(table._kernels[op_key(node.op_type, node.domain)])
         self._consts = {t.name: self._upload(numpy_helper.to_array(t))
                         for t in graph.model.graph.initializer}
         self._outputs = [o.name for o in graph.outputs]
-        keep = set(self._outputs) | set(self._consts)
-        last_read: dict[str, int] = {}
-        for i, (node, _, _) in enumerate(self._steps):
-            for name in node.inputs:
-                if name:
-                    last_read[name] = i
-        self._free_after: list[list[str]] = [[] for _ in self._steps]
-        for name, i in last_read.items():
-            if name not in keep:
-                self._free_after[i].append(name)
+        produced = [node.outputs for node in graph.nodes]
+        frees = free_after([node.inputs for node in graph.nodes], produced,
+                           set(self._outputs) | set(self._consts))
+        made = {name for names in produced for name in names if name}
+        outs = [_out_spec(graph, node) if takes_out(k.fn) else None
+                for node, k in zip(graph.nodes, kernels)]
+        self._symbols = _symbol_sources(graph, outs)
+        outs = [spec if spec is None or all(not isinstance(d, str) or d in self._symbols
+                                            for d in spec[0]) else None for spec in outs]
+        self._steps = []
+        for i, (node, kernel) in enumerate(zip(graph.nodes, kernels)):
+            later = [spec for spec in outs[i + 1:] if spec is not None]
+            gone = tuple((name, name in made,
+                          name in made and _may_fit(graph.values.get(name), later))
+                         for name in frees[i])
+            self._steps.append((node, kernel.fn, kernel.support.layout == "contiguous",
+                                outs[i], gone))
+        self._meter = PeakMeter(predicted_peak(produced, frees, graph.values))
         self.thread_safe = table.thread_safe  # type: ignore[misc]
+
+    @property
+    def memory(self) -> MemoryStats:
+        """Peak bytes of the values the kernels produced: predicted, last run, max."""
+        return self._meter.stats()
+
+    @property
+    def peak_bytes(self) -> int:
+        """The measured peak of the last run to finish (0 before the first run)."""
+        return self._meter.last
 
     def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Run every node in order; return the graph's outputs on the host."""
+        import numpy as np
+
         values: dict[str, Any] = dict(self._consts)
         values.update((k, self._upload(v)) for k, v in inputs.items())
-        for i, (node, fn, contiguous) in enumerate(self._steps):
+        dims = self._bind(inputs) if self._symbols else {}
+        free: dict[tuple, list[Any]] = {}  # buffers left by dead values, by (shape, dtype)
+        live = peak = 0
+        for node, fn, contiguous, out, gone in self._steps:
             args = [values[name] if name else None for name in node.inputs]
             if contiguous:
                 args = [_dense(a) for a in args]
+            attributes = node.attributes
+            if out is not None and free and dims is not None:
+                shape = tuple(dims.get(d) if isinstance(d, str) else d for d in out[0])
+                buffers = free.get((shape, out[1]))
+                if buffers:
+                    attributes = {**attributes, "out": buffers.pop()}
             try:
-                result = fn(*args, **node.attributes)
+                result = fn(*args, **attributes)
             except Exception as exc:
                 raise ExecutionError.wrap(exc, backend=self.device.backend,
                                           device=self.device.id, op=node.op_type) from exc
@@ -143,12 +188,115 @@ class KernelExecutable(Executable):
             for name, value in zip(node.outputs, results):
                 if name:
                     values[name] = value
-            for name in self._free_after[i]:
-                values.pop(name, None)
+                    live += getattr(value, "nbytes", 0)
+            if live > peak:
+                peak = live
+            for name, produced, reusable in gone:
+                value = values.pop(name, None)
+                if produced:
+                    live -= getattr(value, "nbytes", 0)
+                    if reusable and _owned_buffer(np, value, values, inputs):
+                        free.setdefault((value.shape, value.dtype), []).append(value)
+            value = None  # the last value dropped is freed now, not at the next step
+        self._meter.record(peak)
         # A kernel may hand back a constant as it is (Identity): outputs must not alias one.
         const_ids = {id(v) for v in self._consts.values()}
         return {name: self._download(values[name].copy() if id(values[name]) in const_ids
                                      else values[name]) for name in self._outputs}
+
+    def _bind(self, inputs: dict[str, Any]) -> dict[str, int] | None:
+        """Sizes of the symbolic dimensions out= buffers need, read from the inputs; None
+        when two inputs disagree (then no buffer is handed out this run)."""
+        dims: dict[str, int] = {}
+        for symbol, sources in self._symbols.items():
+            for name, axis in sources:
+                shape = getattr(inputs.get(name), "shape", None)
+                if shape is None or len(shape) <= axis:
+                    return None
+                if dims.setdefault(symbol, int(shape[axis])) != shape[axis]:
+                    return None
+        return dims
+
+
+_TAKES_OUT: "weakref.WeakKeyDictionary[Callable[..., Any], bool]" = weakref.WeakKeyDictionary()
+_TAKES_OUT_LOCK = threading.Lock()
+
+
+def takes_out(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` declares an ``out`` parameter that can be passed by keyword.
+
+    Found once per function through ``inspect.signature`` (``**kwargs`` does not count:
+    a kernel must name ``out`` to be handed buffers).
+    """
+    with _TAKES_OUT_LOCK:
+        try:
+            return _TAKES_OUT[fn]
+        except (KeyError, TypeError):
+            pass
+    try:
+        param = inspect.signature(fn).parameters.get("out")
+    except (TypeError, ValueError):  # builtins without a signature
+        param = None
+    found = param is not None and param.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                 inspect.Parameter.KEYWORD_ONLY)
+    with _TAKES_OUT_LOCK:
+        try:
+            _TAKES_OUT[fn] = found
+        except TypeError:  # not weakly referenceable: found again at the next compile
+            pass
+    return found
+
+
+def _out_spec(graph: "Graph", node: Any) -> tuple[tuple[Any, ...], Any] | None:
+    """(shape with ints and symbols, numpy dtype) of a node's single output, when the
+    graph infers both well enough to allocate it; else None."""
+    if len(node.outputs) != 1 or not node.outputs[0]:
+        return None
+    vi = graph.values.get(node.outputs[0])
+    if vi is None or vi.shape is None or vi.dtype not in NUMPY_DTYPES:
+        return None
+    if not all(isinstance(d, (int, str)) for d in vi.shape):
+        return None
+    import numpy as np
+
+    return tuple(vi.shape), np.dtype(vi.dtype)
+
+
+def _symbol_sources(graph: "Graph", specs: list[Any]) -> dict[str, list[tuple[str, int]]]:
+    """For each symbolic dimension the specs use, the (input, axis) pairs that carry it."""
+    wanted = {d for spec in specs if spec is not None for d in spec[0] if isinstance(d, str)}
+    sources: dict[str, list[tuple[str, int]]] = {}
+    for vi in graph.inputs:
+        for axis, d in enumerate(vi.shape or ()):
+            if d in wanted:
+                sources.setdefault(d, []).append((vi.name, axis))
+    return sources
+
+
+def _may_fit(vi: Any, specs: list[tuple[tuple[Any, ...], Any]]) -> bool:
+    """Whether a value of type ``vi`` could be the buffer of one of ``specs``: same dtype
+    and rank, no two static dimensions different. Values that cannot are not kept."""
+    if vi is None or vi.shape is None or vi.dtype not in NUMPY_DTYPES:
+        return False
+    for shape, dtype in specs:
+        if dtype.name == vi.dtype and len(shape) == len(vi.shape) and not any(
+                isinstance(a, int) and isinstance(b, int) and a != b
+                for a, b in zip(shape, vi.shape)):
+            return True
+    return False
+
+
+def _owned_buffer(np: Any, value: Any, values: dict[str, Any], inputs: dict[str, Any]) -> bool:
+    """Whether ``value`` is a host buffer no one else can see: a dense, writeable numpy
+    array owning its memory that shares it with no live value, constant or input."""
+    if type(value) is not np.ndarray or value.base is not None:
+        return False
+    if not (value.flags.writeable and value.flags.c_contiguous):
+        return False
+    for other in (*values.values(), *inputs.values()):
+        if isinstance(other, np.ndarray) and np.may_share_memory(value, other):
+            return False
+    return True
 
 
 def _dense(value: Any) -> Any:

@@ -1,35 +1,61 @@
-"""The plan: which device runs which node, and why, as data that explains itself.
+"""The plan: which device runs which node, at which precision, and why, as data that
+explains itself.
 
-This planner ranks devices in a fixed order (the explicit list when the caller gave one,
-else backend priority) and gives each node to the first device that admits it, after a
-selection-delegate hook has had its say. Consecutive nodes on one device are merged into
-a partition. Every candidate that was not chosen keeps a reason code, so ``explain()``
-can say why each node runs where it does. The cost-based scheduler replaces the ranking;
-the Plan stays the same data.
+:mod:`backplane.scheduler` makes plans; this module is their data. Every node has a
+placement (device, backend, precision, predicted time, reason) and keeps, for every device
+that does not run it, a reason code:
+
+==========================  =============================================================
+``capability:op``           no kernel: the backend does not implement the op
+``capability:dtype``        the op is implemented, not for this element type
+``capability:dynamic-shape`` the backend needs static shapes
+``capability:rank``         rank outside the backend's limits
+``capability:attribute``    an attribute value outside the backend's limits
+``precision``               the backend cannot compute at the session's precision
+``precision:budget``        a lower-precision path missed the accuracy budget (measured)
+``conformance:failed``      this op x dtype failed the stored conformance run there
+``memory``                  the node, or the weights planned there, do not fit
+``constraint:excluded``     excluded by the session (class, backend or device)
+``constraint:device-class`` the session requires another device class
+``excluded``                failed to compile or run in this session
+``not-chosen:cost``         admits the node; another path is predicted cheaper
+``not-chosen:rank``         admits the node; ranked lower in a fixed order
+``not-chosen:last-resort``  the reference backend runs only what no other admits
+``not-chosen:delegate``     the selection delegate chose another
+==========================  =============================================================
+
+Consecutive nodes on one device x precision form a partition, compiled and run as one.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .contract import Device, Verdict
-from .errors import UnsupportedError
-from .registry import call_hook
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .contract import Backend
-    from .graph import Graph
+from .contract import Device
 
 FALLBACK_BACKEND = "reference"
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A device that admits a node, as offered to the selection delegate."""
+    """A path that admits a node, as offered to a selection delegate.
+
+    Attributes:
+        device: the device (its backend is ``device.backend``).
+        rank: its place in the device order (priority, or the caller's list).
+        precision: the precision it would compute at.
+        predicted_s: predicted seconds of the node alone there, without launch or copies.
+        energy_j: predicted joules of the same.
+        default: whether this is the scheduler's choice.
+    """
 
     device: Device
     rank: int
+    precision: str = "fp32"
+    predicted_s: float = 0.0
+    energy_j: float = 0.0
+    default: bool = False
 
     @property
     def device_id(self) -> str:
@@ -57,6 +83,8 @@ class Placement:
     reason: str
     fallback: bool = False
     rejected: list[Rejection] = field(default_factory=list)
+    precision: str = "fp32"
+    predicted_s: float = 0.0
 
 
 @dataclass
@@ -73,6 +101,14 @@ class Partition:
     transfers_in: list[str] = field(default_factory=list)
     fused: str = ""
     """What the fusion pass rewrote for this partition's backend (``"1 x FusedConvRelu"``)."""
+    precision: str = "fp32"
+    predicted_s: float = 0.0
+    """Launch, nodes and copies in, predicted."""
+    predicted_energy_j: float = 0.0
+    transfer_s: float = 0.0
+    """The predicted share of ``predicted_s`` spent copying inputs from other domains."""
+    measured_s: float | None = None
+    """Median of this partition's recent runs in this session (None before a run)."""
 
 
 @dataclass
@@ -88,6 +124,30 @@ class Plan:
     partitions: list[Partition]
     events: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    predicted_s: float = 0.0
+    """Predicted seconds per run: every partition in order, and outputs back to the host."""
+    predicted_energy_j: float = 0.0
+    load: dict[str, str] = field(default_factory=dict)
+    """Live load per device at planning time, in words."""
+    cost_basis: dict[str, str] = field(default_factory=dict)
+    """Where each device's figures came from (calibrated, datasheet, derived, defaults)."""
+    precision_checks: list[dict[str, Any]] = field(default_factory=list)
+    """For ``precision="auto"``: each lower-precision plan checked against the reference,
+    with its measured error and whether it was kept."""
+    tuned: str = ""
+    """How ``tune=True`` chose this plan (measured, or from the tuning cache)."""
+    versions: dict[str, str] = field(default_factory=dict)
+    """Version of each backend planned over."""
+    fingerprints: dict[str, str | None] = field(default_factory=dict)
+    """Hardware fingerprint of each device planned over (None where unmatched)."""
+    corrections: dict[str, float] = field(default_factory=dict)
+    """The factor past runs put on each device's predictions (1.0 until learned)."""
+
+    @property
+    def measured_s(self) -> float | None:
+        """The sum of the partitions' measured medians, once every partition has run."""
+        times = [p.measured_s for p in self.partitions]
+        return None if not times or any(t is None for t in times) else sum(times)
 
     @property
     def uses_fallback(self) -> bool:
@@ -106,104 +166,41 @@ class Plan:
         """A readable account of the plan: partitions, placements, rejections, events."""
         lines = [f"plan for '{self.model}': policy={self.policy}, precision={self.precision}, "
                  f"devices={'explicit' if self.explicit else 'auto'} "
-                 f"[{', '.join(self.devices)}]"]
+                 f"[{', '.join(self.devices)}]",
+                 f"predicted {_time(self.predicted_s)} per run, "
+                 f"{self.predicted_energy_j * 1e3:.3g} mJ"
+                 + (f"; measured {_time(self.measured_s)}" if self.measured_s else "")]
         lines += [f"note: {n}" for n in self.notes]
+        if self.tuned:
+            lines.append(f"tuned: {self.tuned}")
+        for device, basis in self.cost_basis.items():
+            lines.append(f"costs of {device}: {basis}; load: {self.load.get(device, '?')}")
+        for check in self.precision_checks:
+            lines.append(f"precision check: {check['paths']}: max relative error "
+                         f"{check['max_rel_error']:.3g} against budget {check['budget']:.3g}"
+                         f" -> {'kept' if check['kept'] else 'rejected'}")
+        by_name = {p.node: p for p in self.placements}
         for part in self.partitions:
-            lines.append(f"partition {part.index} on {part.device} ({len(part.nodes)} node"
-                         f"{'s' if len(part.nodes) != 1 else ''})"
+            lines.append(f"partition {part.index} on {part.device} at {part.precision} "
+                         f"({len(part.nodes)} node{'s' if len(part.nodes) != 1 else ''}), "
+                         f"predicted {_time(part.predicted_s)}"
+                         + (f", measured {_time(part.measured_s)}"
+                            if part.measured_s is not None else "")
                          + (f", data in from other devices: {', '.join(part.transfers_in)}"
                             if part.transfers_in else "")
                          + (f", fused for {part.backend}: {part.fused}" if part.fused else ""))
             for name in part.nodes:
-                p = next(pl for pl in self.placements if pl.node == name)
+                p = by_name[name]
                 flag = "  [reference fallback]" if p.fallback else ""
-                lines.append(f"  {p.node} ({p.op}) -> {p.device}: {p.reason}{flag}")
+                lines.append(f"  {p.node} ({p.op}) -> {p.device} {_time(p.predicted_s)}: "
+                             f"{p.reason}{flag}")
                 for r in p.rejected:
                     lines.append(f"      not {r.device}: {r.code}: {r.detail}")
         lines += [f"event: {e}" for e in self.events]
         return "\n".join(lines)
 
 
-def make_plan(graph: "Graph", devices: list[Device], backends: "dict[str, Backend]", *,
-              precision: str, policy: str, explicit: bool,
-              excluded: dict[str, str] | None = None) -> Plan:
-    """Place every node of ``graph`` on one of ``devices`` (already in rank order).
-
-    ``excluded`` maps device ids to the reason they may not be used (a failed compile or
-    run); they stay in every node's rejections with the code ``excluded``.
-
-    Raises:
-        UnsupportedError: a node that no allowed device admits, naming each device's reason.
-    """
-    excluded = excluded or {}
-    events: list[str] = []
-    placements: list[Placement] = []
-    for node in graph.nodes:
-        admitted: list[Candidate] = []
-        rejected: list[Rejection] = []
-        for rank, device in enumerate(devices):
-            verdict = _admits(backends[device.backend], device, node, precision, excluded)
-            if verdict:
-                admitted.append(Candidate(device, rank))
-            else:
-                rejected.append(Rejection(device.id, verdict.code, verdict.detail))
-        if not admitted:
-            raise UnsupportedError(_no_device_message(node, rejected, explicit))
-        chosen, reason = admitted[0], ("first admitting device in the fixed order"
-                                       if explicit else "highest-priority admitting backend")
-        delegate = call_hook("backplane_select_device", firstresult=True, node=node,
-                             candidates=list(admitted))
-        if delegate is not None:
-            if delegate in admitted:
-                chosen, reason = delegate, "chosen by the selection delegate hook"
-            else:
-                events.append(f"selection delegate returned {delegate!r} for node "
-                              f"'{node.name}', which is not one of its candidates; ignored")
-        rejected += [Rejection(c.device_id, "not-chosen:rank",
-                               f"admits the node; ranked {c.rank + 1} of {len(devices)}")
-                     for c in admitted if c is not chosen]
-        fallback = not explicit and all(c.device.backend == FALLBACK_BACKEND for c in admitted)
-        if fallback:
-            reason = "no faster backend admits this node; the reference backend runs it"
-        placements.append(Placement(node.name, node.op_type, chosen.device_id,
-                                    chosen.device.backend, reason, fallback, rejected))
-    return Plan(graph.name, policy, precision, explicit,
-                [d.id for d in devices if d.id not in excluded], placements,
-                _partitions(graph, placements), events, list(graph.notes))
-
-
-def _admits(backend: "Backend", device: Device, node: Any, precision: str,
-            excluded: dict[str, str]) -> Verdict:
-    if device.id in excluded:
-        return Verdict(False, "excluded", excluded[device.id])
-    caps = backend.capabilities
-    if precision not in caps.precisions:
-        return Verdict(False, "precision", f"computes at {sorted(caps.precisions)}, "
-                                           f"the session requires {precision}")
-    return caps.check(node)
-
-
-def _no_device_message(node: Any, rejected: list[Rejection], explicit: bool) -> str:
-    reasons = "; ".join(f"{r.device}: {r.detail}" for r in rejected) or "no device at all"
-    hint = (" Add a device that supports it to devices=, or include 'reference' as a last "
-            "resort." if explicit else " Install a backend that supports it.")
-    return f"no allowed device can run node '{node.name}' ({node.op_type}): {reasons}.{hint}"
-
-
-def _partitions(graph: "Graph", placements: list[Placement]) -> list[Partition]:
-    groups: list[list[int]] = []
-    for i, p in enumerate(placements):
-        if groups and placements[groups[-1][-1]].device == p.device:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    producer = {o: placements[i].device for i, n in enumerate(graph.nodes) for o in n.outputs}
-    parts = []
-    for k, idx in enumerate(groups):
-        device = placements[idx[0]].device
-        inputs, outputs = graph.boundary(idx)
-        parts.append(Partition(
-            k, device, placements[idx[0]].backend, [graph.nodes[i].name for i in idx], idx,
-            inputs, outputs,
-            transfers_in=[v for v in inputs if v in producer and producer[v] != device]))
-    return parts
+def _time(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds * 1e6:.1f} µs" if seconds < 1e-3 else f"{seconds * 1e3:.3g} ms"

@@ -17,17 +17,24 @@ request is never lost and numerics never change silently.
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .contract import POLICIES, PRECISIONS, CompileOptions, Device
+from . import accuracy, costmodel, tuning
+from .contract import DEVICE_KINDS, POLICIES, PRECISIONS, CompileOptions, Device
 from .errors import BackendError, UnsupportedError
 from .executor import CompiledPlan
 from .graph import ValueInfo
 from .intake import load_model, validate_inputs
-from .planner import Plan, make_plan
+from .planner import Partition, Plan
 from .registry import Registry, call_hook, devices_from_env, registry
+from .scheduler import DEFAULT_HEADROOM, Constraints, schedule
+
+#: The accuracy budget of ``precision="auto"`` when none is given.
+DEFAULT_MAX_REL_ERROR = 1e-2
 
 log = logging.getLogger("backplane")
 
@@ -37,11 +44,28 @@ class Session:
 
     Args:
         model: a path to an ``.onnx`` file, its bytes, or an ``onnx.ModelProto``.
-        devices: ``"auto"`` (every available device; ``BACKPLANE_DEVICES`` when set), or
-            an ordered list of device ids (``openvino-cpu:0``) and backend names.
-        policy: ``latency`` (default), ``throughput`` or ``efficiency``.
-        precision: the compute precision the plan must keep; ``fp32`` by default.
-        strict: fail instead of re-planning when a compile or run fails.
+        devices: ``"auto"`` (every available device, placed by cost; ``BACKPLANE_DEVICES``
+            when set), or an ordered list of device ids (``openvino-cpu:0``) and backend
+            names, placed first-admitting in that order.
+        policy: ``latency`` (default), ``throughput``, ``efficiency`` or ``fixed-order``.
+        precision: the compute precision the plan must keep: ``fp32`` by default, or
+            ``auto`` to allow fp16, bf16 or int8 paths that keep within ``max_rel_error``
+            of the reference on sample inputs.
+        max_rel_error: the accuracy budget of ``precision="auto"``: the largest error of
+            any output, relative to that output's largest magnitude (default 1e-2).
+        strict: fail instead of re-planning when a compile or run fails, and when a node
+            would leave the required ``device_class``.
+        device_class: the class (``cpu``, ``gpu``, ``npu``, ``accelerator``) every node
+            should run on; nodes none of its devices admits fall back elsewhere unless
+            strict (``device_class="npu"`` is "prefer the NPU").
+        exclude: device classes, backend names or device ids never to use.
+        memory_headroom: the share of each device's memory the plan leaves free.
+        delegate: ``delegate(node, candidates) -> Candidate | None``, shown each node's
+            candidates with their predicted costs (the default first); its choice is kept.
+        tune: measure the best candidate plans on sample inputs and keep the fastest,
+            cached by model, input shapes, devices and plugin versions.
+        sample_inputs: inputs for ``tune`` and the ``auto`` precision check (default:
+            :meth:`random_inputs`).
         base_dir: folder of external data for a model given as bytes or ModelProto.
         options: backend-specific options, keyed by backend name.
 
@@ -49,25 +73,50 @@ class Session:
     """
 
     def __init__(self, model: Any, devices: str | Iterable[Any] = "auto", *,
-                 policy: str = "latency", precision: str = "fp32", strict: bool = False,
+                 policy: str = "latency", precision: str = "fp32",
+                 max_rel_error: float | None = None, strict: bool = False,
+                 device_class: str | None = None, exclude: Iterable[str] = (),
+                 memory_headroom: float = DEFAULT_HEADROOM,
+                 delegate: Callable[..., Any] | None = None, tune: bool = False,
+                 sample_inputs: Mapping[str, Any] | None = None,
                  base_dir: Any = None, options: Mapping[str, Any] | None = None):
         if policy not in POLICIES:
             raise UnsupportedError(f"unknown policy '{policy}'; choose one of {', '.join(POLICIES)}")
-        if precision == "auto":
-            raise UnsupportedError("precision='auto' (lower precision within an accuracy "
-                                   "budget) is not available in this version; use 'fp32'")
-        if precision not in PRECISIONS:
-            raise UnsupportedError(f"unknown precision '{precision}'; choose one of "
+        if precision != "auto" and precision not in PRECISIONS:
+            raise UnsupportedError(f"unknown precision '{precision}'; choose 'auto' or one of "
                                    f"{', '.join(PRECISIONS)}")
+        if max_rel_error is not None and precision != "auto":
+            raise UnsupportedError("max_rel_error is the budget of precision='auto'; pass "
+                                   "precision='auto' with it, or drop it")
+        if max_rel_error is not None and not max_rel_error > 0:
+            raise UnsupportedError(f"max_rel_error must be a positive number, not "
+                                   f"{max_rel_error!r}")
+        if device_class is not None and device_class not in DEVICE_KINDS:
+            raise UnsupportedError(f"unknown device class '{device_class}'; choose one of "
+                                   f"{', '.join(DEVICE_KINDS)}")
+        if not 0 <= memory_headroom < 1:
+            raise UnsupportedError(f"memory_headroom is a share of memory in [0, 1), not "
+                                   f"{memory_headroom!r}")
+        if delegate is not None and not callable(delegate):
+            raise UnsupportedError("delegate must be a callable (node, candidates) -> "
+                                   "candidate or None")
         self.graph = load_model(model, base_dir=base_dir)
         self.policy, self.precision, self.strict = policy, precision, strict
+        self.max_rel_error = (max_rel_error if max_rel_error is not None
+                              else DEFAULT_MAX_REL_ERROR) if precision == "auto" else None
+        self.constraints = Constraints(device_class, frozenset(
+            [exclude] if isinstance(exclude, str) else exclude), memory_headroom)
+        self._delegate, self._tune = delegate, tune
+        self._samples = dict(sample_inputs) if sample_inputs is not None else None
         self._registry = registry()
         self._explicit, self._devices = _resolve_devices(self._registry, devices)
-        self._options = CompileOptions(precision=precision, policy=policy,
-                                       extra=dict(options or {}))
+        self._options = CompileOptions(precision="fp32" if precision == "auto" else precision,
+                                       policy=policy, extra=dict(options or {}))
         self._excluded: dict[str, str] = {}
+        self._banned: dict[tuple[str, str], str] = {}
         self._history: list[str] = []
         self._lock = threading.Lock()
+        self._timing = _Timing()
         self._compiled = self._build()
         call_hook("backplane_session_created", session=self)
 
@@ -137,21 +186,86 @@ class Session:
         self._history.append(f"re-planned without {device}: {why}")
         log.warning("backplane: %s; re-planning without it", why)
 
-    def _build(self) -> CompiledPlan:
-        """Plan and compile, excluding each device whose compile fails, until one holds."""
+    def _schedule(self, pins: Mapping[str, tuple[str, str]] | None = None, *,
+                  policy: str | None = None, devices: list[Device] | None = None,
+                  explicit: bool | None = None, precision: str | None = None) -> Plan:
+        plan = schedule(self.graph, devices or self._devices, self._registry.backends,
+                        policy=policy or self.policy, precision=precision or self.precision,
+                        explicit=self._explicit if explicit is None else explicit,
+                        excluded=dict(self._excluded), banned=dict(self._banned),
+                        constraints=self.constraints, strict=self.strict,
+                        delegate=self._delegate, pins=pins)
+        plan.events[:0] = self._history
+        return plan
+
+    def _compile(self, plan: Plan) -> CompiledPlan:
         by_id = {d.id: d for d in self._devices}
+        return CompiledPlan(self.graph, plan, self._registry, self._options, by_id,
+                            on_partition_run=self._timing.record)
+
+    def _build(self) -> CompiledPlan:
+        """Plan and compile, excluding each device whose compile fails, until one holds;
+        with ``tune``, measure the candidates; with precision ``auto``, check accuracy."""
         while True:
-            plan = make_plan(self.graph, self._devices, self._registry.backends,
-                             precision=self.precision, policy=self.policy,
-                             explicit=self._explicit, excluded=dict(self._excluded))
-            plan.events[:0] = self._history
-            call_hook("backplane_plan_ready", plan=plan, graph=self.graph)
             try:
-                return CompiledPlan(self.graph, plan, self._registry, self._options, by_id)
+                if self._tune:
+                    compiled = tuning.tuned(self)
+                else:
+                    compiled = self._compile(self._schedule())
+                if self.precision == "auto":
+                    compiled = accuracy.checked(self, compiled)
+                self._timing.reset(compiled.plan)
+                call_hook("backplane_plan_ready", plan=compiled.plan, graph=self.graph)
+                return compiled
             except BackendError as exc:  # CompileError, or a plugin's own BackendError
                 if self.strict or exc.device is None or exc.device in self._excluded:
                     raise
                 self._exclude(exc.device, str(exc))
+
+    def samples(self) -> dict[str, Any]:
+        """The sample inputs for tuning and accuracy checks: ``sample_inputs``, or
+        :meth:`random_inputs` with symbolic dimensions at 1."""
+        if self._samples is None:
+            self._samples = self.random_inputs(seed=0)
+        return validate_inputs(self.graph, self._samples)
+
+
+class _Timing:
+    """Measured partition times of the current plan, fed back to the cost model.
+
+    Every run's partition times are kept (the last :data:`WINDOW` per partition); each
+    partition's median, and one observation for the cost model, are refreshed every
+    :data:`EVERY` runs so that the hot path pays one append.
+    """
+
+    WINDOW, EVERY = 32, 8
+
+    def __init__(self) -> None:
+        self._plan: Plan | None = None
+        self._times: list[deque[float]] = []
+        self._lock = threading.Lock()
+
+    def reset(self, plan: Plan) -> None:
+        with self._lock:
+            self._plan = plan
+            self._times = [deque(maxlen=self.WINDOW) for _ in plan.partitions]
+
+    def record(self, part: Partition, seconds: float) -> None:
+        times = self._times
+        if part.index >= len(times) or self._plan is None:
+            return
+        window = times[part.index]
+        window.append(seconds)
+        if len(window) % self.EVERY and len(window) != 1:
+            return
+        plan = self._plan
+        if plan.partitions[part.index] is not part:
+            return  # a run of a plan that was replaced meanwhile
+        part.measured_s = statistics.median(window)
+        correction = plan.corrections.get(part.device, 1.0)
+        costmodel.observe(part.backend, plan.versions.get(part.backend, "0"),
+                          plan.fingerprints.get(part.device), part.predicted_s / correction,
+                          seconds)
 
 
 def _resolve_devices(reg: Registry, devices: Any) -> tuple[bool, list[Device]]:

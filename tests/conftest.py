@@ -60,7 +60,17 @@ def duplicate_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def example_plugin_on_path(example_site: Path):
+def private_data_dir(tmp_path_factory: pytest.TempPathFactory):
+    """One per-user data folder for the whole run, in this process and its children, so
+    that stored calibration, conformance results and the cost model's learned corrections
+    neither leak in from the user's folder nor out of one test into the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BACKPLANE_DATA_DIR", str(tmp_path_factory.mktemp("backplane-data")))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def example_plugin_on_path(example_site: Path, private_data_dir):
     """Make the installed example plugin visible to this process, then rediscover."""
     import backplane
 
@@ -103,7 +113,7 @@ def clean_env(site: Path | str | None = None, **extra: str) -> dict[str, str]:
     ``site`` becomes PYTHONPATH (several folders joined with ``os.pathsep``, first wins).
     """
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("BACKPLANE_") or k in _INHERITED}
+           if not k.startswith("BACKPLANE_") or k in _INHERITED or k == "BACKPLANE_DATA_DIR"}
     env["BACKPLANE_PROBE_TIMEOUT_S"] = PROBE_TIMEOUT_S
     if site is not None:
         env["PYTHONPATH"] = str(site)

@@ -100,7 +100,9 @@ print(sorted({p.device for p in s.plan.partitions}))
 """
     from conftest import CPU_BACKENDS
 
-    result = run_python(code, site=broken_site, BACKPLANE_DISABLE_PLUGINS=CPU_BACKENDS)
+    # injected-faults (a working pretend accelerator) would take every node.
+    result = run_python(code, site=broken_site,
+                        BACKPLANE_DISABLE_PLUGINS=CPU_BACKENDS + ",injected-faults")
     assert result.returncode == 0, result.stderr
     assert "example-numpy:0" in result.stdout and "reference:0" in result.stdout
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import backplane as bp
-from conftest import run_python
+from conftest import CPU_BACKENDS, run_python
 from models import gemm, relu_conv_relu, relu_conv_relu_numpy, single
 
 SEED = 20261122
@@ -107,7 +107,9 @@ def test_explicit_device_list_order_is_the_ranking():
 
 @pytest.mark.parametrize("kwargs, phrase", [
     ({"precision": "fp16"}, "computes at"),
-    ({"precision": "auto"}, "precision='auto'"),
+    ({"precision": "fp32", "max_rel_error": 0.1}, "precision='auto'"),
+    ({"precision": "auto", "max_rel_error": -1}, "positive number"),
+    ({"device_class": "tpu"}, "unknown device class 'tpu'"),
     ({"precision": "fp99"}, "unknown precision 'fp99'"),
     ({"policy": "fastest"}, "unknown policy 'fastest'"),
 ])
@@ -183,7 +185,8 @@ try:
 except bp.ExecutionError as e:
     print('strict:', e.device, e.op, '|', e.vendor_message)
 """
-    result = run_python(code, site=broken_site)
+    result = run_python(code, site=broken_site,
+                        BACKPLANE_DISABLE_PLUGINS=CPU_BACKENDS + ",injected-faults")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "failing-run:0"  # highest priority that compiles
@@ -237,11 +240,11 @@ def test_plan_observers_see_every_plan_and_a_raising_hook_breaks_nothing(hooks):
 
 def test_selection_delegate_can_choose_among_the_candidates(hooks):
     hooks(_PreferReference())
-    plan = bp.Session(single("Relu")).plan
+    plan = bp.Session(single("Relu"), devices=["example-numpy", "reference"]).plan
     assert plan.placements[0].device == "reference:0"
-    assert plan.placements[0].reason == "chosen by the selection delegate hook"
+    assert plan.placements[0].reason == "chosen by the selection delegate"
     rejected = {r.device: r.code for r in plan.placements[0].rejected}
-    assert rejected["example-numpy:0"] == "not-chosen:rank"
+    assert rejected["example-numpy:0"] == "not-chosen:delegate"
 
 
 def test_selection_delegate_returning_a_non_candidate_is_ignored_and_recorded(hooks):

@@ -2,8 +2,10 @@
 
 For each device, through the backend that reaches it: a large element-wise product for
 memory bandwidth, a square matrix product per supported element type for peak rate (the
-size grows until one run takes long enough to time), and a one-element op for launch
-overhead. The best of several timed runs is kept. Results go to a per-user overlay,
+size grows until one run takes long enough to time), a one-element op for launch
+overhead, a chain of them for the overhead per node, and a 3x3 Conv and a depthwise one
+for convolution rates (the scheduler's cost model reads each backend's own figures as its
+efficiency on the device). The best of several timed runs is kept. Results go to a per-user overlay,
 ``<data dir>/calibration.json``, keyed by the device's fingerprint, the backend and the
 versions of the backend and its runtime, so a driver or library upgrade is measured anew
 instead of trusted. Queries return measured figures beside the datasheet ones.
@@ -28,6 +30,10 @@ BANDWIDTH_BYTES = 64 * 2**20
 MIN_RUN_S = 0.02
 MAX_MATMUL_N = 2048
 TIME_PER_FIGURE_S = 0.4
+#: Nodes in the chain whose extra time over one node is the per-node overhead.
+NODE_CHAIN = 16
+#: Conv rate measurements: 3x3, padded, at this size (a ResNet stage), and channels.
+CONV_SIZE, CONV_CHANNELS, DWCONV_CHANNELS = 56, 64, 128
 
 
 @dataclass
@@ -185,16 +191,22 @@ def _versions(backend: Any) -> dict[str, str]:
     return versions
 
 
-def _model(op: str, inputs: list[tuple[str, str, list[int]]], consts: dict[str, Any]) -> Any:
+def _model(op: str, inputs: list[tuple[str, str, list[int]]], consts: dict[str, Any],
+           chain: int = 1, **attrs: Any) -> Any:
+    """A model of ``chain`` ``op`` nodes in a row, each reading the previous output (and
+    the other inputs); every op used keeps the shape of its first input."""
     from onnx import helper, numpy_helper
 
     from ..graph import DTYPE_CODES
     from ..intake import load_model
 
-    out_dtype, out_shape = inputs[0][1], inputs[0][2]  # every op used keeps the shape
-    node = helper.make_node(op, [n for n, _, _ in inputs] + list(consts), ["y"], name=op.lower())
+    out_dtype, out_shape = inputs[0][1], inputs[0][2]
+    rest = [n for n, _, _ in inputs[1:]] + list(consts)
+    names = [inputs[0][0]] + [f"t{i}" for i in range(1, chain)] + ["y"]
+    nodes = [helper.make_node(op, [names[i]] + rest, [names[i + 1]], name=f"{op.lower()}{i}",
+                              **attrs) for i in range(chain)]
     graph = helper.make_graph(
-        [node], f"calibrate-{op.lower()}",
+        nodes, f"calibrate-{op.lower()}",
         [helper.make_tensor_value_info(n, DTYPE_CODES[d], s) for n, d, s in inputs],
         [helper.make_tensor_value_info("y", DTYPE_CODES[out_dtype], out_shape)],
         initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()])
@@ -262,9 +274,31 @@ def _measure(result: DeviceCalibration, backend: Any, device: Any,
             "memory_bandwidth_gb_s", round(2 * x.nbytes / seconds / 1e9, 3),
             f"Mul by a scalar over {x.nbytes // 2**20} MiB (read + write), best of {runs}"))
     exe = compiled(_model("Add", [("x", "float32", [1]), ("z", "float32", [1])], {}))
+    chain = compiled(_model("Add", [("x", "float32", [1]), ("z", "float32", [1])], {},
+                            chain=NODE_CHAIN))
     if exe is not None:
         one = np.ones(1, np.float32)
         seconds, runs = _best_time(exe, {"x": one, "z": one})
         result.measurements.append(Measurement(
             "launch_overhead_us", round(seconds * 1e6, 3),
             f"one-element Add, best of {runs}"))
+        if chain is not None:
+            longer, runs = _best_time(chain, {"x": one, "z": one})
+            result.measurements.append(Measurement(
+                "node_overhead_us", round(max(0.0, longer - seconds) / (NODE_CHAIN - 1) * 1e6, 3),
+                f"{NODE_CHAIN} one-element Adds in a row against one, best of {runs}"))
+    for key, channels, group in (("conv_fp32_tflops", CONV_CHANNELS, 1),
+                                 ("dwconv_fp32_tflops", DWCONV_CHANNELS, DWCONV_CHANNELS)):
+        size = CONV_SIZE
+        w = (rng.standard_normal((channels, channels // group, 3, 3)) * 0.1).astype(np.float32)
+        exe = compiled(_model("Conv", [("x", "float32", [1, channels, size, size])], {"w": w},
+                              pads=[1, 1, 1, 1], group=group))
+        if exe is None:
+            continue
+        x = rng.standard_normal((1, channels, size, size)).astype(np.float32)
+        seconds, runs = _best_time(exe, {"x": x})
+        flops = 2 * channels * (channels // group) * 9 * size * size
+        result.measurements.append(Measurement(
+            key, round(flops / seconds / 1e12, 6),
+            f"Conv 3x3 {channels} channels{' depthwise' if group > 1 else ''} at "
+            f"{size}x{size}, best of {runs}: {seconds * 1e3:.2f} ms"))

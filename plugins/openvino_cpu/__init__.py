@@ -88,6 +88,10 @@ class OpenVINOBackend(Backend):
     api_version = API_VERSION
     version = _backplane_version
     priority = 300  # ahead of onnxruntime (200), opencl (100) and reference (-1000)
+    # What the cost model assumes until 'backplane hwdb calibrate' measures this machine:
+    # figures of the order measured on a 2-core Zen 5 VM (docs/performance.md).
+    cost_hints = {"launch_us": 15.0, "node_us": 0.5, "compute_efficiency": 0.9,
+                  "memory_efficiency": 0.6}
     known_failures = str(Path(__file__).with_name("known_failures.toml"))
 
     def __init__(self) -> None:

@@ -68,6 +68,10 @@ class ORTBackend(Backend):
     api_version = API_VERSION
     version = _backplane_version
     priority = 200  # after openvino-cpu (300), before opencl (100) and reference (-1000)
+    # What the cost model assumes until 'backplane hwdb calibrate' measures this machine:
+    # figures of the order measured on a 2-core Zen 5 VM (docs/performance.md).
+    cost_hints = {"launch_us": 5.0, "node_us": 0.5, "compute_efficiency": 0.7,
+                  "memory_efficiency": 0.8}
     known_failures = str(Path(__file__).with_name("known_failures.toml"))
 
     def __init__(self) -> None:

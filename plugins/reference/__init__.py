@@ -24,6 +24,9 @@ class ReferenceBackend(Backend):
     api_version = API_VERSION
     version = _backplane_version
     priority = -1000  # last in the fixed order: the fallback, never the first choice
+    # onnx.reference interprets node by node in numpy: slow per node, slow convolutions.
+    cost_hints = {"launch_us": 10.0, "node_us": 8.0, "compute_efficiency": 0.1,
+                  "memory_efficiency": 0.5}
     # Every default-domain op, and the fused ops of the backplane domain, which onnx.reference
     # runs through the decompositions the fusion pass adds to the model as local functions.
     capabilities = Capabilities(

@@ -1,0 +1,793 @@
+"""The scheduler: which device, backend and precision runs each node, chosen by cost.
+
+Planning a graph, in order:
+
+1. Candidates. For every node, every device x precision whose backend admits the node
+   (capabilities: op, dtype, shapes, attributes), whose stored conformance results do not
+   mark that op x dtype as failed on that device, whose memory holds the node, and that
+   the session's constraints allow. Every other device keeps a reason code. The reference
+   backend is the last resort: a candidate only where nothing else admits the node.
+2. Costs. :mod:`backplane.costmodel` prices each candidate (roofline x backend efficiency
+   x live load), each partition launch, and each copy between memory domains.
+3. Assignment. Dynamic programming over the topological order minimises the policy's
+   objective with launches and copies counted, so a node joins its neighbours' partition
+   unless running elsewhere pays for the break; a pass over whole partitions then moves
+   any that lower the exact total (copies of a value to one domain counted once). The
+   ``throughput`` policy then keeps, of that plan, the one-device plans and the two-stage
+   pipelines over every pair of paths, the one whose busiest device is least busy per
+   request; ``efficiency`` minimises energy (time x power).
+4. A selection delegate (the session's ``delegate=`` callable, or the
+   ``backplane_select_device`` hook) sees each node's candidates with their costs, the
+   default first, and may pin another; the assignment is then redone around the pins.
+5. Partitions: nodes are regrouped by a topological order that keeps each device's nodes
+   together, and every maximal run on one device x precision becomes one subgraph, the
+   largest a graph compiler is handed.
+
+The ``fixed-order`` policy replaces 2-3 by the first admitting device in priority order
+(the explicit list's order when the caller named devices), as ONNX Runtime assigns nodes
+to its execution providers; it exists to be compared against, and for explicit lists.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .contract import Device, Verdict, op_key
+from .errors import UnsupportedError
+from .planner import (FALLBACK_BACKEND, Candidate, Partition, Placement, Plan, Rejection)
+from .registry import call_hook
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .contract import Backend
+    from .costmodel import CostModel
+    from .graph import Graph, Node
+
+#: Lower precisions ``precision="auto"`` may choose, cheapest first.
+AUTO_PRECISIONS = ("int8", "fp16", "bf16")
+#: Share of a device's memory kept free by default.
+DEFAULT_HEADROOM = 0.1
+_ITEMSIZE = {"float64": 8, "int64": 8, "uint64": 8, "complex64": 8, "complex128": 16,
+             "float32": 4, "int32": 4, "uint32": 4, "float16": 2, "bfloat16": 2, "int16": 2,
+             "uint16": 2, "int8": 1, "uint8": 1, "bool": 1}
+#: Whole-partition moves tried after the assignment, at most.
+MAX_MOVES = 200
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What a plan must respect besides capabilities.
+
+    Attributes:
+        device_class: a device class (``cpu``, ``gpu``, ``npu``, ``accelerator``) every node
+            should run on; nodes no such device admits fall back elsewhere, unless the
+            session is strict. ``prefer="npu"`` style shortcuts map onto this.
+        exclude: device classes, backend names or device ids never to use.
+        memory_headroom: the share of each device's memory a plan leaves free.
+    """
+
+    device_class: str | None = None
+    exclude: frozenset[str] = frozenset()
+    memory_headroom: float = DEFAULT_HEADROOM
+
+    def excludes(self, device: Device) -> bool:
+        """Whether ``device`` is excluded by class, backend or id."""
+        return bool(self.exclude & {device.kind, device.backend, device.id})
+
+
+@dataclass
+class _Option:
+    """One candidate of one node: a device at a precision, with its price."""
+
+    device: Device
+    precision: str
+    rank: int
+    seconds: float = 0.0
+    energy: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.device.id, self.precision)
+
+
+@dataclass
+class _NodeCandidates:
+    options: list[_Option] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    left_required: bool = False
+
+
+def plan_model(model: Any, devices: Any = "auto", *, policy: str = "latency",
+               precision: str = "fp32", constraints: Constraints | None = None) -> Plan:
+    """Plan a model (a path, bytes, ModelProto or loaded Graph) without compiling it."""
+    from .graph import Graph
+    from .intake import load_model
+    from .registry import registry
+    from .session import _resolve_devices
+
+    graph = model if isinstance(model, Graph) else load_model(model)
+    reg = registry()
+    explicit, found = _resolve_devices(reg, devices)
+    return schedule(graph, found, reg.backends, policy=policy, precision=precision,
+                    explicit=explicit, constraints=constraints)
+
+
+def schedule(graph: "Graph", devices: list[Device], backends: "Mapping[str, Backend]", *,
+             policy: str = "latency", precision: str = "fp32", explicit: bool = False,
+             excluded: Mapping[str, str] | None = None,
+             banned: Mapping[tuple[str, str], str] | None = None,
+             constraints: Constraints | None = None, strict: bool = False,
+             delegate: Callable[..., Any] | None = None,
+             pins: Mapping[str, tuple[str, str]] | None = None) -> Plan:
+    """Place every node of ``graph`` on one of ``devices``.
+
+    Args:
+        devices: in rank order (priority, or the caller's explicit order).
+        policy: ``latency``, ``throughput``, ``efficiency`` or ``fixed-order``; explicit
+            device lists are placed in their order whatever the policy.
+        precision: ``fp32`` (and the other fixed precisions) or ``auto``.
+        excluded: device id -> why it may not be used (a failed compile or run).
+        banned: (device id, precision) -> why that path may not be used (it missed the
+            accuracy budget).
+        constraints: required / excluded device classes and memory headroom.
+        strict: with a required device class, refuse nodes that would leave it.
+        delegate: ``delegate(node, candidates) -> Candidate | None``.
+        pins: node name -> (device id, precision), fixed in advance (a tuned plan).
+
+    Raises:
+        UnsupportedError: a node no allowed device admits, naming each device's reason; or,
+            when strict, the nodes that would leave the required device class.
+    """
+    from . import costmodel
+
+    constraints = constraints or Constraints()
+    excluded, banned = dict(excluded or {}), dict(banned or {})
+    model = costmodel.for_devices(devices, dict(backends))
+    ctx = _Context(graph, devices, backends, model, precision, constraints, excluded, banned)
+    cands = [ctx.candidates(i, node, explicit) for i, node in enumerate(graph.nodes)]
+    _check_required(graph, cands, constraints, strict)
+    fixed = explicit or policy == "fixed-order"
+    objective = "energy" if policy == "efficiency" else "time"
+    events: list[str] = []
+    pinned = _pin_options(graph, cands, pins or {}, events)
+    choice = (_fixed_choice(cands, pinned) if fixed
+              else ctx.assign(cands, pinned, objective, policy))
+    overrides = _delegate(graph, cands, choice, delegate, events)
+    if overrides:
+        pinned.update(overrides)
+        choice = (_fixed_choice(cands, pinned) if fixed
+                  else ctx.assign(cands, pinned, objective, policy))
+    choice = ctx.fit_memory(cands, choice, pinned, objective, policy, fixed, events)
+    placements = ctx.placements(cands, choice, fixed, overrides, pins or {})
+    parts, back = ctx.partitions(cands, choice)
+    plan = Plan(graph.name, policy, precision, explicit,
+                [d.id for d in devices if d.id not in excluded], placements, parts,
+                events, list(graph.notes))
+    plan.predicted_s = sum(p.predicted_s for p in parts) + back
+    plan.predicted_energy_j = sum(p.predicted_energy_j for p in parts)
+    plan.load = {d.id: model.slowdown[d.id][1] for d in devices if d.id not in excluded}
+    plan.versions = {d.backend: str(backends[d.backend].version) for d in devices}
+    plan.fingerprints = {d.id: model.profiles[d.id].fingerprint for d in devices}
+    plan.corrections = dict(model.correction)
+    plan.cost_basis = {d.id: f"{'; '.join(model.profiles[d.id].basis)}; backend: "
+                             f"{model.rates[d.id].source}"
+                       for d in devices if d.id not in excluded}
+    return plan
+
+
+def _check_required(graph: "Graph", cands: list[_NodeCandidates], constraints: Constraints,
+                    strict: bool) -> None:
+    left = [graph.nodes[i] for i, c in enumerate(cands) if c.left_required]
+    if left and strict:
+        names = ", ".join(f"'{n.name}' ({n.op_type})" for n in left[:10])
+        more = f" and {len(left) - 10} more" if len(left) > 10 else ""
+        raise UnsupportedError(
+            f"strict: {len(left)} node(s) would leave the required device class "
+            f"'{constraints.device_class}': {names}{more}; no {constraints.device_class} device admits "
+            "them. Drop strict=True to let them fall back, or require another class.")
+
+
+def _pin_options(graph: "Graph", cands: list[_NodeCandidates],
+                 pins: Mapping[str, tuple[str, str]], events: list[str]) -> dict[int, int]:
+    """Node index -> option index for the pinned nodes whose pin is still a candidate."""
+    out: dict[int, int] = {}
+    for i, node in enumerate(graph.nodes):
+        want = pins.get(node.name)
+        if want is None:
+            continue
+        k = next((k for k, o in enumerate(cands[i].options) if o.key == tuple(want)), None)
+        if k is None:
+            events.append(f"pinned path {want[0]} at {want[1]} for node '{node.name}' is no "
+                          "longer a candidate; planned by cost instead")
+        else:
+            out[i] = k
+    return out
+
+
+def _fixed_choice(cands: list[_NodeCandidates], pinned: Mapping[int, int]) -> list[int]:
+    """The first candidate in rank order (fp32 before lower precisions), or the pin."""
+    return [pinned.get(i, 0) for i in range(len(cands))]
+
+
+def _delegate(graph: "Graph", cands: list[_NodeCandidates], choice: list[int],
+              delegate: Callable[..., Any] | None, events: list[str]) -> dict[int, int]:
+    """Ask the session's delegate, else the hook, about every node; the overrides."""
+    overrides: dict[int, int] = {}
+    for i, node in enumerate(graph.nodes):
+        options = cands[i].options
+        offered = [_candidate(options[choice[i]], True)] + [
+            _candidate(o, False) for k, o in enumerate(options) if k != choice[i]]
+        try:
+            picked = (delegate(node, list(offered)) if delegate is not None else
+                      call_hook("backplane_select_device", firstresult=True, node=node,
+                                candidates=list(offered)))
+        except Exception as exc:  # a broken delegate never breaks planning
+            events.append(f"selection delegate raised {type(exc).__name__}: {exc} for node "
+                          f"'{node.name}'; the default was kept")
+            continue
+        if picked is None or picked == offered[0]:
+            continue
+        if picked not in offered:
+            events.append(f"selection delegate returned {picked!r} for node '{node.name}', "
+                          "which is not one of its candidates; ignored")
+            continue
+        overrides[i] = next(k for k, o in enumerate(options)
+                            if (o.device.id, o.precision) == (picked.device.id, picked.precision))
+    return overrides
+
+
+def _candidate(o: _Option, default: bool) -> Candidate:
+    return Candidate(o.device, o.rank, o.precision, o.seconds, o.energy, default)
+
+
+class _Context:
+    """Everything one planning pass reads, and the steps that use it."""
+
+    def __init__(self, graph: "Graph", devices: list[Device],
+                 backends: "Mapping[str, Backend]", model: "CostModel", precision: str,
+                 constraints: Constraints, excluded: dict[str, str],
+                 banned: dict[tuple[str, str], str]):
+        self.graph, self.devices, self.backends, self.model = graph, devices, backends, model
+        self.precision, self.constraints = precision, constraints
+        self.excluded, self.banned = excluded, banned
+        self.producer = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
+        self.outputs = {o.name for o in graph.outputs}
+        self._failed = {d.id: _failed_variants(backends[d.backend], model.profiles[d.id])
+                        for d in devices}
+        self._bytes: dict[str, int] = {}
+        self.memory_rejections: dict[int, dict[str, str]] = {}
+
+    # -- values ----------------------------------------------------------------------------
+
+    def nbytes(self, value: str) -> int:
+        """Bytes of a value from its inferred shape (unknown dimensions count as 1)."""
+        found = self._bytes.get(value)
+        if found is None:
+            vi = self.graph.values.get(value)
+            found = 0
+            if vi is not None:
+                n = 1
+                for d in vi.shape or ():
+                    n *= d if isinstance(d, int) else 1
+                found = n * _ITEMSIZE.get(vi.dtype, 4)
+            self._bytes[value] = found
+        return found
+
+    def reads(self, node: "Node") -> list[str]:
+        """The non-constant values a node reads."""
+        return [v for v in node.inputs if v and v not in self.graph.initializers]
+
+    # -- candidates ------------------------------------------------------------------------
+
+    def precisions(self, backend: "Backend") -> list[str]:
+        """The precisions a backend may compute this session's nodes at, fp32 first."""
+        declared = backend.capabilities.precisions
+        if self.precision != "auto":
+            return [self.precision] if self.precision in declared else []
+        return [p for p in ("fp32",) + AUTO_PRECISIONS if p in declared]
+
+    def candidates(self, index: int, node: "Node", explicit: bool) -> _NodeCandidates:
+        out = _NodeCandidates()
+        from . import ops
+
+        cost = ops.cost(node)
+        footprint = sum(self.nbytes(v) for v in node.inputs if v) + \
+            sum(self.nbytes(v) for v in node.outputs if v)
+        for rank, device in enumerate(self.devices):
+            verdict = self._verdict(device, node, footprint)
+            if not verdict:
+                out.rejected.append(Rejection(device.id, verdict.code, verdict.detail))
+                continue
+            for precision in self.precisions(self.backends[device.backend]):
+                why = self.banned.get((device.id, precision))
+                if why:
+                    out.rejected.append(Rejection(device.id, "precision:budget", why))
+                    continue
+                seconds = self.model.node_time(node, device.id, precision, cost)
+                out.options.append(_Option(device, precision, rank, seconds,
+                                           self.model.energy(seconds, device.id)))
+        if not out.options:
+            raise UnsupportedError(_no_device_message(node, out.rejected, explicit))
+        if not explicit:
+            self._last_resort(out)
+        self._required(out)
+        return out
+
+    def _verdict(self, device: Device, node: "Node", footprint: int) -> Verdict:
+        if device.id in self.excluded:
+            return Verdict(False, "excluded", self.excluded[device.id])
+        if self.constraints.excludes(device):
+            return Verdict(False, "constraint:excluded",
+                           f"excluded by the session ({device.kind}, {device.backend})")
+        backend = self.backends[device.backend]
+        if not self.precisions(backend):
+            return Verdict(False, "precision",
+                           f"computes at {sorted(backend.capabilities.precisions)}, the "
+                           f"session requires {self.precision}")
+        verdict = backend.capabilities.check(node)
+        if not verdict:
+            return verdict
+        dtype = node.primary_dtype or ""
+        failed = self._failed[device.id]
+        if (op_key(node.op_type, node.domain), dtype) in failed or \
+                (node.op_type, dtype) in failed:
+            return Verdict(False, "conformance:failed",
+                           f"{node.op_type} {dtype} failed the stored conformance run of "
+                           f"{device.backend} on this device ('backplane conformance run' "
+                           "again after a fix)")
+        capacity = self.model.profiles[device.id].memory_bytes
+        if capacity and footprint > capacity * (1 - self.constraints.memory_headroom):
+            return Verdict(False, "memory",
+                           f"the node needs {footprint / 2**20:.0f} MiB, the device has "
+                           f"{capacity / 2**20:.0f} MiB less "
+                           f"{self.constraints.memory_headroom:.0%} headroom")
+        return verdict
+
+    @staticmethod
+    def _last_resort(out: _NodeCandidates) -> None:
+        """The reference backend runs a node only when nothing else admits it."""
+        fast = [o for o in out.options if o.device.backend != FALLBACK_BACKEND]
+        if not fast or len(fast) == len(out.options):
+            return
+        for o in out.options:
+            if o.device.backend == FALLBACK_BACKEND:
+                out.rejected.append(Rejection(
+                    o.device.id, "not-chosen:last-resort",
+                    "admits the node; the reference backend runs only what no other admits"))
+        out.options = fast
+
+    def _required(self, out: _NodeCandidates) -> None:
+        kind = self.constraints.device_class
+        if kind is None:
+            return
+        keep = [o for o in out.options if o.device.kind == kind]
+        if not keep:
+            out.left_required = True
+            return
+        for o in out.options:
+            if o.device.kind != kind:
+                out.rejected.append(Rejection(
+                    o.device.id, "constraint:device-class",
+                    f"admits the node; the session requires a {kind} device"))
+        out.options = keep
+
+    # -- assignment ------------------------------------------------------------------------
+
+    def _price(self, o: _Option, objective: str) -> float:
+        return o.energy if objective == "energy" else o.seconds
+
+    def _launch(self, o: _Option, objective: str) -> float:
+        t = self.model.launch_time(o.device.id)
+        return self.model.energy(t, o.device.id) if objective == "energy" else t
+
+    def _move(self, nbytes: int, src: Device | None, dst: Device | None,
+              objective: str) -> float:
+        t = self.model.transfer_time(nbytes, src.id if src else None,
+                                     dst.id if dst else None)
+        if objective == "energy" and t:
+            side = dst if dst is not None else src
+            return self.model.energy(t, side.id) if side is not None else t
+        return t
+
+    def assign(self, cands: list[_NodeCandidates], pinned: Mapping[int, int],
+               objective: str, policy: str) -> list[int]:
+        """The option index of every node: DP, whole-partition moves, and for
+        ``throughput`` the least-bottlenecked of that and the one-device plans."""
+        choice = self._dp(cands, pinned, objective)
+        choice = self._improve(cands, choice, pinned, objective)
+        if policy == "throughput":
+            keys = sorted({o.key for c in cands for o in c.options})
+            plans = [choice] + [self._single(cands, choice, pinned, key) for key in keys]
+            plans += [self._pipeline(cands, choice, pinned, a, b)
+                      for a in keys for b in keys if a != b]
+            choice = min(plans, key=lambda ch: (self._bottleneck(cands, ch),
+                                                 self.total(cands, ch, objective)))
+        return choice
+
+    def _pipeline(self, cands: list[_NodeCandidates], base: list[int],
+                  pinned: Mapping[int, int], a: tuple[str, str], b: tuple[str, str]
+                  ) -> list[int]:
+        """A two-stage pipeline: the nodes before a split on path ``a``, the rest on
+        ``b`` (where they admit it), split where the two stages are most even, so that
+        consecutive requests keep both devices busy."""
+        n = len(cands)
+
+        def index(i: int, key: tuple[str, str]) -> int | None:
+            if i in pinned:
+                return None
+            return next((k for k, o in enumerate(cands[i].options) if o.key == key), None)
+
+        on_a = [index(i, a) for i in range(n)]
+        on_b = [index(i, b) for i in range(n)]
+        time_a = [cands[i].options[k].seconds if k is not None else 0.0
+                  for i, k in enumerate(on_a)]
+        time_b = [cands[i].options[k].seconds if k is not None else 0.0
+                  for i, k in enumerate(on_b)]
+        head, tail = 0.0, sum(time_b)
+        best_split, best = 0, tail
+        for split in range(1, n + 1):
+            head += time_a[split - 1]
+            tail -= time_b[split - 1]
+            if max(head, tail) < best:
+                best_split, best = split, max(head, tail)
+        out = list(base)
+        for i in range(n):
+            k = on_a[i] if i < best_split else on_b[i]
+            if k is not None:
+                out[i] = k
+        return out
+
+    def _dp(self, cands: list[_NodeCandidates], pinned: Mapping[int, int],
+            objective: str) -> list[int]:
+        nodes = self.graph.nodes
+        n = len(nodes)
+        if n == 0:
+            return []
+        best: list[list[float]] = []
+        back: list[list[int]] = []
+        assumed: list[Device | None] = []  # device each earlier node most likely takes
+        for i, node in enumerate(nodes):
+            options = cands[i].options
+            allowed = [pinned[i]] if i in pinned else range(len(options))
+            reads = self.reads(node)
+            row = [math.inf] * len(options)
+            brow = [0] * len(options)
+            outs = [v for v in node.outputs if v in self.outputs]
+            for k in allowed:
+                o = options[k]
+                own = self._price(o, objective) + sum(
+                    self._move(self.nbytes(v), o.device, None, objective) for v in outs)
+                far = 0.0  # inputs from nodes before the previous one, or from the caller
+                near = []
+                for v in reads:
+                    p = self.producer.get(v)
+                    if p is None:
+                        far += self._move(self.nbytes(v), None, o.device, objective)
+                    elif p == i - 1:
+                        near.append(v)
+                    else:
+                        far += self._move(self.nbytes(v), assumed[p], o.device, objective)
+                if i == 0:
+                    row[k] = own + far + self._launch(o, objective)
+                    continue
+                prev_options = cands[i - 1].options
+                for j, prev in enumerate(prev_options):
+                    if best[i - 1][j] == math.inf:
+                        continue
+                    step = best[i - 1][j] + own + far
+                    if prev.key != o.key:
+                        step += self._launch(o, objective)
+                        step += sum(self._move(self.nbytes(v), prev.device, o.device, objective)
+                                    for v in near)
+                    if step < row[k]:
+                        row[k], brow[k] = step, j
+            best.append(row)
+            back.append(brow)
+            assumed.append(options[min(range(len(options)), key=row.__getitem__)].device)
+        k = min(range(len(best[-1])), key=best[-1].__getitem__)
+        choice = [0] * n
+        for i in range(n - 1, -1, -1):
+            choice[i] = k
+            k = back[i][k]
+        return choice
+
+    def total(self, cands: list[_NodeCandidates], choice: list[int], objective: str) -> float:
+        """The exact objective of an assignment: nodes, one launch per partition, and one
+        copy per value per destination domain."""
+        nodes = self.graph.nodes
+        total = 0.0
+        moved: set[tuple[str, str]] = set()
+        prev_key = None
+        for i, node in enumerate(nodes):
+            o = cands[i].options[choice[i]]
+            total += self._price(o, objective)
+            if o.key != prev_key:
+                total += self._launch(o, objective)
+                prev_key = o.key
+            dst_domain = self.model.domain(o.device.id)
+            for v in self.reads(node):
+                p = self.producer.get(v)
+                src = cands[p].options[choice[p]].device if p is not None else None
+                src_domain = self.model.domain(src.id) if src is not None else "host"
+                if src_domain != dst_domain and (v, dst_domain) not in moved:
+                    moved.add((v, dst_domain))
+                    total += self._move(self.nbytes(v), src, o.device, objective)
+            total += sum(self._move(self.nbytes(v), o.device, None, objective)
+                         for v in node.outputs if v in self.outputs)
+        return total
+
+    def _improve(self, cands: list[_NodeCandidates], choice: list[int],
+                 pinned: Mapping[int, int], objective: str) -> list[int]:
+        """Move whole partitions to another path where that lowers the exact total."""
+        if len({o.key for c in cands for o in c.options}) < 2:
+            return choice
+        current = self.total(cands, choice, objective)
+        tries = 0
+        improved = True
+        while improved and tries < MAX_MOVES:
+            improved = False
+            for run in _runs(cands, choice):
+                if any(i in pinned for i in run):
+                    continue
+                keys = set.intersection(*({o.key for o in cands[i].options} for i in run))
+                for key in keys - {cands[run[0]].options[choice[run[0]]].key}:
+                    tries += 1
+                    trial = list(choice)
+                    for i in run:
+                        trial[i] = next(k for k, o in enumerate(cands[i].options)
+                                        if o.key == key)
+                    cost = self.total(cands, trial, objective)
+                    if cost < current - 1e-12:
+                        choice, current, improved = trial, cost, True
+                        break
+                if improved or tries >= MAX_MOVES:
+                    break
+        return choice
+
+    def _single(self, cands: list[_NodeCandidates], base: list[int],
+                pinned: Mapping[int, int], key: tuple[str, str]) -> list[int]:
+        """``base`` with every node that admits the path ``key`` moved onto it."""
+        out = list(base)
+        for i, c in enumerate(cands):
+            if i in pinned:
+                continue
+            k = next((k for k, o in enumerate(c.options) if o.key == key), None)
+            if k is not None:
+                out[i] = k
+        return out
+
+    def _bottleneck(self, cands: list[_NodeCandidates], choice: list[int]) -> float:
+        """Busy seconds of the busiest device per request (throughput's objective)."""
+        busy: dict[str, float] = {}
+        prev_key = None
+        for i, k in enumerate(choice):
+            o = cands[i].options[k]
+            busy[o.device.id] = busy.get(o.device.id, 0.0) + o.seconds + (
+                self.model.launch_time(o.device.id) if o.key != prev_key else 0.0)
+            prev_key = o.key
+        return max(busy.values(), default=0.0)
+
+    def fit_memory(self, cands: list[_NodeCandidates], choice: list[int],
+                   pinned: dict[int, int], objective: str, policy: str, fixed: bool,
+                   events: list[str]) -> list[int]:
+        """Move the heaviest nodes off any device whose weights would not fit."""
+        for _ in range(len(self.graph.nodes)):
+            over = self._over_capacity(cands, choice)
+            if over is None:
+                return choice
+            device_id, weights, capacity = over
+            on_device = [i for i, k in enumerate(choice)
+                         if cands[i].options[k].device.id == device_id
+                         and len(cands[i].options) > 1]
+            if not on_device:
+                raise UnsupportedError(
+                    f"the model's weights on {device_id} ({weights / 2**20:.0f} MiB) exceed "
+                    f"its memory less headroom ({capacity / 2**20:.0f} MiB), and no other "
+                    "device admits those nodes; lower memory_headroom or add a device")
+            heaviest = max(on_device, key=lambda i: self._weights(self.graph.nodes[i]))
+            detail = (f"the weights planned on {device_id} ({weights / 2**20:.0f} MiB) "
+                      f"exceed its memory less headroom ({capacity / 2**20:.0f} MiB)")
+            self.memory_rejections.setdefault(heaviest, {})[device_id] = detail
+            keep = [o for o in cands[heaviest].options if o.device.id != device_id]
+            cands[heaviest].rejected += [Rejection(device_id, "memory", detail)]
+            cands[heaviest].options = keep
+            pinned.pop(heaviest, None)
+            events.append(f"node '{self.graph.nodes[heaviest].name}' moved off {device_id}: "
+                          f"{detail}")
+            choice = (_fixed_choice(cands, pinned) if fixed
+                      else self.assign(cands, pinned, objective, policy))
+        return choice
+
+    def _weights(self, node: "Node") -> int:
+        return sum(self.nbytes(v) for v in node.inputs if v in self.graph.initializers)
+
+    def _over_capacity(self, cands: list[_NodeCandidates], choice: list[int]
+                       ) -> tuple[str, int, float] | None:
+        per_device: dict[str, int] = {}
+        for i, k in enumerate(choice):
+            device = cands[i].options[k].device.id
+            per_device[device] = per_device.get(device, 0) + self._weights(self.graph.nodes[i])
+        for device_id, weights in per_device.items():
+            capacity = self.model.profiles[device_id].memory_bytes
+            if capacity and weights > capacity * (1 - self.constraints.memory_headroom):
+                return device_id, weights, capacity * (1 - self.constraints.memory_headroom)
+        return None
+
+    # -- the plan --------------------------------------------------------------------------
+
+    def placements(self, cands: list[_NodeCandidates], choice: list[int], fixed: bool,
+                   overrides: Mapping[int, int], pins: Mapping[str, Any]) -> list[Placement]:
+        out = []
+        for i, node in enumerate(self.graph.nodes):
+            c = cands[i]
+            o = c.options[choice[i]]
+            rejected = list(c.rejected)
+            for k, other in enumerate(c.options):
+                if k == choice[i]:
+                    continue
+                if i in overrides:
+                    code, detail = "not-chosen:delegate", "the selection delegate chose another"
+                elif fixed:
+                    code, detail = "not-chosen:rank", (f"admits the node; ranked "
+                                                       f"{other.rank + 1} of {len(self.devices)}")
+                else:
+                    code, detail = "not-chosen:cost", (
+                        f"predicted {_us(other.seconds)} at {other.precision} here against "
+                        f"{_us(o.seconds)} chosen, before launches and copies")
+                rejected.append(Rejection(other.device.id, code, detail))
+            fallback = o.device.backend == FALLBACK_BACKEND and not any(
+                opt.device.backend != FALLBACK_BACKEND for opt in c.options) and not fixed
+            if i in overrides:
+                reason = "chosen by the selection delegate"
+            elif node.name in pins:
+                reason = "the tuned plan's choice, measured on sample inputs"
+            elif fallback:
+                reason = "no faster backend admits this node; the reference backend runs it"
+            elif fixed:
+                reason = "first admitting device in the fixed order"
+            else:
+                reason = "lowest predicted cost with launches and copies counted"
+            if c.left_required:
+                reason += (f"; no {self.constraints.device_class} device admits it, so it falls "
+                           "back")
+            out.append(Placement(node.name, node.op_type, o.device.id, o.device.backend,
+                                 reason, fallback, rejected, o.precision, o.seconds))
+        return out
+
+    def partitions(self, cands: list[_NodeCandidates], choice: list[int]
+                   ) -> tuple[list[Partition], float]:
+        """The partitions of an assignment, and the seconds to return outputs to the host.
+
+        Nodes are ordered topologically preferring, at each step, a ready node on the
+        current path, so independent branches on one device end up in one partition.
+        """
+        graph = self.graph
+        n = len(graph.nodes)
+        chosen = [cands[i].options[choice[i]] for i in range(n)]
+        deps = [{self.producer[v] for v in graph.node_reads(i) if v in self.producer} - {i}
+                for i in range(n)]
+        consumers: list[list[int]] = [[] for _ in range(n)]
+        for i, d in enumerate(deps):
+            for p in d:
+                consumers[p].append(i)
+        waiting = [len(d) for d in deps]
+        ready_by_key: dict[tuple[str, str], list[int]] = {}
+        ready: list[int] = []
+        for i in range(n):
+            if not waiting[i]:
+                heapq.heappush(ready, i)
+                heapq.heappush(ready_by_key.setdefault(chosen[i].key, []), i)
+        done = [False] * n
+        groups: list[list[int]] = []
+        key = None
+        while ready:
+            same = ready_by_key.get(key) if key is not None else None
+            while same and done[same[0]]:
+                heapq.heappop(same)
+            if same:
+                i = heapq.heappop(same)
+            else:
+                i = heapq.heappop(ready)
+                while done[i]:
+                    i = heapq.heappop(ready)
+            done[i] = True
+            if groups and chosen[i].key == key:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+                key = chosen[i].key
+            for c in consumers[i]:
+                waiting[c] -= 1
+                if not waiting[c]:
+                    heapq.heappush(ready, c)
+                    heapq.heappush(ready_by_key.setdefault(chosen[c].key, []), c)
+            while ready and done[ready[0]]:
+                heapq.heappop(ready)
+        where = [0] * n
+        for g, idx in enumerate(groups):
+            for i in idx:
+                where[i] = g
+        readers: dict[str, set[int]] = {}
+        for i in range(n):
+            for v in graph.node_reads(i):
+                readers.setdefault(v, set()).add(where[i])
+        parts = []
+        for g, idx in enumerate(groups):
+            idx = sorted(idx)
+            o = chosen[idx[0]]
+            produced: set[str] = set()
+            inputs: list[str] = []
+            for i in idx:
+                for v in sorted(graph.node_reads(i)):
+                    if v not in produced and v not in inputs and v not in graph.initializers:
+                        inputs.append(v)
+                produced.update(x for x in graph.nodes[i].outputs if x)
+            outputs = [x for i in idx for x in graph.nodes[i].outputs
+                       if x and (x in self.outputs or readers.get(x, set()) - {g})]
+            sources = {v: chosen[self.producer[v]].device if v in self.producer else None
+                       for v in inputs}
+            crossing = [v for v in inputs if (self.model.domain(sources[v].id)
+                                              if sources[v] else "host")
+                        != self.model.domain(o.device.id)]
+            transfer = sum(self.model.transfer_time(self.nbytes(v),
+                                                    sources[v].id if sources[v] else None,
+                                                    o.device.id) for v in crossing)
+            launch = self.model.launch_time(o.device.id)
+            seconds = launch + sum(chosen[i].seconds for i in idx) + transfer
+            parts.append(Partition(
+                g, o.device.id, o.device.backend, [graph.nodes[i].name for i in idx], idx,
+                inputs, outputs,
+                transfers_in=[v for v in inputs if v in self.producer
+                              and chosen[self.producer[v]].device.id != o.device.id],
+                precision=o.precision, predicted_s=seconds,
+                predicted_energy_j=self.model.energy(seconds, o.device.id),
+                transfer_s=transfer))
+        back = sum(self.model.transfer_time(self.nbytes(v), chosen[self.producer[v]].device.id,
+                                            None)
+                   for v in self.outputs if v in self.producer)
+        return parts, back
+
+
+def _runs(cands: list[_NodeCandidates], choice: list[int]) -> list[list[int]]:
+    """Maximal runs of consecutive nodes on one path."""
+    runs: list[list[int]] = []
+    prev = None
+    for i, k in enumerate(choice):
+        key = cands[i].options[k].key
+        if runs and key == prev:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+        prev = key
+    return runs
+
+
+def _failed_variants(backend: "Backend", prof: Any) -> set[tuple[str, str]]:
+    """Op x dtype variants the stored conformance run marks failed on this device."""
+    if not prof.fingerprint:
+        return set()
+    try:
+        from .conformance.store import failed_variants
+    except ImportError:
+        return set()
+    try:
+        return failed_variants(backend.name, prof.fingerprint, str(backend.version))
+    except Exception:  # an unreadable store is no result, never a planning failure
+        return set()
+
+
+def _no_device_message(node: Any, rejected: list[Rejection], explicit: bool) -> str:
+    reasons = "; ".join(f"{r.device}: {r.detail}" for r in rejected) or "no device at all"
+    hint = (" Add a device that supports it to devices=, or include 'reference' as a last "
+            "resort." if explicit else " Install a backend that supports it.")
+    return f"no allowed device can run node '{node.name}' ({node.op_type}): {reasons}.{hint}"
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:.1f} µs" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms"
+
+
+__all__ = ["AUTO_PRECISIONS", "Constraints", "plan_model", "schedule"]
