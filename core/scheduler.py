@@ -83,14 +83,17 @@ class _Option:
     """One candidate of one node: a device at a precision, with its price."""
 
     device: Device
+    device_id: str
+    domain: str
     precision: str
     rank: int
     seconds: float = 0.0
     energy: float = 0.0
+    key: tuple[str, str] = ("", "")
+    """(device id, precision): nodes on one path share partitions."""
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.device.id, self.precision)
+    def __post_init__(self) -> None:
+        self.key = (self.device_id, self.precision)
 
 
 @dataclass
@@ -235,7 +238,7 @@ def _delegate(graph: "Graph", cands: list[_NodeCandidates], choice: list[int],
                           "which is not one of its candidates; ignored")
             continue
         overrides[i] = next(k for k, o in enumerate(options)
-                            if (o.device.id, o.precision) == (picked.device.id, picked.precision))
+                            if (o.device_id, o.precision) == (picked.device.id, picked.precision))
     return overrides
 
 
@@ -257,6 +260,10 @@ class _Context:
         self.outputs = {o.name for o in graph.outputs}
         self._failed = {d.id: _failed_variants(backends[d.backend], model.profiles[d.id])
                         for d in devices}
+        self._ranked = [(rank, d, d.id, model.domain(d.id)) for rank, d in enumerate(devices)]
+        self._caps = {d.backend: backends[d.backend].capabilities for d in devices}
+        self._precisions = {name: self._allowed(caps) for name, caps in self._caps.items()}
+        self._launch_s = {d.id: model.launch_time(d.id) for d in devices}
         self._bytes: dict[str, int] = {}
         self.memory_rejections: dict[int, dict[str, str]] = {}
 
@@ -282,9 +289,9 @@ class _Context:
 
     # -- candidates ------------------------------------------------------------------------
 
-    def precisions(self, backend: "Backend") -> list[str]:
+    def _allowed(self, caps: Any) -> list[str]:
         """The precisions a backend may compute this session's nodes at, fp32 first."""
-        declared = backend.capabilities.precisions
+        declared = caps.precisions
         if self.precision != "auto":
             return [self.precision] if self.precision in declared else []
         return [p for p in ("fp32",) + AUTO_PRECISIONS if p in declared]
@@ -294,21 +301,23 @@ class _Context:
         from . import ops
 
         cost = ops.cost(node)
-        footprint = sum(self.nbytes(v) for v in node.inputs if v) + \
-            sum(self.nbytes(v) for v in node.outputs if v)
-        for rank, device in enumerate(self.devices):
-            verdict = self._verdict(device, node, footprint)
+        footprint = 0
+        for v in node.inputs + node.outputs:
+            if v:
+                footprint += self.nbytes(v)
+        for rank, device, device_id, domain in self._ranked:
+            verdict = self._verdict(device, device_id, node, footprint)
             if not verdict:
-                out.rejected.append(Rejection(device.id, verdict.code, verdict.detail))
+                out.rejected.append(Rejection(device_id, verdict.code, verdict.detail))
                 continue
-            for precision in self.precisions(self.backends[device.backend]):
-                why = self.banned.get((device.id, precision))
+            for precision in self._precisions[device.backend]:
+                why = self.banned.get((device_id, precision))
                 if why:
-                    out.rejected.append(Rejection(device.id, "precision:budget", why))
+                    out.rejected.append(Rejection(device_id, "precision:budget", why))
                     continue
-                seconds = self.model.node_time(node, device.id, precision, cost)
-                out.options.append(_Option(device, precision, rank, seconds,
-                                           self.model.energy(seconds, device.id)))
+                seconds = self.model.node_time(node, device_id, precision, cost)
+                out.options.append(_Option(device, device_id, domain, precision, rank, seconds,
+                                           self.model.energy(seconds, device_id)))
         if not out.options:
             raise UnsupportedError(_no_device_message(node, out.rejected, explicit))
         if not explicit:
@@ -316,29 +325,30 @@ class _Context:
         self._required(out)
         return out
 
-    def _verdict(self, device: Device, node: "Node", footprint: int) -> Verdict:
-        if device.id in self.excluded:
-            return Verdict(False, "excluded", self.excluded[device.id])
-        if self.constraints.excludes(device):
+    def _verdict(self, device: Device, device_id: str, node: "Node", footprint: int
+                 ) -> Verdict:
+        if device_id in self.excluded:
+            return Verdict(False, "excluded", self.excluded[device_id])
+        if self.constraints.exclude and self.constraints.excludes(device):
             return Verdict(False, "constraint:excluded",
                            f"excluded by the session ({device.kind}, {device.backend})")
-        backend = self.backends[device.backend]
-        if not self.precisions(backend):
+        caps = self._caps[device.backend]
+        if not self._precisions[device.backend]:
             return Verdict(False, "precision",
-                           f"computes at {sorted(backend.capabilities.precisions)}, the "
-                           f"session requires {self.precision}")
-        verdict = backend.capabilities.check(node)
+                           f"computes at {sorted(caps.precisions)}, the session requires "
+                           f"{self.precision}")
+        verdict = caps.check(node)
         if not verdict:
             return verdict
         dtype = node.primary_dtype or ""
-        failed = self._failed[device.id]
+        failed = self._failed[device_id]
         if (op_key(node.op_type, node.domain), dtype) in failed or \
                 (node.op_type, dtype) in failed:
             return Verdict(False, "conformance:failed",
                            f"{node.op_type} {dtype} failed the stored conformance run of "
                            f"{device.backend} on this device ('backplane conformance run' "
                            "again after a fix)")
-        capacity = self.model.profiles[device.id].memory_bytes
+        capacity = self.model.profiles[device_id].memory_bytes
         if capacity and footprint > capacity * (1 - self.constraints.memory_headroom):
             return Verdict(False, "memory",
                            f"the node needs {footprint / 2**20:.0f} MiB, the device has "
@@ -355,7 +365,7 @@ class _Context:
         for o in out.options:
             if o.device.backend == FALLBACK_BACKEND:
                 out.rejected.append(Rejection(
-                    o.device.id, "not-chosen:last-resort",
+                    o.device_id, "not-chosen:last-resort",
                     "admits the node; the reference backend runs only what no other admits"))
         out.options = fast
 
@@ -370,7 +380,7 @@ class _Context:
         for o in out.options:
             if o.device.kind != kind:
                 out.rejected.append(Rejection(
-                    o.device.id, "constraint:device-class",
+                    o.device_id, "constraint:device-class",
                     f"admits the node; the session requires a {kind} device"))
         out.options = keep
 
@@ -380,16 +390,19 @@ class _Context:
         return o.energy if objective == "energy" else o.seconds
 
     def _launch(self, o: _Option, objective: str) -> float:
-        t = self.model.launch_time(o.device.id)
-        return self.model.energy(t, o.device.id) if objective == "energy" else t
+        t = self._launch_s[o.device_id]
+        return self.model.energy(t, o.device_id) if objective == "energy" else t
 
-    def _move(self, nbytes: int, src: Device | None, dst: Device | None,
+    def _move(self, nbytes: int, src: _Option | None, dst: _Option | None,
               objective: str) -> float:
-        t = self.model.transfer_time(nbytes, src.id if src else None,
-                                     dst.id if dst else None)
-        if objective == "energy" and t:
+        """Copying a value between the paths (None: the caller, on the host)."""
+        if (src.domain if src else "host") == (dst.domain if dst else "host"):
+            return 0.0
+        t = self.model.transfer_time(nbytes, src.device_id if src else None,
+                                     dst.device_id if dst else None)
+        if objective == "energy":
             side = dst if dst is not None else src
-            return self.model.energy(t, side.id) if side is not None else t
+            return self.model.energy(t, side.device_id) if side is not None else t
         return t
 
     def assign(self, cands: list[_NodeCandidates], pinned: Mapping[int, int],
@@ -448,7 +461,7 @@ class _Context:
             return []
         best: list[list[float]] = []
         back: list[list[int]] = []
-        assumed: list[Device | None] = []  # device each earlier node most likely takes
+        assumed: list[_Option] = []  # the path each earlier node most likely takes
         for i, node in enumerate(nodes):
             options = cands[i].options
             allowed = [pinned[i]] if i in pinned else range(len(options))
@@ -459,19 +472,20 @@ class _Context:
             for k in allowed:
                 o = options[k]
                 own = self._price(o, objective) + sum(
-                    self._move(self.nbytes(v), o.device, None, objective) for v in outs)
+                    self._move(self.nbytes(v), o, None, objective) for v in outs)
                 far = 0.0  # inputs from nodes before the previous one, or from the caller
                 near = []
                 for v in reads:
                     p = self.producer.get(v)
                     if p is None:
-                        far += self._move(self.nbytes(v), None, o.device, objective)
+                        far += self._move(self.nbytes(v), None, o, objective)
                     elif p == i - 1:
                         near.append(v)
                     else:
-                        far += self._move(self.nbytes(v), assumed[p], o.device, objective)
+                        far += self._move(self.nbytes(v), assumed[p], o, objective)
+                launch = self._launch(o, objective)
                 if i == 0:
-                    row[k] = own + far + self._launch(o, objective)
+                    row[k] = own + far + launch
                     continue
                 prev_options = cands[i - 1].options
                 for j, prev in enumerate(prev_options):
@@ -479,14 +493,15 @@ class _Context:
                         continue
                     step = best[i - 1][j] + own + far
                     if prev.key != o.key:
-                        step += self._launch(o, objective)
-                        step += sum(self._move(self.nbytes(v), prev.device, o.device, objective)
-                                    for v in near)
+                        step += launch
+                        if prev.domain != o.domain:
+                            step += sum(self._move(self.nbytes(v), prev, o, objective)
+                                        for v in near)
                     if step < row[k]:
                         row[k], brow[k] = step, j
             best.append(row)
             back.append(brow)
-            assumed.append(options[min(range(len(options)), key=row.__getitem__)].device)
+            assumed.append(options[min(range(len(options)), key=row.__getitem__)])
         k = min(range(len(best[-1])), key=best[-1].__getitem__)
         choice = [0] * n
         for i in range(n - 1, -1, -1):
@@ -507,15 +522,13 @@ class _Context:
             if o.key != prev_key:
                 total += self._launch(o, objective)
                 prev_key = o.key
-            dst_domain = self.model.domain(o.device.id)
             for v in self.reads(node):
                 p = self.producer.get(v)
-                src = cands[p].options[choice[p]].device if p is not None else None
-                src_domain = self.model.domain(src.id) if src is not None else "host"
-                if src_domain != dst_domain and (v, dst_domain) not in moved:
-                    moved.add((v, dst_domain))
-                    total += self._move(self.nbytes(v), src, o.device, objective)
-            total += sum(self._move(self.nbytes(v), o.device, None, objective)
+                src = cands[p].options[choice[p]] if p is not None else None
+                if (src.domain if src else "host") != o.domain and (v, o.domain) not in moved:
+                    moved.add((v, o.domain))
+                    total += self._move(self.nbytes(v), src, o, objective)
+            total += sum(self._move(self.nbytes(v), o, None, objective)
                          for v in node.outputs if v in self.outputs)
         return total
 
@@ -565,8 +578,8 @@ class _Context:
         prev_key = None
         for i, k in enumerate(choice):
             o = cands[i].options[k]
-            busy[o.device.id] = busy.get(o.device.id, 0.0) + o.seconds + (
-                self.model.launch_time(o.device.id) if o.key != prev_key else 0.0)
+            busy[o.device_id] = busy.get(o.device_id, 0.0) + o.seconds + (
+                self.model.launch_time(o.device_id) if o.key != prev_key else 0.0)
             prev_key = o.key
         return max(busy.values(), default=0.0)
 
@@ -580,7 +593,7 @@ class _Context:
                 return choice
             device_id, weights, capacity = over
             on_device = [i for i, k in enumerate(choice)
-                         if cands[i].options[k].device.id == device_id
+                         if cands[i].options[k].device_id == device_id
                          and len(cands[i].options) > 1]
             if not on_device:
                 raise UnsupportedError(
@@ -591,7 +604,7 @@ class _Context:
             detail = (f"the weights planned on {device_id} ({weights / 2**20:.0f} MiB) "
                       f"exceed its memory less headroom ({capacity / 2**20:.0f} MiB)")
             self.memory_rejections.setdefault(heaviest, {})[device_id] = detail
-            keep = [o for o in cands[heaviest].options if o.device.id != device_id]
+            keep = [o for o in cands[heaviest].options if o.device_id != device_id]
             cands[heaviest].rejected += [Rejection(device_id, "memory", detail)]
             cands[heaviest].options = keep
             pinned.pop(heaviest, None)
@@ -608,7 +621,7 @@ class _Context:
                        ) -> tuple[str, int, float] | None:
         per_device: dict[str, int] = {}
         for i, k in enumerate(choice):
-            device = cands[i].options[k].device.id
+            device = cands[i].options[k].device_id
             per_device[device] = per_device.get(device, 0) + self._weights(self.graph.nodes[i])
         for device_id, weights in per_device.items():
             capacity = self.model.profiles[device_id].memory_bytes
@@ -637,7 +650,7 @@ class _Context:
                     code, detail = "not-chosen:cost", (
                         f"predicted {_us(other.seconds)} at {other.precision} here against "
                         f"{_us(o.seconds)} chosen, before launches and copies")
-                rejected.append(Rejection(other.device.id, code, detail))
+                rejected.append(Rejection(other.device_id, code, detail))
             fallback = o.device.backend == FALLBACK_BACKEND and not any(
                 opt.device.backend != FALLBACK_BACKEND for opt in c.options) and not fixed
             if i in overrides:
@@ -653,7 +666,7 @@ class _Context:
             if c.left_required:
                 reason += (f"; no {self.constraints.device_class} device admits it, so it falls "
                            "back")
-            out.append(Placement(node.name, node.op_type, o.device.id, o.device.backend,
+            out.append(Placement(node.name, node.op_type, o.device_id, o.device.backend,
                                  reason, fallback, rejected, o.precision, o.seconds))
         return out
 
@@ -731,21 +744,21 @@ class _Context:
                        for v in inputs}
             crossing = [v for v in inputs if (self.model.domain(sources[v].id)
                                               if sources[v] else "host")
-                        != self.model.domain(o.device.id)]
+                        != self.model.domain(o.device_id)]
             transfer = sum(self.model.transfer_time(self.nbytes(v),
                                                     sources[v].id if sources[v] else None,
-                                                    o.device.id) for v in crossing)
-            launch = self.model.launch_time(o.device.id)
+                                                    o.device_id) for v in crossing)
+            launch = self.model.launch_time(o.device_id)
             seconds = launch + sum(chosen[i].seconds for i in idx) + transfer
             parts.append(Partition(
-                g, o.device.id, o.device.backend, [graph.nodes[i].name for i in idx], idx,
+                g, o.device_id, o.device.backend, [graph.nodes[i].name for i in idx], idx,
                 inputs, outputs,
                 transfers_in=[v for v in inputs if v in self.producer
-                              and chosen[self.producer[v]].device.id != o.device.id],
+                              and chosen[self.producer[v]].device_id != o.device_id],
                 precision=o.precision, predicted_s=seconds,
-                predicted_energy_j=self.model.energy(seconds, o.device.id),
+                predicted_energy_j=self.model.energy(seconds, o.device_id),
                 transfer_s=transfer))
-        back = sum(self.model.transfer_time(self.nbytes(v), chosen[self.producer[v]].device.id,
+        back = sum(self.model.transfer_time(self.nbytes(v), chosen[self.producer[v]].device_id,
                                             None)
                    for v in self.outputs if v in self.producer)
         return parts, back
