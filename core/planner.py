@@ -134,6 +134,9 @@ class Plan:
     precision_checks: list[dict[str, Any]] = field(default_factory=list)
     """For ``precision="auto"``: each lower-precision plan checked against the reference,
     with its measured error and whether it was kept."""
+    predicted_peak_bytes: int = 0
+    """Peak bytes of the values held between partitions, from the inferred shapes (set
+    once the plan is compiled; ``Session.memory`` has the measured peaks)."""
     tuned: str = ""
     """How ``tune=True`` chose this plan (measured, or from the tuning cache)."""
     versions: dict[str, str] = field(default_factory=dict)
@@ -169,6 +172,8 @@ class Plan:
                  f"[{', '.join(self.devices)}]",
                  f"predicted {_time(self.predicted_s)} per run, "
                  f"{self.predicted_energy_j * 1e3:.3g} mJ"
+                 + (f", peak {self.predicted_peak_bytes / 2**20:.3g} MiB between partitions"
+                    if self.predicted_peak_bytes else "")
                  + (f"; measured {_time(self.measured_s)}" if self.measured_s else "")]
         lines += [f"note: {n}" for n in self.notes]
         if self.tuned:

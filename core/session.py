@@ -126,6 +126,13 @@ class Session:
         return self._compiled.plan
 
     @property
+    def memory(self) -> Any:
+        """Peak bytes of the values a run holds between partitions: predicted from the
+        inferred shapes, measured over the runs so far (:class:`backplane.executor.MemoryStats`).
+        Kernel backends report their own peaks inside a partition the same way."""
+        return self._compiled.memory
+
+    @property
     def inputs(self) -> list[ValueInfo]:
         """The inputs ``run`` expects."""
         return list(self.graph.inputs)
@@ -214,6 +221,7 @@ class Session:
                     compiled = self._compile(self._schedule())
                 if self.precision == "auto":
                     compiled = accuracy.checked(self, compiled)
+                compiled.plan.predicted_peak_bytes = compiled.memory.predicted_peak_bytes
                 self._timing.reset(compiled.plan)
                 call_hook("backplane_plan_ready", plan=compiled.plan, graph=self.graph)
                 return compiled

@@ -16,6 +16,8 @@ from backplane import costmodel, load
 from backplane.intake import load_model
 from backplane.scheduler import Constraints, schedule
 
+REAL_SLOWDOWN = load.slowdown
+
 
 @pytest.fixture(autouse=True)
 def fresh_data(tmp_path, monkeypatch):
@@ -323,3 +325,35 @@ def test_cli_plan_prints_json_with_the_policy_precision_and_costs(tmp_path):
                      BACKPLANE_DATA_DIR=str(tmp_path / "data"))
     assert result.returncode == 0, result.stderr
     assert "precision=auto" in result.stdout
+
+
+def test_live_load_on_a_device_moves_work_to_an_idle_one(monkeypatch):
+    monkeypatch.setattr(load, "slowdown", REAL_SLOWDOWN)
+    a, b = backend("gpu-a", hints=FAST, priority=1), backend("gpu-b", hints=FAST)
+    devices = [device("gpu-a", "gpu", pci_bus_id="0000:01:00.0"),
+               device("gpu-b", "gpu", pci_bus_id="0000:02:00.0")]
+    idle, _ = place(big_matmuls(2), devices, [a, b])
+    assert {p.device for p in idle.placements} == {"gpu-a:0"}  # equal: priority decides
+    with load.busy("gpu-a:0"), load.busy("gpu-a:0"):
+        busy, _ = place(big_matmuls(2), devices, [a, b])
+        assert "2 partition(s) of this process in flight" in busy.load["gpu-a:0"]
+    assert {p.device for p in busy.placements} == {"gpu-b:0"}
+
+
+def test_runs_record_measured_times_beside_predictions_and_teach_the_cost_model():
+    s = bp.Session(mlp_model(64), devices=["onnxruntime"])
+    x = np.random.default_rng(2).standard_normal((64, 64)).astype(np.float32)
+    assert s.plan.measured_s is None
+    for _ in range(costmodel.MIN_OBSERVATIONS * 8):
+        s.run({"x": x})
+    part = s.plan.partitions[0]
+    assert part.measured_s is not None and part.measured_s > 0 and part.predicted_s > 0
+    assert "measured" in s.plan.explain()
+    assert s.memory.runs == costmodel.MIN_OBSERVATIONS * 8
+    assert s.memory.max_peak_bytes == s.memory.predicted_peak_bytes > 0
+    learned = costmodel.correction("onnxruntime", s.plan.versions["onnxruntime"],
+                                   s.plan.fingerprints["onnxruntime:0"])
+    ratio = part.measured_s / (part.predicted_s / s.plan.corrections["onnxruntime:0"])
+    assert learned == pytest.approx(ratio, rel=0.5)
+    again = bp.Session(mlp_model(64), devices=["onnxruntime"])
+    assert again.plan.corrections["onnxruntime:0"] == pytest.approx(learned)
