@@ -1,6 +1,7 @@
-"""The opencl backend: discovery without pyopencl, devices and limits read from the device,
-the program binary cache across processes, the buffer pool, threads, special values, and
-the model zoo end to end through a Session pinned to the OpenCL device.
+"""The opencl backend: discovery without pyopencl, the pip-installed drivers made visible,
+devices that cannot build kernels left out with the driver's reason, devices and limits
+read from the device, the program binary cache across processes, the buffer pool, threads,
+special values, and the model zoo end to end through a Session pinned to the OpenCL device.
 
 Skipped, with the reason, where pyopencl is not installed or no OpenCL 1.2+ device exists.
 """
@@ -14,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,6 +79,104 @@ def test_listing_plugins_imports_neither_pyopencl_nor_numpy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ, "BACKPLANE_PLUGINS": "opencl"})
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _installed(distribution: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _plugin_record(env: dict) -> dict:
+    """The opencl plugin's record from ``backplane plugins --json``, run with ``env``."""
+    out = subprocess.run([sys.executable, "-m", "backplane", "plugins", "--json"],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "BACKPLANE_PLUGINS": "opencl", **env})
+    return next(r for r in json.loads(out.stdout) if r["name"] == "opencl")
+
+
+@pytest.mark.skipif(not _installed("pocl-binary-distribution"),
+                    reason="pocl-binary-distribution is not installed")
+def test_a_device_whose_driver_cannot_build_the_probe_kernel_is_no_device_with_its_reason(
+        tmp_path):
+    # An empty vendors folder leaves the drivers in pyopencl's own folder: PoCL, which
+    # here rejects every build because of an option its build flags add.
+    record = _plugin_record({"OCL_ICD_VENDORS": str(tmp_path),
+                             "POCL_EXTRA_BUILD_FLAGS": "-cl-no-such-option"})
+    assert record["state"] == "no-device" and record["devices"] == []
+    assert "(Portable Computing Language)" in record["reason"]
+    assert "Invalid build option: -cl-no-such-option" in record["reason"]
+
+
+def test_the_host_cpu_is_listed_once_whatever_drivers_offer_it(opencl):
+    backend, _, _ = opencl
+    cpus = [d for d in backend.probe() if d.kind == "cpu"]
+    assert len(cpus) <= 1, [(d.name, d.properties["platform"]) for d in cpus]
+
+
+def test_every_listed_device_builds_with_the_drivers_of_a_fresh_process(tmp_path):
+    code = textwrap.dedent("""
+        import json, backplane as bp
+        from backplane.plugins.opencl import runtime
+        for d in bp.registry().devices():
+            if d.backend == "opencl":
+                runtime.state_for(d)  # builds a kernel program on the device
+                print(json.dumps([d.name, d.properties["platform"]]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "BACKPLANE_PLUGINS": "opencl",
+                              "BACKPLANE_CACHE_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    if not out.stdout.strip():
+        pytest.skip(f"no OpenCL device: {_plugin_record({})['reason']}")
+
+
+@pytest.mark.skipif(not _installed("intel-opencl-rt"), reason="intel-opencl-rt is not installed")
+def test_pip_installed_drivers_are_registered_next_to_the_system_ones(tmp_path):
+    code = ("import os, backplane.plugins.opencl; "
+            "print(os.environ.get('OCL_ICD_VENDORS'))")
+    env = {k: v for k, v in os.environ.items() if k != "OCL_ICD_VENDORS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**env, "BACKPLANE_CACHE_DIR": str(tmp_path)})
+    folder = Path(out.stdout.strip().splitlines()[-1])
+    assert folder.parent == tmp_path / "opencl"
+    library = Path((folder / "intel-opencl-rt.icd").read_text().strip())
+    assert library.is_absolute() and library.is_file() and library.name == "libintelocl.so"
+    system = Path("/etc/OpenCL/vendors")
+    for icd in (system.glob("*.icd") if system.is_dir() else ()):
+        assert (folder / icd.name).read_text() == icd.read_text()
+
+
+def test_a_users_own_ocl_icd_vendors_is_left_alone(tmp_path):
+    code = ("import os, backplane.plugins.opencl; "
+            "print(os.environ['OCL_ICD_VENDORS'], os.environ.get('CL_CONFIG_CPU_TARGET_ARCH'))")
+    env = {k: v for k, v in os.environ.items() if k != "CL_CONFIG_CPU_TARGET_ARCH"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**env, "OCL_ICD_VENDORS": str(tmp_path)})
+    assert out.stdout.split() == [str(tmp_path), "None"]
+
+
+@pytest.mark.parametrize("vendor, flags, target", [
+    ("AuthenticAMD", "fpu sse4_2 avx avx2 fma bmi2 avx512f avx512cd avx512bw avx512dq avx512vl",
+     "skx"),
+    ("AuthenticAMD", "fpu sse4_2 avx avx2 fma bmi2", "core-avx2"),
+    ("HygonGenuine", "fpu sse4_2 avx", "corei7-avx"),
+    ("AuthenticAMD", "fpu sse2", None),
+    ("GenuineIntel", "fpu sse4_2 avx avx2 fma bmi2 avx512f avx512cd avx512bw avx512dq avx512vl",
+     None),
+])
+def test_intels_cpu_runtime_is_told_the_instruction_set_of_a_cpu_it_may_not_know(
+        tmp_path, vendor, flags, target):
+    from backplane.plugins.opencl import _intel_cpu_target
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: 26\n"
+                       f"flags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert _intel_cpu_target(cpuinfo) == target
 
 
 def test_devices_carry_platform_driver_and_limits_from_the_device(opencl):

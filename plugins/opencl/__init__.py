@@ -5,24 +5,33 @@ devices (``probe``), how it compiles (the default node-by-node runner of ``Kerne
 with device arrays moved by ``upload``/``download`` hooks), and its kernels, registered
 with their constraints. The kernel sources are ``kernels/opencl/*.cl``; the host side of
 each kernel is in ``ops.py``, device state (context, buffer pool, program cache) in
-``runtime.py``. Importing this module imports neither pyopencl nor numpy.
+``runtime.py``. Importing this module imports neither pyopencl nor numpy; it does make the
+OpenCL drivers that pip installed visible to this process (``use_pip_installed_drivers``).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import logging
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
 from backplane import API_VERSION, AttributeRule, Backend, CompileOptions, Device, Executable
 from backplane import KernelTable
 from backplane import __version__ as _backplane_version
+from backplane.cache import cache_dir, cache_key, write_atomic
 from backplane.errors import DeviceUnavailable
+
+log = logging.getLogger("backplane")
 
 #: Element types the kernels compute on. float16 is left out: it would need cl_khr_fp16,
 #: which PoCL's CPU device lacks, and capabilities are declared per backend, not per device.
@@ -34,8 +43,35 @@ ANY = ("float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64", "boo
 #: ONNX TensorProto codes the Cast kernel converts to: float, uint8, int8, int32, int64, bool.
 CAST_TO = (1, 2, 3, 6, 7, 9)
 MAX_RANK = 8
-#: Bound on the child process that lists devices (importing pyopencl, loading ICDs).
+#: Bound on the child process that lists devices (importing pyopencl, loading ICDs, building
+#: the probe kernel on each device).
 PROBE_CHILD_TIMEOUT_S = 20
+#: Every device builds and runs this, as the kernels are built, before it is listed: a
+#: driver whose compiler cannot target the device (PoCL 3.0 on a CPU its LLVM does not
+#: know) is reported with its own words instead of failing every compile later.
+PROBE_KERNEL = ("__kernel void bp_probe(__global float *x) "
+                "{ x[get_global_id(0)] = 2.0f * x[get_global_id(0)] + 1.0f; }")
+#: When several drivers offer a device for the host CPU, one is listed: PoCL's when it
+#: builds (the kernels' CPU launch sizes were measured on it), else the first that builds.
+PREFERRED_CPU_PLATFORM = "Portable Computing Language"
+#: OpenCL drivers that pip installs where no ICD loader looks, as (distribution, library).
+#: intel-opencl-rt (Intel's CPU runtime, in the ``opencl`` extra on Linux x86-64) puts
+#: ``lib/libintelocl.so`` in the environment and an ``.icd`` file naming a conda placeholder
+#: path. pocl-binary-distribution needs nothing: it installs into pyopencl's own ``.libs``,
+#: which pyopencl's loader reads.
+PIP_DRIVERS = (("intel-opencl-rt", "libintelocl.so"),)
+#: Where the ICD loader looks for drivers when ``OCL_ICD_VENDORS`` is not set.
+SYSTEM_VENDORS = Path("/etc/OpenCL/vendors")
+#: Intel's CPU runtime names its code-generation targets after Intel cores and need not know
+#: another vendor's CPU (2024.2 on a Zen 5 EPYC: "Unknown host CPU", then wrong values from
+#: Sigmoid and BatchNormalization kernels). On such CPUs the plugin names the instruction
+#: set in ``CL_CONFIG_CPU_TARGET_ARCH`` instead: the first whose /proc/cpuinfo flags are all
+#: present.
+INTEL_CPU_TARGETS = (("skx", frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq",
+                                        "avx512vl"})),
+                     ("core-avx2", frozenset({"avx2", "fma", "bmi2"})),
+                     ("corei7-avx", frozenset({"avx"})),
+                     ("corei7", frozenset({"sse4_2"})))
 
 kernels = KernelTable(precisions=frozenset({"fp32"}), thread_safe=True)
 
@@ -51,11 +87,13 @@ class OpenCLBackend(Backend):
     known_failures = str(Path(__file__).with_name("known_failures.toml"))
 
     def probe(self) -> list[Device]:
-        """Every device of every OpenCL platform whose version is 1.2 or newer.
+        """Every OpenCL 1.2+ device that builds and runs the probe kernel, one per host CPU.
 
-        pyopencl (and with it numpy) is imported in a short-lived child process unless this
-        process already has it, so that listing devices keeps ``import backplane`` and
-        discovery light; the child is bounded by a timeout and writes nothing.
+        A device whose driver cannot build it is left out, and when none is left this raises
+        ``DeviceUnavailable`` with each driver's own message. pyopencl (and with it numpy)
+        is imported in a short-lived child process unless this process already has it, so
+        that listing devices keeps ``import backplane`` and discovery light; the child is
+        bounded by a timeout and writes nothing (drivers may cache the probe kernel).
         """
         if "pyopencl" in sys.modules:
             found = _list_devices()
@@ -100,14 +138,14 @@ def _list_devices() -> "list[dict[str, Any]] | str":
     try:
         import pyopencl as cl
     except ImportError as exc:
-        return (f"pyopencl is not installed ({exc}); pip install pyopencl, and "
-                f"pocl-binary-distribution for a CPU device")
+        return (f"pyopencl is not installed ({exc}); pip install 'backplane-hal[opencl]' "
+                f"(pyopencl and a CPU driver)")
     try:
         platforms = cl.get_platforms()
     except cl.Error as exc:
         return (f"no OpenCL platform: {exc}; install an OpenCL driver (ICD) or "
-                f"pocl-binary-distribution")
-    found, skipped = [], []
+                f"pip install 'backplane-hal[opencl]'")
+    candidates, skipped = [], []
     for pi, platform in enumerate(platforms):
         try:
             devices = platform.get_devices()
@@ -116,13 +154,75 @@ def _list_devices() -> "list[dict[str, Any]] | str":
         for di, d in enumerate(devices):
             m = re.match(r"OpenCL (\d+)\.(\d+)", d.version or "")
             if not m or (int(m.group(1)), int(m.group(2))) < (1, 2):
-                skipped.append(f"{d.name} ({d.version})")
+                skipped.append(f"{_label(platform, d)}: {d.version.strip()}, below OpenCL 1.2")
                 continue
-            found.append(_describe(cl, platform, d, pi, di))
-    if not found:
-        why = f"; below OpenCL 1.2: {', '.join(skipped)}" if skipped else ""
-        return f"no OpenCL 1.2+ device on {len(platforms)} platform(s){why}"
-    return found
+            candidates.append((pi, di, platform, d))
+
+    def is_cpu(d: Any) -> bool:
+        return bool(d.type & cl.device_type.CPU)
+
+    def later(platform: Any, d: Any) -> bool:  # a CPU device of a driver not preferred
+        return is_cpu(d) and platform.name.strip() != PREFERRED_CPU_PLATFORM
+
+    # The preferred CPU driver is tried first; the other CPU devices are the same CPU.
+    candidates.sort(key=lambda c: (later(c[2], c[3]), c[0], c[1]))
+    usable, cpu_listed = [], False
+    for pi, di, platform, d in candidates:
+        if is_cpu(d) and cpu_listed:
+            continue
+        why = _cannot_run(cl, d)
+        if why:
+            skipped.append(f"{_label(platform, d)}: {why}")
+            continue
+        usable.append((pi, di, platform, d))
+        cpu_listed = cpu_listed or is_cpu(d)
+    if not usable:
+        why = f": {'; '.join(skipped)}" if skipped else ""
+        return f"no usable OpenCL device on {len(platforms)} platform(s){why}"
+    usable.sort(key=lambda c: c[:2])
+    return [_describe(cl, platform, d, pi, di) for pi, di, platform, d in usable]
+
+
+def _cannot_run(cl: Any, d: Any) -> str | None:
+    """Why device ``d`` cannot build and run ``PROBE_KERNEL`` (the driver's message), or None.
+
+    The build goes through ``cl.Program(...).build()`` as the kernels' do (runtime.py), past
+    pyopencl's binary cache, so that it is the driver's compiler that is checked."""
+    import numpy as np
+
+    x = np.arange(4, dtype=np.float32)
+    out = np.empty_like(x)
+    try:
+        ctx = cl.Context([d])
+        queue = cl.CommandQueue(ctx)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", cl.CompilerWarning)
+            program = cl.Program(ctx, PROBE_KERNEL).build(cache_dir=False)
+        buf = cl.Buffer(ctx, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR, hostbuf=x)
+        cl.Kernel(program, "bp_probe")(queue, x.shape, None, buf)
+        cl.enqueue_copy(queue, out, buf, is_blocking=True)
+    except Exception as exc:  # cl.Error, or whatever else a broken driver makes pyopencl raise
+        return _vendor_message(cl, exc)
+    if not np.array_equal(out, 2 * x + 1):
+        return f"the probe kernel computed {out.tolist()} instead of {(2 * x + 1).tolist()}"
+    return None
+
+
+def _vendor_message(cl: Any, exc: Exception) -> str:
+    """A pyopencl error in one line: the failed call and the driver's build log, without
+    pyopencl's repetitions, device repr, options and saved-source notes."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    if not isinstance(exc, cl.Error) or not lines or not lines[0]:
+        return f"{type(exc).__name__}: {exc}"[:400]
+    head = lines[0].split(" - ")[0]
+    logged = [line for line in lines[1:] if line and not line.startswith(
+        ("Build on <", "(options:", "(source saved"))]
+    text = head + (": " + "; ".join(logged) if logged else "")
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _label(platform: Any, d: Any) -> str:
+    return f"{d.name.strip()} ({platform.name.strip()})"
 
 
 def _list_devices_in_child() -> "list[dict[str, Any]] | str":
@@ -165,6 +265,107 @@ def _describe(cl: Any, platform: Any, d: Any, pi: int, di: int) -> dict[str, Any
             "max_clock_mhz": int(d.max_clock_frequency),
             "extensions": interesting, "fp16": "cl_khr_fp16" in extensions,
             "fp64": "cl_khr_fp64" in extensions})
+
+
+# --------------------------------------------------------------------------- drivers
+
+_vendors_folder: str | None = None
+
+
+def use_pip_installed_drivers() -> str | None:
+    """Make the OpenCL drivers that pip installed visible to this process's ICD loader, and
+    return the vendors folder now in ``OCL_ICD_VENDORS`` (None when nothing was changed).
+
+    pyopencl's loader (ocl-icd) reads the drivers named in ``OCL_ICD_VENDORS`` (else in
+    /etc/OpenCL/vendors) and in pyopencl's own ``.libs`` once, at the process's first
+    OpenCL call; this runs when the plugin is imported, before any. The folder holds a copy
+    of every system ``.icd`` file (which the variable would otherwise hide) and one per
+    driver of ``PIP_DRIVERS`` that is installed, naming its library by absolute path; it is
+    content-addressed under the backplane cache (a private temporary folder when caching is
+    off). Child processes inherit the variable. A user's own ``OCL_ICD_VENDORS`` is left
+    alone: it decides which drivers load.
+    """
+    global _vendors_folder
+    if _vendors_folder is not None or os.environ.get("OCL_ICD_VENDORS"):
+        return _vendors_folder
+    icds = {f"{dist}.icd": f"{library}\n" for dist, library in _pip_driver_libraries()}
+    if not icds:
+        return None
+    if SYSTEM_VENDORS.is_dir():
+        for f in sorted(SYSTEM_VENDORS.glob("*.icd")):
+            try:
+                icds.setdefault(f.name, f.read_text())
+            except OSError:
+                continue
+    folder = _write_vendors(icds)
+    _vendors_folder = str(folder)
+    os.environ["OCL_ICD_VENDORS"] = _vendors_folder
+    target = _intel_cpu_target() if "intel-opencl-rt.icd" in icds else None
+    if target and not os.environ.get("CL_CONFIG_CPU_TARGET_ARCH"):
+        os.environ["CL_CONFIG_CPU_TARGET_ARCH"] = target
+    return _vendors_folder
+
+
+def _pip_driver_libraries() -> list[tuple[str, str]]:
+    """(distribution, absolute library path) of each installed driver of ``PIP_DRIVERS``."""
+    from importlib import metadata
+
+    found = []
+    for dist, name in PIP_DRIVERS:
+        try:
+            files = metadata.distribution(dist).files or []
+        except metadata.PackageNotFoundError:
+            continue
+        for f in files:
+            if f.name == name:
+                path = Path(f.locate()).resolve()
+                if path.is_file():
+                    found.append((dist, str(path)))
+                break
+    return found
+
+
+def _intel_cpu_target(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The ``INTEL_CPU_TARGETS`` name for this CPU when it is not an Intel one, else None."""
+    vendor, flags = None, set()
+    try:
+        with cpuinfo.open() as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "vendor_id" and vendor is None:
+                    vendor = value.strip()
+                elif key == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        return None
+    if vendor in (None, "GenuineIntel"):
+        return None
+    return next((name for name, needed in INTEL_CPU_TARGETS if needed <= flags), None)
+
+
+def _write_vendors(icds: dict[str, str]) -> Path:
+    """A folder holding exactly ``icds`` (file name -> contents)."""
+    base = cache_dir("opencl")
+    if base is not None:
+        folder = base / f"icd-vendors-{cache_key(sorted(icds.items()))}"
+        if all((folder / name).is_file() for name in icds) or all(
+                write_atomic(folder / name, text.encode()) for name, text in icds.items()):
+            return folder
+    folder = Path(tempfile.mkdtemp(prefix="backplane-opencl-icd-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    for name, text in icds.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+try:
+    use_pip_installed_drivers()
+except Exception as exc:  # a driver the loader will not see must not stop the import
+    log.warning("backplane: opencl: pip-installed OpenCL drivers stay unregistered: %s: %s",
+                type(exc).__name__, exc)
+    log.debug("backplane: opencl: driver registration traceback", exc_info=True)
 
 
 # --------------------------------------------------------------------------- kernels

@@ -17,6 +17,7 @@ device is used.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import warnings
 from collections import OrderedDict
@@ -51,14 +52,25 @@ _by_context: dict[int, "DeviceState"] = {}
 _states_lock = threading.Lock()
 
 
-def cl_device(platform_index: int, device_index: int) -> Any:
-    """The pyopencl device at (platform, device) index."""
+def cl_device(platform_index: int, device_index: int, platform: str | None = None,
+              name: str | None = None) -> Any:
+    """The pyopencl device at (platform, device) index; with ``platform`` and ``name``
+    given, it must carry them (this process's loader may see other drivers than the one
+    that listed the device, e.g. when OpenCL was used before the plugin was imported)."""
     try:
-        return cl.get_platforms()[platform_index].get_devices()[device_index]
+        d = cl.get_platforms()[platform_index].get_devices()[device_index]
     except (IndexError, cl.Error) as exc:
         raise DeviceNotFoundError(
             f"OpenCL device {device_index} of platform {platform_index} is gone ({exc}); "
             f"run 'backplane devices' to list what is there now") from exc
+    found = (d.platform.name.strip(), d.name.strip())
+    if platform is not None and name is not None and found != (platform, name):
+        raise DeviceNotFoundError(
+            f"OpenCL device {device_index} of platform {platform_index} is '{found[1]}' on "
+            f"'{found[0]}' in this process, not '{name}' on '{platform}' as when it was "
+            f"listed; import backplane before making any OpenCL call, or set "
+            f"OCL_ICD_VENDORS so that every process loads the same drivers")
+    return d
 
 
 def state_for(device: Any) -> "DeviceState":
@@ -67,7 +79,7 @@ def state_for(device: Any) -> "DeviceState":
     with _states_lock:
         st = _states.get(key)
         if st is None:
-            st = DeviceState(cl_device(*key))
+            st = DeviceState(cl_device(*key, device.properties.get("platform"), device.name))
             _states[key] = st
             _by_context[st.ctx.int_ptr] = st
         return st
@@ -99,10 +111,16 @@ class DeviceState:
         self.local_mem = int(device.local_mem_size)
         self.max_item_sizes = [int(s) for s in device.max_work_item_sizes]
         self.is_cpu = bool(device.type & cl.device_type.CPU)
-        vw = int(device.preferred_vector_width_float) or 4
+        vw = int(device.preferred_vector_width_float)
+        if vw not in (4, 8, 16):
+            # Intel's CPU runtime prefers 1 (it vectorises across work-items itself) yet
+            # runs the CPU GEMM's explicit vectors of its native width 3x faster than of 4.
+            vw = int(device.native_vector_width_float)
         self.vector_width = vw if vw in (4, 8, 16) else 4
+        # (Intel's CPU runtime generates code for CL_CONFIG_CPU_TARGET_ARCH, which the
+        # plugin may set: a binary built for one target must not load under another.)
         self.identity = (device.name, device.driver_version, device.platform.version,
-                         device.version)
+                         device.version, os.environ.get("CL_CONFIG_CPU_TARGET_ARCH", ""))
         fp = int(device.single_fp_config)
         # -cl-mad-enable lets a * b + c contract to one fused multiply-add (as accurate or
         # more than the two operations; on CPU devices fma() itself may be a library call).
@@ -149,7 +167,9 @@ class DeviceState:
                 # PoCL's clang reports notes (unused parameters of generated ops) as a
                 # build log; a failed build still raises.
                 warnings.simplefilter("ignore", cl.CompilerWarning)
-                prg = cl.Program(self.ctx, src).build(options)
+                # Past pyopencl's own binary cache: the disk cache above is the one that
+                # follows the cache options (and knows the target architecture).
+                prg = cl.Program(self.ctx, src).build(options, cache_dir=False)
             self.stats["builds"] += 1
             if path is not None:
                 binaries = prg.get_info(cl.program_info.BINARIES)
@@ -236,9 +256,10 @@ class DeviceState:
 
     def cpu_gemm_blocks(self) -> tuple[int, int, int, int]:
         """(rows per work-item, vector width, work-group size, k block) of the CPU GEMM:
-        the device's preferred float vector width; 8 rows (16 vector accumulators) where
-        the vectors are wide, 4 otherwise; 4 work-items per group (measured on PoCL: 1 pays
-        the per-group overhead, 16 no better); no k blocking (measured no faster)."""
+        the device's preferred float vector width (else its native one); 8 rows (16 vector
+        accumulators) where the vectors are wide, 4 otherwise; 4 work-items per group
+        (measured on PoCL: 1 pays the per-group overhead, 16 no better); no k blocking
+        (measured no faster)."""
         vw = self.vector_width
         return (8 if vw >= 8 else 4), vw, max(1, min(4, self.max_work_group)), 0
 
