@@ -4,12 +4,18 @@ Each model has a dynamic batch dimension (``"batch"``; the transformer also a dy
 ``"seq"``) and is run at two input sizes. Weights are float32 from a seeded generator, scaled
 as a trained network's would be (He initialisation, unit-ish activations), so that outputs
 neither vanish nor overflow and tolerances mean the same thing as on real models.
+
+Each family also takes size parameters (the defaults are the suite's cases);
+``scheduler_zoo`` gives every family at a small and a large size, at batch 1 and 32, for
+measuring device selection (``benchmarks/bench_scheduler.py``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -106,21 +112,29 @@ class _Net:
         return model
 
 
+#: The quantisation step of every activation in ``qdq_mlp`` (int8, zero point 0).
+QDQ_ACTIVATION_SCALE = 1 / 32
+
+
 def _image(name: str = "x", size: int = 32) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3, size, size])
 
 
-def mlp(seed: int = 0) -> ZooModel:
-    """x[batch,64] -> Gemm 128 -> Relu -> Gemm 64 -> Relu -> Gemm 10 -> Softmax."""
+def mlp(seed: int = 0, widths: tuple[int, ...] = (64, 128, 64, 10)) -> ZooModel:
+    """x[batch,widths[0]] -> (Gemm -> Relu) per hidden width -> Gemm widths[-1] -> Softmax.
+
+    The default is 64 -> 128 -> 64 -> 10, the suite's case."""
     n = _Net("mlp", seed)
     y = "x"
-    for n_in, n_out in ((64, 128), (128, 64)):
+    for n_in, n_out in zip(widths[:-2], widths[1:-1]):
         y = n.op("Gemm", [y, n.weight((n_in, n_out), n_in), n.bias(n_out)])
         y = n.op("Relu", [y])
-    y = n.op("Gemm", [y, n.weight((64, 10), 64), n.bias(10)])
+    n_in, n_out = widths[-2:]
+    y = n.op("Gemm", [y, n.weight((n_in, n_out), n_in), n.bias(n_out)])
     n.op("Softmax", [y], axis=-1)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])
-    return ZooModel("mlp", n.model([x], ["batch", 10]), [{"x": [1, 64]}, {"x": [8, 64]}])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", widths[0]])
+    return ZooModel("mlp", n.model([x], ["batch", n_out]),
+                    [{"x": [1, widths[0]]}, {"x": [8, widths[0]]}])
 
 
 def resnet(seed: int = 0, width: int = 16, size: int = 32) -> ZooModel:
@@ -142,22 +156,28 @@ def resnet(seed: int = 0, width: int = 16, size: int = 32) -> ZooModel:
                     [{"x": [1, 3, size, size]}, {"x": [2, 3, size, size]}])
 
 
-def depthwise_separable(seed: int = 0) -> ZooModel:
-    """A MobileNet-style CNN: depthwise 3x3 and pointwise 1x1 convolutions with ReLU6."""
+def depthwise_separable(seed: int = 0, width: int = 16, size: int = 32) -> ZooModel:
+    """A MobileNet-style CNN: depthwise 3x3 and pointwise 1x1 convolutions with ReLU6.
+
+    A strided stem of ``width`` channels, then two depthwise-separable blocks doubling the
+    channels (the second strided), on ``size`` x ``size`` images (the suite uses the
+    defaults)."""
     n = _Net("depthwise-separable", seed)
-    y = n.conv_bn("x", 3, 16, 3, stride=2, act="Relu6")
-    for c_in, c_out, stride in ((16, 32, 1), (32, 64, 2)):
+    w = width
+    y = n.conv_bn("x", 3, w, 3, stride=2, act="Relu6")
+    for c_in, c_out, stride in ((w, 2 * w, 1), (2 * w, 4 * w, 2)):
         y = n.conv_bn(y, c_in, c_in, 3, stride=stride, group=c_in, act="Relu6")
         y = n.conv_bn(y, c_in, c_out, 1, act="Relu6")
-    y = n.head(y, 64)
-    return ZooModel("depthwise-separable", n.model([_image()], ["batch", 10]),
-                    [{"x": [1, 3, 32, 32]}, {"x": [3, 3, 32, 32]}])
+    y = n.head(y, 4 * w)
+    return ZooModel("depthwise-separable", n.model([_image(size=size)], ["batch", 10]),
+                    [{"x": [1, 3, size, size]}, {"x": [3, 3, size, size]}])
 
 
-def transformer_encoder(seed: int = 0, dim: int = 32, heads: int = 4, hidden: int = 64
-                        ) -> ZooModel:
-    """A pre-norm transformer encoder block: LayerNormalization, multi-head self-attention
-    (MatMul Q/K/V, scaled Softmax), a Gelu MLP, and two residual additions."""
+def transformer_encoder(seed: int = 0, dim: int = 32, heads: int = 4, hidden: int = 64,
+                        layers: int = 1) -> ZooModel:
+    """A stack of ``layers`` pre-norm transformer encoder blocks (the suite uses one), each:
+    LayerNormalization, multi-head self-attention (MatMul Q/K/V, scaled Softmax), a Gelu
+    MLP, and two residual additions."""
     n = _Net("transformer-encoder", seed)
     head_dim = dim // heads
 
@@ -170,26 +190,34 @@ def transformer_encoder(seed: int = 0, dim: int = 32, heads: int = 4, hidden: in
         y = n.op("Reshape", [x, n.const(np.array([0, 0, heads, head_dim], np.int64), "shape")])
         return n.op("Transpose", [y], perm=perm)
 
-    h = layer_norm("x")
-    q = split_heads(n.linear(h, dim, dim), [0, 2, 1, 3])
-    k = split_heads(n.linear(h, dim, dim), [0, 2, 3, 1])
-    v = split_heads(n.linear(h, dim, dim), [0, 2, 1, 3])
-    scores = n.op("Mul", [n.op("MatMul", [q, k]),
-                          n.const(np.float32(1 / math.sqrt(head_dim)), "scale")])
-    context = n.op("MatMul", [n.op("Softmax", [scores], axis=-1), v])
-    context = n.op("Transpose", [context], perm=[0, 2, 1, 3])
-    context = n.op("Reshape", [context, n.const(np.array([0, 0, dim], np.int64), "shape")])
-    x1 = n.op("Add", ["x", n.linear(context, dim, dim)])
-    m = n.op("Gelu", [n.linear(layer_norm(x1), dim, hidden)])
-    n.op("Add", [x1, n.linear(m, hidden, dim)])
+    def block(x: str) -> str:
+        h = layer_norm(x)
+        q = split_heads(n.linear(h, dim, dim), [0, 2, 1, 3])
+        k = split_heads(n.linear(h, dim, dim), [0, 2, 3, 1])
+        v = split_heads(n.linear(h, dim, dim), [0, 2, 1, 3])
+        scores = n.op("Mul", [n.op("MatMul", [q, k]),
+                              n.const(np.float32(1 / math.sqrt(head_dim)), "scale")])
+        context = n.op("MatMul", [n.op("Softmax", [scores], axis=-1), v])
+        context = n.op("Transpose", [context], perm=[0, 2, 1, 3])
+        context = n.op("Reshape", [context, n.const(np.array([0, 0, dim], np.int64), "shape")])
+        x1 = n.op("Add", [x, n.linear(context, dim, dim)])
+        m = n.op("Gelu", [n.linear(layer_norm(x1), dim, hidden)])
+        return n.op("Add", [x1, n.linear(m, hidden, dim)])
+
+    y = "x"
+    for _ in range(layers):
+        y = block(y)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", dim])
     return ZooModel("transformer-encoder", n.model([x], ["batch", "seq", dim]),
                     [{"x": [1, 8, dim]}, {"x": [2, 16, dim]}])
 
 
-def qdq_mlp(seed: int = 0) -> ZooModel:
+def qdq_mlp(seed: int = 0, widths: tuple[int, ...] = (64, 128, 10)) -> ZooModel:
     """An int8 QDQ MLP: activations quantized per tensor, weights per output column,
-    QuantizeLinear/DequantizeLinear pairs around each MatMul."""
+    QuantizeLinear/DequantizeLinear pairs around each MatMul, Relu between layers.
+
+    ``widths`` runs from the input to the output width; the default, 64 -> 128 -> 10, is
+    the suite's case."""
     n = _Net("qdq-mlp", seed)
 
     def qdq(x: str, scale: float) -> str:
@@ -203,12 +231,16 @@ def qdq_mlp(seed: int = 0) -> ZooModel:
         w_deq = n.op("DequantizeLinear", [n.const(wq, "w_q"), n.const(scale, "w_scale"),
                                           n.const(np.zeros(n_out, np.int8), "w_zero_point")],
                      axis=1)
-        return n.op("Add", [n.op("MatMul", [qdq(x, 1 / 32), w_deq]), n.bias(n_out)])
+        return n.op("Add", [n.op("MatMul", [qdq(x, QDQ_ACTIVATION_SCALE), w_deq]),
+                            n.bias(n_out)])
 
-    y = n.op("Relu", [qlinear("x", 64, 128)])
-    qlinear(y, 128, 10)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])
-    return ZooModel("qdq-mlp", n.model([x], ["batch", 10]), [{"x": [1, 64]}, {"x": [8, 64]}])
+    y = "x"
+    for n_in, n_out in zip(widths[:-2], widths[1:-1]):
+        y = n.op("Relu", [qlinear(y, n_in, n_out)])
+    qlinear(y, *widths[-2:])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", widths[0]])
+    return ZooModel("qdq-mlp", n.model([x], ["batch", widths[-1]]),
+                    [{"x": [1, widths[0]]}, {"x": [8, widths[0]]}])
 
 
 def models(seed: int = 0) -> list[ZooModel]:
@@ -231,4 +263,67 @@ def zoo_cases(seed: int) -> list[Case]:
             out.append(Case(id=case_id, op=op, dtype="float32", tier="mandatory",
                             model=zoo_model.model, inputs=inputs, tags=("model",), seed=seed,
                             tolerance_key=op))
+    return out
+
+
+# -- the scheduler zoo ---------------------------------------------------------------------
+
+#: Batch sizes each scheduler-zoo model is given at.
+SCHEDULER_BATCHES = (1, 32)
+
+#: (family, size) -> (builder, its size arguments, the shape of one sample). "small" is the
+#: suite's default of each family: 10 to 100 µs a run at batch 1 on ONNX Runtime. "large"
+#: is sized so that a run at batch 32 takes about 5 to 20 ms on ONNX Runtime on an idle
+#: 2-core AVX-512 machine (2026-11-30): large enough that the choice of device matters,
+#: small enough that a benchmark can time every backend on every model.
+SCHEDULER_SIZES: dict[tuple[str, str], tuple[Callable[..., ZooModel], dict[str, Any],
+                                              list[int]]] = {
+    ("mlp", "small"): (mlp, {}, [64]),
+    ("mlp", "large"): (mlp, {"widths": (1024, 4096, 4096, 1024)}, [1024]),
+    ("resnet", "small"): (resnet, {}, [3, 32, 32]),
+    ("resnet", "large"): (resnet, {"width": 32, "size": 56}, [3, 56, 56]),
+    ("depthwise-separable", "small"): (depthwise_separable, {}, [3, 32, 32]),
+    ("depthwise-separable", "large"): (depthwise_separable, {"width": 64, "size": 112},
+                                       [3, 112, 112]),
+    ("transformer-encoder", "small"): (transformer_encoder, {}, [16, 32]),
+    ("transformer-encoder", "large"): (transformer_encoder,
+                                       {"dim": 256, "heads": 4, "hidden": 1024, "layers": 2},
+                                       [64, 256]),
+    ("qdq-mlp", "small"): (qdq_mlp, {}, [64]),
+    ("qdq-mlp", "large"): (qdq_mlp, {"widths": (1024, 4096, 4096, 1024)}, [1024]),
+}
+
+
+class SchedulerModel(NamedTuple):
+    """One scheduler-zoo entry: ``"<family>-<size>-b<batch>"``, the model (batch symbolic)
+    and the concrete input shapes (input name -> shape) to run it at."""
+
+    name: str
+    model: onnx.ModelProto
+    input_shapes: dict[str, list[int]]
+
+
+def scheduler_zoo(seed: int = 0, sizes: Iterable[str] = ("small", "large")
+                  ) -> list[SchedulerModel]:
+    """Every family of ``SCHEDULER_SIZES`` at each of ``sizes`` and each batch of
+    ``SCHEDULER_BATCHES``, weights drawn from ``seed``.
+
+    Entries are named ``"<family>-<size>-b<batch>"`` (``"mlp-small-b1"``,
+    ``"qdq-mlp-large-b32"``); the batches of one family and size share one ModelProto,
+    whose batch dimension stays symbolic. The large models hold up to 100 MB of weights and
+    take about two seconds to build.
+    """
+    sizes = list(sizes)
+    unknown = set(sizes) - {size for _, size in SCHEDULER_SIZES}
+    if unknown:
+        raise ValueError(f"unknown size(s) {sorted(unknown)}; choose from 'small', 'large'")
+    out = []
+    for (family, size), (build, kwargs, sample) in SCHEDULER_SIZES.items():
+        if size not in sizes:
+            continue
+        model = build(seed, **kwargs).model
+        (name,) = (vi.name for vi in model.graph.input)
+        for batch in SCHEDULER_BATCHES:
+            out.append(SchedulerModel(f"{family}-{size}-b{batch}", model,
+                                      {name: [batch, *sample]}))
     return out
