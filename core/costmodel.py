@@ -62,13 +62,14 @@ DEFAULT_LINK_GB_S, DEFAULT_LINK_LATENCY_S = 25.0, 10e-6
 MIN_OBSERVATIONS = 10
 #: A learned correction is clamped to this factor either way.
 MAX_CORRECTION = 10.0
-#: Op families with their own compute efficiency.
-FAMILIES = ("matmul", "conv", "dwconv", "other")
+#: Op families with their own compute efficiency (``qmatmul``: a MatMul or Gemm reading
+#: dequantized values, which a backend may run on int8 kernels).
+FAMILIES = ("matmul", "qmatmul", "conv", "dwconv", "other")
 _MATMUL_OPS = frozenset({"MatMul", "Gemm", "MatMulInteger", "FusedMatMulBiasGelu", "Attention"})
 _CONV_OPS = frozenset({"Conv", "ConvTranspose", "FusedConvRelu", "ConvInteger"})
 #: Calibration figure of each family's rate.
 _FAMILY_FIGURES = {"matmul": "fp32_tflops", "conv": "conv_fp32_tflops",
-                   "dwconv": "dwconv_fp32_tflops"}
+                   "dwconv": "dwconv_fp32_tflops", "qmatmul": "qdq_matmul_tops"}
 _PRECISION_FIGURES = {"fp64": "fp64_tflops", "fp32": "fp32_tflops", "tf32": "tf32_tflops",
                       "fp16": "fp16_tflops", "bf16": "bf16_tflops", "fp8": "fp8_tflops",
                       "int8": "int8_tops"}
@@ -108,10 +109,11 @@ class BackendRates:
     source: str
 
 
-def family(node: "Node") -> str:
-    """The efficiency family of a node: matmul, conv, dwconv or other."""
+def family(node: "Node", quantized: bool = False) -> str:
+    """The efficiency family of a node: matmul, qmatmul (``quantized``: it reads
+    dequantized values), conv, dwconv or other."""
     if node.op_type in _MATMUL_OPS:
-        return "matmul"
+        return "qmatmul" if quantized and node.op_type in ("MatMul", "Gemm") else "matmul"
     if node.op_type in _CONV_OPS:
         return "dwconv" if int(node.attributes.get("group", 1) or 1) > 1 else "conv"
     return "other"
@@ -134,15 +136,17 @@ class CostModel:
                                             self.profiles[d.id].fingerprint) for d in devices}
 
     def node_time(self, node: "Node", device_id: str, precision: str,
-                  cost: Any | None = None) -> float:
+                  cost: Any | None = None, quantized: bool = False) -> float:
         """Predicted seconds for ``node`` on a device at ``precision``, inside a partition
-        (the partition's launch overhead is :meth:`launch_time`)."""
+        (the partition's launch overhead is :meth:`launch_time`). ``quantized``: the node
+        reads the output of a DequantizeLinear."""
         from . import ops
 
         c = cost if cost is not None else ops.cost(node)
         prof, r = self.profiles[device_id], self.rates[device_id]
-        fam = family(node)
-        peak = prof.peak.get(_pricing_precision(node, precision), prof.peak["fp32"])
+        fam = family(node, quantized)
+        # Efficiencies are fractions of the fp32 peak, but for lower-precision paths.
+        peak = prof.peak.get(_pricing_precision(node, precision, quantized), prof.peak["fp32"])
         compute = c.flops / (peak * r.efficiency[fam]) if c.flops else 0.0
         memory = c.bytes / (prof.bandwidth * r.memory_efficiency) if c.bytes else 0.0
         return ((max(compute, memory) + r.node_s) * self.slowdown[device_id][0]
@@ -178,17 +182,13 @@ def for_devices(devices: "list[Device]", backends: "dict[str, Backend]") -> Cost
     return CostModel(devices, backends)
 
 
-def _pricing_precision(node: "Node", precision: str) -> str:
+def _pricing_precision(node: "Node", precision: str, quantized: bool) -> str:
     """The precision a node actually computes at on a path of ``precision``: lower float
-    precisions apply to float nodes; int8 only to the nodes of quantized patterns."""
+    precisions apply to float nodes; int8 only to integer ops and quantized patterns."""
     if precision == "int8":
-        return "int8" if node.op_type in ("MatMulInteger", "ConvInteger", "QLinearMatMul",
-                                          "QLinearConv") or _reads_dequantized(node) else "fp32"
+        return "int8" if node.op_type in ("MatMulInteger", "ConvInteger") or quantized \
+            else "fp32"
     return precision if node.primary_dtype in ("float32", None) else "fp32"
-
-
-def _reads_dequantized(node: "Node") -> bool:
-    return any(n and "dequantize" in n.lower() for n in node.inputs)
 
 
 # -- device profiles -------------------------------------------------------------------------
@@ -313,11 +313,15 @@ def rates(backend: "Backend", prof: DeviceProfile) -> BackendRates:
     cal = prof.measured.get(backend.name)
     if cal:
         source = "calibrated"
+        fp32 = prof.peak["fp32"]
         for fam, key in _FAMILY_FIGURES.items():
             if cal.get(key):
-                eff[fam] = min(1.0, cal[key] * 1e12 / prof.peak["fp32"])
-        if cal.get("fp32_tflops") and not cal.get("conv_fp32_tflops"):
-            eff["conv"] = eff["matmul"]
+                # Int8 kernels may beat the fp32 peak, up to the device's int8 peak.
+                cap = prof.peak.get("int8", fp32) / fp32 if fam == "qmatmul" else 1.0
+                eff[fam] = min(cap, cal[key] * 1e12 / fp32)
+        for fam, key in (("conv", "conv_fp32_tflops"), ("qmatmul", "qdq_matmul_tops")):
+            if cal.get("fp32_tflops") and not cal.get(key):
+                eff[fam] = eff["matmul"]
         if cal.get("memory_bandwidth_gb_s"):
             mem_eff = min(1.0, cal["memory_bandwidth_gb_s"] * 1e9 / prof.bandwidth)
             eff["other"] = mem_eff

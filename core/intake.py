@@ -372,3 +372,47 @@ def _check_one(np: Any, name: str, vi: ValueInfo, value: Any, bound: dict) -> An
                                  f"name must agree")
             bound.setdefault(dim, (got, name))
     return arr
+
+
+def dims_of(graph: Graph, feeds: Any) -> dict[str, int]:
+    """The size of each symbolic input dimension in ``feeds`` (``{"batch": 32}``)."""
+    out: dict[str, int] = {}
+    for vi in graph.inputs:
+        value = feeds.get(vi.name) if hasattr(feeds, "get") else None
+        shape = getattr(value, "shape", None)
+        if vi.shape is None or shape is None or len(shape) != len(vi.shape):
+            continue
+        for d, size in zip(vi.shape, shape):
+            if isinstance(d, str):
+                out.setdefault(d, int(size))
+    return out
+
+
+def with_dims(graph: Graph, dims: dict[str, int]) -> Graph:
+    """``graph`` with symbolic input dimensions fixed to ``dims`` and shapes inferred
+    again: the graph a plan for those sizes is priced on (nodes keep names and order)."""
+    from onnx import shape_inference
+
+    from .errors import InputError
+
+    if not dims:
+        return graph
+    proto = type(graph.model)()
+    proto.CopyFrom(graph.model)
+    del proto.graph.value_info[:]
+    for vi in list(proto.graph.input) + list(proto.graph.output):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in dims:
+                size = int(dims[d.dim_param])
+                if size < 1:
+                    raise InputError(f"dims: '{d.dim_param}' must be a positive size, "
+                                     f"not {size}")
+                d.dim_value = size
+    try:
+        proto = shape_inference.infer_shapes(proto, check_type=True, strict_mode=True,
+                                             data_prop=True)
+    except Exception as exc:
+        raise InputError(f"dims {dims} do not fit the model '{graph.name}': {exc}") from None
+    fixed = Graph(proto, graph.name)
+    fixed.notes.extend(graph.notes)
+    return fixed

@@ -55,6 +55,12 @@ _ITEMSIZE = {"float64": 8, "int64": 8, "uint64": 8, "complex64": 8, "complex128"
              "uint16": 2, "int8": 1, "uint8": 1, "bool": 1}
 #: Whole-partition moves tried after the assignment, at most.
 MAX_MOVES = 200
+#: How much slower the nodes in one memory domain are predicted to run when partitions of
+#: two or more runtimes share it: their worker threads contend for the same cores and
+#: caches (on 2 cores, a ResNet split between OpenVINO and ONNX Runtime ran 4x slower than
+#: on either alone). A plan mixes runtimes in a domain only where that is predicted to pay
+#: even so, or where no one runtime admits every node.
+RUNTIME_INTERFERENCE = 1.0
 
 
 @dataclass(frozen=True)
@@ -258,6 +264,8 @@ class _Context:
         self.excluded, self.banned = excluded, banned
         self.producer = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
         self.outputs = {o.name for o in graph.outputs}
+        self.dequantized = {o for n in graph.nodes if n.op_type == "DequantizeLinear"
+                            for o in n.outputs}
         self._failed = {d.id: _failed_variants(backends[d.backend], model.profiles[d.id])
                         for d in devices}
         self._ranked = [(rank, d, d.id, model.domain(d.id)) for rank, d in enumerate(devices)]
@@ -301,6 +309,7 @@ class _Context:
         from . import ops
 
         cost = ops.cost(node)
+        quantized = any(v in self.dequantized for v in node.inputs)
         footprint = 0
         for v in node.inputs + node.outputs:
             if v:
@@ -315,7 +324,7 @@ class _Context:
                 if why:
                     out.rejected.append(Rejection(device_id, "precision:budget", why))
                     continue
-                seconds = self.model.node_time(node, device_id, precision, cost)
+                seconds = self.model.node_time(node, device_id, precision, cost, quantized)
                 out.options.append(_Option(device, device_id, domain, precision, rank, seconds,
                                            self.model.energy(seconds, device_id)))
         if not out.options:
@@ -411,6 +420,10 @@ class _Context:
         ``throughput`` the least-bottlenecked of that and the one-device plans."""
         choice = self._dp(cands, pinned, objective)
         choice = self._improve(cands, choice, pinned, objective)
+        keys = sorted({o.key for c in cands for o in c.options})
+        if len(keys) > 1:  # one runtime per domain wherever it can: see RUNTIME_INTERFERENCE
+            plans = [choice] + [self._single(cands, choice, pinned, key) for key in keys]
+            choice = min(plans, key=lambda ch: self.total(cands, ch, objective))
         if policy == "throughput":
             keys = sorted({o.key for c in cands for o in c.options})
             plans = [choice] + [self._single(cands, choice, pinned, key) for key in keys]
@@ -516,9 +529,14 @@ class _Context:
         total = 0.0
         moved: set[tuple[str, str]] = set()
         prev_key = None
+        runtimes: dict[str, set[str]] = {}
+        work: dict[str, float] = {}
         for i, node in enumerate(nodes):
             o = cands[i].options[choice[i]]
-            total += self._price(o, objective)
+            price = self._price(o, objective)
+            total += price
+            runtimes.setdefault(o.domain, set()).add(o.device.backend)
+            work[o.domain] = work.get(o.domain, 0.0) + price
             if o.key != prev_key:
                 total += self._launch(o, objective)
                 prev_key = o.key
@@ -530,7 +548,8 @@ class _Context:
                     total += self._move(self.nbytes(v), src, o, objective)
             total += sum(self._move(self.nbytes(v), o, None, objective)
                          for v in node.outputs if v in self.outputs)
-        return total
+        return total + sum(RUNTIME_INTERFERENCE * work[d] for d, r in runtimes.items()
+                           if len(r) > 1)
 
     def _improve(self, cands: list[_NodeCandidates], choice: list[int],
                  pinned: Mapping[int, int], objective: str) -> list[int]:
@@ -680,6 +699,10 @@ class _Context:
         graph = self.graph
         n = len(graph.nodes)
         chosen = [cands[i].options[choice[i]] for i in range(n)]
+        runtimes: dict[str, set[str]] = {}
+        for o in chosen:
+            runtimes.setdefault(o.domain, set()).add(o.device.backend)
+        contended = {d for d, r in runtimes.items() if len(r) > 1}
         deps = [{self.producer[v] for v in graph.node_reads(i) if v in self.producer} - {i}
                 for i in range(n)]
         consumers: list[list[int]] = [[] for _ in range(n)]
@@ -749,7 +772,8 @@ class _Context:
                                                     sources[v].id if sources[v] else None,
                                                     o.device_id) for v in crossing)
             launch = self.model.launch_time(o.device_id)
-            seconds = launch + sum(chosen[i].seconds for i in idx) + transfer
+            slowdown = 1 + RUNTIME_INTERFERENCE if o.domain in contended else 1
+            seconds = launch + slowdown * sum(chosen[i].seconds for i in idx) + transfer
             parts.append(Partition(
                 g, o.device_id, o.device.backend, [graph.nodes[i].name for i in idx], idx,
                 inputs, outputs,

@@ -28,7 +28,7 @@ from .contract import DEVICE_KINDS, POLICIES, PRECISIONS, CompileOptions, Device
 from .errors import BackendError, UnsupportedError
 from .executor import CompiledPlan
 from .graph import ValueInfo
-from .intake import load_model, validate_inputs
+from .intake import dims_of, load_model, validate_inputs, with_dims
 from .planner import Partition, Plan
 from .registry import Registry, call_hook, devices_from_env, registry
 from .scheduler import DEFAULT_HEADROOM, Constraints, schedule
@@ -64,8 +64,11 @@ class Session:
             candidates with their predicted costs (the default first); its choice is kept.
         tune: measure the best candidate plans on sample inputs and keep the fastest,
             cached by model, input shapes, devices and plugin versions.
-        sample_inputs: inputs for ``tune`` and the ``auto`` precision check (default:
-            :meth:`random_inputs`).
+        sample_inputs: representative inputs: the plan is priced for their sizes (unless
+            ``dims`` is given), and ``tune`` and the ``auto`` precision check run them
+            (default: :meth:`random_inputs`).
+        dims: sizes of symbolic input dimensions to plan for (``{"batch": 32}``); the
+            compiled model still takes any size. Unset dimensions are priced as 1.
         base_dir: folder of external data for a model given as bytes or ModelProto.
         options: backend-specific options, keyed by backend name.
 
@@ -79,6 +82,7 @@ class Session:
                  memory_headroom: float = DEFAULT_HEADROOM,
                  delegate: Callable[..., Any] | None = None, tune: bool = False,
                  sample_inputs: Mapping[str, Any] | None = None,
+                 dims: Mapping[str, int] | None = None,
                  base_dir: Any = None, options: Mapping[str, Any] | None = None):
         if policy not in POLICIES:
             raise UnsupportedError(f"unknown policy '{policy}'; choose one of {', '.join(POLICIES)}")
@@ -108,6 +112,10 @@ class Session:
             [exclude] if isinstance(exclude, str) else exclude), memory_headroom)
         self._delegate, self._tune = delegate, tune
         self._samples = dict(sample_inputs) if sample_inputs is not None else None
+        if dims is None and self._samples is not None:
+            dims = dims_of(self.graph, self._samples)
+        self.dims = dict(dims or {})
+        self._planned_on = with_dims(self.graph, self.dims)
         self._registry = registry()
         self._explicit, self._devices = _resolve_devices(self._registry, devices)
         self._options = CompileOptions(precision="fp32" if precision == "auto" else precision,
@@ -196,13 +204,16 @@ class Session:
     def _schedule(self, pins: Mapping[str, tuple[str, str]] | None = None, *,
                   policy: str | None = None, devices: list[Device] | None = None,
                   explicit: bool | None = None, precision: str | None = None) -> Plan:
-        plan = schedule(self.graph, devices or self._devices, self._registry.backends,
+        plan = schedule(self._planned_on, devices or self._devices, self._registry.backends,
                         policy=policy or self.policy, precision=precision or self.precision,
                         explicit=self._explicit if explicit is None else explicit,
                         excluded=dict(self._excluded), banned=dict(self._banned),
                         constraints=self.constraints, strict=self.strict,
                         delegate=self._delegate, pins=pins)
         plan.events[:0] = self._history
+        if self.dims:
+            plan.notes.append("priced for " + ", ".join(f"{k}={v}" for k, v in
+                                                        sorted(self.dims.items())))
         return plan
 
     def _compile(self, plan: Plan) -> CompiledPlan:
@@ -234,7 +245,7 @@ class Session:
         """The sample inputs for tuning and accuracy checks: ``sample_inputs``, or
         :meth:`random_inputs` with symbolic dimensions at 1."""
         if self._samples is None:
-            self._samples = self.random_inputs(seed=0)
+            self._samples = self.random_inputs(seed=0, dims=self.dims)
         return validate_inputs(self.graph, self._samples)
 
 

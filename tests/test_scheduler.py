@@ -230,7 +230,6 @@ def test_failed_conformance_variant_is_not_planned_on_that_device():
                                 "variants": {"Relu|float32": "failed",
                                              "MatMul|float32": "passed"}}))
     plan, placed = place(relu_matmul_relu(64, 256), devices, [fast, slow])
-    assert placed["matmul"].device == "fast-cpu:0"
     assert placed["relu1"].device == "slow-cpu:0"
     codes = {r.device: r.code for r in placed["relu1"].rejected}
     assert codes["fast-cpu:0"] == "conformance:failed"
@@ -357,3 +356,42 @@ def test_runs_record_measured_times_beside_predictions_and_teach_the_cost_model(
     assert learned == pytest.approx(ratio, rel=0.5)
     again = bp.Session(mlp_model(64), devices=["onnxruntime"])
     assert again.plan.corrections["onnxruntime:0"] == pytest.approx(learned)
+
+
+def test_mixing_runtimes_on_one_device_must_pay_for_their_interference():
+    from backplane.scheduler import RUNTIME_INTERFERENCE
+
+    # Two runtimes on the host CPU, each better at one op: a mixed plan would save a
+    # little per node, and lose more to the runtimes contending for the same cores.
+    mm_fast = backend("mm-fast", ["MatMul", "Relu"], hints={**FAST, "memory_efficiency": 0.2})
+    ew_fast = backend("ew-fast", ["MatMul", "Relu"], hints={**FAST, "compute_efficiency": 0.7})
+    devices = [device("mm-fast", "cpu"), device("ew-fast", "cpu")]
+    plan, _ = place(relu_matmul_relu(512, 512), devices, [mm_fast, ew_fast])
+    assert RUNTIME_INTERFERENCE > 0
+    assert len({p.device for p in plan.placements}) == 1
+    # Where one runtime lacks an op, the plan mixes, and prices the interference.
+    mm_only, relu_only = backend("mm-only", ["MatMul"]), backend("relu-only", ["Relu"])
+    plan, placed = place(relu_matmul_relu(512, 512),
+                         [device("mm-only", "cpu"), device("relu-only", "cpu")],
+                         [mm_only, relu_only])
+    assert placed["matmul"].device == "mm-only:0" and placed["relu1"].device == "relu-only:0"
+    alone = sum(p.predicted_s for p in plan.placements)  # each node priced on its own
+    assert plan.predicted_s > (1 + RUNTIME_INTERFERENCE) * alone
+
+
+def test_a_plan_is_priced_for_the_sizes_it_will_run_at():
+    model_proto = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "batched",
+        [f32("x", ["batch", 256])], [f32("y", ["batch", 256])], [weight("w", [256, 256])]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    one = bp.Session(model_proto, devices=["reference"])
+    many = bp.Session(model_proto, devices=["reference"], dims={"batch": 64})
+    x = np.ones((64, 256), np.float32)
+    sampled = bp.Session(model_proto, devices=["reference"], sample_inputs={"x": x})
+    assert many.plan.predicted_s > 3 * one.plan.predicted_s
+    assert sampled.plan.predicted_s == pytest.approx(many.plan.predicted_s, rel=0.01)
+    assert "priced for batch=64" in many.plan.notes
+    # The compiled model still takes any batch.
+    assert many.run({"x": np.ones((3, 256), np.float32)})["y"].shape == (3, 256)
+    with pytest.raises(bp.InputError, match="positive"):
+        bp.Session(model_proto, devices=["reference"], dims={"batch": 0})

@@ -34,6 +34,10 @@ TIME_PER_FIGURE_S = 0.4
 NODE_CHAIN = 16
 #: Conv rate measurements: 3x3, padded, at this size (a ResNet stage), and channels.
 CONV_SIZE, CONV_CHANNELS, DWCONV_CHANNELS = 56, 64, 128
+#: Size of the quantized (QDQ) MatMul whose rate tells whether a backend runs int8 kernels.
+QDQ_MATMUL_N = 1024
+#: Longest one device's calibration may take.
+CHILD_TIMEOUT_S = 300.0
 
 
 @dataclass
@@ -169,11 +173,57 @@ def calibrate(devices: list[str] | None = None, dtypes: list[str] | None = None,
             device.id, device.backend, hw.fingerprint, hw.name, m.entry_id,
             _versions(backend), _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             datasheet=dict(m.figures))
-        _measure(result, backend, device, dtypes)
+        measured, skipped = _measure_alone(device.id, dtypes)
+        result.measurements += [Measurement(*m) for m in measured]
+        result.skipped += skipped
         if save:
             store(result)
         results.append(result)
     return results
+
+
+def _measure_alone(device_id: str, dtypes: list[str] | None
+                   ) -> tuple[list[tuple[str, float, str]], list[str]]:
+    """Measure one device in a child process of its own: runtimes loaded into one process
+    disturb each other (worker threads of one still spinning or holding cores while another
+    runs), and an application that runs one backend never has the others loaded."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_measure_child, args=(device_id, dtypes, send), daemon=True)
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(CHILD_TIMEOUT_S):
+            raise BackplaneError(f"calibrating {device_id} took over {CHILD_TIMEOUT_S:.0f} s; "
+                                 "stopped it")
+        answer = receive.recv()
+    except EOFError:
+        answer = None
+    finally:
+        child.join(timeout=5)
+        if child.is_alive():
+            child.kill()
+    if not isinstance(answer, tuple):
+        raise BackplaneError(f"calibrating {device_id} failed in its child process: "
+                             f"{answer or f'it exited with code {child.exitcode}'}")
+    return answer
+
+
+def _measure_child(device_id: str, dtypes: list[str] | None, send: Any) -> None:
+    """The child of :func:`_measure_alone`: measure, send (measurements, skipped)."""
+    try:
+        from ..registry import registry
+
+        reg = registry()
+        device = reg.resolve(device_id)[0]
+        result = DeviceCalibration(device_id, device.backend, "", "", None, {}, "")
+        _measure(result, reg.backends[device.backend], device, dtypes)
+        send.send(([(m.key, m.value, m.detail) for m in result.measurements],
+                   result.skipped))
+    except BaseException as exc:  # the parent reports it; nothing may escape silently
+        send.send(f"{type(exc).__name__}: {exc}")
 
 
 def _versions(backend: Any) -> dict[str, str]:
@@ -302,3 +352,44 @@ def _measure(result: DeviceCalibration, backend: Any, device: Any,
             key, round(flops / seconds / 1e12, 6),
             f"Conv 3x3 {channels} channels{' depthwise' if group > 1 else ''} at "
             f"{size}x{size}, best of {runs}: {seconds * 1e3:.2f} ms"))
+    graph = _qdq_matmul_model(QDQ_MATMUL_N, rng)
+    verdicts = [backend.capabilities.check(node) for node in graph.nodes]
+    if not all(verdicts):
+        result.skipped.append("QDQ MatMul: " + "; ".join(v.detail for v in verdicts if not v))
+        return
+    try:
+        exe = backend.compile(graph, device, options)
+    except Exception as exc:
+        result.skipped.append(f"QDQ MatMul: compile failed: {type(exc).__name__}: {exc}")
+        return
+    n = QDQ_MATMUL_N
+    x = rng.standard_normal((n, n)).astype(np.float32)
+    seconds, runs = _best_time(exe, {"x": x})
+    result.measurements.append(Measurement(
+        "qdq_matmul_tops", round(2 * n**3 / seconds / 1e12, 6),
+        f"int8 QDQ MatMul {n}x{n}x{n} (quantize, dequantize, MatMul), best of {runs}: "
+        f"{seconds * 1e3:.2f} ms"))
+
+
+def _qdq_matmul_model(n: int, rng: Any) -> Any:
+    """x -> QuantizeLinear -> DequantizeLinear, int8 weights -> DequantizeLinear, MatMul:
+    the pattern a quantized model presents, which int8-capable runtimes fuse."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ..intake import load_model
+
+    w = rng.integers(-127, 128, (n, n)).astype(np.int8)
+    consts = [numpy_helper.from_array(w, "w"),
+              numpy_helper.from_array(np.array(0.05, np.float32), "sx"),
+              numpy_helper.from_array(np.array(0, np.int8), "zx"),
+              numpy_helper.from_array(np.array(0.01, np.float32), "sw"),
+              numpy_helper.from_array(np.array(0, np.int8), "zw")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"], name="dqx"),
+             helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wd"], name="dqw"),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"], name="matmul")]
+    spec = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])]
+    out = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])]
+    graph = helper.make_graph(nodes, "calibrate-qdq-matmul", spec, out, initializer=consts)
+    return load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
