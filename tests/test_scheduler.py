@@ -253,7 +253,7 @@ def test_explain_and_json_carry_costs_codes_and_partitions():
     assert data["placements"][1]["predicted_s"] > 0
 
 
-def mlp_model(width: int = 256, rows: int = 64) -> onnx.ModelProto:
+def mlp_model(width: int = 256, rows: int | str = 64) -> onnx.ModelProto:
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
          helper.make_node("Relu", ["h"], ["r"], name="relu"),
@@ -292,7 +292,7 @@ def test_auto_precision_keeps_a_lower_precision_plan_only_within_the_budget():
 
 def test_tuning_measures_then_reuses_and_any_key_change_measures_again(tmp_path, monkeypatch):
     monkeypatch.setenv("BACKPLANE_CACHE_DIR", str(tmp_path / "cache"))
-    model_proto = mlp_model(64)
+    model_proto = mlp_model(64, rows="batch")
     x = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32)
     first = bp.Session(model_proto, tune=True, sample_inputs={"x": x})
     assert first.plan.tuned.startswith("measured ")
@@ -301,12 +301,17 @@ def test_tuning_measures_then_reuses_and_any_key_change_measures_again(tmp_path,
     assert again.plan.tuned.startswith("from the tuning cache")
     assert [p.device for p in again.plan.placements] == [p.device for p in first.plan.placements]
     np.testing.assert_allclose(again.run({"x": x})["y"], first.run({"x": x})["y"], rtol=1e-5)
+    # Other input sizes are another key.
+    x8 = np.random.default_rng(1).standard_normal((8, 64)).astype(np.float32)
+    assert bp.Session(model_proto, tune=True, sample_inputs={"x": x8}).plan.tuned.startswith(
+        "measured ")
+    assert len(list((tmp_path / "cache" / "tune").glob("*.json"))) == 2
     # Another plugin version is another key: measured anew, the old entry left alone.
     backend = bp.registry().backends["onnxruntime"]
     monkeypatch.setattr(type(backend), "version", "tuning-test")
     changed = bp.Session(model_proto, tune=True, sample_inputs={"x": x})
     assert changed.plan.tuned.startswith("measured ")
-    assert len(list((tmp_path / "cache" / "tune").glob("*.json"))) == 2
+    assert len(list((tmp_path / "cache" / "tune").glob("*.json"))) == 3
 
 
 def test_cli_plan_prints_json_with_the_policy_precision_and_costs(tmp_path):
@@ -395,3 +400,25 @@ def test_a_plan_is_priced_for_the_sizes_it_will_run_at():
     assert many.run({"x": np.ones((3, 256), np.float32)})["y"].shape == (3, 256)
     with pytest.raises(bp.InputError, match="positive"):
         bp.Session(model_proto, devices=["reference"], dims={"batch": 0})
+
+
+def test_a_model_with_an_op_one_backend_lacks_runs_correctly_as_a_multi_partition_plan():
+    # opencl has no ConvTranspose: with the graph compilers excluded, the automatic plan
+    # runs it on the reference backend (flagged) between two opencl partitions.
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu_in"),
+             helper.make_node("ConvTranspose", ["a", "w"], ["b"], name="deconv"),
+             helper.make_node("Sigmoid", ["b"], ["y"], name="sigmoid")]
+    w = numpy_helper.from_array(rng.standard_normal((4, 2, 3, 3)).astype(np.float32), "w")
+    model_proto = helper.make_model(helper.make_graph(
+        nodes, "deconv", [f32("x", [1, 4, 8, 8])], [f32("y", [1, 2, 10, 10])], [w]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    s = bp.Session(model_proto, exclude=["openvino-cpu", "onnxruntime"])
+    assert [p.backend for p in s.plan.partitions] == ["opencl", "reference", "opencl"]
+    placed = {p.node: p for p in s.plan.placements}
+    assert placed["deconv"].fallback and s.plan.uses_fallback
+    assert {r.code for r in placed["deconv"].rejected if r.device == "opencl:0"} == {
+        "capability:op"}
+    x = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    want = bp.Session(model_proto, devices=["reference"]).run({"x": x})["y"]
+    np.testing.assert_allclose(s.run({"x": x})["y"], want, rtol=1e-5, atol=1e-6)
