@@ -16,10 +16,17 @@ c. cost-model error: the default plan's ``predicted_s`` over its measured latenc
    model, and the geometric mean of |log ratio| as a factor.
 
 Latency is the median of timed ``session.run`` calls on the same inputs, after warm-up.
-The sessions of one model are measured in rounds: each round visits every session, in a
-fresh random order, for one untimed call and a burst of about 25 ms of timed calls, so
-that drift in the machine's speed hits them alike while each is timed as an application
-running one model sees it (runtimes sharing a process disturb the call after a switch).
+Every session is created with the model's inputs as ``sample_inputs``, so that it plans
+for the shapes it runs at. Each session lives in a child process of its own (started
+with "spawn", the model sent as bytes): runtimes loaded into one process disturb each
+other (worker threads of one slow another down, for good once Intel's OpenCL CPU runtime
+has run), while an application that runs one plan has only its own runtimes loaded. The
+sessions of one model are measured in rounds: each round asks every child, in a fresh
+random order and one at a time, for one untimed call and a burst of about 25 ms of timed
+calls, so that drift in the machine's speed hits them alike; a child answers only once
+its threads have stopped using the CPU (ONNX Runtime's spin on a core for about 35 ms
+after a call), so that it does not slow the next one. A child that raises, dies or does
+not answer within REPLY_TIMEOUT_S is shown as a note on its model's row.
 A single backend whose warm-up run took over 30x the fastest session's (and over 20 ms)
 cannot be the best: it is not timed further, and its warm-up time is shown in brackets.
 Every session's outputs are checked against the default plan's. Run it on an otherwise
@@ -28,8 +35,13 @@ idle machine: the load of other processes changes which backend is fastest.
 Before measuring, the backends are calibrated once (fp32) into a fresh temporary data
 folder (the compiled-artefact cache goes to a temporary folder too), so that no stored
 calibration or correction learned in earlier runs steers the result, and nothing is left
-behind; the cost model's learned corrections start empty and build up over the run, as in
-an application.
+behind. Calibration runs in this process before any child starts; it leaves every
+runtime loaded here, which is harmless because this process does no timed work
+afterwards: planning time (b) is measured in a fresh child too, and the CPU time this
+process spends while the children run is checked (a note if over PARENT_LIMIT_CORES).
+The cost model's learned corrections start empty and build up over the run from the
+default plans' own runs (each default child saves them when it ends; the other children
+do not), as in an application that runs them one after another.
 
     python benchmarks/bench_scheduler.py [--quick] [--json OUT] [--no-calibrate]
                                          [--keep-data-dir]
@@ -41,13 +53,16 @@ import argparse
 import atexit
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
 import time
+from multiprocessing.connection import wait
 from typing import Any
 
 import numpy as np
@@ -72,6 +87,16 @@ BURST_S, BURST_MAX = 0.025, 200
 OTHERS_LIMIT_CORES = 0.2
 #: Outputs of every session must agree with the default plan's within these.
 CHECK_RTOL, CHECK_ATOL = 1e-3, 1e-3
+#: Seconds a child has to answer (setting up a session compiles the model; a first call
+#: may compile for the input shapes) before it is given up and killed.
+REPLY_TIMEOUT_S = 300.0
+#: A child answers once its threads have used under QUIET_SHARE of a QUIET_WINDOW_S window
+#: (waiting at most QUIET_MAX_S): worker threads that spin after a run (ONNX Runtime's for
+#: about 35 ms, the reference backend's BLAS for about 100 ms) would slow the next child.
+QUIET_WINDOW_S, QUIET_SHARE, QUIET_MAX_S = 0.005, 0.2, 0.5
+#: This process busier than this (cores, on average while the children run) would disturb
+#: their timings: runtimes left loaded here by calibration must sit still.
+PARENT_LIMIT_CORES = 0.05
 
 
 class Settings:
@@ -85,38 +110,188 @@ class Settings:
         self.planning_runs = 5 if quick else 10
 
 
+# -- sessions in child processes -------------------------------------------------------------
+
+
+class ChildFailed(Exception):
+    """A child process raised, died, or did not answer within REPLY_TIMEOUT_S."""
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+
+
+def quiet() -> None:
+    """Return once this process's threads have stopped using the CPU (see QUIET_SHARE)."""
+    end = time.perf_counter() + QUIET_MAX_S
+    while time.perf_counter() < end:
+        cpu, wall = time.process_time(), time.perf_counter()
+        time.sleep(QUIET_WINDOW_S)
+        if time.process_time() - cpu < QUIET_SHARE * (time.perf_counter() - wall):
+            return
+
+
+def session_child(conn: Any, model: bytes, kwargs: dict[str, Any],
+                  feeds: dict[str, np.ndarray], keep_learning: bool) -> None:
+    """Entry point of a session's child process: ``Session(model, sample_inputs=feeds,
+    **kwargs)``, then answer the parent's commands on ``conn`` until ``stop``.
+
+    The first message says ``ready`` (with the plan's prediction, devices and partitions),
+    ``cannot_run`` (the session refused the model) or ``error``. Commands: ``first`` (one
+    call: its seconds and outputs), ``calls n`` (n timed calls), ``burst n`` (one untimed
+    call, then n timed), ``stop`` (whether the plan changed since it was made, and its
+    events). Every answer is ``("ok", value)``, or ``("error", why)`` and the child ends;
+    each waits until the child's threads are quiet, so that none spins into the next
+    child's timed calls. Without ``keep_learning`` the child leaves the learned corrections
+    it gathered unsaved.
+    """
+    from backplane import costmodel
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends us
+    try:
+        try:
+            session = bp.Session(model, sample_inputs=feeds, **kwargs)
+        except bp.UnsupportedError as exc:
+            return conn.send(("cannot_run", str(exc).splitlines()[0]))
+        except Exception as exc:  # noqa: BLE001 - reported to the parent as a row note
+            return conn.send(("error", f"setting up the session: {_why(exc)}"))
+        plan = session.plan
+        quiet()
+        conn.send(("ready", {"predicted_s": plan.predicted_s,
+                             "devices": sorted({p.device for p in plan.partitions}),
+                             "partitions": len(plan.partitions)}))
+        while True:
+            try:
+                command, *args = conn.recv()
+            except EOFError:  # the parent is gone
+                return
+            try:
+                if command == "first":
+                    t0 = time.perf_counter()
+                    outputs = session.run(feeds)
+                    reply: Any = (time.perf_counter() - t0, outputs)
+                elif command in ("calls", "burst"):
+                    if command == "burst":
+                        session.run(feeds)
+                    reply = []
+                    for _ in range(args[0]):
+                        t0 = time.perf_counter()
+                        session.run(feeds)
+                        reply.append(time.perf_counter() - t0)
+                elif command == "stop":
+                    reply = {"plan_changed": session.plan is not plan,
+                             "events": list(session.plan.events)}
+                else:
+                    raise ValueError(f"unknown command {command!r}")
+            except Exception as exc:  # noqa: BLE001 - reported to the parent as a row note
+                return conn.send(("error", f"{command}: {_why(exc)}"))
+            quiet()
+            conn.send(("ok", reply))
+            if command == "stop":
+                return
+    finally:
+        if not keep_learning:
+            atexit.unregister(costmodel.save)
+
+
+def planning_child(conn: Any, runs: int) -> None:
+    """Entry point of the child that measures planning time (b): ``("ok", row)``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        conn.send(("ok", planning_row(runs)))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        conn.send(("error", _why(exc)))
+
+
+class Child:
+    """A child process started with "spawn" running ``target(conn, *args)``, driven over a
+    pipe; every wait for it is bounded by REPLY_TIMEOUT_S."""
+
+    def __init__(self, target: Any, *args: Any):
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, theirs = ctx.Pipe()
+        self._process = ctx.Process(target=target, args=(theirs, *args))
+        self._process.start()
+        theirs.close()  # so that the child's end closing reads as EOF here
+
+    def receive(self, timeout: float | None = None) -> tuple[str, Any]:
+        """The child's next message, as (kind, value); raises ChildFailed on an ``error``
+        message, the child's death, or no message within ``timeout`` (REPLY_TIMEOUT_S)."""
+        timeout = REPLY_TIMEOUT_S if timeout is None else timeout
+        ready = wait([self._conn, self._process.sentinel], timeout)
+        if self._conn in ready:
+            try:
+                kind, value = self._conn.recv()
+            except (EOFError, OSError):
+                pass  # died: the pipe closed
+            else:
+                if kind == "error":
+                    raise ChildFailed(value)
+                return kind, value
+        elif not ready:
+            self.kill()
+            raise ChildFailed(f"no answer within {timeout:g} s; the child was killed")
+        self._process.join(5.0)
+        code = self._process.exitcode
+        if code is not None and code < 0:
+            raise ChildFailed(f"the child died of {signal.Signals(-code).name}")
+        raise ChildFailed(f"the child ended (exit code {code}) without answering")
+
+    def ask(self, *command: Any) -> Any:
+        """Send ``command`` and return the child's answer."""
+        try:
+            self._conn.send(command)
+        except OSError as exc:  # BrokenPipeError: the child is gone
+            raise ChildFailed(f"the child is gone ({_why(exc)})") from exc
+        return self.receive()[1]
+
+    def close(self) -> None:
+        """Wait briefly for the child to end (after ``stop``, it saves and exits), then kill
+        it."""
+        self._conn.close()
+        self._process.join(30.0)
+        self.kill()
+
+    def kill(self) -> None:
+        """End the child now, if it is still running, and reap it."""
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join()
+
+
 # -- timing ----------------------------------------------------------------------------------
 
 
-def round_robin(runs: dict[str, Any], feeds: dict[str, np.ndarray], settings: Settings,
-                always: tuple[str, ...], first_s: dict[str, float]
+def round_robin(children: dict[str, Child], settings: Settings, always: tuple[str, ...],
+                first_s: dict[str, float], failed: dict[str, str]
                 ) -> dict[str, dict[str, Any]]:
     """Per session: median seconds over calls made in rounds, after warm-up calls (the
     first, already made, took ``first_s``; two more follow).
 
-    Each round visits every session once, in a fresh random order, for one untimed call
-    and then a burst of timed calls (about BURST_S of them). Runtimes in one process
-    disturb each other at the switch (worker threads of the one before still spinning or
-    gone to sleep, a cold cache): the untimed call absorbs it, the burst measures the
-    session as an application running one model would see it, and the rounds spread drift
-    in the machine's speed over every session alike. Rounds go on until the budget is spent
-    (at least ``min_rounds``). A session not in ``always`` whose best warm-up call is over
-    SLOW_FACTOR x the fastest (and over SLOW_FLOOR_S), or whose first call took over
-    SLOW_FIRST_S, is left out of the rounds; its entry holds ``warmup_s`` only.
+    Each round asks every session's child once, in a fresh random order, for one untimed
+    call and then a burst of timed calls (about BURST_S of them); only that child computes
+    meanwhile. The untimed call absorbs the switch (worker threads gone to sleep, a cold
+    cache), the burst measures the session as an application running one model would see
+    it, and the rounds spread drift in the machine's speed over every session alike. Rounds
+    go on until the budget is spent (at least ``min_rounds``). A session not in ``always``
+    whose best warm-up call is over SLOW_FACTOR x the fastest (and over SLOW_FLOOR_S), or
+    whose first call took over SLOW_FIRST_S, is left out of the rounds; its entry holds
+    ``warmup_s`` only. A child that fails is recorded in ``failed`` and has no entry.
     """
     warm: dict[str, float] = {}
-    for name, session in runs.items():
+    for name in first_s:
         warm[name] = first_s[name]
         if warm[name] > SLOW_FIRST_S and name not in always:  # too slow to call again
             continue
-        calls = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            session.run(feeds)
-            calls.append(time.perf_counter() - t0)
-        warm[name] = min(calls)
+        try:
+            warm[name] = min(children[name].ask("calls", 2))
+        except ChildFailed as exc:
+            failed[name] = str(exc)
+            del warm[name]
+    if not warm:
+        return {}
     fastest = min(warm.values())
-    timed = [n for n in runs if n in always or
+    timed = [n for n in warm if n in always or
              not (warm[n] > SLOW_FACTOR * fastest and warm[n] > SLOW_FLOOR_S)]
     burst = {n: int(min(BURST_MAX, max(1, BURST_S / max(warm[n], 1e-6)))) for n in timed}
     order = np.random.default_rng(0)
@@ -125,16 +300,18 @@ def round_robin(runs: dict[str, Any], feeds: dict[str, np.ndarray], settings: Se
     while rounds < settings.min_rounds or (rounds < settings.max_rounds and
                                            time.perf_counter() - start < settings.budget_s):
         for i in order.permutation(len(timed)):
-            session, sink = runs[timed[i]], times[timed[i]]
-            session.run(feeds)
-            for _ in range(burst[timed[i]]):
-                t0 = time.perf_counter()
-                session.run(feeds)
-                sink.append(time.perf_counter() - t0)
+            name = timed[i]
+            if name in failed:
+                continue
+            try:
+                times[name] += children[name].ask("burst", burst[name])
+            except ChildFailed as exc:
+                failed[name] = str(exc)
         rounds += 1
-    out = {n: {"warmup_s": warm[n]} for n in runs}
+    out = {n: {"warmup_s": warm[n]} for n in warm if n not in failed}
     for n, ts in times.items():
-        out[n].update(median_s=statistics.median(ts), runs=len(ts), rounds=rounds)
+        if n not in failed:
+            out[n].update(median_s=statistics.median(ts), runs=len(ts), rounds=rounds)
     return out
 
 
@@ -156,51 +333,91 @@ def feeds_for(entry: SchedulerModel, index: int) -> dict[str, np.ndarray]:
 
 def model_row(entry: SchedulerModel, index: int, backends: list[str],
               settings: Settings) -> dict[str, Any]:
-    """Sessions for one model (default, fixed-order, each backend alone), timed together."""
+    """Sessions for one model (default, fixed-order, each backend alone), each in a child
+    process of its own, timed together."""
     feeds = feeds_for(entry, index)
     row: dict[str, Any] = {"model": entry.name, "input_shapes": entry.input_shapes,
-                           "backends": {}, "notes": []}
-    sessions: dict[str, Any] = {"default": bp.Session(entry.model)}
-    plan = sessions["default"].plan
-    row["default_devices"] = sorted({p.device for p in plan.partitions})
-    row["default_partitions"] = len(plan.partitions)
-    row["predicted_s"] = plan.predicted_s
-    sessions["fixed-order"] = bp.Session(entry.model, policy="fixed-order")
-    row["fixed_devices"] = sorted({p.device for p in sessions["fixed-order"].plan.partitions})
-    for name in backends:
-        try:
-            sessions[name] = bp.Session(entry.model, devices=[name])
-        except bp.UnsupportedError as exc:
-            row["backends"][name] = {"cannot_run": str(exc).splitlines()[0]}
-    atol = QDQ_ACTIVATION_SCALE if entry.name.startswith("qdq-") else CHECK_ATOL
-    first_s, want = {}, None
-    for name, session in sessions.items():  # the first call (it may compile for the shapes)
-        t0 = time.perf_counter()
-        got = session.run(feeds)
-        first_s[name] = time.perf_counter() - t0
-        want = got if want is None else want
-        for out, ref in want.items():
-            if not np.allclose(got[out], ref, rtol=CHECK_RTOL, atol=atol):
-                err = float(np.max(np.abs(got[out] - ref)))
-                row["notes"].append(f"{name}: output {out} differs from the default plan's "
-                                    f"(max abs {err:.3g})")
-    timing = round_robin(sessions, feeds, settings, ("default", "fixed-order"), first_s)
-    if sessions["default"].plan is not plan:
-        row["notes"].append("the default plan changed while it was measured: "
-                            + "; ".join(sessions["default"].plan.events))
-    row["default_s"] = timing.pop("default")["median_s"]
-    row["fixed_s"] = timing.pop("fixed-order")["median_s"]
+                           "backends": {}, "notes": [],
+                           "default_devices": [], "default_partitions": None,
+                           "predicted_s": None, "fixed_devices": []}
+    model = entry.model.SerializeToString()
+    kwargs: dict[str, dict[str, Any]] = {"default": {}, "fixed-order": {"policy": "fixed-order"},
+                                         **{name: {"devices": [name]} for name in backends}}
+    children: dict[str, Child] = {}
+    failed: dict[str, str] = {}
+    try:
+        # All set up at once (untimed); every call below is made with the others idle.
+        for name, kw in kwargs.items():
+            children[name] = Child(session_child, model, kw, feeds, name == "default")
+        plans = {}
+        for name, child in children.items():
+            try:
+                kind, plans[name] = child.receive()
+            except ChildFailed as exc:
+                failed[name] = str(exc)
+                continue
+            if kind == "cannot_run":
+                if name in backends:
+                    row["backends"][name] = {"cannot_run": plans.pop(name)}
+                else:
+                    failed[name] = f"cannot run: {plans.pop(name)}"
+        if "default" in plans:
+            row["default_devices"] = plans["default"]["devices"]
+            row["default_partitions"] = plans["default"]["partitions"]
+            row["predicted_s"] = plans["default"]["predicted_s"]
+        if "fixed-order" in plans:
+            row["fixed_devices"] = plans["fixed-order"]["devices"]
+        atol = QDQ_ACTIVATION_SCALE if entry.name.startswith("qdq-") else CHECK_ATOL
+        first_s: dict[str, float] = {}
+        reference = want = None
+        for name in plans:  # the first call (it may compile for the shapes)
+            try:
+                first_s[name], got = children[name].ask("first")
+            except ChildFailed as exc:
+                failed[name] = str(exc)
+                continue
+            if want is None:
+                reference, want = name, got
+            for out, ref in want.items():
+                if not np.allclose(got[out], ref, rtol=CHECK_RTOL, atol=atol):
+                    err = float(np.max(np.abs(got[out] - ref)))
+                    whose = "the default plan's" if reference == "default" else f"{reference}'s"
+                    row["notes"].append(f"{name}: output {out} differs from {whose} "
+                                        f"(max abs {err:.3g})")
+        timing = round_robin(children, settings, ("default", "fixed-order"), first_s, failed)
+        if "default" in timing:
+            try:
+                end = children["default"].ask("stop")
+            except ChildFailed as exc:
+                failed["default"] = str(exc)
+                timing.pop("default")
+            else:
+                if end["plan_changed"]:
+                    row["notes"].append("the default plan changed while it was measured: "
+                                        + "; ".join(end["events"]))
+    finally:
+        for child in children.values():
+            child.close()
+    for name, why in failed.items():
+        row["notes"].append(f"{name} failed: {why}")
+        if name in backends:
+            row["backends"][name] = {"failed": why}
+    row["default_s"] = timing.pop("default", {}).get("median_s")
+    row["fixed_s"] = timing.pop("fixed-order", {}).get("median_s")
     row["backends"].update(timing)
-    row["predicted_over_measured"] = row["predicted_s"] / row["default_s"]
+    row["predicted_over_measured"] = (row["predicted_s"] / row["default_s"]
+                                      if row["default_s"] is not None else None)
     alone = {n: t["median_s"] for n, t in timing.items() if "median_s" in t}
+    row["best_backend"] = row["best_s"] = row["regret"] = row["fixed_regret"] = None
     if not alone:  # only a plan across backends runs this model: no regret to state
         row["notes"].append("no single backend runs this model")
-        row["best_backend"] = row["best_s"] = row["regret"] = row["fixed_regret"] = None
         return row
     best = min(alone, key=alone.get)
     row["best_backend"], row["best_s"] = best, alone[best]
-    row["regret"] = row["default_s"] / row["best_s"]
-    row["fixed_regret"] = row["fixed_s"] / row["best_s"]
+    if row["default_s"] is not None:
+        row["regret"] = row["default_s"] / row["best_s"]
+    if row["fixed_s"] is not None:
+        row["fixed_regret"] = row["fixed_s"] / row["best_s"]
     return row
 
 
@@ -209,18 +426,24 @@ def geomean(values: list[float]) -> float:
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Geometric mean and worst regret of both policies; the cost model's error factor."""
+    """Geometric mean and worst regret of both policies; the cost model's error factor
+    (each None when no model has the figure)."""
     out: dict[str, Any] = {}
-    with_regret = [r for r in rows if r["regret"] is not None]
     for key in ("regret", "fixed_regret"):
+        with_regret = [r for r in rows if r[key] is not None]
+        if not with_regret:
+            out[key] = None
+            continue
         worst = max(with_regret, key=lambda r: r[key])
         out[key] = {"geomean": geomean([r[key] for r in with_regret]), "worst": worst[key],
                     "worst_model": worst["model"], "models": len(with_regret)}
     r = out["regret"]
-    r["geomean_met"] = r["geomean"] <= REGRET_GEOMEAN_GOAL
-    r["worst_met"] = r["worst"] <= REGRET_WORST_GOAL
-    logs = [abs(math.log(row["predicted_over_measured"])) for row in rows]
-    out["cost_model_error_factor"] = math.exp(sum(logs) / len(logs))
+    if r is not None:
+        r["geomean_met"] = r["geomean"] <= REGRET_GEOMEAN_GOAL
+        r["worst_met"] = r["worst"] <= REGRET_WORST_GOAL
+    logs = [abs(math.log(row["predicted_over_measured"])) for row in rows
+            if row["predicted_over_measured"] is not None]
+    out["cost_model_error_factor"] = math.exp(sum(logs) / len(logs)) if logs else None
     return out
 
 
@@ -271,8 +494,8 @@ def synthetic_graph(blocks: int = PLANNING_NODES // 8, width: int = 64, rows: in
                              ir_version=helper.find_min_ir_version_for(opset))
 
 
-def planning_row(settings: Settings) -> dict[str, Any]:
-    """Median seconds of ``plan_model`` on the loaded synthetic graph."""
+def planning_row(runs: int) -> dict[str, Any]:
+    """Median seconds of ``plan_model`` on the loaded synthetic graph, over ``runs``."""
     from backplane.intake import load_model
     from backplane.scheduler import plan_model
 
@@ -280,7 +503,7 @@ def planning_row(settings: Settings) -> dict[str, Any]:
     assert len(graph.nodes) == PLANNING_NODES, len(graph.nodes)
     plan = plan_model(graph)  # warm-up: device profiles, capability caches
     times = []
-    for _ in range(settings.planning_runs):
+    for _ in range(runs):
         t0 = time.perf_counter()
         plan_model(graph)
         times.append(time.perf_counter() - t0)
@@ -310,13 +533,22 @@ def calibration() -> dict[str, Any]:
 
 
 def cpu_seconds() -> tuple[float, float]:
-    """CPU seconds spent so far by the whole machine, and by this process."""
+    """CPU seconds spent so far by the whole machine, and by this process and its ended
+    children."""
     import psutil
 
     t = psutil.cpu_times()
     machine = t.user + t.system + sum(getattr(t, k, 0.0) for k in ("nice", "irq", "softirq"))
     own = psutil.Process().cpu_times()
     return machine, own.user + own.system + own.children_user + own.children_system
+
+
+def parent_cpu_seconds() -> float:
+    """CPU seconds spent so far by this process alone (its threads included)."""
+    import psutil
+
+    own = psutil.Process().cpu_times()
+    return own.user + own.system
 
 
 def versions() -> dict[str, str]:
@@ -341,13 +573,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.3f}"
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.3f}"
 
 
 def _cell(entry: dict[str, Any]) -> str:
     if "cannot_run" in entry:
         return "cannot"
+    if "failed" in entry:
+        return "failed"
     if "median_s" in entry:
         return _ms(entry["median_s"])
     if "warmup_s" in entry:
@@ -380,9 +614,9 @@ def print_report(report: dict[str, Any]) -> None:
             f"{'best':>13}" + "".join(f" {b[:12]:>12}" for b in backends))
     print(head)
     for r in rows:
-        regret, fixed_regret, best = ((f"{r['regret']:7.3f}", f"{r['fixed_regret']:7.3f}",
-                                       r["best_backend"][:13])
-                                      if r["regret"] is not None else ("-", "-", "-"))
+        regret, fixed_regret = (f"{r[k]:7.3f}" if r[k] is not None else "-"
+                                for k in ("regret", "fixed_regret"))
+        best = (r["best_backend"] or "-")[:13]
         print(f"{r['model']:30} {_ms(r['default_s']):>9} {regret:>7} {_ms(r['fixed_s']):>9} "
               f"{fixed_regret:>7} {best:>13}"
               + "".join(f" {_cell(r['backends'].get(b, {})):>12}" for b in backends))
@@ -398,31 +632,40 @@ def print_report(report: dict[str, Any]) -> None:
     for policy, key in (("default plan", "default_devices"), ("fixed-order", "fixed_devices")):
         groups: dict[str, list[str]] = {}
         for r in rows:
-            groups.setdefault(" + ".join(r[key]), []).append(r["model"])
+            groups.setdefault(" + ".join(r[key]) or "no plan", []).append(r["model"])
         print(f"  {policy} ran on " + "; ".join(f"{devices}: {', '.join(models)}"
                                               for devices, models in groups.items()))
     s = report["summary"]
     reg, fixed = s["regret"], s["fixed_regret"]
-    print(f"  default plan: geomean regret {reg['geomean']:.3f} (goal <= "
-          f"{REGRET_GEOMEAN_GOAL}) {'PASS' if reg['geomean_met'] else 'MISS'}; worst "
-          f"{reg['worst']:.3f} on {reg['worst_model']} (goal <= {REGRET_WORST_GOAL}) "
-          f"{'PASS' if reg['worst_met'] else 'MISS'}")
-    print(f"  fixed-order:  geomean regret {fixed['geomean']:.3f}; worst "
-          f"{fixed['worst']:.3f} on {fixed['worst_model']}")
+    if reg is None:
+        print("  default plan: no regret measured (see the notes)")
+    else:
+        print(f"  default plan: geomean regret {reg['geomean']:.3f} (goal <= "
+              f"{REGRET_GEOMEAN_GOAL}) {'PASS' if reg['geomean_met'] else 'MISS'}; worst "
+              f"{reg['worst']:.3f} on {reg['worst_model']} (goal <= {REGRET_WORST_GOAL}) "
+              f"{'PASS' if reg['worst_met'] else 'MISS'}")
+    if fixed is not None:
+        print(f"  fixed-order:  geomean regret {fixed['geomean']:.3f}; worst "
+              f"{fixed['worst']:.3f} on {fixed['worst_model']}")
 
     p = report["planning"]
-    print(f"\nb. planning a {p['nodes']}-node graph (plan_model, no compile): median "
-          f"{p['median_s'] * 1e3:.1f} ms of {p['runs']} (goal <= {p['goal_s'] * 1e3:.0f} ms) "
-          f"{'PASS' if p['met'] else 'MISS'}; {p['partitions']} partition(s) on "
-          f"{', '.join(p['devices'])}")
+    if "failed" in p:
+        print(f"\nb. planning a {PLANNING_NODES}-node graph: failed: {p['failed']}")
+    else:
+        print(f"\nb. planning a {p['nodes']}-node graph (plan_model, no compile): median "
+              f"{p['median_s'] * 1e3:.1f} ms of {p['runs']} (goal <= "
+              f"{p['goal_s'] * 1e3:.0f} ms) {'PASS' if p['met'] else 'MISS'}; "
+              f"{p['partitions']} partition(s) on {', '.join(p['devices'])}")
 
     print("\nc. cost model: predicted / measured seconds per run of the default plan")
     print(f"{'model':30} {'predicted':>10} {'measured':>10} {'ratio':>8}")
     for r in rows:
+        ratio = r["predicted_over_measured"]
         print(f"{r['model']:30} {_ms(r['predicted_s']):>10} {_ms(r['default_s']):>10} "
-              f"{r['predicted_over_measured']:8.3f}")
-    print(f"  geomean |log(predicted / measured)| as a factor: "
-          f"x{s['cost_model_error_factor']:.2f}")
+              + (f"{ratio:8.3f}" if ratio is not None else f"{'-':>8}"))
+    if s["cost_model_error_factor"] is not None:
+        print(f"  geomean |log(predicted / measured)| as a factor: "
+              f"x{s['cost_model_error_factor']:.2f}")
 
 
 def main() -> int:
@@ -456,16 +699,28 @@ def main() -> int:
         "calibration": None if args.no_calibrate else calibration()}
     zoo = scheduler_zoo(sizes=settings.sizes)
     rows = []
+    measuring, parent_before = time.perf_counter(), parent_cpu_seconds()
     for index, entry in enumerate(zoo):
         rows.append(model_row(entry, index, backends, settings))
         print(f"measured {entry.name}", file=sys.stderr, flush=True)
+    parent = (parent_cpu_seconds() - parent_before) / (time.perf_counter() - measuring)
+    if parent > PARENT_LIMIT_CORES:
+        notes.append(f"this process kept {parent:.2f} cores busy on average while the "
+                     "sessions' children ran (runtimes left loaded by calibration?): "
+                     "latencies may be off")
     report["regret"] = rows
     report["summary"] = summary(rows)
-    report["planning"] = planning_row(settings)
+    planner = Child(planning_child, settings.planning_runs)
+    try:
+        report["planning"] = planner.receive()[1]
+    except ChildFailed as exc:
+        report["planning"] = {"failed": str(exc)}
+    finally:
+        planner.close()
     report["meta"] = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(),
                       "cores": os.cpu_count(), "versions": versions(), "backends": backends,
                       "data_dir": ("temporary" if not args.keep_data_dir else str(data_dir())),
-                      "quick": args.quick, "notes": notes,
+                      "quick": args.quick, "notes": notes, "parent_cores": parent,
                       "wall_s": time.perf_counter() - started}
     machine, own = (after - before for after, before in zip(cpu_seconds(), cpu_before))
     others = report["meta"]["others_cores"] = max(0.0, machine - own) / report["meta"]["wall_s"]
