@@ -6,9 +6,11 @@ a. selection regret: per zoo model (five families x small, large x batch 1, 32),
    of the default plan (``Session(model)``: devices auto, policy latency) over the best
    single-backend latency, each loaded backend that has a device timed alone
    (``Session(model, devices=[name])``; one that cannot run every node is shown as such).
-   Beside it, the same for the fixed-order policy: the first admitting backend in priority
-   order, as ONNX Runtime assigns nodes to its execution providers. Goals for the default
-   plan: geometric mean <= 1.05, worst <= 1.25.
+   Beside it, the same for the fixed-order policy (the first admitting backend in priority
+   order, as ONNX Runtime assigns nodes to its execution providers) and for ``tune=True``
+   (the winner of the candidate plans measured on the sample inputs, read back from the
+   tuning cache by a fresh session). Goals for the default plan: geometric mean <= 1.05,
+   worst <= 1.25.
 b. planning time: ``backplane.scheduler.plan_model`` on a loaded graph of 1,000 nodes
    (MatMul, Add, Relu, Softmax, LayerNormalization; branches, joins and long skips), no
    compile; median of 10 after one warm-up. Goal <= 50 ms.
@@ -342,9 +344,21 @@ def model_row(entry: SchedulerModel, index: int, backends: list[str],
                            "predicted_s": None, "fixed_devices": []}
     model = entry.model.SerializeToString()
     kwargs: dict[str, dict[str, Any]] = {"default": {}, "fixed-order": {"policy": "fixed-order"},
+                                         "tuned": {"tune": True},
                                          **{name: {"devices": [name]} for name in backends}}
     children: dict[str, Child] = {}
     failed: dict[str, str] = {}
+    # tune=True as an application uses it: one session measures the candidate plans and
+    # caches the winner (with every candidate's runtime loaded, so it is not the one timed);
+    # the timed "tuned" session, like every later one, finds the winner in the cache.
+    tuner = Child(session_child, model, {"tune": True}, feeds, False)
+    try:
+        tuner.receive()
+    except ChildFailed as exc:
+        failed["tuned"] = f"tuning failed: {exc}"
+        kwargs.pop("tuned")
+    finally:
+        tuner.close()
     try:
         # All set up at once (untimed); every call below is made with the others idle.
         for name, kw in kwargs.items():
@@ -384,7 +398,8 @@ def model_row(entry: SchedulerModel, index: int, backends: list[str],
                     whose = "the default plan's" if reference == "default" else f"{reference}'s"
                     row["notes"].append(f"{name}: output {out} differs from {whose} "
                                         f"(max abs {err:.3g})")
-        timing = round_robin(children, settings, ("default", "fixed-order"), first_s, failed)
+        timing = round_robin(children, settings, ("default", "fixed-order", "tuned"), first_s,
+                             failed)
         if "default" in timing:
             try:
                 end = children["default"].ask("stop")
@@ -404,11 +419,13 @@ def model_row(entry: SchedulerModel, index: int, backends: list[str],
             row["backends"][name] = {"failed": why}
     row["default_s"] = timing.pop("default", {}).get("median_s")
     row["fixed_s"] = timing.pop("fixed-order", {}).get("median_s")
+    row["tuned_s"] = timing.pop("tuned", {}).get("median_s")
     row["backends"].update(timing)
     row["predicted_over_measured"] = (row["predicted_s"] / row["default_s"]
                                       if row["default_s"] is not None else None)
     alone = {n: t["median_s"] for n, t in timing.items() if "median_s" in t}
     row["best_backend"] = row["best_s"] = row["regret"] = row["fixed_regret"] = None
+    row["tuned_regret"] = None
     if not alone:  # only a plan across backends runs this model: no regret to state
         row["notes"].append("no single backend runs this model")
         return row
@@ -418,6 +435,8 @@ def model_row(entry: SchedulerModel, index: int, backends: list[str],
         row["regret"] = row["default_s"] / row["best_s"]
     if row["fixed_s"] is not None:
         row["fixed_regret"] = row["fixed_s"] / row["best_s"]
+    if row["tuned_s"] is not None:
+        row["tuned_regret"] = row["tuned_s"] / row["best_s"]
     return row
 
 
@@ -429,8 +448,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Geometric mean and worst regret of both policies; the cost model's error factor
     (each None when no model has the figure)."""
     out: dict[str, Any] = {}
-    for key in ("regret", "fixed_regret"):
-        with_regret = [r for r in rows if r[key] is not None]
+    for key in ("regret", "fixed_regret", "tuned_regret"):
+        with_regret = [r for r in rows if r.get(key) is not None]
         if not with_regret:
             out[key] = None
             continue
@@ -611,14 +630,15 @@ def print_report(report: dict[str, Any]) -> None:
 
     print("\na. selection regret: latency / best single-backend latency (median ms per run)")
     head = (f"{'model':30} {'default':>9} {'regret':>7} {'fixed':>9} {'regret':>7} "
-            f"{'best':>13}" + "".join(f" {b[:12]:>12}" for b in backends))
+            f"{'tuned':>9} {'regret':>7} {'best':>13}" + "".join(f" {b[:12]:>12}" for b in backends))
     print(head)
     for r in rows:
-        regret, fixed_regret = (f"{r[k]:7.3f}" if r[k] is not None else "-"
-                                for k in ("regret", "fixed_regret"))
+        regret, fixed_regret, tuned_regret = (
+            f"{r[k]:7.3f}" if r.get(k) is not None else "-"
+            for k in ("regret", "fixed_regret", "tuned_regret"))
         best = (r["best_backend"] or "-")[:13]
         print(f"{r['model']:30} {_ms(r['default_s']):>9} {regret:>7} {_ms(r['fixed_s']):>9} "
-              f"{fixed_regret:>7} {best:>13}"
+              f"{fixed_regret:>7} {_ms(r.get('tuned_s')):>9} {tuned_regret:>7} {best:>13}"
               + "".join(f" {_cell(r['backends'].get(b, {})):>12}" for b in backends))
     for r in rows:
         for note in r["notes"]:
@@ -647,6 +667,10 @@ def print_report(report: dict[str, Any]) -> None:
     if fixed is not None:
         print(f"  fixed-order:  geomean regret {fixed['geomean']:.3f}; worst "
               f"{fixed['worst']:.3f} on {fixed['worst_model']}")
+    tuned = s.get("tuned_regret")
+    if tuned is not None:
+        print(f"  tune=True:    geomean regret {tuned['geomean']:.3f}; worst "
+              f"{tuned['worst']:.3f} on {tuned['worst_model']}")
 
     p = report["planning"]
     if "failed" in p:

@@ -62,13 +62,15 @@ DEFAULT_LINK_GB_S, DEFAULT_LINK_LATENCY_S = 25.0, 10e-6
 MIN_OBSERVATIONS = 10
 #: A learned correction is clamped to this factor either way.
 MAX_CORRECTION = 10.0
+#: A backend whose QDQ MatMul runs this many times its fp32 MatMul rate runs int8 kernels.
+INT8_KERNELS = 1.5
 #: Op families with their own compute efficiency (``qmatmul``: a MatMul or Gemm reading
 #: dequantized values, which a backend may run on int8 kernels).
 FAMILIES = ("matmul", "qmatmul", "conv", "dwconv", "other")
 _MATMUL_OPS = frozenset({"MatMul", "Gemm", "MatMulInteger", "FusedMatMulBiasGelu", "Attention"})
 _CONV_OPS = frozenset({"Conv", "ConvTranspose", "FusedConvRelu", "ConvInteger"})
 #: Calibration figure of each family's rate.
-_FAMILY_FIGURES = {"matmul": "fp32_tflops", "conv": "conv_fp32_tflops",
+_FAMILY_FIGURES = {"matmul": "matmul_layers_tflops", "conv": "conv_fp32_tflops",
                    "dwconv": "dwconv_fp32_tflops", "qmatmul": "qdq_matmul_tops"}
 _PRECISION_FIGURES = {"fp64": "fp64_tflops", "fp32": "fp32_tflops", "tf32": "tf32_tflops",
                       "fp16": "fp16_tflops", "bf16": "bf16_tflops", "fp8": "fp8_tflops",
@@ -107,6 +109,9 @@ class BackendRates:
     efficiency: dict[str, float]
     memory_efficiency: float
     source: str
+    io_s_per_byte: float = 0.0
+    """What a call costs per byte of its inputs and outputs beyond streaming them (copies
+    into and out of the runtime's own buffers)."""
 
 
 def family(node: "Node", quantized: bool = False) -> str:
@@ -136,10 +141,12 @@ class CostModel:
                                             self.profiles[d.id].fingerprint) for d in devices}
 
     def node_time(self, node: "Node", device_id: str, precision: str,
-                  cost: Any | None = None, quantized: bool = False) -> float:
+                  cost: Any | None = None, quantized: bool = False,
+                  fused: bool = False) -> float:
         """Predicted seconds for ``node`` on a device at ``precision``, inside a partition
         (the partition's launch overhead is :meth:`launch_time`). ``quantized``: the node
-        reads the output of a DequantizeLinear."""
+        reads the output of a DequantizeLinear. ``fused``: a graph compiler folds the node
+        into the one producing its input, so it moves no data of its own."""
         from . import ops
 
         c = cost if cost is not None else ops.cost(node)
@@ -148,9 +155,25 @@ class CostModel:
         # Efficiencies are fractions of the fp32 peak, but for lower-precision paths.
         peak = prof.peak.get(_pricing_precision(node, precision, quantized), prof.peak["fp32"])
         compute = c.flops / (peak * r.efficiency[fam]) if c.flops else 0.0
-        memory = c.bytes / (prof.bandwidth * r.memory_efficiency) if c.bytes else 0.0
+        # Matrix and convolution kernels stream their operands at the device's bandwidth;
+        # how well a backend does on memory-bound element-wise work is its own figure.
+        bandwidth = prof.bandwidth * (r.memory_efficiency if fam == "other" else 1.0)
+        nbytes = c.bytes
+        if fam == "qmatmul" and r.efficiency["qmatmul"] > INT8_KERNELS * r.efficiency["matmul"]:
+            nbytes //= 4  # int8 kernels: the dequantized operands stay int8 in memory
+        memory = nbytes / bandwidth if nbytes and not fused else 0.0
         return ((max(compute, memory) + r.node_s) * self.slowdown[device_id][0]
                 * self.correction[device_id])
+
+    def io_time(self, device_id: str, nbytes: int) -> float:
+        """Predicted seconds a call spends copying ``nbytes`` of inputs or outputs."""
+        return (nbytes * self.rates[device_id].io_s_per_byte * self.slowdown[device_id][0]
+                * self.correction[device_id])
+
+    def folded_time(self, device_id: str) -> float:
+        """Predicted seconds of a node that reads only constants, on a graph compiler:
+        it is folded at compile time and costs its per-node overhead at most."""
+        return self.rates[device_id].node_s * self.correction[device_id]
 
     def launch_time(self, device_id: str) -> float:
         """Predicted seconds of one call into a partition on the device."""
@@ -309,6 +332,7 @@ def rates(backend: "Backend", prof: DeviceProfile) -> BackendRates:
     eff = {f: min(1.0, hints["compute_efficiency"]) for f in FAMILIES}
     mem_eff = min(1.0, hints["memory_efficiency"])
     launch, node = hints["launch_us"] * 1e-6, hints["node_us"] * 1e-6
+    io = 0.0
     source = "declared cost hints" if declared else "default cost hints"
     cal = prof.measured.get(backend.name)
     if cal:
@@ -319,17 +343,31 @@ def rates(backend: "Backend", prof: DeviceProfile) -> BackendRates:
                 # Int8 kernels may beat the fp32 peak, up to the device's int8 peak.
                 cap = prof.peak.get("int8", fp32) / fp32 if fam == "qmatmul" else 1.0
                 eff[fam] = min(cap, cal[key] * 1e12 / fp32)
+        if cal.get("fp32_tflops") and not cal.get("matmul_layers_tflops"):
+            eff["matmul"] = min(1.0, cal["fp32_tflops"] * 1e12 / fp32)  # the square peak
         for fam, key in (("conv", "conv_fp32_tflops"), ("qmatmul", "qdq_matmul_tops")):
-            if cal.get("fp32_tflops") and not cal.get(key):
+            if not cal.get(key):
                 eff[fam] = eff["matmul"]
-        if cal.get("memory_bandwidth_gb_s"):
+        rates = [v["elementwise_gb_s"] for v in prof.measured.values()
+                 if v.get("elementwise_gb_s")]
+        if cal.get("elementwise_gb_s"):
+            own, best = cal["elementwise_gb_s"] * 1e9, max(rates) * 1e9
+            if backend.kernels is None:
+                # A graph compiler runs element-wise work inside a graph fused, at the
+                # device's rate; where its one-node Mul is slower than the best backend's,
+                # the difference is the call copying its inputs and outputs.
+                mem_eff, io = 1.0, max(0.0, 1 / own - 1 / best)
+            else:
+                mem_eff = min(1.0, own / best)
+            eff["other"] = mem_eff
+        elif cal.get("memory_bandwidth_gb_s"):
             mem_eff = min(1.0, cal["memory_bandwidth_gb_s"] * 1e9 / prof.bandwidth)
             eff["other"] = mem_eff
         if cal.get("launch_overhead_us"):
             launch = cal["launch_overhead_us"] * 1e-6
         if cal.get("node_overhead_us") is not None:
             node = max(0.0, cal["node_overhead_us"]) * 1e-6
-    return BackendRates(launch, node, eff, mem_eff, source)
+    return BackendRates(launch, node, eff, mem_eff, source, io)
 
 
 def _version(backend: "Backend") -> str:

@@ -48,6 +48,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Lower precisions ``precision="auto"`` may choose, cheapest first.
 AUTO_PRECISIONS = ("int8", "fp16", "bf16")
+#: Ops graph compilers fuse into the kernel producing their input.
+EPILOGUE_OPS = frozenset({
+    "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid",
+    "HardSwish", "Gelu", "Erf", "Exp", "Sqrt", "Pow", "Neg", "Abs", "Clip", "Where", "Cast",
+    "BatchNormalization"})
 #: Share of a device's memory kept free by default.
 DEFAULT_HEADROOM = 0.1
 _ITEMSIZE = {"float64": 8, "int64": 8, "uint64": 8, "complex64": 8, "complex128": 16,
@@ -310,6 +315,13 @@ class _Context:
 
         cost = ops.cost(node)
         quantized = any(v in self.dequantized for v in node.inputs)
+        # Every input a constant (weights being dequantized, reshaped, transposed): graph
+        # compilers fold the node away when they compile.
+        constant = all(v in self.graph.initializers for v in node.inputs if v)
+        # An element-wise op or normalisation on another node's output: graph compilers
+        # fuse it into that node's kernel (an epilogue), so it moves no data of its own.
+        epilogue = node.op_type in EPILOGUE_OPS and bool(node.inputs) and \
+            node.inputs[0] in self.producer
         footprint = 0
         for v in node.inputs + node.outputs:
             if v:
@@ -324,7 +336,12 @@ class _Context:
                 if why:
                     out.rejected.append(Rejection(device_id, "precision:budget", why))
                     continue
-                seconds = self.model.node_time(node, device_id, precision, cost, quantized)
+                compiler = self.backends[device.backend].kernels is None
+                if constant and compiler:
+                    seconds = self.model.folded_time(device_id)
+                else:
+                    seconds = self.model.node_time(node, device_id, precision, cost,
+                                                   quantized, fused=epilogue and compiler)
                 out.options.append(_Option(device, device_id, domain, precision, rank, seconds,
                                            self.model.energy(seconds, device_id)))
         if not out.options:
@@ -400,6 +417,11 @@ class _Context:
 
     def _launch(self, o: _Option, objective: str) -> float:
         t = self._launch_s[o.device_id]
+        return self.model.energy(t, o.device_id) if objective == "energy" else t
+
+    def _io(self, nbytes: int, o: _Option, objective: str) -> float:
+        """A call into ``o``'s runtime copying ``nbytes`` in or out."""
+        t = self.model.io_time(o.device_id, nbytes)
         return self.model.energy(t, o.device_id) if objective == "energy" else t
 
     def _move(self, nbytes: int, src: _Option | None, dst: _Option | None,
@@ -485,17 +507,20 @@ class _Context:
             for k in allowed:
                 o = options[k]
                 own = self._price(o, objective) + sum(
-                    self._move(self.nbytes(v), o, None, objective) for v in outs)
+                    self._move(self.nbytes(v), o, None, objective)
+                    + self._io(self.nbytes(v), o, objective) for v in outs)
                 far = 0.0  # inputs from nodes before the previous one, or from the caller
                 near = []
                 for v in reads:
                     p = self.producer.get(v)
                     if p is None:
-                        far += self._move(self.nbytes(v), None, o, objective)
+                        far += self._move(self.nbytes(v), None, o, objective) + \
+                            self._io(self.nbytes(v), o, objective)
                     elif p == i - 1:
                         near.append(v)
-                    else:
-                        far += self._move(self.nbytes(v), assumed[p], o, objective)
+                    elif assumed[p].key != o.key:
+                        far += self._move(self.nbytes(v), assumed[p], o, objective) + \
+                            self._io(self.nbytes(v), o, objective)
                 launch = self._launch(o, objective)
                 if i == 0:
                     row[k] = own + far + launch
@@ -506,7 +531,8 @@ class _Context:
                         continue
                     step = best[i - 1][j] + own + far
                     if prev.key != o.key:
-                        step += launch
+                        step += launch + sum(self._io(self.nbytes(v), o, objective)
+                                             for v in near)
                         if prev.domain != o.domain:
                             step += sum(self._move(self.nbytes(v), prev, o, objective)
                                         for v in near)
@@ -546,7 +572,11 @@ class _Context:
                 if (src.domain if src else "host") != o.domain and (v, o.domain) not in moved:
                     moved.add((v, o.domain))
                     total += self._move(self.nbytes(v), src, o, objective)
+                if (src is None or src.key != o.key) and (v, o.key) not in moved:
+                    moved.add((v, o.key))
+                    total += self._io(self.nbytes(v), o, objective)
             total += sum(self._move(self.nbytes(v), o, None, objective)
+                         + self._io(self.nbytes(v), o, objective)
                          for v in node.outputs if v in self.outputs)
         return total + sum(RUNTIME_INTERFERENCE * work[d] for d, r in runtimes.items()
                            if len(r) > 1)
@@ -771,7 +801,8 @@ class _Context:
             transfer = sum(self.model.transfer_time(self.nbytes(v),
                                                     sources[v].id if sources[v] else None,
                                                     o.device_id) for v in crossing)
-            launch = self.model.launch_time(o.device_id)
+            launch = self.model.launch_time(o.device_id) + self.model.io_time(
+                o.device_id, sum(self.nbytes(v) for v in inputs + outputs))
             slowdown = 1 + RUNTIME_INTERFERENCE if o.domain in contended else 1
             seconds = launch + slowdown * sum(chosen[i].seconds for i in idx) + transfer
             parts.append(Partition(

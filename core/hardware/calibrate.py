@@ -27,6 +27,8 @@ OVERLAY_SCHEMA = 1
 PEAK_DTYPES = (("fp64", "float64", "fp64_tflops"), ("fp32", "float32", "fp32_tflops"),
                ("fp16", "float16", "fp16_tflops"))
 BANDWIDTH_BYTES = 64 * 2**20
+#: Size of the element-wise call that tells a backend's own element-wise and I/O speed.
+ELEMENTWISE_BYTES = 4 * 2**20
 MIN_RUN_S = 0.02
 MAX_MATMUL_N = 2048
 TIME_PER_FIGURE_S = 0.4
@@ -34,6 +36,9 @@ TIME_PER_FIGURE_S = 0.4
 NODE_CHAIN = 16
 #: Conv rate measurements: 3x3, padded, at this size (a ResNet stage), and channels.
 CONV_SIZE, CONV_CHANNELS, DWCONV_CHANNELS = 56, 64, 128
+#: Ops in the chains whose rate stands for a network's layers, and the dense layers'
+#: activations x width.
+OP_CHAIN, MATMUL_CHAIN = 3, (256, 1024)
 #: Size of the quantized (QDQ) MatMul whose rate tells whether a backend runs int8 kernels.
 QDQ_MATMUL_N = 1024
 #: Longest one device's calibration may take.
@@ -323,6 +328,15 @@ def _measure(result: DeviceCalibration, backend: Any, device: Any,
         result.measurements.append(Measurement(
             "memory_bandwidth_gb_s", round(2 * x.nbytes / seconds / 1e9, 3),
             f"Mul by a scalar over {x.nbytes // 2**20} MiB (read + write), best of {runs}"))
+    count = ELEMENTWISE_BYTES // 4
+    exe = compiled(_model("Mul", [("x", "float32", [count])], {"c": np.array(1.0001, np.float32)}))
+    if exe is not None:
+        x = rng.standard_normal(count).astype(np.float32)
+        seconds, runs = _best_time(exe, {"x": x})
+        result.measurements.append(Measurement(
+            "elementwise_gb_s", round(2 * x.nbytes / seconds / 1e9, 3),
+            f"Mul by a scalar over {x.nbytes // 2**20} MiB, an activation's size (read + "
+            f"write, the call's copies included), best of {runs}"))
     exe = compiled(_model("Add", [("x", "float32", [1]), ("z", "float32", [1])], {}))
     chain = compiled(_model("Add", [("x", "float32", [1]), ("z", "float32", [1])], {},
                             chain=NODE_CHAIN))
@@ -341,17 +355,30 @@ def _measure(result: DeviceCalibration, backend: Any, device: Any,
                                  ("dwconv_fp32_tflops", DWCONV_CHANNELS, DWCONV_CHANNELS)):
         size = CONV_SIZE
         w = (rng.standard_normal((channels, channels // group, 3, 3)) * 0.1).astype(np.float32)
+        # A chain, as in a network: a graph compiler keeps its own layout between the
+        # convolutions and pays the conversions once, as it does in a model.
         exe = compiled(_model("Conv", [("x", "float32", [1, channels, size, size])], {"w": w},
-                              pads=[1, 1, 1, 1], group=group))
+                              chain=OP_CHAIN, pads=[1, 1, 1, 1], group=group))
         if exe is None:
             continue
         x = rng.standard_normal((1, channels, size, size)).astype(np.float32)
         seconds, runs = _best_time(exe, {"x": x})
-        flops = 2 * channels * (channels // group) * 9 * size * size
+        flops = OP_CHAIN * 2 * channels * (channels // group) * 9 * size * size
         result.measurements.append(Measurement(
             key, round(flops / seconds / 1e12, 6),
-            f"Conv 3x3 {channels} channels{' depthwise' if group > 1 else ''} at "
-            f"{size}x{size}, best of {runs}: {seconds * 1e3:.2f} ms"))
+            f"{OP_CHAIN} Conv 3x3 {channels} channels{' depthwise' if group > 1 else ''} at "
+            f"{size}x{size} in a row, best of {runs}: {seconds * 1e3:.2f} ms"))
+    rows, width = MATMUL_CHAIN
+    w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    exe = compiled(_model("MatMul", [("x", "float32", [rows, width])], {"w": w},
+                          chain=OP_CHAIN))
+    if exe is not None:
+        x = rng.standard_normal((rows, width)).astype(np.float32)
+        seconds, runs = _best_time(exe, {"x": x})
+        result.measurements.append(Measurement(
+            "matmul_layers_tflops", round(OP_CHAIN * 2 * rows * width * width / seconds / 1e12, 6),
+            f"{OP_CHAIN} MatMuls [{rows},{width}]x[{width},{width}] in a row (dense layers), "
+            f"best of {runs}: {seconds * 1e3:.2f} ms"))
     graph = _qdq_matmul_model(QDQ_MATMUL_N, rng)
     verdicts = [backend.capabilities.check(node) for node in graph.nodes]
     if not all(verdicts):
