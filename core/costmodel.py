@@ -22,9 +22,10 @@ Where the figures come from, best first:
   rates, bandwidth, launch and per-node overheads, each relative to the device's
   figures), else the backend's declared ``cost_hints``, else :data:`DEFAULT_HINTS`;
 - past runs: sessions report each partition's measured time beside its prediction
-  (:func:`observe`); once a backend on a device has :data:`MIN_OBSERVATIONS`, the geometric
-  mean of measured over predicted scales its predictions. Observations are kept per
-  backend version and device fingerprint in ``<data dir>/costmodel.json``.
+  (:func:`observe`); once a backend on a device has :data:`MIN_OBSERVATIONS` for a model,
+  the geometric mean of measured over predicted scales its predictions for that model.
+  Observations are kept per backend version, device fingerprint and model
+  (:func:`graph_key`) in ``<data dir>/costmodel.json``.
 
 Everything here is plain arithmetic on cached figures: planning a 1,000-node graph must
 take milliseconds.
@@ -39,7 +40,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import load
+from . import load, ops
 
 if TYPE_CHECKING:  # pragma: no cover
     from .contract import Backend, Device
@@ -131,14 +132,16 @@ class CostModel:
     current live load once, so every price within one plan sees the same machine state.
     """
 
-    def __init__(self, devices: "list[Device]", backends: "dict[str, Backend]"):
+    def __init__(self, devices: "list[Device]", backends: "dict[str, Backend]",
+                 model_key: str = ""):
         self.devices = {d.id: d for d in devices}
         self.profiles = {d.id: profile(d) for d in devices}
         self.rates = {d.id: rates(backends[d.backend], self.profiles[d.id])
                       for d in devices}
         self.slowdown = {d.id: load.slowdown(d) for d in devices}
         self.correction = {d.id: correction(d.backend, _version(backends[d.backend]),
-                                            self.profiles[d.id].fingerprint) for d in devices}
+                                            self.profiles[d.id].fingerprint, model_key)
+                           for d in devices}
 
     def node_time(self, node: "Node", device_id: str, precision: str,
                   cost: Any | None = None, quantized: bool = False,
@@ -147,8 +150,6 @@ class CostModel:
         (the partition's launch overhead is :meth:`launch_time`). ``quantized``: the node
         reads the output of a DequantizeLinear. ``fused``: a graph compiler folds the node
         into the one producing its input, so it moves no data of its own."""
-        from . import ops
-
         c = cost if cost is not None else ops.cost(node)
         prof, r = self.profiles[device_id], self.rates[device_id]
         fam = family(node, quantized)
@@ -200,9 +201,25 @@ class CostModel:
         return self.profiles[device_id].domain
 
 
-def for_devices(devices: "list[Device]", backends: "dict[str, Backend]") -> CostModel:
-    """A cost model over ``devices``."""
-    return CostModel(devices, backends)
+def for_devices(devices: "list[Device]", backends: "dict[str, Backend]",
+                model_key: str = "") -> CostModel:
+    """A cost model over ``devices``, with the corrections learned for ``model_key``
+    (:func:`graph_key`)."""
+    return CostModel(devices, backends, model_key)
+
+
+def graph_key(graph: Any) -> str:
+    """A short key of a graph's structure and sizes (ops, attributes' names, input shapes):
+    what corrections learned from past runs are kept under. A model's errors are its own
+    (a backend may be 2x faster than predicted on one network and 2x slower on another),
+    so a correction applies to the model it was learned on, at the sizes it ran at."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for node in graph.nodes:
+        h.update(f"{node.domain}:{node.op_type}:{node.input_shapes}:"
+                 f"{sorted(node.attributes)};".encode())
+    return h.hexdigest()[:16]
 
 
 def _pricing_precision(node: "Node", precision: str, quantized: bool) -> str:
@@ -383,8 +400,8 @@ _loaded: list[bool] = []
 _dirty: list[bool] = []
 
 
-def _key(backend: str, version: str, fingerprint: str | None) -> str:
-    return f"{backend}|{version}|{fingerprint or 'unknown'}"
+def _key(backend: str, version: str, fingerprint: str | None, model_key: str) -> str:
+    return f"{backend}|{version}|{fingerprint or 'unknown'}|{model_key}"
 
 
 def _store_path() -> Any:
@@ -407,15 +424,17 @@ def _ensure_loaded() -> None:
     _loaded.append(True)
 
 
-def observe(backend: str, version: str, fingerprint: str | None, predicted_s: float,
-            measured_s: float) -> None:
-    """Record one partition run: what was predicted and what was measured."""
+def observe(backend: str, version: str, fingerprint: str | None, model_key: str,
+            predicted_s: float, measured_s: float) -> None:
+    """Record one partition run of a model (:func:`graph_key`): what was predicted and
+    what was measured."""
     if predicted_s <= 0 or measured_s <= 0:
         return
     ratio = math.log(measured_s / predicted_s)
     with _learn_lock:
         _ensure_loaded()
-        entry = _learned.setdefault(_key(backend, version, fingerprint), [0.0, 0.0])
+        entry = _learned.setdefault(_key(backend, version, fingerprint, model_key),
+                                    [0.0, 0.0])
         # Exponential forgetting past 200 observations: recent runs count most.
         if entry[1] >= 200:
             entry[0] *= 199 / 200
@@ -427,12 +446,13 @@ def observe(backend: str, version: str, fingerprint: str | None, predicted_s: fl
             atexit.register(save)
 
 
-def correction(backend: str, version: str, fingerprint: str | None) -> float:
-    """The factor past runs put on a backend's predictions on a device (1.0 until
-    :data:`MIN_OBSERVATIONS` runs were observed)."""
+def correction(backend: str, version: str, fingerprint: str | None, model_key: str = ""
+               ) -> float:
+    """The factor past runs of a model put on a backend's predictions on a device (1.0
+    until :data:`MIN_OBSERVATIONS` runs were observed)."""
     with _learn_lock:
         _ensure_loaded()
-        entry = _learned.get(_key(backend, version, fingerprint))
+        entry = _learned.get(_key(backend, version, fingerprint, model_key))
     if entry is None or entry[1] < MIN_OBSERVATIONS:
         return 1.0
     factor = math.exp(entry[0] / entry[1])

@@ -144,7 +144,10 @@ class Plan:
     fingerprints: dict[str, str | None] = field(default_factory=dict)
     """Hardware fingerprint of each device planned over (None where unmatched)."""
     corrections: dict[str, float] = field(default_factory=dict)
-    """The factor past runs put on each device's predictions (1.0 until learned)."""
+    """The factor past runs of this model put on each device's predictions (1.0 until
+    learned)."""
+    model_key: str = ""
+    """The key corrections for this model are learned under (its structure and sizes)."""
 
     @property
     def measured_s(self) -> float | None:

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import ops
 from .contract import Device, Verdict, op_key
 from .errors import UnsupportedError
 from .planner import (FALLBACK_BACKEND, Candidate, Partition, Placement, Plan, Rejection)
@@ -58,6 +59,8 @@ DEFAULT_HEADROOM = 0.1
 _ITEMSIZE = {"float64": 8, "int64": 8, "uint64": 8, "complex64": 8, "complex128": 16,
              "float32": 4, "int32": 4, "uint32": 4, "float16": 2, "bfloat16": 2, "int16": 2,
              "uint16": 2, "int8": 1, "uint8": 1, "bool": 1}
+LAST_RESORT = ("not-chosen:last-resort",
+               "admits the node; the reference backend runs only what no other admits")
 #: Whole-partition moves tried after the assignment, at most.
 MAX_MOVES = 200
 #: How much slower the nodes in one memory domain are predicted to run when partitions of
@@ -75,7 +78,7 @@ class Constraints:
     Attributes:
         device_class: a device class (``cpu``, ``gpu``, ``npu``, ``accelerator``) every node
             should run on; nodes no such device admits fall back elsewhere, unless the
-            session is strict. ``prefer="npu"`` style shortcuts map onto this.
+            session is strict (``device_class="npu"`` is "prefer the NPU").
         exclude: device classes, backend names or device ids never to use.
         memory_headroom: the share of each device's memory a plan leaves free.
     """
@@ -159,9 +162,10 @@ def schedule(graph: "Graph", devices: list[Device], backends: "Mapping[str, Back
 
     constraints = constraints or Constraints()
     excluded, banned = dict(excluded or {}), dict(banned or {})
-    model = costmodel.for_devices(devices, dict(backends))
+    model_key = costmodel.graph_key(graph)
+    model = costmodel.for_devices(devices, dict(backends), model_key)
     ctx = _Context(graph, devices, backends, model, precision, constraints, excluded, banned)
-    cands = [ctx.candidates(i, node, explicit) for i, node in enumerate(graph.nodes)]
+    cands = [ctx.candidates(node, explicit) for node in graph.nodes]
     _check_required(graph, cands, constraints, strict)
     fixed = explicit or policy == "fixed-order"
     objective = "energy" if policy == "efficiency" else "time"
@@ -175,7 +179,7 @@ def schedule(graph: "Graph", devices: list[Device], backends: "Mapping[str, Back
         choice = (_fixed_choice(cands, pinned) if fixed
                   else ctx.assign(cands, pinned, objective, policy))
     choice = ctx.fit_memory(cands, choice, pinned, objective, policy, fixed, events)
-    placements = ctx.placements(cands, choice, fixed, overrides, pins or {})
+    placements = ctx.placements(cands, choice, fixed, explicit, overrides, pins or {})
     parts, back = ctx.partitions(cands, choice)
     plan = Plan(graph.name, policy, precision, explicit,
                 [d.id for d in devices if d.id not in excluded], placements, parts,
@@ -186,6 +190,7 @@ def schedule(graph: "Graph", devices: list[Device], backends: "Mapping[str, Back
     plan.versions = {d.backend: str(backends[d.backend].version) for d in devices}
     plan.fingerprints = {d.id: model.profiles[d.id].fingerprint for d in devices}
     plan.corrections = dict(model.correction)
+    plan.model_key = model_key
     plan.cost_basis = {d.id: f"{'; '.join(model.profiles[d.id].basis)}; backend: "
                              f"{model.rates[d.id].source}"
                        for d in devices if d.id not in excluded}
@@ -273,12 +278,12 @@ class _Context:
                             for o in n.outputs}
         self._failed = {d.id: _failed_variants(backends[d.backend], model.profiles[d.id])
                         for d in devices}
-        self._ranked = [(rank, d, d.id, model.domain(d.id)) for rank, d in enumerate(devices)]
+        self._ranked = [(rank, d, d.id, model.domain(d.id), backends[d.backend].kernels is None)
+                        for rank, d in enumerate(devices)]
         self._caps = {d.backend: backends[d.backend].capabilities for d in devices}
         self._precisions = {name: self._allowed(caps) for name, caps in self._caps.items()}
         self._launch_s = {d.id: model.launch_time(d.id) for d in devices}
         self._bytes: dict[str, int] = {}
-        self.memory_rejections: dict[int, dict[str, str]] = {}
 
     # -- values ----------------------------------------------------------------------------
 
@@ -309,10 +314,9 @@ class _Context:
             return [self.precision] if self.precision in declared else []
         return [p for p in ("fp32",) + AUTO_PRECISIONS if p in declared]
 
-    def candidates(self, index: int, node: "Node", explicit: bool) -> _NodeCandidates:
+    def candidates(self, node: "Node", explicit: bool) -> _NodeCandidates:
+        """Every path that may run ``node``, priced, and every device's reason if not."""
         out = _NodeCandidates()
-        from . import ops
-
         cost = ops.cost(node)
         quantized = any(v in self.dequantized for v in node.inputs)
         # Every input a constant (weights being dequantized, reshaped, transposed): graph
@@ -326,17 +330,19 @@ class _Context:
         for v in node.inputs + node.outputs:
             if v:
                 footprint += self.nbytes(v)
-        for rank, device, device_id, domain in self._ranked:
+        for rank, device, device_id, domain, compiler in self._ranked:
             verdict = self._verdict(device, device_id, node, footprint)
             if not verdict:
                 out.rejected.append(Rejection(device_id, verdict.code, verdict.detail))
+                continue
+            if not explicit and device.backend == FALLBACK_BACKEND and out.options:
+                out.rejected.append(Rejection(device_id, *LAST_RESORT))
                 continue
             for precision in self._precisions[device.backend]:
                 why = self.banned.get((device_id, precision))
                 if why:
                     out.rejected.append(Rejection(device_id, "precision:budget", why))
                     continue
-                compiler = self.backends[device.backend].kernels is None
                 if constant and compiler:
                     seconds = self.model.folded_time(device_id)
                 else:
@@ -390,9 +396,7 @@ class _Context:
             return
         for o in out.options:
             if o.device.backend == FALLBACK_BACKEND:
-                out.rejected.append(Rejection(
-                    o.device_id, "not-chosen:last-resort",
-                    "admits the node; the reference backend runs only what no other admits"))
+                out.rejected.append(Rejection(o.device_id, *LAST_RESORT))
         out.options = fast
 
     def _required(self, out: _NodeCandidates) -> None:
@@ -438,22 +442,33 @@ class _Context:
 
     def assign(self, cands: list[_NodeCandidates], pinned: Mapping[int, int],
                objective: str, policy: str) -> list[int]:
-        """The option index of every node: DP, whole-partition moves, and for
-        ``throughput`` the least-bottlenecked of that and the one-device plans."""
+        """The option index of every node: DP, whole-partition moves, then the cheapest of
+        that and the one-path plans by the exact total (which prices runtime interference,
+        which the DP does not see); for ``throughput``, the least bottlenecked of those and
+        the two-stage pipelines."""
         choice = self._dp(cands, pinned, objective)
         choice = self._improve(cands, choice, pinned, objective)
         keys = sorted({o.key for c in cands for o in c.options})
-        if len(keys) > 1:  # one runtime per domain wherever it can: see RUNTIME_INTERFERENCE
+        if self._mixes_runtimes(cands, choice):
             plans = [choice] + [self._single(cands, choice, pinned, key) for key in keys]
             choice = min(plans, key=lambda ch: self.total(cands, ch, objective))
         if policy == "throughput":
-            keys = sorted({o.key for c in cands for o in c.options})
             plans = [choice] + [self._single(cands, choice, pinned, key) for key in keys]
             plans += [self._pipeline(cands, choice, pinned, a, b)
                       for a in keys for b in keys if a != b]
             choice = min(plans, key=lambda ch: (self._bottleneck(cands, ch),
                                                  self.total(cands, ch, objective)))
         return choice
+
+    @staticmethod
+    def _mixes_runtimes(cands: list[_NodeCandidates], choice: list[int]) -> bool:
+        """Whether two runtimes share a memory domain in an assignment."""
+        seen: dict[str, str] = {}
+        for i, k in enumerate(choice):
+            o = cands[i].options[k]
+            if seen.setdefault(o.domain, o.device.backend) != o.device.backend:
+                return True
+        return False
 
     def _pipeline(self, cands: list[_NodeCandidates], base: list[int],
                   pinned: Mapping[int, int], a: tuple[str, str], b: tuple[str, str]
@@ -490,6 +505,9 @@ class _Context:
 
     def _dp(self, cands: list[_NodeCandidates], pinned: Mapping[int, int],
             objective: str) -> list[int]:
+        """Least cost over the topological order, the state being the current node's path:
+        a step to another path pays its launch, the I/O of its inputs and their copies;
+        inputs from further back are priced from their node's likeliest path."""
         nodes = self.graph.nodes
         n = len(nodes)
         if n == 0:
@@ -583,8 +601,9 @@ class _Context:
 
     def _improve(self, cands: list[_NodeCandidates], choice: list[int],
                  pinned: Mapping[int, int], objective: str) -> list[int]:
-        """Move whole partitions to another path where that lowers the exact total."""
-        if len({o.key for c in cands for o in c.options}) < 2:
+        """Move whole partitions to another path where that lowers the exact total (one
+        partition on one path: the DP has priced every one-path plan already)."""
+        if len(_runs(cands, choice)) < 2:
             return choice
         current = self.total(cands, choice, objective)
         tries = 0
@@ -652,7 +671,6 @@ class _Context:
             heaviest = max(on_device, key=lambda i: self._weights(self.graph.nodes[i]))
             detail = (f"the weights planned on {device_id} ({weights / 2**20:.0f} MiB) "
                       f"exceed its memory less headroom ({capacity / 2**20:.0f} MiB)")
-            self.memory_rejections.setdefault(heaviest, {})[device_id] = detail
             keep = [o for o in cands[heaviest].options if o.device_id != device_id]
             cands[heaviest].rejected += [Rejection(device_id, "memory", detail)]
             cands[heaviest].options = keep
@@ -681,7 +699,9 @@ class _Context:
     # -- the plan --------------------------------------------------------------------------
 
     def placements(self, cands: list[_NodeCandidates], choice: list[int], fixed: bool,
-                   overrides: Mapping[int, int], pins: Mapping[str, Any]) -> list[Placement]:
+                   explicit: bool, overrides: Mapping[int, int], pins: Mapping[str, Any]
+                   ) -> list[Placement]:
+        """Each node's placement, its reason, and a rejection for every other device."""
         out = []
         for i, node in enumerate(self.graph.nodes):
             c = cands[i]
@@ -698,10 +718,11 @@ class _Context:
                 else:
                     code, detail = "not-chosen:cost", (
                         f"predicted {_us(other.seconds)} at {other.precision} here against "
-                        f"{_us(o.seconds)} chosen, before launches and copies")
+                        f"{_us(o.seconds)} chosen, before launches, copies and runtime "
+                        "interference")
                 rejected.append(Rejection(other.device_id, code, detail))
             fallback = o.device.backend == FALLBACK_BACKEND and not any(
-                opt.device.backend != FALLBACK_BACKEND for opt in c.options) and not fixed
+                opt.device.backend != FALLBACK_BACKEND for opt in c.options) and not explicit
             if i in overrides:
                 reason = "chosen by the selection delegate"
             elif node.name in pins:

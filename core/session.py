@@ -283,7 +283,8 @@ class _Timing:
         part.measured_s = statistics.median(window)
         correction = plan.corrections.get(part.device, 1.0)
         costmodel.observe(part.backend, plan.versions.get(part.backend, "0"),
-                          plan.fingerprints.get(part.device), part.predicted_s / correction,
+                          plan.fingerprints.get(part.device), plan.model_key,
+                          part.predicted_s / correction,
                           seconds)
 
 

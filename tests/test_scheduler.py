@@ -356,11 +356,14 @@ def test_runs_record_measured_times_beside_predictions_and_teach_the_cost_model(
     assert s.memory.runs == costmodel.MIN_OBSERVATIONS * 8
     assert s.memory.max_peak_bytes == s.memory.predicted_peak_bytes > 0
     learned = costmodel.correction("onnxruntime", s.plan.versions["onnxruntime"],
-                                   s.plan.fingerprints["onnxruntime:0"])
+                                   s.plan.fingerprints["onnxruntime:0"], s.plan.model_key)
     ratio = part.measured_s / (part.predicted_s / s.plan.corrections["onnxruntime:0"])
     assert learned == pytest.approx(ratio, rel=0.5)
     again = bp.Session(mlp_model(64), devices=["onnxruntime"])
     assert again.plan.corrections["onnxruntime:0"] == pytest.approx(learned)
+    # What one model taught says nothing about another.
+    other = bp.Session(mlp_model(128), devices=["onnxruntime"])
+    assert other.plan.corrections["onnxruntime:0"] == 1.0
 
 
 def test_mixing_runtimes_on_one_device_must_pay_for_their_interference():

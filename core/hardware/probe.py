@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from . import parsers
 
 #: How long a vendor tool may take before its answer is ignored.
 TOOL_TIMEOUT_S = 10.0
+#: How long the child that lists OpenCL platforms may take.
+OPENCL_CHILD_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -66,20 +70,29 @@ class ProbeResult:
     notes: list[str] = field(default_factory=list)
 
 
-def probe_all() -> ProbeResult:
-    """Run every probe; never raises."""
-    result = ProbeResult()
-    for probe in (probe_cpu, probe_nvidia, probe_amd, probe_intel_npu, probe_opencl):
-        try:
-            found, note = probe()
-        except Exception as exc:  # a probe bug must not hide the other devices
-            found, note = [], f"{probe.__name__} failed: {type(exc).__name__}: {exc}"
-        if probe is probe_opencl:
-            found = _merge_opencl(result.hardware, found)
-        result.hardware += found
-        if note:
-            result.notes.append(note)
-    return result
+_probed: ProbeResult | None = None
+_probe_lock = threading.Lock()
+
+
+def probe_all(refresh: bool = False) -> ProbeResult:
+    """Run every probe, once per process (``refresh`` probes again); never raises."""
+    global _probed
+    with _probe_lock:
+        if _probed is not None and not refresh:
+            return _probed
+        result = ProbeResult()
+        for probe in (probe_cpu, probe_nvidia, probe_amd, probe_intel_npu, probe_opencl):
+            try:
+                found, note = probe()
+            except Exception as exc:  # a probe bug must not hide the other devices
+                found, note = [], f"{probe.__name__} failed: {type(exc).__name__}: {exc}"
+            if probe is probe_opencl:
+                found = _merge_opencl(result.hardware, found)
+            result.hardware += found
+            if note:
+                result.notes.append(note)
+        _probed = result
+        return result
 
 
 def _merge_opencl(known: list[Hardware], found: list[Hardware]) -> list[Hardware]:
@@ -317,7 +330,30 @@ def probe_intel_npu(accel: str = "/sys/class/accel") -> tuple[list[Hardware], st
 
 
 def probe_opencl() -> tuple[list[Hardware], str | None]:
-    """Every OpenCL device of every platform, through pyopencl when installed."""
+    """Every OpenCL device of every platform, through pyopencl when installed.
+
+    Unless this process has loaded pyopencl already, the platforms are listed in a short
+    child process: loading an OpenCL driver starts its worker threads (which contend with
+    other runtimes for the cores) and some print warnings, and a process that only plans
+    must not pay for that.
+    """
+    if "pyopencl" in sys.modules:
+        return opencl_records()
+    code = ("import json; from backplane.hardware.probe import opencl_records; "
+            "found, note = opencl_records(); "
+            "print(json.dumps([[h.kind, h.name, h.vendor, h.source, h.facts] for h in found]"
+            " + [note]))")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=OPENCL_CHILD_TIMEOUT_S)
+        *records, note = json.loads(out.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as exc:
+        return [], f"OpenCL probe failed: {type(exc).__name__}: {exc}"
+    return [Hardware(*r) for r in records], note
+
+
+def opencl_records() -> tuple[list[Hardware], str | None]:
+    """:func:`probe_opencl` in this process (what its child runs)."""
     try:
         import pyopencl as cl
     except ImportError:
