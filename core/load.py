@@ -5,8 +5,8 @@ Three sources, each cheap and each optional:
 - backplane's own in-flight work: the executor wraps every partition run in
   :func:`busy`, so the scheduler knows how many partitions this process is running on
   each device at the moment it plans;
-- CPU load through psutil (the one-minute load average over the usable cores, less this
-  process's own in-flight work, which is counted above);
+- CPU load through psutil: the share of the usable cores other processes kept busy since
+  the last reading (this process's own work is counted above, not here);
 - NVIDIA GPU utilisation through NVML (nvidia-ml-py), for devices that carry a PCI bus id.
 
 A factor of 1.0 means idle; 2.0 means the device is shared with as much work again, so a
@@ -16,6 +16,7 @@ node there is predicted to take twice as long. Readings are cached for
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -28,6 +29,9 @@ MAX_SLOWDOWN = 8.0
 _lock = threading.Lock()
 _inflight: dict[str, int] = {}
 _cache: dict[str, tuple[float, float]] = {}
+_last_cpu: list[tuple[float, float, float]] = []
+#: A CPU reading older than this is not a baseline: a fresh sample of SAMPLE_S is taken.
+STALE_S, SAMPLE_S = 5.0, 0.02
 
 
 class busy:  # noqa: N801 - used as a function: ``with busy(device_id):``
@@ -56,18 +60,23 @@ def inflight(device_id: str) -> int:
     return _inflight.get(device_id, 0)
 
 
-def slowdown(device: Any, cores: int | None = None) -> tuple[float, str]:
-    """(factor >= 1, what it is made of) for one device, from every source available."""
+def slowdown(device: Any) -> tuple[float, str]:
+    """(factor >= 1, what it is made of) for one device, from every source available.
+
+    ``BACKPLANE_LOAD=off`` reads no sensor (this process's own in-flight work still
+    counts): plans then depend on the model and the machine only, for reproducible runs.
+    """
     own = inflight(device.id)
+    if os.environ.get("BACKPLANE_LOAD", "").strip().lower() == "off":
+        return 1.0 + own, (f"{own} partition(s) of this process in flight; " if own else "") \
+            + "sensors not read (BACKPLANE_LOAD=off)"
     parts = []
     other = 0.0
     if device.kind == "cpu":
         cpu = _cached("cpu", _cpu_load)
         if cpu is not None:
-            usable = max(1, cores or _usable_cores())
-            # The load average counts this process's running threads too; those are known.
-            other = max(0.0, cpu - own / usable)
-            parts.append(f"cpu load {cpu:.2f}")
+            other = cpu
+            parts.append(f"other processes busy on {cpu:.0%} of the cores")
     else:
         bus = (device.properties or {}).get("pci_bus_id")
         if bus:
@@ -101,12 +110,31 @@ def _usable_cores() -> int:
 
 
 def _cpu_load() -> float | None:
-    """The one-minute load average per usable core, through psutil (None without it)."""
+    """How many of the usable cores other processes kept busy lately (0 = none), through
+    psutil: the machine's busy CPU time less this process's own, over the time since the
+    last reading (a fresh :data:`SAMPLE_S` sample when that is missing or stale). Not the
+    load average: it lags by a minute, and counts this process's own past work."""
     try:
         import psutil
     except ImportError:
         return None
-    return psutil.getloadavg()[0] / max(1, _usable_cores())
+
+    def reading() -> tuple[float, float, float]:
+        t = psutil.cpu_times()
+        busy = sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq",
+                                                "steal"))
+        own = psutil.Process().cpu_times()
+        return time.monotonic(), busy, own.user + own.system
+
+    now = reading()
+    prev = _last_cpu[0] if _last_cpu else None
+    if prev is None or now[0] - prev[0] > STALE_S:
+        time.sleep(SAMPLE_S)
+        prev, now = now, reading()
+    _last_cpu[:] = [now]
+    wall = max(now[0] - prev[0], 1e-3)
+    others = max(0.0, (now[1] - prev[1]) - (now[2] - prev[2]))
+    return others / (wall * max(1, _usable_cores()))
 
 
 def _nvml_utilisation(bus_id: str) -> float | None:

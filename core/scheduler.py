@@ -507,14 +507,19 @@ class _Context:
             objective: str) -> list[int]:
         """Least cost over the topological order, the state being the current node's path:
         a step to another path pays its launch, the I/O of its inputs and their copies;
-        inputs from further back are priced from their node's likeliest path."""
+        inputs from further back are free where their node admits the same path, and
+        otherwise priced from their node's likeliest path."""
         nodes = self.graph.nodes
         n = len(nodes)
         if n == 0:
             return []
         best: list[list[float]] = []
         back: list[list[int]] = []
-        assumed: list[_Option] = []  # the path each earlier node most likely takes
+        # A value from further back is free where its node could be on the same path
+        # (the exact total, and the moves after, check that), else it comes from the
+        # path its node most likely takes.
+        assumed: list[_Option] = []
+        keys_of = [{o.key for o in c.options} for c in cands]
         for i, node in enumerate(nodes):
             options = cands[i].options
             allowed = [pinned[i]] if i in pinned else range(len(options))
@@ -536,7 +541,7 @@ class _Context:
                             self._io(self.nbytes(v), o, objective)
                     elif p == i - 1:
                         near.append(v)
-                    elif assumed[p].key != o.key:
+                    elif o.key not in keys_of[p]:
                         far += self._move(self.nbytes(v), assumed[p], o, objective) + \
                             self._io(self.nbytes(v), o, objective)
                 launch = self._launch(o, objective)

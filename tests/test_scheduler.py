@@ -24,7 +24,7 @@ def fresh_data(tmp_path, monkeypatch):
     """No stored calibration, conformance results or learned corrections, and an idle
     machine (the tests compare plans made moments apart)."""
     monkeypatch.setenv("BACKPLANE_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setattr(load, "slowdown", lambda device, cores=None: (1.0, "idle"))
+    monkeypatch.setattr(load, "slowdown", lambda device: (1.0, "idle"))
     costmodel.refresh()
     yield
     costmodel.refresh()
