@@ -99,6 +99,11 @@ class DeviceProfile:
     basis: list[str] = field(default_factory=list)
     measured: dict[str, dict[str, float]] = field(default_factory=dict)
     """Calibrated figures per backend name, as stored by ``backplane hwdb calibrate``."""
+    cache_bytes: int | None = None
+    """The last-level cache (a CPU's L3 from sysfs): data that fits streams faster."""
+    cache_bandwidth: float = 0.0
+    """Bytes per second for data that fits ``cache_bytes`` (the best backend's 4 MiB
+    element-wise rate; the memory bandwidth when not measured)."""
 
 
 @dataclass
@@ -158,8 +163,10 @@ class CostModel:
         compute = c.flops / (peak * r.efficiency[fam]) if c.flops else 0.0
         # Matrix and convolution kernels stream their operands at the device's bandwidth;
         # how well a backend does on memory-bound element-wise work is its own figure.
-        bandwidth = prof.bandwidth * (r.memory_efficiency if fam == "other" else 1.0)
         nbytes = c.bytes
+        level = prof.cache_bandwidth if prof.cache_bytes and nbytes <= prof.cache_bytes \
+            else prof.bandwidth
+        bandwidth = level * (r.memory_efficiency if fam == "other" else 1.0)
         if fam == "qmatmul" and r.efficiency["qmatmul"] > INT8_KERNELS * r.efficiency["matmul"]:
             nbytes //= 4  # int8 kernels: the dequantized operands stay int8 in memory
         memory = nbytes / bandwidth if nbytes and not fused else 0.0
@@ -327,9 +334,11 @@ def _build_profile(device: "Device") -> DeviceProfile:
     if memory is None and device.kind == "cpu":
         memory = _host_memory()
     domain = "host" if device.kind == "cpu" else str(props.get("pci_bus_id") or device.id)
+    l3 = m.hardware.facts.get("l3_kib") if m is not None and device.kind == "cpu" else None
+    cached = max(best.get("elementwise_gb_s", 0.0), bandwidth)
     return DeviceProfile(device.id, device.kind, domain, peak, bandwidth * 1e9, link * 1e9,
                          DEFAULT_LINK_LATENCY_S, power, memory, fingerprint, entry_id, basis,
-                         measured)
+                         measured, int(l3) * 1024 if l3 else None, cached * 1e9)
 
 
 def _host_memory() -> int | None:

@@ -59,6 +59,9 @@ DEFAULT_HEADROOM = 0.1
 _ITEMSIZE = {"float64": 8, "int64": 8, "uint64": 8, "complex64": 8, "complex128": 16,
              "float32": 4, "int32": 4, "uint32": 4, "float16": 2, "bfloat16": 2, "int16": 2,
              "uint16": 2, "int8": 1, "uint8": 1, "bool": 1}
+#: What backplane itself adds to a run (input checks, the executor's bookkeeping), as
+#: measured by benchmarks/bench_cpu_backends.py: about 5 us per call.
+CALL_OVERHEAD_S = 5e-6
 LAST_RESORT = ("not-chosen:last-resort",
                "admits the node; the reference backend runs only what no other admits")
 #: Whole-partition moves tried after the assignment, at most.
@@ -184,7 +187,7 @@ def schedule(graph: "Graph", devices: list[Device], backends: "Mapping[str, Back
     plan = Plan(graph.name, policy, precision, explicit,
                 [d.id for d in devices if d.id not in excluded], placements, parts,
                 events, list(graph.notes))
-    plan.predicted_s = sum(p.predicted_s for p in parts) + back
+    plan.predicted_s = CALL_OVERHEAD_S + sum(p.predicted_s for p in parts) + back
     plan.predicted_energy_j = sum(p.predicted_energy_j for p in parts)
     plan.load = {d.id: model.slowdown[d.id][1] for d in devices if d.id not in excluded}
     plan.versions = {d.backend: str(backends[d.backend].version) for d in devices}

@@ -32,8 +32,9 @@ ELEMENTWISE_BYTES = 4 * 2**20
 MIN_RUN_S = 0.02
 MAX_MATMUL_N = 2048
 TIME_PER_FIGURE_S = 0.4
-#: Nodes in the chain whose extra time over one node is the per-node overhead.
-NODE_CHAIN = 16
+#: Nodes in the chain whose extra time over one node is the per-node overhead, and the
+#: width of their square MatMuls (little arithmetic: the dispatch is most of the time).
+NODE_CHAIN, NODE_WIDTH = 16, 64
 #: Conv rate measurements: 3x3, padded, at this size (a ResNet stage), and channels.
 CONV_SIZE, CONV_CHANNELS, DWCONV_CHANNELS = 56, 64, 128
 #: Ops in the chains whose rate stands for a network's layers, and the dense layers'
@@ -338,19 +339,30 @@ def _measure(result: DeviceCalibration, backend: Any, device: Any,
             f"Mul by a scalar over {x.nbytes // 2**20} MiB, an activation's size (read + "
             f"write, the call's copies included), best of {runs}"))
     exe = compiled(_model("Add", [("x", "float32", [1]), ("z", "float32", [1])], {}))
-    chain = compiled(_model("Add", [("x", "float32", [1]), ("z", "float32", [1])], {},
-                            chain=NODE_CHAIN))
     if exe is not None:
         one = np.ones(1, np.float32)
         seconds, runs = _best_time(exe, {"x": one, "z": one})
         result.measurements.append(Measurement(
             "launch_overhead_us", round(seconds * 1e6, 3),
             f"one-element Add, best of {runs}"))
-        if chain is not None:
-            longer, runs = _best_time(chain, {"x": one, "z": one})
-            result.measurements.append(Measurement(
-                "node_overhead_us", round(max(0.0, longer - seconds) / (NODE_CHAIN - 1) * 1e6, 3),
-                f"{NODE_CHAIN} one-element Adds in a row against one, best of {runs}"))
+    # Per node: a chain of small MatMuls (ops no runtime fuses into one) against a single
+    # one; what each adds is mostly the runtime dispatching a kernel over its threads.
+    n = NODE_WIDTH
+    w = (rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32)
+    single = compiled(_model("MatMul", [("x", "float32", [n, n])], {"w": w}))
+    chain = compiled(_model("MatMul", [("x", "float32", [n, n])], {"w": w}, chain=NODE_CHAIN))
+    if single is not None and chain is not None:
+        x = rng.standard_normal((n, n)).astype(np.float32)
+        seconds, _ = _best_time(single, {"x": x})
+        longer, runs = _best_time(chain, {"x": x})
+        # Less the arithmetic, at the rate this backend's large MatMul reached.
+        rate = next((m.value for m in result.measurements if m.key == "fp32_tflops"), 0.0)
+        arithmetic = 2 * n**3 / (rate * 1e12) if rate else 0.0
+        per_node = max(0.0, (longer - seconds) / (NODE_CHAIN - 1) - arithmetic)
+        result.measurements.append(Measurement(
+            "node_overhead_us", round(per_node * 1e6, 3),
+            f"{NODE_CHAIN} MatMuls [{n},{n}]x[{n},{n}] in a row against one, less their "
+            f"arithmetic at this backend's MatMul rate, best of {runs}"))
     for key, channels, group in (("conv_fp32_tflops", CONV_CHANNELS, 1),
                                  ("dwconv_fp32_tflops", DWCONV_CHANNELS, DWCONV_CHANNELS)):
         size = CONV_SIZE
