@@ -18,6 +18,8 @@ c. cost-model error: the default plan's ``predicted_s`` over its measured latenc
    model, and the geometric mean of |log ratio| as a factor.
 
 Latency is the median of timed ``session.run`` calls on the same inputs, after warm-up.
+Plans are made with ``BACKPLANE_LOAD=off``: the sessions of a model are set up together,
+and the load each would see is its siblings compiling, not the idle machine it is timed on.
 Every session is created with the model's inputs as ``sample_inputs``, so that it plans
 for the shapes it runs at. Each session lives in a child process of its own (started
 with "spawn", the model sent as bytes): runtimes loaded into one process disturb each
@@ -713,6 +715,9 @@ def main() -> int:
         os.environ["BACKPLANE_DATA_DIR"] = os.path.join(folder, "data")
         # Compiled artefacts of the zoo (up to 100 MB a model) stay out of the user's cache.
         os.environ["BACKPLANE_CACHE_DIR"] = os.path.join(folder, "cache")
+    # The children of a model are set up together, so live load at planning time would be
+    # their siblings compiling, not the idle machine each is then timed on: plan without it.
+    os.environ["BACKPLANE_LOAD"] = "off"
     if os.environ.pop("BACKPLANE_DEVICES", None) is not None:
         notes.append("BACKPLANE_DEVICES was set; unset here so the default plan sees every "
                      "device")
