@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 import backplane as bp
+from machine import cpu_name, versions
 from backplane.conformance import zoo
 
 OVERHEAD_GOAL = 1.03
@@ -215,28 +215,6 @@ def fused_rows(calls: int) -> list[dict]:
                      "ratio": t_unfused / t_fused, "goal": f">= {FUSED_GOAL}",
                      "met": t_unfused / t_fused >= FUSED_GOAL})
     return rows
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "numpy": np.__version__,
-           "backplane": bp.__version__}
-    for module in ("openvino", "onnxruntime", "pyopencl", "onnx"):
-        try:
-            out[module] = __import__(module).__version__
-        except Exception:  # noqa: BLE001 - absent runtimes are listed as such
-            out[module] = "absent"
-    return out
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> int:

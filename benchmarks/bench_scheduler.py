@@ -59,7 +59,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -72,6 +71,7 @@ from typing import Any
 import numpy as np
 
 import backplane as bp
+from machine import cpu_name, versions
 from backplane.conformance.zoo import QDQ_ACTIVATION_SCALE, SchedulerModel, scheduler_zoo
 from backplane.hardware.db import data_dir
 
@@ -570,28 +570,6 @@ def parent_cpu_seconds() -> float:
 
     own = psutil.Process().cpu_times()
     return own.user + own.system
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "numpy": np.__version__,
-           "backplane": bp.__version__}
-    for module in ("openvino", "onnxruntime", "pyopencl", "onnx"):
-        try:
-            out[module] = __import__(module).__version__
-        except Exception:  # noqa: BLE001 - absent runtimes are listed as such
-            out[module] = "absent"
-    return out
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _ms(seconds: float | None) -> str:
