@@ -196,3 +196,23 @@ def test_low_precision_softmax_and_sum_accumulate_in_float32(rng, dtype):
         assert got.dtype == dt
         c = compare(got, want.astype(dt))
         assert c.ok, f"{c} {WHERE}"
+
+
+@pytest.mark.parametrize("opset", [13, 17, 19, 21])
+def test_dequantize_linear_runs_at_every_accepted_opset(rng, opset):
+    from onnx import numpy_helper
+
+    from backplane.plugins.reference import ReferenceExecutable
+
+    x = rng.integers(-128, 128, (3, 4)).astype(np.int8)
+    scale = rng.uniform(0.01, 2.0, 4).astype(np.float32)
+    zero = rng.integers(-5, 5, 4).astype(np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["y"], axis=1)], "dq",
+        [helper.make_tensor_value_info("x", TensorProto.INT8, [3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])],
+        initializer=[numpy_helper.from_array(scale, "s"), numpy_helper.from_array(zero, "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    out = ReferenceExecutable(model).run({"x": x})
+    want = (x.astype(np.float32) - zero.astype(np.float32)) * scale  # the ONNX formula
+    np.testing.assert_array_equal(out["y"], want)

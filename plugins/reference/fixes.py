@@ -20,6 +20,8 @@ against an independent formula or ONNX's recorded node-test outputs.
   float32 and rounded once, as every hardware backend accumulates.
 - ConvTranspose: wrong for ``group > 1`` unless every group has one output channel, adds the
   first group's bias to every group, and fails on an empty batch.
+- DequantizeLinear: has no kernel for opsets 13 to 18 (only 19 and later); opset 21's
+  kernel, a superset of the older semantics, runs every opset backplane accepts.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ _erf = np.frompyfunc(math.erf, 1, 1)
 def fixed_ops() -> tuple[type, ...]:
     """The replacement kernels, as ``new_ops`` for ``onnx.reference.ReferenceEvaluator``."""
     from onnx.reference.op_run import OpRun
+    from onnx.reference.ops.op_dequantize_linear import DequantizeLinear_21
     from onnx.reference.ops.op_flatten import Flatten as _Flatten
     from onnx.reference.ops.op_layer_normalization import _layer_normalization
     from onnx.reference.ops.op_max_pool import MaxPool as _MaxPool
@@ -141,8 +144,15 @@ def fixed_ops() -> tuple[type, ...]:
                                    output_padding=output_padding, output_shape=output_shape,
                                    pads=pads, strides=strides),)
 
+    class DequantizeLinear(DequantizeLinear_21):
+        op_domain = ""
+
+        def _run(self, x, x_scale, x_zero_point=None, axis=None, block_size=None,  # type: ignore[override]
+                 output_dtype=None):  # noqa: ARG002 - opset 23's attribute, outside 13..21
+            return super()._run(x, x_scale, x_zero_point, axis=axis, block_size=block_size)
+
     return (Erf, MaxPool, GlobalAveragePool, Flatten, Pad, MatMulInteger, LayerNormalization,
-            ConvTranspose)
+            ConvTranspose, DequantizeLinear)
 
 
 @functools.lru_cache(maxsize=None)
