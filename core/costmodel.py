@@ -139,7 +139,6 @@ class CostModel:
 
     def __init__(self, devices: "list[Device]", backends: "dict[str, Backend]",
                  model_key: str = ""):
-        self.devices = {d.id: d for d in devices}
         self.profiles = {d.id: profile(d) for d in devices}
         self.rates = {d.id: rates(backends[d.backend], self.profiles[d.id])
                       for d in devices}
@@ -374,10 +373,9 @@ def rates(backend: "Backend", prof: DeviceProfile) -> BackendRates:
         for fam, key in (("conv", "conv_fp32_tflops"), ("qmatmul", "qdq_matmul_tops")):
             if not cal.get(key):
                 eff[fam] = eff["matmul"]
-        rates = [v["elementwise_gb_s"] for v in prof.measured.values()
-                 if v.get("elementwise_gb_s")]
         if cal.get("elementwise_gb_s"):
-            own, best = cal["elementwise_gb_s"] * 1e9, max(rates) * 1e9
+            best = max(v.get("elementwise_gb_s") or 0.0 for v in prof.measured.values()) * 1e9
+            own = cal["elementwise_gb_s"] * 1e9
             if backend.kernels is None:
                 # A graph compiler runs element-wise work inside a graph fused, at the
                 # device's rate; where its one-node Mul is slower than the best backend's,

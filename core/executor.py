@@ -12,146 +12,28 @@ device); otherwise through the host, zero-copy where DLPack allows it. Each valu
 after the last partition that reads it, and every run measures the peak bytes of the values
 it holds, beside the peak predicted from the graph's inferred shapes.
 
-The liveness and memory helpers here are shared with the kernel runner
-(:class:`~backplane.kerneltable.KernelExecutable`), which applies them node by node.
+The liveness and memory accounting (:mod:`backplane.liveness`) is the kernel runner's too
+(:class:`~backplane.kerneltable.KernelExecutable`), which applies it node by node.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .contract import CompileOptions, Device, Executable
 from .errors import BackendError, CompileError, ExecutionError
+from .liveness import NUMPY_DTYPES, MemoryStats, PeakMeter, free_after, predicted_peak
 from .load import busy
 
 if TYPE_CHECKING:  # pragma: no cover
     from .graph import Graph, ValueInfo
     from .planner import Partition, Plan
     from .registry import Registry
-
-
-# ---------------------------------------------------------------------- memory accounting
-
-@dataclass(frozen=True)
-class MemoryStats:
-    """Peak bytes of the values a runner holds at once, predicted and measured.
-
-    The values counted are those the runner's steps produce (intermediates and outputs),
-    from the moment they are produced until their last reader has run; inputs and
-    constants are not counted (the caller and the model own them).
-
-    Attributes:
-        predicted_peak_bytes: the peak predicted at construction from the graph's inferred
-            static shapes and dtypes (an unknown dimension counts as 1).
-        peak_bytes: the measured peak of the last run to finish (0 before the first run).
-        max_peak_bytes: the largest measured peak over every run so far.
-        runs: how many runs have been measured.
-    """
-
-    predicted_peak_bytes: int
-    peak_bytes: int
-    max_peak_bytes: int
-    runs: int
-
-
-class PeakMeter:
-    """A thread-safe record of per-run peaks.
-
-    Each run counts its own live bytes in local variables and calls :meth:`record` once,
-    at its end, so concurrent runs never share a running total.
-    """
-
-    def __init__(self, predicted_peak_bytes: int = 0):
-        self.predicted_peak_bytes = predicted_peak_bytes
-        self._lock = threading.Lock()
-        self._last = self._max = self._runs = 0
-
-    def record(self, peak_bytes: int) -> None:
-        """Record the measured peak of one finished run."""
-        with self._lock:
-            self._last = peak_bytes
-            if peak_bytes > self._max:
-                self._max = peak_bytes
-            self._runs += 1
-
-    @property
-    def last(self) -> int:
-        """The measured peak of the last run to finish."""
-        return self._last
-
-    def stats(self) -> MemoryStats:
-        """A consistent snapshot of the record."""
-        with self._lock:
-            return MemoryStats(self.predicted_peak_bytes, self._last, self._max, self._runs)
-
-
-def free_after(reads: Sequence[Iterable[str]], produced: Sequence[Iterable[str]],
-               keep: Iterable[str]) -> list[list[str]]:
-    """For each step, the values to drop once it has run.
-
-    A value is dropped after the last step that reads it, or right after the step that
-    produces it when no step reads it; values in ``keep`` (outputs, constants) never are.
-    """
-    last: dict[str, int] = {}
-    for i, names in enumerate(produced):
-        for name in names:
-            if name:
-                last.setdefault(name, i)
-    for i, names in enumerate(reads):
-        for name in names:
-            if name:
-                last[name] = max(i, last.get(name, i))
-    kept = set(keep)
-    frees: list[list[str]] = [[] for _ in reads]
-    for name, i in last.items():
-        if name not in kept:
-            frees[i].append(name)
-    return frees
-
-
-def predicted_peak(produced: Sequence[Iterable[str]], frees: Sequence[Iterable[str]],
-                   values: "dict[str, ValueInfo]") -> int:
-    """The peak of :func:`free_after`'s liveness with each value at its static size."""
-    made = {name for names in produced for name in names if name}
-    live = peak = 0
-    for out, gone in zip(produced, frees):
-        live += sum(static_nbytes(values.get(name)) for name in out if name)
-        peak = max(peak, live)
-        live -= sum(static_nbytes(values.get(name)) for name in gone if name in made)
-    return peak
-
-
-#: The ONNX element types numpy represents as they are.
-NUMPY_DTYPES = {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
-                "uint16", "uint32", "uint64", "bool", "complex64", "complex128"}
-
-
-#: Bits per element of the ONNX types numpy does not know.
-_BITS = {"bfloat16": 16, "float8e4m3fn": 8, "float8e4m3fnuz": 8, "float8e5m2": 8,
-         "float8e5m2fnuz": 8, "uint4": 4, "int4": 4, "float4e2m1": 4, "string": 64}
-
-
-def static_nbytes(vi: "ValueInfo | None") -> int:
-    """Bytes of a value from its inferred type: unknown dimensions (and an unknown rank)
-    count as 1 element; a value without a known type counts as 0."""
-    if vi is None:
-        return 0
-    bits = _BITS.get(vi.dtype)
-    if bits is None:
-        if vi.dtype not in NUMPY_DTYPES:
-            return 0
-        import numpy as np
-
-        bits = np.dtype(vi.dtype).itemsize * 8
-    elements = math.prod(d if isinstance(d, int) else 1 for d in (vi.shape or ()))
-    return (elements * bits + 7) // 8
 
 
 # ---------------------------------------------------------------------- the plan runner
@@ -326,10 +208,8 @@ def _compile(graph: "Graph", part: "Partition", reg: "Registry", options: Compil
     """Compile one partition at its own precision, wrapping the backend's errors."""
     device = devices[part.device]
     backend = reg.backends[part.backend]
-    # The scheduler may give a partition its own precision; older plans have none.
-    precision = getattr(part, "precision", None) or options.precision
-    if precision != options.precision:
-        options = dataclasses.replace(options, precision=precision)
+    if part.precision != options.precision:
+        options = dataclasses.replace(options, precision=part.precision)
     try:
         sub = _fused(graph.subgraph(part.node_indices, f"{graph.name}-p{part.index}"),
                      backend, part)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .contract import AttributeRule, Capabilities, CompileOptions, Device, Executable, OpSupport, op_key
 from .errors import CompileError, ExecutionError
-from .executor import NUMPY_DTYPES, MemoryStats, PeakMeter, free_after, predicted_peak
+from .liveness import NUMPY_DTYPES, MemoryStats, PeakMeter, free_after, predicted_peak
 
 if TYPE_CHECKING:  # pragma: no cover
     from .graph import Graph

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import ops
+from .ops.onnx_ops import nbytes
 from .contract import Device, Verdict, op_key
 from .errors import UnsupportedError
 from .planner import (FALLBACK_BACKEND, Candidate, Partition, Placement, Plan, Rejection)
@@ -56,9 +57,6 @@ EPILOGUE_OPS = frozenset({
     "BatchNormalization"})
 #: Share of a device's memory kept free by default.
 DEFAULT_HEADROOM = 0.1
-_ITEMSIZE = {"float64": 8, "int64": 8, "uint64": 8, "complex64": 8, "complex128": 16,
-             "float32": 4, "int32": 4, "uint32": 4, "float16": 2, "bfloat16": 2, "int16": 2,
-             "uint16": 2, "int8": 1, "uint8": 1, "bool": 1}
 #: What backplane itself adds to a run (input checks, the executor's bookkeeping), as
 #: measured by benchmarks/bench_cpu_backends.py: about 5 us per call.
 CALL_OVERHEAD_S = 5e-6
@@ -291,17 +289,10 @@ class _Context:
     # -- values ----------------------------------------------------------------------------
 
     def nbytes(self, value: str) -> int:
-        """Bytes of a value from its inferred shape (unknown dimensions count as 1)."""
+        """Bytes of a value from its inferred type (unknown dimensions count as 1)."""
         found = self._bytes.get(value)
         if found is None:
-            vi = self.graph.values.get(value)
-            found = 0
-            if vi is not None:
-                n = 1
-                for d in vi.shape or ():
-                    n *= d if isinstance(d, int) else 1
-                found = n * _ITEMSIZE.get(vi.dtype, 4)
-            self._bytes[value] = found
+            found = self._bytes[value] = nbytes(self.graph.values.get(value))
         return found
 
     def reads(self, node: "Node") -> list[str]:

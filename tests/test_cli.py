@@ -37,16 +37,27 @@ def test_plugins_json_is_the_api_data(example_site):
         [r.to_dict() for r in bp.plugin_records()])
 
 
-def test_plan_json_is_the_api_data(example_site, model_path, monkeypatch):
-    monkeypatch.setenv("BACKPLANE_LOAD", "off")  # live load would differ between the two
-    result = run_cli("plan", model_path, "--json", site=example_site, BACKPLANE_LOAD="off")
+@pytest.fixture
+def same_costs(tmp_path, monkeypatch):
+    """This process and the CLI's child plan alike: no live load, and no corrections that
+    earlier tests' runs taught this process's cost model (the child would not have them)."""
+    from backplane import costmodel
+
+    monkeypatch.setenv("BACKPLANE_LOAD", "off")
+    monkeypatch.setenv("BACKPLANE_DATA_DIR", str(tmp_path / "data"))
+    costmodel.refresh()
+    yield {"BACKPLANE_LOAD": "off", "BACKPLANE_DATA_DIR": str(tmp_path / "data")}
+    costmodel.refresh()
+
+
+def test_plan_json_is_the_api_data(example_site, model_path, same_costs):
+    result = run_cli("plan", model_path, "--json", site=example_site, **same_costs)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == bp.Session(model_path).plan.to_dict()
 
 
-def test_plan_prints_the_explanation(example_site, model_path, monkeypatch):
-    monkeypatch.setenv("BACKPLANE_LOAD", "off")
-    result = run_cli("plan", model_path, site=example_site, BACKPLANE_LOAD="off")
+def test_plan_prints_the_explanation(example_site, model_path, same_costs):
+    result = run_cli("plan", model_path, site=example_site, **same_costs)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == bp.Session(model_path).plan.explain()
 
