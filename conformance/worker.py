@@ -55,6 +55,7 @@ def run_case(backend: Any, device: Any, options: Any, model_bytes: bytes,
     import numpy as np
 
     from backplane.errors import BackplaneError
+    from backplane.executor import to_host
     from backplane.intake import load_model
 
     result: dict[str, Any] = {"outputs": None, "expected": None, "oracle_mode": None,
@@ -79,7 +80,9 @@ def run_case(backend: Any, device: Any, options: Any, model_bytes: bytes,
         exe = backend.compile(graph, device, options)
         stage = "run"
         outputs = exe.run({k: v.copy() for k, v in inputs.items()})
-        result["outputs"] = {k: np.asarray(v) for k, v in dict(outputs).items()}
+        # Device tensors (a GPU backend's torch or CuPy arrays) come to the host as the
+        # executor brings them.
+        result["outputs"] = {k: to_host(np, v) for k, v in dict(outputs).items()}
     except Exception as exc:
         detail = f"{stage}: {type(exc).__name__}: {exc}"
         if not isinstance(exc, BackplaneError):

@@ -276,6 +276,10 @@ class Executable:
     """Whether ``run`` also accepts, as inputs, objects implementing ``__dlpack__`` (device
     tensors of another partition, handed over as they are) and may return such objects;
     backplane moves them to the host wherever a consumer does not declare this."""
+    path: str = ""
+    """How the backend compiled this partition, in words, when it has several ways to
+    (``"TensorRT 10.3 engine, fp16, from the engine cache"``, or the kernel path and why the
+    graph paths were passed over); the plan shows it for the partition."""
 
     def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Run once. Must not keep references to ``inputs`` after returning."""

@@ -197,6 +197,11 @@ def to_host(np: Any, value: Any) -> Any:
         except (BufferError, RuntimeError, TypeError, ValueError):
             pass  # a device numpy cannot read: the tensor's own copy to the host below
     if callable(getattr(value, "cpu", None)):
+        if str(getattr(value, "dtype", "")) == "torch.bfloat16":  # numpy has no bfloat16
+            import ml_dtypes
+            import torch  # (loaded already: the value is a torch tensor)
+
+            return value.cpu().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
         return np.asarray(value.cpu().numpy())
     if callable(getattr(value, "get", None)) and hasattr(value, "shape"):
         return np.asarray(value.get())
@@ -223,6 +228,7 @@ def _compile(graph: "Graph", part: "Partition", reg: "Registry", options: Compil
         raise CompileError(f"backend '{part.backend}' compile returned a "
                            f"{type(exe).__name__}, not an Executable",
                            backend=part.backend, device=part.device)
+    part.path = str(getattr(exe, "path", "") or "")
     return exe
 
 

@@ -77,6 +77,26 @@ class KernelTable:
     def __contains__(self, key: str) -> bool:
         return key in self._kernels
 
+    def get(self, key: str) -> Kernel | None:
+        """The kernel registered for op key ``key`` (``MatMul``, ``backplane::Attention``)."""
+        return self._kernels.get(key)
+
+    def replace(self, key: str, fn: Callable[..., Any]) -> None:
+        """Run ``fn`` for op key ``key`` instead of the registered kernel, under the same
+        constraints (a backend's faster kernel for an op of a table it copied)."""
+        old = self._kernels[key]
+        self._kernels[key] = Kernel(key, fn, old.support)
+
+    def copy(self, precisions: frozenset[str] | None = None,
+             thread_safe: bool | None = None) -> "KernelTable":
+        """A new table holding the same kernels, to which a backend may register more
+        (or replace some): how one op table serves several backends (the torch op table
+        under cuda-tensorrt and rocm, with each one's own kernels on top)."""
+        table = KernelTable(self.precisions if precisions is None else precisions,
+                            self.thread_safe if thread_safe is None else thread_safe)
+        table._kernels.update(self._kernels)
+        return table
+
     def __len__(self) -> int:
         return len(self._kernels)
 
@@ -201,7 +221,7 @@ class KernelExecutable(Executable):
         self._meter.record(peak)
         # A kernel may hand back a constant as it is (Identity): outputs must not alias one.
         const_ids = {id(v) for v in self._consts.values()}
-        return {name: self._download(values[name].copy() if id(values[name]) in const_ids
+        return {name: self._download(_copy(values[name]) if id(values[name]) in const_ids
                                      else values[name]) for name in self._outputs}
 
     def _bind(self, inputs: dict[str, Any]) -> dict[str, int] | None:
@@ -307,6 +327,11 @@ def _dense(value: Any) -> Any:
     import numpy as np
 
     return np.ascontiguousarray(value)
+
+
+def _copy(value: Any) -> Any:
+    """A copy of a value: numpy's ``copy``, torch's ``clone``."""
+    return value.clone() if callable(getattr(value, "clone", None)) else value.copy()
 
 
 def _to_host(value: Any) -> Any:

@@ -109,6 +109,9 @@ class Partition:
     """The predicted share of ``predicted_s`` spent copying inputs from other domains."""
     measured_s: float | None = None
     """Median of this partition's recent runs in this session (None before a run)."""
+    path: str = ""
+    """How its backend compiled it, where a backend has several paths (set at compile:
+    :attr:`backplane.Executable.path`)."""
 
 
 @dataclass
@@ -197,6 +200,8 @@ class Plan:
                          + (f", data in from other devices: {', '.join(part.transfers_in)}"
                             if part.transfers_in else "")
                          + (f", fused for {part.backend}: {part.fused}" if part.fused else ""))
+            if part.path:
+                lines.append(f"  compiled as: {part.path}")
             for name in part.nodes:
                 p = by_name[name]
                 flag = "  [reference fallback]" if p.fallback else ""

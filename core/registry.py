@@ -76,6 +76,15 @@ def _env_list(name: str) -> list[str]:
     return [x.strip() for x in os.environ.get(name, "").split(",") if x.strip()]
 
 
+def plugin_enabled(name: str) -> bool:
+    """Whether backend ``name`` may be loaded under ``BACKPLANE_PLUGINS`` and
+    ``BACKPLANE_DISABLE_PLUGINS`` (read now; nothing is loaded)."""
+    allow, deny = _env_list("BACKPLANE_PLUGINS"), _env_list("BACKPLANE_DISABLE_PLUGINS")
+    if name in ALWAYS_LOADED:
+        return True
+    return (not allow or name in allow) and name not in deny
+
+
 def _probe_timeout() -> float:
     raw = os.environ.get("BACKPLANE_PROBE_TIMEOUT_S", "").strip()
     if not raw:

@@ -315,3 +315,18 @@ def test_every_zoo_model_matches_the_oracle_through_a_session(name, model, shape
         result = compare(got[out], ref, rtol, atol)
         assert result.ok, f"{name} {out}: {result.detail}, max abs {result.max_abs_error:.3g} " \
                           f"(seed {SEED}; rerun with BACKPLANE_TEST_SEED={SEED})"
+
+
+def test_a_gpu_provider_that_a_gpu_backend_runs_is_listed_there_not_here(monkeypatch):
+    """One GPU is one device: CUDA is cuda-tensorrt's (ORT is one of its paths) unless that
+    backend is disabled. The probe's answer is injected: this machine has no GPU provider."""
+    answer = ("1.0", [ortb.CPU, "CUDAExecutionProvider"],
+              {ortb.CPU: (True, ""), "CUDAExecutionProvider": (True, "")})
+    monkeypatch.setattr(ortb, "_probed", answer)
+    monkeypatch.delenv("BACKPLANE_DISABLE_PLUGINS", raising=False)
+    monkeypatch.delenv("BACKPLANE_PLUGINS", raising=False)
+    [cpu] = ortb.ORTBackend().probe()
+    assert "run by the 'cuda-tensorrt' backend" in cpu.properties["not_ready"]["CUDAExecutionProvider"]
+    monkeypatch.setenv("BACKPLANE_DISABLE_PLUGINS", "cuda-tensorrt")
+    devices = ortb.ORTBackend().probe()
+    assert [d.properties["provider"] for d in devices] == [ortb.CPU, "CUDAExecutionProvider"]

@@ -1,7 +1,8 @@
 """Pure parsers for what hardware tools and kernel files print.
 
 Each function turns the text of one source into plain Python data and nothing else: no
-subprocesses, no file reads except ``parse_cache_sysfs``, which reads a sysfs folder.
+subprocesses, no file reads except ``parse_cache_sysfs`` and ``parse_drm_device``, which
+read a sysfs folder.
 ``backplane.hardware.probe`` runs the tools and calls these:
 
 - ``/proc/cpuinfo`` (x86_64 and aarch64 kernels) -> ``parse_cpuinfo``, from ``probe_cpu``;
@@ -14,6 +15,10 @@ subprocesses, no file reads except ``parse_cache_sysfs``, which reads a sysfs fo
   its human-readable form -> ``parse_amd_smi_static_text``;
 - ``rocm-smi --showproductname`` (plain, ``--csv`` or ``--json``) -> ``parse_rocm_smi``,
   from ``probe_amd`` when amd-smi is absent.
+- ``/sys/class/drm/{cardN,renderDN}/device`` (a DRM card's PCI device folder: ``uevent``,
+  ``vendor``, ``device``, ``mem_info_vram_total`` ...) -> ``parse_drm_device``, its
+  ``uevent`` -> ``parse_drm_uevent``; and a KFD node's PCI address -> ``kfd_pci_bus_id``:
+  from the ``rocm`` backend plugin, which joins KFD nodes to DRM cards.
 
 None of them raises on odd input: they return what they could read, with missing fields as
 None, and an empty result when the text is not that source's output at all. The tests run
@@ -452,3 +457,93 @@ def parse_rocm_smi(text: str) -> list[dict]:
         for match in re.finditer(r"^GPU\[(\d+)\]\s*:\s*([^:\n]+?)\s*:[ \t]*(.*)$", text, re.M):
             put(int(match.group(1)), match.group(2), match.group(3))
     return [found[i] for i in sorted(found)]
+
+
+# -- DRM (amdgpu) ------------------------------------------------------------------------------
+
+
+def parse_drm_uevent(text: str) -> dict:
+    """A DRM card's PCI ``uevent`` file (``/sys/class/drm/card1/device/uevent``: KEY=VALUE lines).
+
+    Returns driver ("amdgpu", "i915" ...), pci_class, pci_vendor_id and pci_device_id
+    ("0x1002", "0x66af" from ``PCI_ID=1002:66AF``), pci_subsystem_vendor_id and
+    pci_subsystem_device_id (from ``PCI_SUBSYS_ID``) and pci_bus_id (``PCI_SLOT_NAME`` in
+    lower case, "0000:0d:00.0"), each None when the file does not say. An empty dict when
+    no line is a ``KEY=VALUE`` pair.
+    """
+    pairs: dict[str, str] = {}
+    for line in (text or "").splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and re.fullmatch(r"[A-Z][A-Z0-9_]*", key):
+            pairs.setdefault(key, value.strip())
+    if not pairs:
+        return {}
+
+    def ids(value: str | None) -> tuple[str | None, str | None]:
+        match = re.fullmatch(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{4})", value or "")
+        return (f"0x{match.group(1).lower()}", f"0x{match.group(2).lower()}") if match \
+            else (None, None)
+
+    vendor, device = ids(pairs.get("PCI_ID"))
+    sub_vendor, sub_device = ids(pairs.get("PCI_SUBSYS_ID"))
+    slot = _value(pairs.get("PCI_SLOT_NAME"))
+    return {"driver": _value(pairs.get("DRIVER")), "pci_class": _value(pairs.get("PCI_CLASS")),
+            "pci_vendor_id": vendor, "pci_device_id": device,
+            "pci_subsystem_vendor_id": sub_vendor, "pci_subsystem_device_id": sub_device,
+            "pci_bus_id": slot.lower() if slot else None}
+
+
+#: Files of a DRM card's device folder read by ``parse_drm_device``, and their keys.
+DRM_DEVICE_FILES = {"vendor": "pci_vendor_id", "device": "pci_device_id",
+                    "revision": "pci_revision", "mem_info_vram_total": "vram_bytes",
+                    "unique_id": "unique_id", "product_name": "product_name"}
+
+
+def parse_drm_device(root: str | os.PathLike) -> dict:
+    """A DRM card's PCI device folder, such as ``/sys/class/drm/card1/device``.
+
+    Reads ``uevent`` (see ``parse_drm_uevent``), then ``vendor``, ``device`` and
+    ``revision`` ("0x1002", used where the uevent has no ``PCI_ID``), ``mem_info_vram_total``
+    (vram_bytes, an int; amdgpu only), ``unique_id`` and ``product_name`` (amdgpu, on some
+    boards only). Keys of files that are absent, unreadable or empty are left out (None
+    for the uevent's). Never raises; an empty dict when the folder holds none of these.
+    """
+    def read(name: str) -> str | None:
+        try:
+            return (Path(root) / name).read_text(errors="replace").strip() or None
+        except (OSError, ValueError):
+            return None
+
+    out: dict[str, Any] = parse_drm_uevent(read("uevent") or "")
+    for name, key in DRM_DEVICE_FILES.items():
+        text = _value(read(name))
+        if text is None or out.get(key) is not None:
+            continue
+        number = _int(text)
+        if key in ("pci_vendor_id", "pci_device_id"):
+            value: Any = _pci_id(text)
+        elif key == "pci_revision":
+            value = f"0x{number:02x}" if number is not None and 0 <= number <= 0xFF else None
+        elif key == "vram_bytes":
+            value = number if number is not None and number > 0 else None
+        else:
+            value = text
+        if value is not None:
+            out[key] = value
+    return out if any(v is not None for v in out.values()) else {}
+
+
+def kfd_pci_bus_id(props: dict) -> str | None:
+    """The PCI address ("0000:63:00.0") of a KFD GPU node, from ``parse_kfd_properties`` output.
+
+    KFD's ``location_id`` is the device's bus number and devfn (bus << 8 | device << 3 |
+    function) and ``domain`` its PCI domain (0 when the kernel does not print it). None for
+    CPU nodes and for nodes that do not print ``location_id``.
+    """
+    location, domain = props.get("location_id"), props.get("domain", 0)
+    if not props.get("is_gpu") or not isinstance(location, int) or not 0 <= location <= 0xFFFF:
+        return None
+    domain = domain if isinstance(domain, int) and 0 <= domain <= 0xFFFF else 0
+    bus, devfn = location >> 8, location & 0xFF
+    return f"{domain:04x}:{bus:02x}:{devfn >> 3:02x}.{devfn & 7:x}"
+

@@ -237,6 +237,11 @@ def _nvml() -> list[Hardware] | None:
     try:
         out = []
         driver = _text(pynvml.nvmlSystemGetDriverVersion())
+        try:  # the newest CUDA this driver supports: 12040 -> "12.4"
+            cuda = int(pynvml.nvmlSystemGetCudaDriverVersion_v2())
+            cuda_version = f"{cuda // 1000}.{(cuda % 1000) // 10}"
+        except Exception:
+            cuda_version = None
         for i in range(pynvml.nvmlDeviceGetCount()):
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
@@ -252,7 +257,7 @@ def _nvml() -> list[Hardware] | None:
                 "pci_bus_id": _text(pci.busId), "pci_vendor_id": f"0x{ids & 0xFFFF:04x}",
                 "pci_device_id": f"0x{ids >> 16:04x}", "memory_mib": int(mem.total) // 2**20,
                 "compute_capability": f"{major}.{minor}", "driver_version": driver,
-                "max_sm_clock_mhz": sm_clock}, "nvml"))
+                "cuda_driver_version": cuda_version, "max_sm_clock_mhz": sm_clock}, "nvml"))
         return out
     finally:
         pynvml.nvmlShutdown()
@@ -289,6 +294,9 @@ def probe_amd(kfd: str = "/sys/class/kfd/kfd/topology/nodes") -> tuple[list[Hard
             facts["units"] = node["simd_count"] // node["simd_per_cu"]
         if node.get("max_engine_clk_fcompute"):
             facts["clock_mhz"] = node["max_engine_clk_fcompute"]
+        bus = parsers.kfd_pci_bus_id(node)
+        if bus:  # links the rocm backend's devices to this record (match.hardware_for)
+            facts["pci_bus_id"] = bus
         if named.get("vram_mib"):
             facts["memory_gib"] = round(named["vram_mib"] / 1024, 1)
         out.append(Hardware("gpu", name, "amd", "kfd" + ("+amd-smi" if named else ""),

@@ -170,7 +170,7 @@ def _list_devices() -> "list[dict[str, Any]] | str":
     for pi, di, platform, d in candidates:
         if is_cpu(d) and cpu_listed:
             continue
-        why = _cannot_run(cl, d)
+        why = cannot_run(cl, d)
         if why:
             skipped.append(f"{_label(platform, d)}: {why}")
             continue
@@ -183,7 +183,7 @@ def _list_devices() -> "list[dict[str, Any]] | str":
     return [_describe(cl, platform, d, pi, di) for pi, di, platform, d in usable]
 
 
-def _cannot_run(cl: Any, d: Any) -> str | None:
+def cannot_run(cl: Any, d: Any) -> str | None:
     """Why device ``d`` cannot build and run ``PROBE_KERNEL`` (the driver's message), or None.
 
     The build goes through ``cl.Program(...).build()`` as the kernels' do (runtime.py), past

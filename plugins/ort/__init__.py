@@ -8,6 +8,9 @@ quietly place the nodes on the CPU. Providers that fail the check are listed, wi
 reason, in the CPU device's ``not_ready`` property (``backplane devices --json``). Compiles
 for those devices keep the same setting: a provider that does not take the nodes it was given
 is a ``CompileError`` naming it, never a silent run on the CPU.
+The CUDA, TensorRT, ROCm and MIGraphX providers are run by the ``cuda-tensorrt`` and
+``rocm`` backends (ORT is one of their paths), so they are devices here only while those
+backends are disabled: one GPU is one device to the scheduler.
 
 ORT has no op-support query, so the capabilities are derived: each core op, in each dtype
 its schema admits, is built as one-node models (:mod:`backplane.ops.probes`, shared with the
@@ -47,6 +50,11 @@ PROVIDER_KINDS = {
     "CoreMLExecutionProvider": ("npu", "Apple"), "VitisAIExecutionProvider": ("npu", "AMD"),
     "DnnlExecutionProvider": ("cpu", "Intel"), "XnnpackExecutionProvider": ("cpu", ""),
 }
+#: GPU providers that a dedicated backplane backend runs (as one of its paths, next to its
+#: own kernels): listed there, not here, so that one GPU is not two devices to the
+#: scheduler; listed here again when that backend is disabled.
+SERVED_BY = {"CUDAExecutionProvider": "cuda-tensorrt", "TensorrtExecutionProvider": "cuda-tensorrt",
+             "ROCMExecutionProvider": "rocm", "MIGraphXExecutionProvider": "rocm"}
 #: Seconds one provider's readiness check may take before it counts as not ready.
 READINESS_TIMEOUT_S = 2.0
 #: Bump when this backend's derivation (try_op) changes, so stale disk caches are ignored;
@@ -91,7 +99,15 @@ class ORTBackend(Backend):
         The checks run in a child process (:func:`probe_providers`): a provider whose driver
         crashes cannot take the application down, and listing devices imports no runtime.
         """
+        from backplane.registry import plugin_enabled
+
         version, available, checks = probe_providers()
+        checks = dict(checks)
+        for p, owner in SERVED_BY.items():
+            if checks.get(p, (False, ""))[0] and plugin_enabled(owner):
+                checks[p] = (False, f"ready, and run by the '{owner}' backend (its ONNX "
+                                    f"Runtime path); BACKPLANE_DISABLE_PLUGINS={owner} "
+                                    "lists it here instead")
         not_ready = {p: reason for p, (ok, reason) in checks.items() if not ok}
         devices = []
         if checks.get(CPU, (False, ""))[0]:
