@@ -60,6 +60,8 @@ def _load() -> Any:
             return ctypes.CDLL(name)
         except OSError as exc:
             errors.append(str(exc))
+    if all("No such file" in e or "cannot open" in e for e in errors):
+        raise _NoDriver("no NVIDIA driver: libcuda.so.1 cannot be loaded (not found)")
     raise _NoDriver("no NVIDIA driver: libcuda.so.1 cannot be loaded (" + errors[0] + ")")
 
 
