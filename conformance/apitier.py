@@ -2,6 +2,9 @@
 
 Checks (each a case ``api/<name>``):
 
+- ``api-version-current``: the plugin is written for the current backend API (one written
+  for an older version inside the window loads, with a deprecation warning, but is not
+  certified; the detail says what to change);
 - ``probe-bounded``: probe returns within the probe timeout;
 - ``probe-no-side-effects``: probe leaves the working directory and the environment as they
   were, and returns the same devices twice;
@@ -13,6 +16,10 @@ Checks (each a case ``api/<name>``):
 - ``repeatable``: five runs on the same input give bit-identical outputs;
 - ``releases-memory``: a compiled executable is freed once dropped, and twenty compile/run
   cycles do not grow the process by more than 64 MiB.
+
+The last three compile a 3-node MLP (MatMul, Add, Relu), or for a backend that does not
+admit it a one-node model of the first op of ``FALLBACK_OPS`` it admits (the detail says
+which): the contract holds for a backend with a single kernel too.
 
 They run in a worker process of their own, so a crash or a hang is recorded, not suffered.
 """
@@ -29,7 +36,7 @@ import time
 import weakref
 from typing import Any
 
-CHECKS = ("probe-bounded", "probe-no-side-effects", "capabilities-are-data",
+CHECKS = ("api-version-current", "probe-bounded", "probe-no-side-effects", "capabilities-are-data",
           "invalid-input-is-a-backplane-error", "thread-safe", "repeatable", "releases-memory")
 
 
@@ -48,6 +55,38 @@ def _mlp(seed: int) -> Any:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])],
                               initializer=[w, b])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+#: One-node float32 models the compile/run checks fall back to, in order, for a backend
+#: that does not admit the MLP (a Relu-only backend, an NPU plugin without MatMul): ops
+#: whose results are finite on any finite input, so outputs compare bit for bit.
+FALLBACK_OPS = ("Relu", "Add", "Mul", "Sub", "Abs", "Neg", "Sigmoid", "Tanh", "Identity")
+
+
+def _unary(op: str) -> Any:
+    from onnx import TensorProto, helper
+
+    inputs = ["x", "x"] if op in ("Add", "Mul", "Sub") else ["x"]
+    graph = helper.make_graph([helper.make_node(op, inputs, ["y"], name=op.lower())],
+                              f"api-{op.lower()}",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def check_graph(seed: int, caps: Any) -> tuple[Any, str]:
+    """(the graph the compile/run checks use, its description): the 3-node MLP when the
+    backend admits it, else the first one-node model of FALLBACK_OPS it admits, else the
+    MLP (whose compile then fails, naming the op)."""
+    from backplane.intake import load_model
+
+    for model, text in [(_mlp(seed), "a 3-node MLP (MatMul, Add, Relu)")] + [
+            (_unary(op), f"a one-node {op} model") for op in FALLBACK_OPS]:
+        graph = load_model(model)
+        if all(caps.check(n) for n in graph.nodes):
+            return graph, text
+    return load_model(_mlp(seed)), ("a 3-node MLP (MatMul, Add, Relu); the backend admits "
+                                    f"none of it, nor a one-node model of {', '.join(FALLBACK_OPS)}")
 
 
 def _gather() -> Any:
@@ -75,7 +114,6 @@ def check_all(backend_name: str, device_id: str, seed: int) -> list[tuple[str, s
 
     from backplane.contract import Capabilities, CompileOptions
     from backplane.errors import BackplaneError
-    from backplane.intake import load_model
     from backplane.registry import registry
     from backplane.session import Session
 
@@ -86,6 +124,17 @@ def check_all(backend_name: str, device_id: str, seed: int) -> list[tuple[str, s
 
     def record(name: str, ok: bool, detail: str) -> None:
         out.append((name, "pass" if ok else "fail", detail))
+
+    # the contract version: the api tier certifies the current one (an older version in the
+    # window loads, through an adapter, with a deprecation warning: docs/api-stability.md)
+    from backplane.contract import API_CHANGES, API_VERSION
+
+    version = getattr(backend, "api_version", None)
+    record("api-version-current", version == API_VERSION,
+           f"written for backend API {version}, the current one" if version == API_VERSION else
+           f"written for backend API {version}; the current one is {API_VERSION}. To move: "
+           + "; ".join(c for v in range(int(version or 0) + 1, API_VERSION + 1)
+                       for c in API_CHANGES.get(v, ())))
 
     # probe
     found: list[Any] = []
@@ -133,7 +182,7 @@ def check_all(backend_name: str, device_id: str, seed: int) -> list[tuple[str, s
         record("invalid-input-is-a-backplane-error", False, f"{type(exc).__name__}: {exc}")
 
     # threads, repeatability, memory
-    graph = load_model(_mlp(seed))
+    graph, model_text = check_graph(seed, backend.capabilities)
     options = CompileOptions()
     rng = np.random.default_rng(seed)
     xs = [rng.standard_normal((8, 64)).astype(np.float32) for _ in range(8)]
@@ -142,7 +191,7 @@ def check_all(backend_name: str, device_id: str, seed: int) -> list[tuple[str, s
         want = [exe.run({"x": x})["y"] for x in xs]
         runs = [np.asarray(exe.run({"x": xs[0]})["y"]) for _ in range(5)]
         record("repeatable", all(np.array_equal(r, runs[0]) for r in runs),
-               "five runs on one input, compared bit for bit")
+               f"five runs of {model_text} on one input, compared bit for bit")
         errors: list[str] = []
         compiled: list[Any] = []
 
@@ -189,12 +238,17 @@ def check_all(backend_name: str, device_id: str, seed: int) -> list[tuple[str, s
     except Exception as exc:
         for name in ("repeatable", "thread-safe", "releases-memory"):
             if name not in {o[0] for o in out}:
-                record(name, False, f"compile or run of a 3-node MLP failed: "
+                record(name, False, f"compile or run of {model_text} failed: "
                                     f"{type(exc).__name__}: {exc}")
     return out
 
 
 def _child(conn: Any, backend: str, device: str, seed: int) -> None:
+    import warnings
+
+    from backplane.errors import PluginDeprecationWarning
+
+    warnings.simplefilter("ignore", PluginDeprecationWarning)  # the parent has shown it
     try:
         conn.send(check_all(backend, device, seed))
     except BaseException as exc:

@@ -26,8 +26,13 @@ from typing import Any
 def main(conn: Any, backend_name: str, device_id: str) -> None:
     """Serve cases until told to stop (or until the runner goes away)."""
     try:
+        import warnings
+
         from backplane.contract import CompileOptions
+        from backplane.errors import PluginDeprecationWarning
         from backplane.registry import registry
+
+        warnings.simplefilter("ignore", PluginDeprecationWarning)  # the runner has shown it
 
         reg = registry()
         backend = reg.backend(backend_name)

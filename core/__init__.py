@@ -16,8 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 from .contract import (
+    API_CHANGES,
     API_VERSION,
+    DEVICE_KINDS,
     MIN_API_VERSION,
+    PRECISIONS,
     AttributeRule,
     Backend,
     Capabilities,
@@ -38,6 +41,7 @@ from .errors import (
     ExecutionError,
     InputError,
     ModelError,
+    PluginDeprecationWarning,
     PluginLoadError,
     UnsupportedError,
 )
@@ -49,7 +53,7 @@ __version__ = "0.1.0"
 
 _LAZY = {"Session": ".session", "load_model": ".intake", "Plan": ".planner",
          "Candidate": ".planner", "Graph": ".graph", "Constraints": ".scheduler",
-         "plan_model": ".scheduler"}
+         "plan_model": ".scheduler", "diagnose": ".doctor"}
 
 
 def __getattr__(name: str) -> Any:
@@ -64,11 +68,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "API_VERSION", "MIN_API_VERSION", "AttributeRule", "Backend", "BackendError",
+    "API_CHANGES", "API_VERSION", "DEVICE_KINDS", "MIN_API_VERSION", "PRECISIONS", "AttributeRule", "Backend", "BackendError",
     "BackplaneError", "Candidate", "Capabilities", "CompileError", "CompileOptions", "ConformanceError",
     "Constraints", "Device", "DeviceNotFoundError", "DeviceUnavailable", "Executable", "ExecutionError",
-    "Graph", "InputError", "KernelTable", "LazyOps", "ModelError", "OpSupport", "Plan", "PluginLoadError",
-    "Session", "UnsupportedError", "Verdict", "devices", "hookimpl", "load_model",
+    "Graph", "InputError", "KernelTable", "LazyOps", "ModelError", "OpSupport", "Plan", "PluginDeprecationWarning", "PluginLoadError",
+    "Session", "UnsupportedError", "Verdict", "devices", "diagnose", "hookimpl", "load_model",
     "plan_model",
     "plugin_manager", "plugin_records", "registry",
 ]

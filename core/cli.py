@@ -78,7 +78,8 @@ def plugins(as_json: bool) -> None:
         return _emit_json([r.to_dict() for r in records])
     rows = [[r.name, r.state, ", ".join(r.devices), r.reason,
              f"{r.distribution or '?'} {r.distribution_version or ''}".strip(),
-             r.api_version] for r in records]
+             f"{r.api_version} (deprecated)" if r.deprecation else r.api_version]
+            for r in records]
     _console().print(_table("backend plugins", ["name", "state", "devices", "reason",
                                                 "distribution", "api"], rows))
 
@@ -232,6 +233,37 @@ def demo(devices: tuple[str, ...], batch: int, repeats: int, as_json: bool) -> N
             con.print(event, markup=False)
     if not result.ok:
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--timeout", "timeout_s", default=60.0, show_default=True,
+              help="Seconds each backend x device trial may take before it is a FAIL.")
+@click.option("-j", "--jobs", type=int, default=None,
+              help="Trials at once (default: the usable cores, at most 4).")
+@json_option
+def doctor(timeout_s: float, jobs: int | None, as_json: bool) -> None:
+    """Try every backend on every device with a tiny model: PASS/FAIL with the reason, each
+    plugin's state, and hints for what is missing. Exit 1 unless every device passed."""
+    from .doctor import command
+
+    sys.exit(command(timeout_s=timeout_s, jobs=jobs, as_json=as_json))
+
+
+@cli.command("new-plugin")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=".",
+              show_default=True, help="Where to create the package folder backplane-NAME/.")
+@click.option("--force", is_flag=True, help="Write the files over an existing backplane-NAME/.")
+@json_option
+def new_plugin(name: str, directory: str, force: bool, as_json: bool) -> None:
+    """Create backplane-NAME/, a backend plugin package for backend NAME that installs and
+    passes the conformance suite's API tier as generated."""
+    from .scaffold import new_plugin as scaffold
+
+    made = scaffold(name, directory, force=force)
+    if as_json:
+        return _emit_json(made.to_dict())
+    click.echo(made.summary())
 
 
 def main() -> None:

@@ -22,9 +22,22 @@ if TYPE_CHECKING:  # pragma: no cover
     from .kerneltable import KernelTable
 
 #: The contract version this backplane implements.
-API_VERSION = 1
-#: The oldest contract version a plugin may be written for and still load.
+API_VERSION = 2
+#: The oldest contract version a plugin may be written for and still load. Versions from
+#: here to ``API_VERSION - 1`` load with a deprecation warning naming what to change
+#: (:data:`API_CHANGES`); older ones are refused. The policy: docs/api-stability.md.
 MIN_API_VERSION = 1
+#: What changed in each contract version, as what a plugin written for the version before
+#: must do to move to it. The registry adapts a plugin of an older version inside the
+#: window to these rules, and its deprecation warning quotes them.
+API_CHANGES: dict[int, tuple[str, ...]] = {
+    2: ("probe() must give every Device a kind among 'cpu', 'gpu', 'npu', 'accelerator' "
+        "(API 1 kinds are lower-cased, and any other kind reads as 'accelerator')",
+        "Capabilities.precisions must name only backplane.PRECISIONS "
+        "(API 1 precisions outside them are ignored)",
+        "probe() with no device here raises DeviceUnavailable('why') instead of returning "
+        "an empty list (API 1's empty list reads as 'probe found no device')"),
+}
 
 #: Device classes a backend may report.
 DEVICE_KINDS = ("cpu", "gpu", "npu", "accelerator")
@@ -255,12 +268,16 @@ class CompileOptions:
             their own hints (streams, performance mode).
         cache_dir: where the backend may cache compiled artefacts, or ``None``.
         extra: backend-specific options given by the application, keyed by backend name.
+        dims: the sizes of symbolic dimensions the session was planned for (its ``dims=``
+            or its sample inputs' sizes), for backends that need static shapes (NPUs,
+            TensorRT profiles); the graph a backend gets keeps its symbols.
     """
 
     precision: str = "fp32"
     policy: str = "latency"
     cache_dir: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    dims: Mapping[str, int] = field(default_factory=dict)
 
 
 class Executable:

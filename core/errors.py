@@ -31,6 +31,13 @@ class DeviceUnavailable(BackplaneError):
     """
 
 
+class PluginDeprecationWarning(FutureWarning):
+    """A plugin is written for a backend API version that still loads but is deprecated.
+
+    A ``FutureWarning``, so that it is shown by default: it is addressed to whoever
+    installed the plugin. The message names the plugin, its version and what to change."""
+
+
 class ModelError(BackplaneError):
     """The model cannot be read, is invalid, or uses something backplane does not support."""
 

@@ -4,7 +4,9 @@ Discovery reads the entry points of the group ``backplane.backends`` (through st
 drops what ``BACKPLANE_PLUGINS`` / ``BACKPLANE_DISABLE_PLUGINS`` exclude *before importing
 anything*, then loads the rest one by one. A plugin that fails to import, to construct, or
 declares an api_version outside the supported window is recorded with its reason,
-distribution and version; discovery goes on. Probing runs each backend's ``probe`` in its
+distribution and version; discovery goes on. One written for an older API version inside
+the window loads with a :class:`~backplane.errors.PluginDeprecationWarning` naming what to
+change (:data:`~backplane.contract.API_CHANGES`), and is held to that version's rules. Probing runs each backend's ``probe`` in its
 own daemon thread, bounded by ``BACKPLANE_PROBE_TIMEOUT_S``: a probe that raises or hangs
 marks only its own backend as failed.
 
@@ -19,11 +21,14 @@ import os
 import threading
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from .contract import API_VERSION, MIN_API_VERSION, Backend, Capabilities, Device
-from .errors import DeviceNotFoundError, DeviceUnavailable, PluginLoadError, did_you_mean
+from .contract import (API_CHANGES, API_VERSION, DEVICE_KINDS, MIN_API_VERSION, PRECISIONS, Backend,
+                       Capabilities, Device)
+from .errors import (DeviceNotFoundError, DeviceUnavailable, PluginDeprecationWarning,
+                     PluginLoadError, did_you_mean)
 
 log = logging.getLogger("backplane")
 
@@ -55,6 +60,8 @@ class PluginRecord:
     plugin_version: str | None = None
     devices: list[str] = field(default_factory=list)
     probe_seconds: float | None = None
+    deprecation: str = ""
+    """For a plugin written for a deprecated API version: what to change (also warned)."""
     exception: BaseException | None = field(default=None, repr=False)
     traceback: str = field(default="", repr=False)
 
@@ -197,6 +204,8 @@ class Registry:
                 + ("Upgrade backplane-hal, or install a release of the plugin written for "
                    f"API {API_VERSION}." if newer else
                    f"Upgrade the plugin to a release written for API {API_VERSION}."))
+        if version < API_VERSION:
+            self._deprecated(record, version)
         if getattr(backend, "name", None) != record.name:
             return self._fail(record, f"declares name {getattr(backend, 'name', None)!r} but its "
                                       f"entry point is named {record.name!r}; they must match")
@@ -209,7 +218,26 @@ class Registry:
         if not isinstance(caps, Capabilities):
             return self._fail(record, f"capabilities is a {type(caps).__name__}, not "
                                       "backplane.Capabilities")
+        unknown = sorted(set(caps.precisions) - set(PRECISIONS))
+        if unknown and version >= 2:
+            return self._fail(record, f"declares precisions {unknown}, which are not among "
+                                      f"backplane.PRECISIONS {list(PRECISIONS)}")
         self.backends[record.name] = backend
+
+    def _deprecated(self, record: PluginRecord, version: int) -> None:
+        """Warn once that ``record``'s plugin is written for a deprecated API version."""
+        changes = [c for v in range(version + 1, API_VERSION + 1) for c in API_CHANGES.get(v, ())]
+        record.distribution, record.distribution_version = _distribution_of(
+            record.name, record.entry_point)
+        dist = f" (from {record.distribution} {record.distribution_version})" \
+            if record.distribution else ""
+        record.deprecation = (
+            f"backend plugin '{record.name}'{dist} is written for backend API {version}, which "
+            f"is deprecated: backplane implements API {API_VERSION} and loads API {version} "
+            f"plugins through an adapter until a release drops it (docs/api-stability.md). "
+            f"To move to API {API_VERSION}: " + "; ".join(changes)
+            + f"; then set api_version = {API_VERSION}.")
+        warnings.warn(record.deprecation, PluginDeprecationWarning, stacklevel=2)
 
     def _fail(self, record: PluginRecord, reason: str, exc: BaseException | None = None) -> None:
         record.state, record.reason, record.exception = FAILED, reason, exc
@@ -262,9 +290,19 @@ class Registry:
         if not isinstance(found, list) or not all(isinstance(d, Device) for d in found):
             return self._fail(record, "probe must return a list of backplane.Device, got "
                                       f"{type(found).__name__}")
+        api = record.api_version or API_VERSION
         if not found:
-            record.state, record.reason = NO_DEVICE, "probe found no device"
+            record.state, record.reason = NO_DEVICE, "probe found no device" + (
+                "" if api < 2 else " (and gave no reason: raise DeviceUnavailable('why'))")
             return
+        odd = [d.kind for d in found if d.kind not in DEVICE_KINDS]
+        if odd and api >= 2:
+            return self._fail(record, f"probe returned devices of kind {sorted(set(odd))}; a "
+                                      f"device's kind is one of {', '.join(DEVICE_KINDS)}")
+        if odd:  # API 1: kinds were free text
+            found = [d if d.kind in DEVICE_KINDS else dataclasses.replace(
+                d, kind=d.kind.lower() if d.kind.lower() in DEVICE_KINDS else "accelerator")
+                for d in found]
         stamped = [dataclasses.replace(d, backend=name, index=i) for i, d in enumerate(found)]
         devices[name] = stamped
         record.state, record.reason = READY, ""

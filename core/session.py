@@ -119,7 +119,8 @@ class Session:
         self._registry = registry()
         self._explicit, self._devices = _resolve_devices(self._registry, devices)
         self._options = CompileOptions(precision="fp32" if precision == "auto" else precision,
-                                       policy=policy, extra=dict(options or {}))
+                                       policy=policy, extra=dict(options or {}),
+                                       dims=dict(self.dims))
         self._excluded: dict[str, str] = {}
         self._banned: dict[tuple[str, str], str] = {}
         self._history: list[str] = []

@@ -213,6 +213,12 @@ def test_engines_are_keyed_by_gpu_tensorrt_version_model_precision_and_profile()
     assert len({base, *others}) == 6
 
 
+def test_the_profile_optimum_is_the_size_the_session_was_planned_for():
+    model, _, _ = _mlp(6)
+    assert cuda._static_shapes(load_model(model), {"batch": 32}) == {"x": (32, 16)}
+    assert cuda._static_shapes(load_model(model), {}) == {}
+
+
 def test_fp32_engines_turn_tf32_off():
     assert trtpath.flags_for("fp32") == ([], ["TF32"])
     assert trtpath.flags_for("int8") == (["INT8", "FP16"], [])

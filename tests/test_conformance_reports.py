@@ -105,8 +105,10 @@ def test_the_verdict_ignores_optional_cases_and_known_failures():
 def test_junit_marks_failures_errors_and_skips():
     xml = junit(report([case("a", "Relu", "float32", "fail", error="off by one"),
                         case("b", "Tanh", "float32", "crash", error="exit code -11"),
-                        case("c", "Conv", "float32", "skipped", reason="known")]))
-    assert 'failures="1"' in xml and 'errors="1"' in xml and 'skipped="1"' in xml
+                        case("c", "Conv", "float32", "skipped", reason="known"),
+                        case("d", "Erf", "float16", "unsupported")]))
+    assert 'failures="1"' in xml and 'errors="1"' in xml and 'skipped="2"' in xml
+    assert "unsupported: the backend does not declare" in xml
     assert "off by one" in xml and "exit code -11" in xml
 
 

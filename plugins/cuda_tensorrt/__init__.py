@@ -171,20 +171,23 @@ def _compile_tensorrt(graph: Any, device: Device, options: CompileOptions,
     gpu = {"name": device.name, "compute_capability":
            device.properties.get("compute_capability")}
     try:
-        return compile_engine(graph, device, options, gpu, _static_shapes(graph))
+        return compile_engine(graph, device, options, gpu,
+                              _static_shapes(graph, getattr(options, "dims", {}) or {}))
     except CompileError:
         raise
     except Exception as exc:
         raise CompileError.wrap(exc, backend=NAME, device=device.id) from exc
 
 
-def _static_shapes(graph: Any) -> dict[str, tuple[int, ...]]:
-    """The graph's input sizes where it states them (a session's ``dims``), as the
-    TensorRT profile's optimum; dynamic ones are left to the first run's sizes."""
+def _static_shapes(graph: Any, dims: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+    """The input sizes the session was planned for (the graph's static sizes, its symbols
+    from the session's ``dims``), as the TensorRT profile's optimum; inputs with sizes
+    still unknown take the first run's."""
     out = {}
     for vi in graph.inputs:
-        if vi.shape is not None and all(isinstance(d, int) for d in vi.shape):
-            out[vi.name] = tuple(vi.shape)
+        shape = [d if isinstance(d, int) else dims.get(d) for d in (vi.shape or ())]
+        if vi.shape is not None and all(isinstance(d, int) for d in shape):
+            out[vi.name] = tuple(shape)
     return out
 
 

@@ -8,9 +8,10 @@ quietly place the nodes on the CPU. Providers that fail the check are listed, wi
 reason, in the CPU device's ``not_ready`` property (``backplane devices --json``). Compiles
 for those devices keep the same setting: a provider that does not take the nodes it was given
 is a ``CompileError`` naming it, never a silent run on the CPU.
-The CUDA, TensorRT, ROCm and MIGraphX providers are run by the ``cuda-tensorrt`` and
-``rocm`` backends (ORT is one of their paths), so they are devices here only while those
-backends are disabled: one GPU is one device to the scheduler.
+The CUDA, TensorRT, ROCm, MIGraphX, QNN and VitisAI providers are run by the
+``cuda-tensorrt``, ``rocm`` and ``npu`` backends (ORT is one of their paths), so they are
+devices here only while those backends are disabled: one GPU or NPU is one device to the
+scheduler.
 
 ORT has no op-support query, so the capabilities are derived: each core op, in each dtype
 its schema admits, is built as one-node models (:mod:`backplane.ops.probes`, shared with the
@@ -54,7 +55,8 @@ PROVIDER_KINDS = {
 #: own kernels): listed there, not here, so that one GPU is not two devices to the
 #: scheduler; listed here again when that backend is disabled.
 SERVED_BY = {"CUDAExecutionProvider": "cuda-tensorrt", "TensorrtExecutionProvider": "cuda-tensorrt",
-             "ROCMExecutionProvider": "rocm", "MIGraphXExecutionProvider": "rocm"}
+             "ROCMExecutionProvider": "rocm", "MIGraphXExecutionProvider": "rocm",
+             "QNNExecutionProvider": "npu", "VitisAIExecutionProvider": "npu"}
 #: Seconds one provider's readiness check may take before it counts as not ready.
 READINESS_TIMEOUT_S = 2.0
 #: Bump when this backend's derivation (try_op) changes, so stale disk caches are ignored;

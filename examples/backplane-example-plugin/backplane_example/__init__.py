@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backplane import API_VERSION, AttributeRule, Backend, Device, KernelTable
+from backplane import AttributeRule, Backend, Device, KernelTable
 
 FLOATS = ("float32", "float64")
 
@@ -19,7 +19,7 @@ class NumpyBackend(Backend):
     """Host-CPU numpy kernels for a handful of ops."""
 
     name = "example-numpy"
-    api_version = API_VERSION
+    api_version = 2  # the backend API it is written for: a literal (docs/api-stability.md)
     version = "0.1.0"
     priority = 10  # preferred over the reference backend
     kernels = kernels
