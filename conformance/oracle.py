@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from backplane.ops import window_pads
+from backplane.ops import pool_geometry, window_pads
 
 FLOAT64 = "float64"
 NATIVE = "native"
@@ -269,15 +269,8 @@ def np_pool(kind: str, x: np.ndarray, kernel_shape: Iterable[int], *,
     spatial = list(x.shape[2:])
     strides = list(strides or [1] * nsp)
     dilations = list(dilations or [1] * nsp)
-    p = window_pads(spatial, kernel, strides, dilations, pads, auto_pad)
-    begins, ends, out_sp, extra = p[:nsp], p[nsp:], [], []
-    for size, k, s, d, b, e in zip(spatial, kernel, strides, dilations, begins, ends):
-        span = size + b + e - ((k - 1) * d + 1)
-        o = (-(-span // s) if ceil_mode else span // s) + 1
-        if ceil_mode and (o - 1) * s >= size + b:  # a window may not start in the end pad
-            o -= 1
-        out_sp.append(o)
-        extra.append(max(0, (o - 1) * s + (k - 1) * d + 1 - (size + b + e)))
+    begins, ends, out_sp, extra = pool_geometry(spatial, kernel, strides, dilations, pads,
+                                                auto_pad, ceil_mode)
     widths = [(b, e + x_) for b, e, x_ in zip(begins, ends, extra)]
     fill = -np.inf if kind == "max" else 0.0
     xp = np.pad(x, [(0, 0), (0, 0)] + widths, constant_values=fill)

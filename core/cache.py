@@ -105,3 +105,28 @@ def cached_json(backend: str, key_parts: tuple[Any, ...],
     if path is not None:
         write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())
     return data
+
+
+def subfolder(backend: str, name: str, options: Any = None) -> Path | None:
+    """``cache_dir(backend)/name`` (created), or None when caching is off or the folder
+    cannot be created: where a graph compiler keeps its compiled blobs."""
+    root = cache_dir(backend, options)
+    if root is None:
+        return None
+    folder = root / name
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        return None
+    return folder
+
+
+def prune(folder: Path, pattern: str, keep: int) -> None:
+    """Delete the least recently used files matching ``pattern`` beyond the ``keep`` newest
+    (by modification time; readers touch what they use). Never raises."""
+    try:
+        files = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime)
+        for old in files[:max(0, len(files) - keep)]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass

@@ -231,3 +231,25 @@ def window_pads(spatial: Iterable[int], kernel: Iterable[int], strides: Iterable
     if auto_pad == "VALID" or pads is None:
         return [0] * (2 * len(spatial))
     return [int(p) for p in pads]
+
+
+def pool_geometry(spatial: Iterable[int], kernel: Iterable[int], strides: Iterable[int],
+                  dilations: Iterable[int], pads: Iterable[int] | None,
+                  auto_pad: str = "NOTSET", ceil_mode: int = 0
+                  ) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(begin pads, end pads, output sizes, extra end pads) of a pooling window, as ONNX
+    defines them: with ``ceil_mode`` a last partial window counts unless it would start in
+    the end padding; ``extra`` pads the input so that window is whole."""
+    spatial, kernel = list(spatial), list(kernel)
+    strides, dilations = list(strides), list(dilations)
+    p = window_pads(spatial, kernel, strides, dilations, pads, auto_pad)
+    begins, ends = p[:len(spatial)], p[len(spatial):]
+    out, extra = [], []
+    for size, k, s, d, b, e in zip(spatial, kernel, strides, dilations, begins, ends):
+        span = size + b + e - ((k - 1) * d + 1)
+        o = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (o - 1) * s >= size + b:  # a window may not start in the end pad
+            o -= 1
+        out.append(o)
+        extra.append(max(0, (o - 1) * s + (k - 1) * d + 1 - (size + b + e)))
+    return begins, ends, out, extra

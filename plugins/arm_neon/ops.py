@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from backplane.ops import window_pads
+from backplane.ops import pool_geometry, window_pads
 
 F32, F16, BF16 = 0, 1, 2
 #: Unary op codes of kernels/neon/bp_neon.h.
@@ -437,15 +437,8 @@ def _pool(rt: Any, kind: str, x: Any, kernel_shape: Any, auto_pad: str = "NOTSET
     spatial = list(x.shape[2:])
     strides = list(strides or [1] * nsp)
     dilations = list(dilations or [1] * nsp)
-    p = window_pads(spatial, kernel, strides, dilations, pads, auto_pad)
-    begins, ends, out, extra = p[:nsp], p[nsp:], [], []
-    for size, k, s, d, b, e in zip(spatial, kernel, strides, dilations, begins, ends):
-        span = size + b + e - ((k - 1) * d + 1)
-        o = (-(-span // s) if ceil_mode else span // s) + 1
-        if ceil_mode and (o - 1) * s >= size + b:  # a window may not start in the end pad
-            o -= 1
-        out.append(o)
-        extra.append(max(0, (o - 1) * s + (k - 1) * d + 1 - (size + b + e)))
+    begins, ends, out, extra = pool_geometry(spatial, kernel, strides, dilations, pads,
+                                             auto_pad, ceil_mode)
     widths = [(b, e + x_) for b, e, x_ in zip(begins, ends, extra)]
     y = np.empty(x.shape[:2] + tuple(out), x.dtype)
     indices = np.empty(y.shape, np.int64) if kind == "max" else None

@@ -39,12 +39,12 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from backplane import (API_VERSION, Backend, Capabilities, CompileOptions, Device, Executable,
                        LazyOps, OpSupport)
 from backplane import __version__ as _backplane_version
+from backplane.cache import prune, subfolder
 from backplane.errors import BackendError, CompileError, DeviceUnavailable, ExecutionError
 
 from . import devices as found
@@ -330,7 +330,7 @@ class _OpenVINOBuild(_Build):
         # "NPU" for every device probe lists; a test device may name OpenVINO's CPU to run
         # this whole path (prepare, query_model, compile, blob cache) without an NPU.
         self._ov_device = str(device.properties.get("ov_device") or OV_DEVICE)
-        self._folder = _blob_folder(options)
+        self._folder = subfolder(NpuBackend.name, "compiled", options)
         self._onnx = prepare.onnx_bytes(graph)
         self._calibration_key = prepare.calibration_digest(calibration) if calibration else ""
         props = device.properties
@@ -363,7 +363,7 @@ class _OpenVINOBuild(_Build):
         if path is not None:
             try:
                 if write_atomic(path, compiled.export_model().getvalue()):
-                    _prune(self._folder)  # type: ignore[arg-type]
+                    prune(self._folder, "*.blob", MAX_CACHED_BLOBS)
             except Exception:  # caching is an optimisation
                 pass
         return self._runner(compiled), self._how(shapes, "compiled")
@@ -434,31 +434,6 @@ class _OpenVINOBuild(_Build):
         shape_text = ", ".join(f"{k}{list(v)}" for k, v in shapes.items())
         what = ("int8 (NNCF, NPU target)" if self._precision == "int8" else "fp16")
         return f"OpenVINO {self._ov_device}, {what}, static {shape_text}, {origin}"
-
-
-def _blob_folder(options: CompileOptions) -> Path | None:
-    """``cache_dir("npu")/compiled``, or None when caching is off."""
-    from backplane.cache import cache_dir
-
-    root = cache_dir(NpuBackend.name, options)
-    if root is None:
-        return None
-    folder = root / "compiled"
-    try:
-        folder.mkdir(exist_ok=True)
-    except OSError:
-        return None
-    return folder
-
-
-def _prune(folder: Path) -> None:
-    """Delete the least recently used blobs beyond :data:`MAX_CACHED_BLOBS`."""
-    try:
-        blobs = sorted(folder.glob("*.blob"), key=lambda p: p.stat().st_mtime)
-        for old in blobs[:max(0, len(blobs) - MAX_CACHED_BLOBS)]:
-            old.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 def _ov_error(exc: BaseException, device: Device) -> CompileError:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyopencl.array as cla
 
-from backplane.ops import window_pads
+from backplane.ops import pool_geometry, window_pads
 
 from .runtime import CL_TYPES, MAXR, RAW_NUMPY, RAW_TYPES, mirror, state_of
 
@@ -559,14 +559,9 @@ def pool(kind: str, x: Any, kernel_shape: Any, auto_pad: str = "NOTSET", ceil_mo
     strides = list(strides or [1] * nsp)
     dilations = list(dilations or [1] * nsp)
     spatial = list(x.shape[2:])
-    p = window_pads(spatial, kernel, strides, dilations, pads, auto_pad)
-    out_sp = []
-    for i, (size, k, s, d) in enumerate(zip(spatial, kernel, strides, dilations)):
-        span = size + p[i] + p[i + nsp] - ((k - 1) * d + 1)
-        o = (-(-span // s) if ceil_mode else span // s) + 1
-        if ceil_mode and (o - 1) * s >= size + p[i]:
-            o -= 1
-        out_sp.append(o)
+    begins, ends, out_sp, _ = pool_geometry(spatial, kernel, strides, dilations, pads,
+                                            auto_pad, ceil_mode)
+    p = begins + ends
     shape = (*x.shape[:2], *out_sp)
     y = st.empty(shape, x.dtype)
     ind = st.empty(shape, np.int64) if want_indices else None

@@ -44,6 +44,7 @@ from typing import Any
 from backplane import (API_VERSION, AttributeRule, Backend, Capabilities, CompileOptions, Device,
                        Executable, LazyOps, OpSupport)
 from backplane import __version__ as _backplane_version
+from backplane.cache import prune, subfolder
 from backplane.errors import CompileError, DeviceUnavailable, ExecutionError
 
 #: OpenVINO's name of the device this backend drives.
@@ -151,7 +152,7 @@ class OpenVINOBackend(Backend):
                                              else "") + "; the graph is not run partially",
                        op=nodes[0].op_type if nodes else None,
                        vendor_message=f"query_model: unsupported {names}")
-        folder = _blob_folder(options)
+        folder = subfolder(OpenVINOBackend.name, "compiled", options)
         key = (hashlib.sha256(data).hexdigest(), options.precision, options.policy,
                sorted(config.items()), ov_version(), _backplane_version, device.name)
         exe = OpenVINOExecutable(ov_model, graph, device, config, options.precision, folder, key)
@@ -424,7 +425,7 @@ class OpenVINOExecutable(Executable):
         if path is not None:
             try:
                 if write_atomic(path, compiled.export_model().getvalue()):
-                    _prune(self._folder)  # type: ignore[arg-type]
+                    prune(self._folder, "*.blob", MAX_CACHED_BLOBS)
             except Exception:  # caching is an optimisation; a failed export loses nothing
                 pass
         return _Compiled(compiled, from_cache=False)
@@ -571,33 +572,6 @@ def _patched(model: Any, graph: Any) -> Any:
     for i in nodes:
         del out.graph.node[i].input[2:]
     return out
-
-
-# ---------------------------------------------------------------------- disk cache
-
-def _blob_folder(options: CompileOptions) -> Path | None:
-    """``cache_dir("openvino-cpu")/compiled``, or None when caching is off."""
-    from backplane.cache import cache_dir
-
-    root = cache_dir(OpenVINOBackend.name, options)
-    if root is None:
-        return None
-    folder = root / "compiled"
-    try:
-        folder.mkdir(exist_ok=True)
-    except OSError:
-        return None
-    return folder
-
-
-def _prune(folder: Path) -> None:
-    """Delete the least recently used blobs beyond :data:`MAX_CACHED_BLOBS`."""
-    try:
-        blobs = sorted(folder.glob("*.blob"), key=lambda p: p.stat().st_mtime)
-        for old in blobs[:max(0, len(blobs) - MAX_CACHED_BLOBS)]:
-            old.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 # ---------------------------------------------------------------------- errors
