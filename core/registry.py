@@ -6,9 +6,10 @@ anything*, then loads the rest one by one. A plugin that fails to import, to con
 declares an api_version outside the supported window is recorded with its reason,
 distribution and version; discovery goes on. One written for an older API version inside
 the window loads with a :class:`~backplane.errors.PluginDeprecationWarning` naming what to
-change (:data:`~backplane.contract.API_CHANGES`), and is held to that version's rules. Probing runs each backend's ``probe`` in its
-own daemon thread, bounded by ``BACKPLANE_PROBE_TIMEOUT_S``: a probe that raises or hangs
-marks only its own backend as failed.
+change (:data:`~backplane.contract.API_CHANGES`), and is held to that version's rules.
+Probing runs each backend's ``probe`` in its own daemon thread, bounded by
+``BACKPLANE_PROBE_TIMEOUT_S``: a probe that raises or hangs marks only its own backend as
+failed.
 
 Device ids are ``BACKEND:INDEX`` in the order the backend's probe returned them.
 """
