@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from backplane.ops import window_pads
+from backplane.ops import pool_geometry, window_pads
 
 #: The torch dtype ONNX's ``float`` (TensorProto code 1) stands for in the current run:
 #: float32, or float16 / bfloat16 in a reduced-precision run. Set by the runner per run.
@@ -328,16 +328,11 @@ def _pool_geometry(x: Any, kernel: list[int], strides: Any, pads: Any, dilations
     """(strides, dilations, begin pads, end pads, extra end pads, output sizes) of a pool,
     as ONNX defines them: with ``ceil_mode`` a last partial window counts unless it would
     start in the end padding; ``extra`` pads the input so that window is whole."""
-    strides, dilations, begins, ends = _spatial_attrs(x, kernel, strides, dilations, pads,
-                                                      auto_pad)
-    out, extra = [], []
-    for size, k, s, d, b, e in zip(x.shape[2:], kernel, strides, dilations, begins, ends):
-        span = size + b + e - ((k - 1) * d + 1)
-        o = (-(-span // s) if ceil_mode else span // s) + 1
-        if ceil_mode and (o - 1) * s >= size + b:
-            o -= 1
-        out.append(o)
-        extra.append(max(0, (o - 1) * s + (k - 1) * d + 1 - (size + b + e)))
+    nsp = len(kernel)
+    strides = list(strides) if strides else [1] * nsp
+    dilations = list(dilations) if dilations else [1] * nsp
+    begins, ends, out, extra = pool_geometry(x.shape[2:], kernel, strides, dilations, pads,
+                                             auto_pad, ceil_mode)
     return strides, dilations, begins, ends, extra, out
 
 
@@ -637,126 +632,18 @@ def pad(x: Any, pads: Any, constant_value: Any = None, axes: Any = None,
 
 # --------------------------------------------------------------------------- Resize
 
-def _scale_sizes(shape: list[int], scales: list[float], exact: bool) -> list[int]:
-    """Output sizes floor(size * scale). Scales that are not exact (a graph input that a
-    reduced-precision run lowered to fp16 or bf16 with every other float32 value; constant
-    scales keep their host copy) lost their low bits: a product within that rounding of
-    an integer is that integer, the size the graph was inferred with."""
-    out = []
-    for n, s in zip(shape, scales):
-        v = n * s
-        near = round(v)
-        out.append(near if not exact and abs(v - near) <= abs(v) * 2 ** -7 else int(v))
-    return out
-
-
-def _coordinates(ctm: str, y: Any, scale: float, n_in: int, out_w: float, n_out: int,
-                 roi: tuple[float, float] | None) -> tuple[Any, Any]:
-    """Source coordinate of each output index per ``coordinate_transformation_mode``, and
-    for tf_crop_and_resize which of them fall outside the input (else None)."""
-    outside = None
-    if ctm == "align_corners":
-        x = torch.zeros_like(y) if out_w == 1 else y * (n_in - 1) / (out_w - 1)
-    elif ctm == "asymmetric":
-        x = y / scale
-    elif ctm == "tf_crop_and_resize":
-        lo, hi = roi if roi is not None else (0.0, 1.0)
-        if out_w == 1:
-            x = torch.full_like(y, (hi - lo) * (n_in - 1) / 2)
-        else:
-            x = y * (hi - lo) * (n_in - 1) / (out_w - 1)
-        x = x + lo * (n_in - 1)
-        outside = (x < 0) | (x > n_in - 1)
-    elif ctm == "pytorch_half_pixel":
-        x = torch.full_like(y, -0.5) if out_w == 1 else (y + 0.5) / scale - 0.5
-    elif ctm == "half_pixel":
-        x = (y + 0.5) / scale - 0.5
-    elif ctm == "half_pixel_symmetric":
-        offset = n_in / 2 * (1 - n_out / out_w)
-        x = offset + (y + 0.5) / scale - 0.5
-    else:
-        raise ValueError(f"unknown coordinate_transformation_mode {ctm!r}")
-    return x, outside
-
-
-def _coefficients(mode: str, ratio: Any, scale: float, antialias: int, cubic_a: float,
-                  nearest_mode: str) -> Any:
-    """[outputs, taps] interpolation weights, as onnx.reference defines them per mode."""
-    if mode == "nearest":
-        integer = ratio == 1.0
-        if nearest_mode == "round_prefer_floor":
-            up = ratio > 0.5
-        elif nearest_mode == "round_prefer_ceil":
-            up = ratio >= 0.5
-        elif nearest_mode == "floor":
-            up = torch.zeros_like(integer)
-        elif nearest_mode == "ceil":
-            up = torch.ones_like(integer)
-        else:
-            raise ValueError(f"unknown nearest_mode {nearest_mode!r}")
-        up = (up | integer).double()
-        return torch.stack([1 - up, up], -1)
-    s = min(scale, 1.0) if antialias else 1.0
-    if mode == "linear":
-        if not antialias:
-            return torch.stack([1 - ratio, ratio], -1)
-        start = int(math.floor(-1 / s) + 1)
-        taps = torch.arange(start, 2 - start, dtype=torch.float64)
-        c = (1 - ((taps[None, :] - ratio[:, None]) * s).abs()).clamp(0, 1)
-        return c / c.sum(-1, keepdim=True)
-    if mode == "cubic":
-        a = cubic_a
-        start = int(math.floor(-2 / s) + 1) if antialias else -1
-        taps = torch.arange(start, 2 - start, dtype=torch.float64)
-        t = ((taps[None, :] - ratio[:, None]) * s).abs()
-        c = torch.where(t <= 1, ((a + 2) * t - (a + 3)) * t * t + 1,
-                        torch.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a,
-                                    torch.zeros_like(t)))
-        return c / c.sum(-1, keepdim=True) if antialias else c
-    raise ValueError(f"unknown Resize mode {mode!r}")
-
-
-def _resize_axis(x: Any, axis: int, scale: float, n_out: int, roi: tuple[float, float] | None,
-                 mode: str, ctm: str, nearest_mode: str, antialias: int, cubic_a: float,
-                 exclude_outside: int) -> tuple[Any, Any]:
-    """Resample one axis (Resize is separable); returns the result and, for
-    tf_crop_and_resize, the output positions that take the extrapolation value."""
-    n_in = x.shape[axis]
+def _resize_axis(x: Any, t: Any, axis: int, nearest: bool) -> Any:
+    """Resample one axis (Resize is separable) by the taps ``t`` of
+    :func:`backplane.ops.resize.taps`: a selection for nearest mode, else a gather and a
+    weighted sum on the device in ``x``'s type."""
+    if nearest:  # a selection, exact in every type (and inf * 0 never meets NaN)
+        return x.index_select(axis, torch.from_numpy(t.nearest()).to(x.device))
     shape = list(x.shape)
-    if n_out == 0 or n_in == 0:
-        shape[axis] = n_out
-        return x.new_empty(shape), None
-    y = torch.arange(n_out, dtype=torch.float64)
-    x_ori, outside = _coordinates(ctm, y, scale, n_in, scale * n_in, n_out, roi)
-    base = torch.floor(x_ori)
-    ratio = torch.where(x_ori == base, torch.ones_like(x_ori), x_ori - base)
-    coeffs = _coefficients(mode, ratio, scale, antialias, cubic_a, nearest_mode)
-    taps = coeffs.shape[-1]
-    # The taps nearest x_ori, ties to the smaller index (onnx.reference's neighbours).
-    pad = (taps + 1) // 2
-    xp = x_ori + pad
-    p = torch.floor(xp)
-    frac = xp - p
-    if taps % 2 == 0:
-        offset = torch.where(frac == 0, -(taps // 2), -(taps // 2) + 1)
-    else:
-        offset = torch.where(frac <= 0.5, -((taps - 1) // 2), -((taps - 1) // 2) + 1)
-    idx = (p.long() + offset)[:, None] + torch.arange(taps)[None, :] - pad
-    if exclude_outside:
-        coeffs = torch.where((idx < 0) | (idx >= n_in), torch.zeros_like(coeffs), coeffs)
-        total = coeffs.sum(-1, keepdim=True)
-        coeffs = coeffs / torch.where(total == 0, torch.ones_like(total), total)
-    idx = idx.clamp(0, n_in - 1)
-    if outside is not None:
-        outside = outside.to(x.device)
-    if mode == "nearest":  # a selection, exact in every type (and inf * 0 never meets NaN)
-        pick = idx.gather(1, coeffs.argmax(-1, keepdim=True)).reshape(-1)
-        return x.index_select(axis, pick.to(x.device)), outside
-    shape[axis:axis + 1] = [n_out, taps]
-    g = x.index_select(axis, idx.reshape(-1).to(x.device)).reshape(shape)
-    w = coeffs.to(device=x.device, dtype=x.dtype)
+    shape[axis:axis + 1] = list(t.index.shape)
+    g = x.index_select(axis, torch.from_numpy(t.index.reshape(-1)).to(x.device)).reshape(shape)
+    w = torch.from_numpy(t.weight).to(device=x.device, dtype=x.dtype)
     w = w.reshape((1,) * axis + tuple(w.shape) + (1,) * (x.ndim - axis - 1))
-    return (g * w).sum(axis + 1), outside
+    return (g * w).sum(axis + 1)
 
 
 def resize(x: Any, roi: Any = None, scales: Any = None, sizes: Any = None, antialias: int = 0,
@@ -765,50 +652,33 @@ def resize(x: Any, roi: Any = None, scales: Any = None, sizes: Any = None, antia
            extrapolation_value: float = 0.0, keep_aspect_ratio_policy: str = "stretch",
            mode: str = "nearest", nearest_mode: str = "round_prefer_floor") -> Any:
     """ONNX Resize, every mode and coordinate transformation, any rank: per axis, the
-    source taps and weights computed in float64 on the host as onnx.reference does, then
-    a gather and a weighted sum on the device in the input's type. Integer inputs of
-    linear and cubic modes are weighted in float64 and rounded back with saturation."""
-    rank = x.ndim
-    ax = [_axis(a, rank) for a in axes] if axes is not None else list(range(rank))
-    roi_v = _floats(roi) if roi is not None and roi.numel() else None
-    full_roi = None
-    if roi_v is not None:
-        full_roi = [0.0] * rank + [1.0] * rank
-        for i, a in enumerate(ax):
-            full_roi[a], full_roi[rank + a] = roi_v[i], roi_v[len(ax) + i]
-    shape = list(x.shape)
-    if sizes is not None and sizes.numel():
-        want = _ints(sizes)
-        out = list(shape)
-        for i, a in enumerate(ax):
-            out[a] = want[i]
-        factors = [out[i] / shape[i] if shape[i] else 1.0 for i in range(rank)]
-        if keep_aspect_ratio_policy != "stretch":
-            chosen = [factors[a] for a in ax]
-            s = min(chosen) if keep_aspect_ratio_policy == "not_larger" else max(chosen)
-            factors = [s if i in ax else 1.0 for i in range(rank)]
-            out = [int(s * shape[i] + 0.5) if i in ax else shape[i] for i in range(rank)]
-    else:
-        given, exact = _host(scales)
-        factors = [1.0] * rank
-        for i, a in enumerate(ax):
-            factors[a] = float(given[i])
-        out = _scale_sizes(shape, factors, exact)
+    source taps and weights computed in float64 on the host as onnx.reference does
+    (:mod:`backplane.ops.resize`), then a gather and a weighted sum on the device in the
+    input's type. Integer inputs of linear and cubic modes are weighted in float64 and
+    rounded back with saturation."""
+    from backplane.ops import resize as resize_math
+
+    want = _ints(sizes) if sizes is not None and sizes.numel() else None
+    given, exact = _host(scales) if want is None else (None, True)
+    planned = resize_math.plan(list(x.shape), axes, _floats(roi) if roi is not None else None,
+                               given, want, keep_aspect_ratio_policy, exact)
     exact_types = not x.is_floating_point() and mode != "nearest"
     work = x.double() if exact_types else x
     outside_masks = []
-    for a in ax:
-        r = None if full_roi is None else (full_roi[a], full_roi[rank + a])
-        if (math.isclose(factors[a], 1.0) and out[a] == work.shape[a]
-                and (r is None or (math.isclose(r[0], 0.0) and math.isclose(r[1], 1.0)))):
+    for ax in planned:
+        a, n_in = ax.axis, work.shape[ax.axis]
+        if ax.size == 0 or n_in == 0:
+            shape = list(work.shape)
+            shape[a] = ax.size
+            work = work.new_empty(shape)
             continue
-        work, outside = _resize_axis(work, a, factors[a], out[a], r, mode,
-                                     coordinate_transformation_mode, nearest_mode, antialias,
-                                     cubic_coeff_a, exclude_outside)
-        if outside is not None and bool(outside.any()):
-            outside_masks.append((a, outside))
+        t = resize_math.taps(n_in, ax, mode, coordinate_transformation_mode, nearest_mode,
+                             antialias, cubic_coeff_a, exclude_outside)
+        work = _resize_axis(work, t, a, mode == "nearest")
+        if t.outside is not None and t.outside.any():
+            outside_masks.append((a, torch.from_numpy(t.outside).to(work.device)))
     for a, outside in outside_masks:
-        mask = outside.reshape((1,) * a + (-1,) + (1,) * (rank - a - 1))
+        mask = outside.reshape((1,) * a + (-1,) + (1,) * (x.ndim - a - 1))
         work = torch.where(mask, torch.tensor(extrapolation_value, dtype=work.dtype,
                                               device=work.device), work)
     if exact_types:
