@@ -136,7 +136,7 @@ def plan_model(model: Any, devices: Any = "auto", *, policy: str = "latency",
 def schedule(graph: "Graph", devices: list[Device], backends: "Mapping[str, Backend]", *,
              policy: str = "latency", precision: str = "fp32", explicit: bool = False,
              excluded: Mapping[str, str] | None = None,
-             banned: Mapping[tuple[str, str], str] | None = None,
+             banned: Mapping[tuple[str, str], Any] | None = None,
              constraints: Constraints | None = None, strict: bool = False,
              delegate: Callable[..., Any] | None = None,
              pins: Mapping[str, tuple[str, str]] | None = None) -> Plan:
@@ -148,8 +148,9 @@ def schedule(graph: "Graph", devices: list[Device], backends: "Mapping[str, Back
             device lists are placed in their order whatever the policy.
         precision: ``fp32`` (and the other fixed precisions) or ``auto``.
         excluded: device id -> why it may not be used (a failed compile or run).
-        banned: (device id, precision) -> why that path may not be used (it missed the
-            accuracy budget).
+        banned: (device id, precision) -> why that path may not be used: a text (it missed
+            the accuracy budget: ``precision:budget``), or ``(code, text)`` (it failed to
+            compile there: ``excluded``).
         constraints: required / excluded device classes and memory headroom.
         strict: with a required device class, refuse nodes that would leave it.
         delegate: ``delegate(node, candidates) -> Candidate | None``.
@@ -269,7 +270,7 @@ class _Context:
     def __init__(self, graph: "Graph", devices: list[Device],
                  backends: "Mapping[str, Backend]", model: "CostModel", precision: str,
                  constraints: Constraints, excluded: dict[str, str],
-                 banned: dict[tuple[str, str], str]):
+                 banned: dict[tuple[str, str], Any]):
         self.graph, self.devices, self.backends, self.model = graph, devices, backends, model
         self.precision, self.constraints = precision, constraints
         self.excluded, self.banned = excluded, banned
@@ -334,8 +335,9 @@ class _Context:
                 continue
             for precision in self._precisions[device.backend]:
                 why = self.banned.get((device_id, precision))
-                if why:
-                    out.rejected.append(Rejection(device_id, "precision:budget", why))
+                if why:  # the detail, or (code, detail) for a path that failed to compile
+                    code, why = why if isinstance(why, tuple) else ("precision:budget", why)
+                    out.rejected.append(Rejection(device_id, code, why))
                     continue
                 if constant and compiler:
                     seconds = self.model.folded_time(device_id)

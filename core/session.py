@@ -122,7 +122,7 @@ class Session:
                                        policy=policy, extra=dict(options or {}),
                                        dims=dict(self.dims))
         self._excluded: dict[str, str] = {}
-        self._banned: dict[tuple[str, str], str] = {}
+        self._banned: dict[tuple[str, str], Any] = {}
         self._history: list[str] = []
         self._lock = threading.Lock()
         self._timing = _Timing()
@@ -197,6 +197,13 @@ class Session:
                 out[vi.name] = rng.integers(0, 4, shape).astype(vi.dtype)
         return out
 
+    def _ban(self, device: str, precision: str, why: str) -> None:
+        """Plan no more of ``device`` at ``precision`` (a compile that failed there: an NPU
+        refusing int8 without calibration data keeps its fp16 path)."""
+        self._banned[(device, precision)] = ("excluded", f"compile failed at {precision}: {why}")
+        self._history.append(f"re-planned without {device} at {precision}: {why}")
+        log.warning("backplane: %s; re-planning without %s at %s", why, device, precision)
+
     def _exclude(self, device: str, why: str) -> None:
         self._excluded[device] = why
         self._history.append(f"re-planned without {device}: {why}")
@@ -226,11 +233,13 @@ class Session:
         """Plan and compile, excluding each device whose compile fails, until one holds;
         with ``tune``, measure the candidates; with precision ``auto``, check accuracy."""
         while True:
+            plan = None
             try:
                 if self._tune:
                     compiled = tuning.tuned(self)
                 else:
-                    compiled = self._compile(self._schedule())
+                    plan = self._schedule()
+                    compiled = self._compile(plan)
                 if self.precision == "auto":
                     compiled = accuracy.checked(self, compiled)
                 compiled.plan.predicted_peak_bytes = compiled.memory.predicted_peak_bytes
@@ -240,7 +249,11 @@ class Session:
             except BackendError as exc:  # CompileError, or a plugin's own BackendError
                 if self.strict or exc.device is None or exc.device in self._excluded:
                     raise
-                self._exclude(exc.device, str(exc))
+                lower = _lower_precision(plan, exc.device)
+                if lower and (exc.device, lower) not in self._banned:
+                    self._ban(exc.device, lower, str(exc))
+                else:
+                    self._exclude(exc.device, str(exc))
 
     def samples(self) -> dict[str, Any]:
         """The sample inputs for tuning and accuracy checks: ``sample_inputs``, or
@@ -287,6 +300,13 @@ class _Timing:
                           plan.fingerprints.get(part.device), plan.model_key,
                           part.predicted_s / correction,
                           seconds)
+
+
+def _lower_precision(plan: Plan | None, device: str) -> str | None:
+    """The precision ``plan`` ran ``device`` at, when every partition there is below fp32
+    (so a compile failure there may be the precision's, not the device's), else None."""
+    found = {p.precision for p in (plan.partitions if plan else []) if p.device == device}
+    return found.pop() if len(found) == 1 and found != {"fp32"} else None
 
 
 def _resolve_devices(reg: Registry, devices: Any) -> tuple[bool, list[Device]]:

@@ -428,7 +428,28 @@ def test_a_session_at_auto_precision_measures_the_npus_int8_and_fp16_paths(
         assert rel_rms(got, want) <= INT8_TOLERANCE, seeded("int8 error")
 
 
-# ---------------------------------------------------------------------- ONNX Runtime path
+def test_an_npu_that_refuses_int8_without_calibration_keeps_its_fp16_path(
+        emulated_npu_registered):
+    """precision="auto" tries the cheapest path first; the NPU refuses int8 (no calibration
+    data) at compile, and the session bans that (device, precision) path only."""
+    import backplane as bp
+
+    zm = zoo.resnet()
+    session = bp.Session(zm.model, precision="auto", dims={"batch": 1}, device_class="npu",
+                         options={"npu": {"dims": {"batch": 1}, "config": CPU_F32}})
+    [part] = session.plan.partitions
+    assert part.device == "npu:0" and part.precision == "fp16", session.plan.explain()
+    assert any("re-planned without npu:0 at int8" in e for e in session.plan.events), \
+        session.plan.events
+    rejected = {(r.device, r.code) for p in session.plan.placements for r in p.rejected}
+    assert ("npu:0", "excluded") in rejected
+    rng = np.random.default_rng(SEED)
+    x = feeds(rng, {"x": (1, 3, 32, 32)}, 2)
+    got, want = [session.run(f) for f in x], reference(load_model(zm.model), x)
+    error = max(max_rel_error(g, w) for g, w in zip(got, want))
+    assert error <= FP16_TOLERANCE, seeded(f"fp16 error {error:.3g}")
+
+
 
 def test_this_onnxruntime_has_no_npu_provider():
     installed, providers = devices.ort_builds()
