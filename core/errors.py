@@ -101,7 +101,9 @@ class ConformanceError(BackplaneError):
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A ' Did you mean ...?' suffix for an unknown name, or '' when nothing is close."""
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    choices = list(choices)
+    same_letters = [c for c in choices if c.lower() == name.lower() and c != name]
+    close = same_letters or difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
     if not close:
         return ""
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"

@@ -436,6 +436,13 @@ def test_a_misspelt_input_name_is_an_input_error_naming_it_and_suggesting_the_ri
     assert "'bx'" in str(err.value) and "Did you mean 'b'" in str(err.value)
 
 
+def test_an_input_name_in_the_wrong_case_is_suggested_in_the_right_one(relu_add, ab):
+    a, b = ab
+    with pytest.raises(bp.InputError) as err:  # one letter: no edit-distance match
+        relu_add.run({"a": a, "B": b})
+    assert "'B'" in str(err.value) and "Did you mean 'b'" in str(err.value)
+
+
 def test_a_float64_array_for_a_float32_input_is_refused_suggesting_astype(relu_add, ab):
     a, b = ab
     with pytest.raises(bp.InputError) as err:
