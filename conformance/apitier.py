@@ -127,14 +127,13 @@ def check_all(backend_name: str, device_id: str, seed: int) -> list[tuple[str, s
 
     # the contract version: the api tier certifies the current one (an older version in the
     # window loads, through an adapter, with a deprecation warning: docs/api-stability.md)
-    from backplane.contract import API_CHANGES, API_VERSION
+    from backplane.contract import API_VERSION, changes_since
 
     version = getattr(backend, "api_version", None)
     record("api-version-current", version == API_VERSION,
            f"written for backend API {version}, the current one" if version == API_VERSION else
            f"written for backend API {version}; the current one is {API_VERSION}. To move: "
-           + "; ".join(c for v in range(int(version or 0) + 1, API_VERSION + 1)
-                       for c in API_CHANGES.get(v, ())))
+           + "; ".join(changes_since(int(version or 0))))
 
     # probe
     found: list[Any] = []

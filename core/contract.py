@@ -39,6 +39,13 @@ API_CHANGES: dict[int, tuple[str, ...]] = {
         "an empty list (API 1's empty list reads as 'probe found no device')"),
 }
 
+
+
+def changes_since(version: int) -> list[str]:
+    """What a plugin written for API ``version`` must change to reach ``API_VERSION``."""
+    return [c for v in range(version + 1, API_VERSION + 1) for c in API_CHANGES.get(v, ())]
+
+
 #: Device classes a backend may report.
 DEVICE_KINDS = ("cpu", "gpu", "npu", "accelerator")
 #: Compute precisions a backend may declare.

@@ -40,6 +40,25 @@ class Kernel:
     support: OpSupport
 
 
+class LazyKernel:
+    """A kernel whose implementation, function ``name`` of module ``module``, is imported on
+    its first call: a plugin's table (its capabilities) stays data, readable without
+    importing the runtime its kernels need. ``bound`` and ``fixed`` are passed before the
+    node's inputs and attributes (one implementation serving several ops)."""
+
+    def __init__(self, module: str, name: str, *bound: Any, **fixed: Any):
+        self.module, self.name, self.bound, self.fixed = module, name, bound, fixed
+        self.fn: Callable[..., Any] | None = None
+
+    def __call__(self, *args: Any, **attrs: Any) -> Any:
+        fn = self.fn
+        if fn is None:  # the import lock serialises first calls; the result is the same
+            import importlib
+
+            fn = self.fn = getattr(importlib.import_module(self.module), self.name)
+        return fn(*self.bound, *args, **self.fixed, **attrs)
+
+
 class KernelTable:
     """The kernels of one backend, by op.
 

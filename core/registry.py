@@ -26,8 +26,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from .contract import (API_CHANGES, API_VERSION, DEVICE_KINDS, MIN_API_VERSION, PRECISIONS, Backend,
-                       Capabilities, Device)
+from .contract import (API_VERSION, DEVICE_KINDS, MIN_API_VERSION, PRECISIONS, Backend,
+                       Capabilities, Device, changes_since)
 from .errors import (DeviceNotFoundError, DeviceUnavailable, PluginDeprecationWarning,
                      PluginLoadError, did_you_mean)
 
@@ -227,7 +227,7 @@ class Registry:
 
     def _deprecated(self, record: PluginRecord, version: int) -> None:
         """Warn once that ``record``'s plugin is written for a deprecated API version."""
-        changes = [c for v in range(version + 1, API_VERSION + 1) for c in API_CHANGES.get(v, ())]
+        changes = changes_since(version)
         record.distribution, record.distribution_version = _distribution_of(
             record.name, record.entry_point)
         dist = f" (from {record.distribution} {record.distribution_version})" \

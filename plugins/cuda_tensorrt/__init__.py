@@ -41,7 +41,7 @@ from backplane.errors import CompileError, DeviceUnavailable, did_you_mean
 from backplane.plugins.torch_ops import kernels as torch_kernels
 from backplane.plugins.torch_ops import torch_build
 
-from . import cudakernels, driver
+from . import driver
 
 NAME = "cuda-tensorrt"
 #: The compile paths, in the order they are tried.
@@ -52,12 +52,6 @@ LABELS = {"tensorrt": "TensorRT", "onnxruntime": "ONNX Runtime CUDA provider",
 PATH_PRECISIONS = {"tensorrt": frozenset({"fp32", "fp16", "bf16", "int8"}),
                    "onnxruntime": frozenset({"fp32"}),
                    "kernels": frozenset({"fp32", "fp16", "bf16"})}
-#: Ops whose custom CUDA kernels the kernel path uses unless told otherwise
-#: (``options={"cuda-tensorrt": {"custom_kernels": [...]}}``): Softmax, LayerNormalization,
-#: FusedMatMulBiasGelu and Attention. MatMul stays on cuBLAS and FusedConvRelu on cuDNN
-#: through torch unless asked for: their custom kernels use mma.sync tiles and SIMT
-#: convolutions, not Hopper's wgmma (cudakernels.py, docs/backends/cuda-tensorrt.md).
-DEFAULT_CUSTOM = cudakernels.DEFAULT_CUSTOM
 #: Distributions that provide the ``tensorrt`` module.
 TENSORRT_DISTS = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11",
                   "tensorrt_cu12", "tensorrt-lean")
@@ -221,6 +215,8 @@ def _compile_kernels(graph: Any, device: Device, options: CompileOptions,
                      extra: Mapping[str, Any]) -> Executable:
     from backplane.plugins.torch_ops import compile_on
 
+    from .cudakernels import DEFAULT_CUSTOM
+
     wanted = extra.get("custom_kernels", DEFAULT_CUSTOM)
     table, note = kernel_table(tuple(wanted))
     torch_device = str(device.properties.get("torch_device", "cuda:0"))
@@ -256,6 +252,8 @@ def kernel_table(custom: tuple[str, ...]) -> tuple[Any, str]:
     """(the kernel path's table with custom CUDA kernels for the ``custom`` op keys, a
     line saying which are in use or why none is). The custom kernels fall back to the
     torch op table for calls outside their limits."""
+    from . import cudakernels  # (its kernel planning tables: loaded when a kernel path compiles)
+
     unknown = [k for k in custom if k not in cudakernels.OPS]
     if unknown:
         raise CompileError(f"custom_kernels names ops without a custom CUDA kernel: "
@@ -432,6 +430,17 @@ def ort_cuda_missing() -> str:
     ready, reason = checks.get(CUDA_PROVIDER, (False, f"{CUDA_PROVIDER} is not in this build "
                                                       f"({', '.join(available)})"))
     return "" if ready else f"onnxruntime-gpu {version}: {reason}"
+
+
+def __getattr__(name: str) -> Any:
+    # DEFAULT_CUSTOM: the ops whose custom CUDA kernels the kernel path uses unless told
+    # otherwise (``options={"cuda-tensorrt": {"custom_kernels": [...]}}``), owned by
+    # cudakernels.py, which discovery does not import.
+    if name == "DEFAULT_CUSTOM":
+        from .cudakernels import DEFAULT_CUSTOM
+
+        return DEFAULT_CUSTOM
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["CudaTensorRTBackend", "choose_paths", "describe", "kernel_table", "runtimes",

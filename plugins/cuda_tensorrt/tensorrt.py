@@ -103,22 +103,20 @@ def compile_engine(graph: Any, device: Device, options: CompileOptions, gpu: Map
     import tensorrt as trt
 
     model = graph.model.SerializeToString()
-    logger = _Logger(trt)
-    network_shapes = _network_shapes(trt, model, logger)
+    parsed = _parse(trt, model, _Logger(trt))
+    network = parsed[1]
+    network_shapes = {network.get_input(i).name: tuple(network.get_input(i).shape)
+                      for i in range(network.num_inputs)}
     opt = dict(seen or {})
     for name, shape in network_shapes.items():
         opt.setdefault(name, tuple(1 if d < 0 else d for d in shape))
     return TensorRTExecutable(trt, model, device, options, gpu, network_shapes,
-                              profile_for(network_shapes, opt))
+                              profile_for(network_shapes, opt), parsed)
 
 
-def _network_shapes(trt: Any, model: bytes, logger: Any) -> dict[str, tuple[int, ...]]:
-    builder, network, _ = _parse(trt, model, logger)
-    return {network.get_input(i).name: tuple(network.get_input(i).shape)
-            for i in range(network.num_inputs)}
-
-
-def _parse(trt: Any, model: bytes, logger: Any) -> tuple[Any, Any, Any]:
+def _parse(trt: Any, model: bytes, logger: Any) -> tuple[Any, Any, Any, Any]:
+    """(builder, network, parser, logger) of ``model``; CompileError with the parser's
+    messages when it refuses."""
     builder = trt.Builder(logger)
     major = int(trt.__version__.split(".")[0])
     flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
@@ -137,13 +135,13 @@ def _parse(trt: Any, model: bytes, logger: Any) -> tuple[Any, Any, Any]:
         if network.get_input(i).is_shape_tensor:
             raise CompileError(f"input '{network.get_input(i).name}' is a shape tensor, which "
                                "this path does not bind", backend=BACKEND)
-    return builder, network, parser
+    return builder, network, parser, logger
 
 
-def _build(trt: Any, model: bytes, options: CompileOptions, profile: Mapping[str, Any]
-           ) -> bytes:
-    logger = _Logger(trt)
-    builder, network, _parser = _parse(trt, model, logger)
+def _build(trt: Any, model: bytes, options: CompileOptions, profile: Mapping[str, Any],
+           parsed: tuple[Any, Any, Any, Any] | None = None) -> bytes:
+    """The serialized engine of ``model`` (its network ``parsed`` already, or parsed now)."""
+    builder, network, _parser, logger = parsed or _parse(trt, model, _Logger(trt))
     config = builder.create_builder_config()
     extra = dict(options.extra.get(BACKEND, {})) if options.extra else {}
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE,
@@ -182,8 +180,9 @@ class TensorRTExecutable(Executable):
 
     def __init__(self, trt: Any, model: bytes, device: Device, options: CompileOptions,
                  gpu: Mapping[str, Any], network_shapes: Mapping[str, Sequence[int]],
-                 profile: Mapping[str, Any]):
+                 profile: Mapping[str, Any], parsed: tuple[Any, Any, Any, Any] | None = None):
         self._trt, self._model, self._device = trt, model, device
+        self._parsed = parsed  # the network compile_engine parsed, for the first build
         self._options, self._gpu = options, gpu
         self._shapes = dict(network_shapes)
         self._lock = threading.Lock()
@@ -207,7 +206,7 @@ class TensorRTExecutable(Executable):
             engine = runtime.deserialize_cuda_engine(path.read_bytes())
             self.cached = engine is not None  # a corrupt or foreign file is rebuilt
         if engine is None:
-            blob = _build(trt, self._model, self._options, profile)
+            blob = _build(trt, self._model, self._options, profile, self._parsed)
             if path is not None:
                 write_atomic(Path(path), blob)
             engine = runtime.deserialize_cuda_engine(blob)
@@ -215,6 +214,7 @@ class TensorRTExecutable(Executable):
             raise CompileError("TensorRT could not load the engine it built: "
                                + "; ".join(logger.messages[-3:]), backend=BACKEND,
                                device=self._device.id)
+        self._parsed = None  # a wider profile later builds from a fresh parse
         self._runtime, self._engine = runtime, engine
         self._context = engine.create_execution_context()
         self._profile = dict(profile)

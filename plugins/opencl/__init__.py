@@ -12,6 +12,7 @@ OpenCL drivers that pip installed visible to this process (``use_pip_installed_d
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import os
@@ -20,13 +21,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import warnings
 from pathlib import Path
 from typing import Any
 
 from backplane import API_VERSION, AttributeRule, Backend, CompileOptions, Device, Executable
-from backplane import KernelTable
+from backplane.kerneltable import KernelTable, LazyKernel
 from backplane import __version__ as _backplane_version
 from backplane.cache import cache_dir, cache_key, write_atomic
 from backplane.errors import DeviceUnavailable
@@ -372,24 +372,11 @@ except Exception as exc:  # a driver the loader will not see must not stop the i
 # Each registration names the op, the element types of its first input, and what the
 # kernel does not handle; the implementations are in ops.py, imported on first call.
 
-class _Lazy:
-    """A kernel whose implementation (ops.py: numpy, pyopencl) is imported on first call."""
-
-    _lock = threading.Lock()
-
-    def __init__(self, name: str, *bound: Any, **fixed: Any):
-        self.name, self.bound, self.fixed, self.fn = name, bound, fixed, None
-
-    def __call__(self, *args: Any, **attrs: Any) -> Any:
-        fn = self.fn
-        if fn is None:
-            from . import ops
-
-            fn = self.fn = getattr(ops, self.name)
-        return fn(*self.bound, *args, **self.fixed, **attrs)
+#: A kernel whose implementation (ops.py: numpy, pyopencl) is imported on first call.
+_Lazy = functools.partial(LazyKernel, f"{__name__}.ops")
 
 
-def _reg(op: str, impl: _Lazy, dtypes: Any = F32, domain: str = "", **limits: Any) -> None:
+def _reg(op: str, impl: LazyKernel, dtypes: Any = F32, domain: str = "", **limits: Any) -> None:
     limits.setdefault("max_rank", MAX_RANK)
     kernels.register(op, domain=domain, dtypes=dtypes, **limits)(impl)
 

@@ -19,12 +19,11 @@ Importing this module imports neither torch nor numpy: the kernels load on first
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
 from backplane import API_VERSION, AttributeRule, Backend, CompileOptions, Device, Executable
-from backplane import KernelTable
+from backplane.kerneltable import KernelTable, LazyKernel
 from backplane import __version__ as _backplane_version
 from backplane.errors import DeviceUnavailable
 
@@ -88,26 +87,9 @@ class TorchCPUBackend(Backend):
 # Each registration names the op, the element types of its first input, and what the
 # kernel does not handle; the implementations are in ops.py, imported on first call.
 
-class _Lazy:
-    """A kernel whose implementation (ops.py, and with it torch) is imported on first call."""
-
-    _lock = threading.Lock()
-
-    def __init__(self, name: str):
-        self.name, self.fn = name, None
-
-    def __call__(self, *args: Any, **attrs: Any) -> Any:
-        fn = self.fn
-        if fn is None:
-            with self._lock:
-                from . import ops
-
-                fn = self.fn = getattr(ops, self.name)
-        return fn(*args, **attrs)
-
-
 def _reg(op: str, impl: str, dtypes: Any = F, domain: str = "", **limits: Any) -> None:
-    kernels.register(op, domain=domain, dtypes=dtypes, **limits)(_Lazy(impl))
+    kernels.register(op, domain=domain, dtypes=dtypes, **limits)(
+        LazyKernel(f"{__name__}.ops", impl))  # ops.py, and with it torch, on first call
 
 
 _ONLY_0 = AttributeRule(allowed=(0,))
