@@ -202,7 +202,8 @@ def test_launch_and_tile_sizes_come_from_the_device_limits(opencl):
     assert wgx * wgy <= st.max_work_group
     assert 4 * tk * (wgy * tm + wgx * tn) <= st.local_mem
     rows, width, group, _ = st.cpu_gemm_blocks()
-    assert width == st.vector_width and group <= st.max_work_group
+    # the widest width, up to the device's own, whose GEMM program the driver builds
+    assert width <= st.vector_width and width in (4, 8, 16) and group <= st.max_work_group
 
 
 def test_float16_is_declared_nowhere_a_kernel_computes():

@@ -227,8 +227,11 @@ def _label(platform: Any, d: Any) -> str:
 
 def _list_devices_in_child() -> "list[dict[str, Any]] | str":
     code = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
-            "from backplane.plugins.opencl import _list_devices; "
-            "print(json.dumps(_list_devices()))")
+            "import backplane.plugins.opencl as p; p._IN_LISTING_CHILD = True; "
+            "print(json.dumps(p._list_devices()), flush=True); "
+            # PoCL may abort at exit after a failed build (see runtime.gemm_width); the
+            # answer is out by then, and the child has nothing else to tear down.
+            "import os; os._exit(0)")
     try:
         out = subprocess.run([sys.executable, "-c", code, json.dumps(sys.path)],
                              capture_output=True, text=True, timeout=PROBE_CHILD_TIMEOUT_S,
@@ -244,6 +247,31 @@ def _list_devices_in_child() -> "list[dict[str, Any]] | str":
         return f"listing OpenCL devices gave no answer: {out.stdout[-200:]!r}"
 
 
+#: Set in the child process that lists devices (:func:`_list_devices_in_child`).
+_IN_LISTING_CHILD = False
+
+
+def _gemm_width(pi: int, di: int) -> int | None:
+    """:func:`runtime.gemm_width` of device ``di`` of platform ``pi``: here when this is the
+    listing's child, else in a child of its own (a failed build may abort the process that
+    made it); None when that child gives no answer."""
+    code = ("import json, sys, os; sys.path[:0] = json.loads(sys.argv[1]); "
+            "import pyopencl as cl; from backplane.plugins.opencl.runtime import gemm_width; "
+            f"print(gemm_width(cl.get_platforms()[{pi}].get_devices()[{di}]), flush=True); "
+            "os._exit(0)")
+    if _IN_LISTING_CHILD:
+        from .runtime import gemm_width
+
+        return gemm_width(__import__("pyopencl").get_platforms()[pi].get_devices()[di])
+    try:
+        out = subprocess.run([sys.executable, "-c", code, json.dumps(sys.path)],
+                             capture_output=True, text=True, timeout=PROBE_CHILD_TIMEOUT_S,
+                             cwd=tempfile.gettempdir())
+        return int(out.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return None
+
+
 def _describe(cl: Any, platform: Any, d: Any, pi: int, di: int) -> dict[str, Any]:
     kind = ("gpu" if d.type & cl.device_type.GPU else
             "cpu" if d.type & cl.device_type.CPU else "accelerator")
@@ -251,6 +279,9 @@ def _describe(cl: Any, platform: Any, d: Any, pi: int, di: int) -> dict[str, Any
     interesting = sorted(e for e in extensions if e in (
         "cl_khr_fp16", "cl_khr_fp64", "cl_khr_int64_base_atomics", "cl_khr_subgroups",
         "cl_intel_subgroups", "cl_khr_integer_dot_product", "cl_arm_integer_dot_product_int8"))
+    extra = {}
+    if kind == "cpu":
+        extra["gemm_vector_width"] = _gemm_width(pi, di)
     return dict(
         name=d.name.strip(), kind=kind, vendor=d.vendor.strip(),
         memory_bytes=int(d.global_mem_size),
@@ -264,7 +295,7 @@ def _describe(cl: Any, platform: Any, d: Any, pi: int, di: int) -> dict[str, Any
             "global_memory_bytes": int(d.global_mem_size),
             "max_clock_mhz": int(d.max_clock_frequency),
             "extensions": interesting, "fp16": "cl_khr_fp16" in extensions,
-            "fp64": "cl_khr_fp64" in extensions})
+            "fp64": "cl_khr_fp64" in extensions, **extra})
 
 
 # --------------------------------------------------------------------------- drivers

@@ -18,7 +18,7 @@ import pyopencl.array as cla
 
 from backplane.ops import pool_geometry, window_pads
 
-from .runtime import CL_TYPES, MAXR, RAW_NUMPY, RAW_TYPES, mirror, state_of
+from .runtime import CL_TYPES, MAXR, RAW_NUMPY, RAW_TYPES, gemm_cpu_prelude, mirror, state_of
 
 FLOAT_MIN = {"float32": "-INFINITY"}
 INT_LIMITS = {"int8": (-128, 127), "uint8": (0, 255), "int32": (-2 ** 31, 2 ** 31 - 1),
@@ -341,11 +341,7 @@ def _gemm_cpu(st: Any, Y: Any, A: Any, B: Any, C: Any | None, offsets: list, M: 
     register-blocked kernel without local memory or barriers."""
     rm, vw, lx, kb = st.cpu_gemm_blocks()
     nbw = 2 * vw
-    prelude = (f"#define RM {rm}\n#define VW {vw}\n#define VT float{vw}\n"
-               f"#define VLOAD vload{vw}\n#define VSTORE vstore{vw}\n#define ACT {act}\n"
-               f"#define HAS_C {int(C is not None)}\n"
-               f"#define KB {kb}\n"
-               f"#define ROWS(X) {' '.join(f'X({r})' for r in range(rm))}\n")
+    prelude = gemm_cpu_prelude(rm, vw, act, int(C is not None), kb)
     batch = len(offsets)
     nblk = -(-N // nbw)
     per_batch = nblk * K * nbw

@@ -79,7 +79,8 @@ def state_for(device: Any) -> "DeviceState":
     with _states_lock:
         st = _states.get(key)
         if st is None:
-            st = DeviceState(cl_device(*key, device.properties.get("platform"), device.name))
+            st = DeviceState(cl_device(*key, device.properties.get("platform"), device.name),
+                             device.properties.get("gemm_vector_width"))
             _states[key] = st
             _by_context[st.ctx.int_ptr] = st
         return st
@@ -93,7 +94,7 @@ def state_of(array: Any) -> "DeviceState":
 class DeviceState:
     """Context, queue, buffer pool, program cache and limits of one device."""
 
-    def __init__(self, device: Any):
+    def __init__(self, device: Any, gemm_width: int | None = None):
         self.device = device
         self.ctx = cl.Context([device])
         self.queue = cl.CommandQueue(self.ctx)
@@ -117,17 +118,14 @@ class DeviceState:
             # runs the CPU GEMM's explicit vectors of its native width 3x faster than of 4.
             vw = int(device.native_vector_width_float)
         self.vector_width = vw if vw in (4, 8, 16) else 4
+        #: The widest vector width the CPU GEMM program builds at, found by the device
+        #: listing's child process (:func:`gemm_width`); None: not checked, the device's own.
+        self.gemm_width = gemm_width
         # (Intel's CPU runtime generates code for CL_CONFIG_CPU_TARGET_ARCH, which the
         # plugin may set: a binary built for one target must not load under another.)
         self.identity = (device.name, device.driver_version, device.platform.version,
                          device.version, os.environ.get("CL_CONFIG_CPU_TARGET_ARCH", ""))
-        fp = int(device.single_fp_config)
-        # -cl-mad-enable lets a * b + c contract to one fused multiply-add (as accurate or
-        # more than the two operations; on CPU devices fma() itself may be a library call).
-        self.build_options = ["-cl-std=CL1.2", "-cl-mad-enable"]
-        if fp & int(cl.device_fp_config.CORRECTLY_ROUNDED_DIVIDE_SQRT):
-            # Div, Sqrt and QuantizeLinear's x / scale must round as IEEE does.
-            self.build_options.append("-cl-fp32-correctly-rounded-divide-sqrt")
+        self.build_options = build_options(device)
         self.pool_limit = min(512 << 20, int(device.global_mem_size) // 4)
         probe_prog = self.program("elementwise", _probe_prelude())
         knl = probe_prog.map_contig
@@ -260,7 +258,7 @@ class DeviceState:
         accumulators) where the vectors are wide, 4 otherwise; 4 work-items per group
         (measured on PoCL: 1 pays the per-group overhead, 16 no better); no k blocking
         (measured no faster)."""
-        vw = self.vector_width
+        vw = min(self.vector_width, self.gemm_width or self.vector_width)
         return (8 if vw >= 8 else 4), vw, max(1, min(4, self.max_work_group)), 0
 
     def gemm_tiles(self) -> tuple[int, int, int, int, int]:
@@ -274,6 +272,65 @@ class DeviceState:
         while tk > 1 and 4 * tk * (wgy * tm + wgx * tn) > self.local_mem // 2:
             tk //= 2
         return tm, tn, tk, wgx, wgy
+
+
+def build_options(device: Any) -> list[str]:
+    """The options every program is built with on ``device``."""
+    # -cl-mad-enable lets a * b + c contract to one fused multiply-add (as accurate or
+    # more than the two operations; on CPU devices fma() itself may be a library call).
+    options = ["-cl-std=CL1.2", "-cl-mad-enable"]
+    if int(device.single_fp_config) & int(cl.device_fp_config.CORRECTLY_ROUNDED_DIVIDE_SQRT):
+        # Div, Sqrt and QuantizeLinear's x / scale must round as IEEE does.
+        options.append("-cl-fp32-correctly-rounded-divide-sqrt")
+    return options
+
+
+def gemm_width(device: Any) -> int:
+    """The widest vector width, up to the device's preferred one, at which the CPU GEMM
+    program builds with its kernels in it.
+
+    PoCL 3.0 (LLVM 14) on a Zen 4 EPYC reports width 16, then builds the 16-wide program
+    with these options into a program without kernels, and aborts the process when that
+    program is released ("still have references to IRs"): so this runs only in the child
+    process that lists devices, never in the application, and keeps such programs until
+    the child leaves by ``os._exit``."""
+    preferred = int(device.preferred_vector_width_float) or int(device.native_vector_width_float)
+    ctx = cl.Context([device])
+    options = " ".join(build_options(device))
+    for vw in [w for w in (16, 8) if w <= preferred]:
+        src = (gemm_cpu_prelude(8, vw, 0, 0, 0) + "\n" + source("opencl/common.h") + "\n"
+               + source("opencl/matmul_cpu.cl"))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", cl.CompilerWarning)
+                program = cl.Program(ctx, src).build(options, cache_dir=False)
+        except cl.Error:
+            continue
+        if _kernel_names(program):
+            return vw
+        _EMPTY_PROGRAMS.append(program)  # PoCL aborts when one is released: keep it
+    return 4
+
+
+#: Programs a driver built without kernels, never released (see :func:`gemm_width`).
+_EMPTY_PROGRAMS: list[Any] = []
+
+
+def gemm_cpu_prelude(rm: int, vw: int, act: int, has_c: int, kb: int) -> str:
+    """The defines of ``kernels/opencl/matmul_cpu.cl`` for one variant."""
+    return (f"#define RM {rm}\n#define VW {vw}\n#define VT float{vw}\n"
+            f"#define VLOAD vload{vw}\n#define VSTORE vstore{vw}\n#define ACT {act}\n"
+            f"#define HAS_C {has_c}\n#define KB {kb}\n"
+            f"#define ROWS(X) {' '.join(f'X({r})' for r in range(rm))}\n")
+
+
+def _kernel_names(program: Any) -> str:
+    """The kernel names a built program lists ('' for none). Only in the listing's child:
+    PoCL aborts at exit when a program it was asked this of is still alive."""
+    try:
+        return str(program.get_info(cl.program_info.KERNEL_NAMES) or "")
+    except cl.Error:
+        return ""
 
 
 def mirror(array: Any) -> np.ndarray:
