@@ -123,6 +123,12 @@ class OpSupport:
             transposed or sliced array as it is), ``contiguous`` needs dense row-major
             buffers; the default compile hands such a kernel contiguous copies of views.
         attributes: limits per attribute name; attributes not named are unconstrained.
+        versions: the versions of the op's schema admitted (each version's ``since``
+            opset, as :attr:`backplane.graph.Node.version` names it), each with the dtypes
+            admitted at that version (``None``: ``dtypes``); ``None`` admits every version.
+            A graph compiler derives them from its runtime (ONNX Runtime registers kernels
+            per version range and type); a kernel declares the versions whose semantics
+            it implements.
     """
 
     dtypes: frozenset[str] | None = None
@@ -131,6 +137,7 @@ class OpSupport:
     min_rank: int = 0
     layout: str = "strided"
     attributes: Mapping[str, AttributeRule] = field(default_factory=dict)
+    versions: Mapping[int, frozenset[str] | None] | None = None
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -146,6 +153,9 @@ class OpSupport:
             "min_rank": self.min_rank,
             "layout": self.layout,
             "attributes": {k: asdict(v) for k, v in self.attributes.items()},
+            "versions": None if self.versions is None else {
+                str(v): sorted(d) if d is not None else None
+                for v, d in sorted(self.versions.items())},
         }
 
 
@@ -204,6 +214,10 @@ class Verdict:
 ADMITTED = Verdict(True)
 
 
+#: The ONNX domains (default and ``ai.onnx.ml``), which the reference backend runs whole.
+ONNX_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+
+
 def op_key(op_type: str, domain: str = "") -> str:
     """The key of an op in capability tables: ``Add``, or ``backplane::FusedConvRelu``."""
     return op_type if domain in ("", "ai.onnx") else f"{domain}::{op_type}"
@@ -215,8 +229,12 @@ class Capabilities:
 
     Attributes:
         ops: support per op key (see :func:`op_key`).
-        any_op: admit every op of the ONNX default domain (the reference backend).
+        any_op: admit every op of the ONNX domains (the default domain and
+            ``ai.onnx.ml``: the reference backend).
         precisions: the compute precisions the backend can run at.
+
+    A node with subgraphs (If, Loop, Scan) is admitted only with every node of its
+    subgraphs: it runs whole, where its bodies run.
     """
 
     ops: Mapping[str, OpSupport] = field(default_factory=dict)
@@ -225,16 +243,37 @@ class Capabilities:
 
     def check(self, node: "Node") -> Verdict:
         """Whether this backend admits ``node``. Answers; never raises."""
+        verdict = self._check_one(node)
+        if not verdict or not node.body:
+            return verdict
+        for inner in node.body:
+            found = self._check_one(inner)
+            if not found:
+                return Verdict(False, found.code, f"{node.op_type} runs whole with its "
+                               f"subgraphs, and their node '{inner.name or inner.op_type}' "
+                               f"is refused: {found.detail}")
+        return verdict
+
+    def _check_one(self, node: "Node") -> Verdict:
         key = op_key(node.op_type, node.domain)
         support = self.ops.get(key)
         if support is None:
-            if self.any_op and node.domain in ("", "ai.onnx"):
+            if self.any_op and node.domain in ONNX_DOMAINS:
                 return ADMITTED
             return Verdict(False, "capability:op", f"op {key} is not implemented")
         primary = node.primary_dtype
-        if support.dtypes is not None and primary not in support.dtypes:
+        dtypes = support.dtypes
+        if support.versions is not None and node.version:
+            if node.version not in support.versions:
+                return Verdict(False, "capability:version",
+                               f"{key} is implemented at versions "
+                               f"{', '.join(map(str, sorted(support.versions)))}, the node is "
+                               f"{key}-{node.version} (opset {node.opset})")
+            dtypes = support.versions[node.version] or dtypes
+        # (a value that is not a tensor, a sequence say, has no dtype here to refute)
+        if dtypes is not None and primary is not None and primary not in dtypes:
             return Verdict(False, "capability:dtype",
-                           f"{key} admits {sorted(support.dtypes)}, the node has {primary}")
+                           f"{key} admits {sorted(dtypes)}, the node has {primary}")
         shapes = [s for s in node.input_shapes if s is not None]
         # A present input whose rank is unknown is as dynamic as a symbolic dimension.
         unknown_rank = any(name and (vi is None or vi.shape is None)

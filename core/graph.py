@@ -11,13 +11,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .ops import version_of
+
 #: ONNX TensorProto element types by number (fixed by the ONNX spec), as numpy-style names.
 DTYPE_NAMES = {
     1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
     8: "string", 9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64",
     14: "complex64", 15: "complex128", 16: "bfloat16", 17: "float8e4m3fn",
     18: "float8e4m3fnuz", 19: "float8e5m2", 20: "float8e5m2fnuz", 21: "uint4", 22: "int4",
-    23: "float4e2m1",
+    23: "float4e2m1", 24: "float8e8m0", 25: "uint2", 26: "int2", 27: "float6e2m3",
+    28: "float6e3m2",
 }
 DTYPE_CODES = {v: k for k, v in DTYPE_NAMES.items()}
 
@@ -66,6 +69,14 @@ class Node:
     attributes: Mapping[str, Any] = field(default_factory=dict)
     input_types: tuple[ValueInfo | None, ...] = ()
     output_types: tuple[ValueInfo | None, ...] = ()
+    opset: int = 0
+    """The model's opset of the node's domain (0 when the model imports none)."""
+    version: int = 0
+    """The version of the op's schema in force at ``opset`` (its ``since`` opset), as the
+    operator registry knows it; 0 for an op the registry does not know."""
+    body: tuple["Node", ...] = field(default=(), compare=False, repr=False)
+    """Every node of the node's subgraphs (If branches, Loop and Scan bodies), nested ones
+    included, typed from the subgraphs' inferred value infos."""
 
     @property
     def primary_dtype(self) -> str | None:
@@ -118,6 +129,57 @@ def attribute_values(node_proto: Any) -> dict[str, Any]:
     return out
 
 
+def values_of(g: Any) -> dict[str, ValueInfo]:
+    """The typed values a GraphProto declares: initializers, then value infos, inputs and
+    outputs (a declaration overrides an initializer of the same name)."""
+    values: dict[str, ValueInfo] = {}
+    for t in g.initializer:
+        values[t.name] = ValueInfo(t.name, DTYPE_NAMES.get(t.data_type, "unknown"),
+                                   tuple(int(d) for d in t.dims))
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
+        info = value_info_from_proto(vi)
+        if info is not None:
+            values[vi.name] = info
+    return values
+
+
+def _subgraphs(node_proto: Any) -> list[Any]:
+    """The GraphProtos of a node's attributes (If branches, Loop and Scan bodies)."""
+    from onnx import AttributeProto
+
+    out: list[Any] = []
+    for a in node_proto.attribute:
+        if a.type == AttributeProto.GRAPH:
+            out.append(a.g)
+        elif a.type == AttributeProto.GRAPHS:
+            out.extend(a.graphs)
+    return out
+
+
+def nodes_of(node_protos: Any, values: Mapping[str, ValueInfo],
+             opsets: Mapping[str, int]) -> list[Node]:
+    """Nodes of a graph's node protos, typed from ``values``; each node's ``body`` holds
+    the nodes of its subgraphs, typed from their own value infos and the enclosing scope."""
+    out = []
+    for n in node_protos:
+        body: list[Node] = []
+        for g in _subgraphs(n):
+            inner = {**values, **values_of(g)}
+            for m in nodes_of(g.node, inner, opsets):
+                body += [m, *m.body]
+        domain = n.domain if n.domain != "ai.onnx" else ""
+        opset = int(opsets.get(domain, 0))
+        out.append(Node(
+            name=n.name, op_type=n.op_type, domain=domain,
+            inputs=tuple(n.input), outputs=tuple(n.output),
+            attributes=attribute_values(n),
+            input_types=tuple(values.get(i) if i else None for i in n.input),
+            output_types=tuple(values.get(o) if o else None for o in n.output),
+            opset=opset, version=version_of(n.op_type, domain, opset) if opset else 0,
+            body=tuple(body)))
+    return out
+
+
 def _outer_scope_inputs(node_proto: Any) -> set[str]:
     """Names a node's subgraphs (If, Loop, Scan bodies) read from the enclosing scope."""
     from onnx import AttributeProto
@@ -159,30 +221,12 @@ class Graph:
         self.initializers = frozenset(t.name for t in g.initializer)
         self.opsets = {o.domain if o.domain != "ai.onnx" else "": o.version
                        for o in model.opset_import}
-        values: dict[str, ValueInfo] = {}
-        for t in g.initializer:
-            values[t.name] = ValueInfo(t.name, DTYPE_NAMES.get(t.data_type, "unknown"),
-                                       tuple(int(d) for d in t.dims))
-        for vi in list(g.value_info) + list(g.input) + list(g.output):
-            info = value_info_from_proto(vi)
-            if info is not None:
-                values[vi.name] = info
-        self.values = values
+        self.values = values = values_of(g)
         self.inputs = [values[i.name] for i in g.input
                        if i.name not in self.initializers and i.name in values]
         self.outputs = [values[o.name] for o in g.output if o.name in values]
-        self._implicit: list[set[str]] = []
-        nodes = []
-        for n in g.node:
-            nodes.append(Node(
-                name=n.name, op_type=n.op_type, domain=n.domain,
-                inputs=tuple(n.input), outputs=tuple(n.output),
-                attributes=attribute_values(n),
-                input_types=tuple(values.get(i) if i else None for i in n.input),
-                output_types=tuple(values.get(o) if o else None for o in n.output),
-            ))
-            self._implicit.append(_outer_scope_inputs(n))
-        self.nodes = nodes
+        self.nodes = nodes_of(g.node, values, self.opsets)
+        self._implicit = [_outer_scope_inputs(n) for n in g.node]
 
     def node_reads(self, index: int) -> set[str]:
         """Every value node ``index`` reads, its subgraphs' outer-scope reads included."""

@@ -16,14 +16,16 @@ suite and the default compile all read the same data.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .contract import AttributeRule, Capabilities, CompileOptions, Device, Executable, OpSupport, op_key
+from .contract import (AttributeRule, Capabilities, CompileOptions, Device, Executable, LazyOps,
+                       OpSupport, op_key)
 from .errors import CompileError, ExecutionError
 from .liveness import NUMPY_DTYPES, MemoryStats, PeakMeter, free_after, predicted_peak
 
@@ -59,8 +61,29 @@ class LazyKernel:
         return fn(*self.bound, *args, **self.fixed, **attrs)
 
 
+#: The default-domain opsets whose semantics a kernel implements unless it names its
+#: versions: the op versions in force from opset 13 to 21, what backplane's kernels were
+#: written for and the conformance cases check, and every other version of the same
+#: signature (they differ in the types they admit only: Relu-6, Squeeze-23 ...).
+KERNEL_OPSETS = (13, 21)
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+#: The kernels every table has: ops that compute nothing. Constant never runs as a kernel:
+#: the default compile turns it into a constant value.
+_BUILTIN = {"Identity": Kernel("Identity", _identity, OpSupport()),
+            "Constant": Kernel("Constant", _identity, OpSupport())}
+
+
 class KernelTable:
     """The kernels of one backend, by op.
+
+    Every table also runs Identity (its input handed on) and Constant (its value, uploaded
+    once at compile time), unless it registers kernels of its own for them: ops that
+    compute nothing never keep a node off a kernel backend.
 
     Args:
         precisions: compute precisions the kernels run at.
@@ -70,17 +93,23 @@ class KernelTable:
     def __init__(self, precisions: frozenset[str] = frozenset({"fp32"}),
                  thread_safe: bool = False):
         self._kernels: dict[str, Kernel] = {}
+        self._versions: dict[str, tuple[int, ...] | None] = {}
+        self._caps: Capabilities | None = None
         self.precisions = precisions
         self.thread_safe = thread_safe
 
     def register(self, op: str, *, domain: str = "", dtypes: Any = None,
                  dynamic_shapes: bool = True, max_rank: int | None = None,
                  min_rank: int = 0, layout: str = "strided",
-                 attributes: Mapping[str, AttributeRule] | None = None
+                 attributes: Mapping[str, AttributeRule] | None = None,
+                 versions: Iterable[int] | None = None
                  ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering ``fn`` as the kernel of ``op`` with its constraints.
 
-        The keyword arguments are the fields of :class:`~backplane.core.contract.OpSupport`.
+        The keyword arguments are the fields of :class:`~backplane.core.contract.OpSupport`;
+        ``versions`` names the versions of the op's schema (their ``since`` opsets) whose
+        semantics the kernel implements, by default those of :data:`KERNEL_OPSETS`; the
+        versions of the same signature are added (see :meth:`backplane.ops.OpDef.same_as`).
         """
         support = OpSupport(dtypes=frozenset(dtypes) if dtypes is not None else None,
                             dynamic_shapes=dynamic_shapes, max_rank=max_rank,
@@ -88,7 +117,10 @@ class KernelTable:
                             attributes=dict(attributes or {}))
 
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self._kernels[op_key(op, domain)] = Kernel(op_key(op, domain), fn, support)
+            key = op_key(op, domain)
+            self._kernels[key] = Kernel(key, fn, support)
+            self._versions[key] = tuple(versions) if versions is not None else None
+            self._caps = None
             return fn
 
         return decorate
@@ -114,15 +146,42 @@ class KernelTable:
         table = KernelTable(self.precisions if precisions is None else precisions,
                             self.thread_safe if thread_safe is None else thread_safe)
         table._kernels.update(self._kernels)
+        table._versions.update(self._versions)
         return table
 
     def __len__(self) -> int:
         return len(self._kernels)
 
     def capabilities(self) -> Capabilities:
-        """The table as capability data."""
-        return Capabilities(ops={k: v.support for k, v in self._kernels.items()},
-                            precisions=self.precisions)
+        """The table as capability data; the versions of each op are read from the
+        operator registry when the table is first read, not when kernels register."""
+        caps = self._caps
+        if caps is None:
+            caps = self._caps = Capabilities(ops=LazyOps(self._support),
+                                             precisions=self.precisions)
+        return caps
+
+    def _support(self) -> dict[str, OpSupport]:
+        from .ops import find
+
+        out: dict[str, OpSupport] = {}
+        for key, kernel in list(self._kernels.items()) + [
+                (k, v) for k, v in _BUILTIN.items() if k not in self._kernels]:
+            name, _, domain = key.rpartition("::")[::-1] if "::" in key else (key, "", "")
+            definition = find(name, domain)
+            if definition is None or not definition.schemas:
+                out[key] = kernel.support
+                continue
+            declared = self._versions.get(key) or {
+                definition.version_at(o) for o in range(KERNEL_OPSETS[0], KERNEL_OPSETS[1] + 1)}
+            versions = definition.same_as(frozenset(declared) - {0})
+            out[key] = dataclasses.replace(kernel.support,
+                                           versions={v: None for v in sorted(versions)})
+        return out
+
+    def kernel_of(self, key: str) -> Kernel | None:
+        """The kernel that runs op key ``key``: a registered one, else a built-in one."""
+        return self._kernels.get(key) or _BUILTIN.get(key)
 
     def compile(self, graph: "Graph", device: Device, options: CompileOptions,
                 upload: Callable[[Any], Any] | None = None,
@@ -157,7 +216,9 @@ class KernelExecutable(Executable):
         self.device = device
         self._upload = upload or (lambda a: a)
         self._download = download or _to_host
-        kernels = []
+        kernels, nodes = [], []
+        self._consts = {t.name: self._upload(numpy_helper.to_array(t))
+                        for t in graph.model.graph.initializer}
         for node in graph.nodes:
             verdict = caps.check(node)
             if not verdict:
@@ -165,21 +226,24 @@ class KernelExecutable(Executable):
                     f"backend '{device.backend}' cannot compile node '{node.name}': "
                     f"{verdict.detail}", backend=device.backend, device=device.id,
                     op=node.op_type)
-            kernels.append(table._kernels[op_key(node.op_type, node.domain)])
-        self._consts = {t.name: self._upload(numpy_helper.to_array(t))
-                        for t in graph.model.graph.initializer}
+            kernel = table.kernel_of(op_key(node.op_type, node.domain))
+            if kernel is _BUILTIN["Constant"]:  # a value, uploaded once
+                self._consts[node.outputs[0]] = self._upload(constant_value(node.attributes))
+                continue
+            kernels.append(kernel)
+            nodes.append(node)
         self._outputs = [o.name for o in graph.outputs]
-        produced = [node.outputs for node in graph.nodes]
-        frees = free_after([node.inputs for node in graph.nodes], produced,
+        produced = [node.outputs for node in nodes]
+        frees = free_after([node.inputs for node in nodes], produced,
                            set(self._outputs) | set(self._consts))
         made = {name for names in produced for name in names if name}
         outs = [_out_spec(graph, node) if takes_out(k.fn) else None
-                for node, k in zip(graph.nodes, kernels)]
+                for node, k in zip(nodes, kernels)]
         self._symbols = _symbol_sources(graph, outs)
         outs = [spec if spec is None or all(not isinstance(d, str) or d in self._symbols
                                             for d in spec[0]) else None for spec in outs]
         self._steps = []
-        for i, (node, kernel) in enumerate(zip(graph.nodes, kernels)):
+        for i, (node, kernel) in enumerate(zip(nodes, kernels)):
             later = [spec for spec in outs[i + 1:] if spec is not None]
             gone = tuple((name, name in made,
                           name in made and _may_fit(graph.values.get(name), later))
@@ -259,6 +323,19 @@ class KernelExecutable(Executable):
 
 _TAKES_OUT: "weakref.WeakKeyDictionary[Callable[..., Any], bool]" = weakref.WeakKeyDictionary()
 _TAKES_OUT_LOCK = threading.Lock()
+
+
+def constant_value(attributes: Mapping[str, Any]) -> Any:
+    """The value of a Constant node, from whichever ``value*`` attribute it sets."""
+    import numpy as np
+
+    for name, dtype in (("value", None), ("value_float", np.float32),
+                        ("value_floats", np.float32), ("value_int", np.int64),
+                        ("value_ints", np.int64), ("value_string", object),
+                        ("value_strings", object)):
+        if name in attributes:
+            return np.asarray(attributes[name], dtype=dtype)
+    raise ValueError(f"a Constant node sets none of the value attributes: {sorted(attributes)}")
 
 
 def takes_out(fn: Callable[..., Any]) -> bool:

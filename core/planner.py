@@ -8,6 +8,7 @@ that does not run it, a reason code:
 ==========================  =============================================================
 ``capability:op``           no kernel: the backend does not implement the op
 ``capability:dtype``        the op is implemented, not for this element type
+``capability:version``      the op is implemented, not at the node's version (opset)
 ``capability:dynamic-shape`` the backend needs static shapes
 ``capability:rank``         rank outside the backend's limits
 ``capability:attribute``    an attribute value outside the backend's limits

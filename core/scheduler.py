@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import ops
-from .ops.onnx_ops import nbytes
+from .ops.costs import nbytes
 from .contract import Device, Verdict, op_key
 from .errors import UnsupportedError
 from .planner import (FALLBACK_BACKEND, Candidate, Partition, Placement, Plan, Rejection)

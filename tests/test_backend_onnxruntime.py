@@ -141,9 +141,32 @@ def test_capabilities_declare_every_core_op_and_fp32():
     json.dumps(caps.to_dict())
 
 
-def test_a_dtype_without_an_ort_kernel_is_refused_with_ort_s_reason():
-    assert "Could not find an implementation for Add" in ortb.try_op("Add", "bfloat16")
-    assert ortb.try_op("Add", "float32") == ""
+def test_capabilities_follow_ort_s_kernel_registrations_per_version_and_type():
+    from onnxruntime.capi import _pybind_state
+
+    caps = backend().capabilities
+    add = caps.ops["Add"]
+    assert "int8" in add.versions[14] and "int8" not in add.versions[7]  # int8 from Add-14
+    kernels = {(k.op_name, k.domain) for k in _pybind_state.get_all_opkernel_def()
+               if k.provider == "CPUExecutionProvider"}
+    assert ("LSTM", "") in kernels and "LSTM" in caps.ops
+    assert {7, 14, 22} <= set(caps.ops["LSTM"].versions)
+    assert "ai.onnx.ml::TreeEnsembleClassifier" in caps.ops
+    for op in ("Attention", "SkipLayerNormalization", "QLinearConv", "MatMulNBits"):
+        assert f"com.microsoft::{op}" in caps.ops, op
+    assert "Constant" in caps.ops  # no kernel: ORT makes it an initializer
+
+
+def test_an_op_version_without_a_kernel_is_refused_naming_the_versions():
+    from backplane.graph import Node, ValueInfo
+
+    x = ValueInfo("x", "float32", (2,))
+    old = Node("n", "Upsample", "", ("x", "s"), ("y",), {}, (x, None), (x,), opset=9, version=9)
+    verdict = backend().capabilities.check(old)
+    assert verdict.ok == ("Upsample" in backend().capabilities.ops
+                          and 9 in backend().capabilities.ops["Upsample"].versions)
+    node = Node("n", "Squeeze", "", ("x",), ("y",), {}, (x,), (x,), opset=11, version=11)
+    assert backend().capabilities.check(node)
 
 
 def test_capabilities_are_cached_on_disk_as_json(tmp_path, monkeypatch):
@@ -151,9 +174,12 @@ def test_capabilities_are_cached_on_disk_as_json(tmp_path, monkeypatch):
     data = ortb.derive()
     [path] = (tmp_path / "onnxruntime").glob("capabilities-*.json")
     assert json.loads(path.read_text())["ops"] == data["ops"]
-    data["ops"]["Add"] = ["float32"]  # a planted change is read back: the cache is used
+    data["ops"]["Add"] = {"14": ["float32"]}  # a planted change is read back: the cache is used
     path.write_text(json.dumps(data))
-    assert ortb.derive()["ops"]["Add"] == ["float32"]
+    assert ortb.derive()["ops"]["Add"] == {"14": ["float32"]}
+    data["ops"]["Add"] = ["float32"]  # a file of another shape is not trusted: derived anew
+    path.write_text(json.dumps(data))
+    assert ortb.derive()["ops"]["Add"]["14"] != ["float32"]
 
 
 def test_listing_plugins_imports_neither_onnxruntime_nor_numpy():

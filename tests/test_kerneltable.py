@@ -7,8 +7,10 @@ import weakref
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper
 
 import backplane as bp
+from backplane.intake import load_model
 from models import single
 
 
@@ -33,8 +35,39 @@ def test_registered_kernels_are_the_backends_capabilities():
     caps = table.capabilities().to_dict()
     assert caps["ops"]["Neg"] == {"dtypes": ["float32"], "dynamic_shapes": False,
                                   "max_rank": 2, "min_rank": 0, "layout": "strided",
-                                  "attributes": {}}
+                                  "attributes": {}, "versions": {"6": None, "13": None}}
     assert "Neg" in table and len(table) == 1
+
+
+def test_a_kernel_runs_the_versions_of_opsets_13_to_21_and_those_of_the_same_signature():
+    table = bp.KernelTable()
+    table.register("Squeeze")(lambda x, axes=None: x)
+    table.register("Softmax", versions=[1, 11])(lambda x, axis=1: x)
+    ops = table.capabilities().ops
+    assert set(ops["Squeeze"].versions) == {13, 21, 23, 24, 25}  # not 1 or 11: axes attribute
+    assert set(ops["Softmax"].versions) == {1, 11}  # what it names, and no more
+
+
+def test_every_table_runs_identity_and_constant_without_registering_them():
+    table = bp.KernelTable()
+
+    @table.register("Neg", dtypes=["float32"])
+    def neg(x):
+        return -x
+
+    c = helper.make_node("Constant", [], ["c"], value=helper.make_tensor(
+        "c", TensorProto.FLOAT, [2], [1.5, -2.0]))
+    nodes = [c, helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Neg", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("i", TensorProto.FLOAT, [2]),
+                               helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    exe = table.compile(load_model(model), bp.Device("cpu", backend="t", index=0),
+                        bp.CompileOptions())
+    x = np.array([3.0, 4.0], np.float32)
+    out = exe.run({"x": x})
+    np.testing.assert_array_equal(out["i"], x)
+    np.testing.assert_array_equal(out["y"], [-1.5, 2.0])
 
 
 def test_default_compile_frees_each_value_after_its_last_reader():

@@ -16,7 +16,7 @@ from backplane import ops
 from backplane.errors import UnsupportedError
 from backplane.graph import Node, ValueInfo
 from backplane.intake import load_model
-from backplane.ops import Cost, fused, onnx_ops
+from backplane.ops import Cost, costs, fused, schemas
 from conftest import ROOT, run_python
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -176,6 +176,65 @@ def feeds_for(m: onnx.ModelProto, rng) -> dict[str, np.ndarray]:
 
 # --------------------------------------------------------------------------- the registry
 
+def test_registry_holds_every_op_onnx_defines_in_the_default_and_ml_domains():
+    from onnx import defs
+
+    defined = {(s.domain, s.name) for s in defs.get_all_schemas_with_history()
+               if s.domain in ("", "ai.onnx.ml")}
+    registered = {(d.domain, d.name) for d in ops.all_ops() if d.tier in ("mandatory", "optional")}
+    assert registered == defined
+
+
+def test_every_version_from_opset_7_to_the_newest_is_recorded():
+    from onnx import defs
+
+    for s in defs.get_all_schemas_with_history():
+        if s.domain != "":
+            continue
+        d = ops.get(s.name)
+        if s.since_version >= schemas.MIN_OPSET:
+            assert s.since_version in d.versions, (s.name, s.since_version)
+        at7 = defs.get_schema(s.name, schemas.MIN_OPSET, "") if s.since_version <= 7 else None
+        if at7 is not None:
+            assert d.version_at(7) == at7.since_version, s.name
+    assert ops.get("Squeeze").version_at(11) == 11 and ops.get("Squeeze").version_at(13) == 13
+    assert ops.get("Squeeze").at(12).inputs == (("data", "T", False),)  # axes: an attribute
+    assert ops.get("Squeeze").at(21).inputs[1] == ("axes", "tensor(int64)", True)
+
+
+def test_versions_that_differ_in_types_only_share_a_signature():
+    squeeze = ops.get("Squeeze")
+    assert {13, 21, 23, 24, 25} <= squeeze.same_as({13}) and 11 not in squeeze.same_as({13})
+    assert ops.get("Relu").same_as({13}) == {6, 13, 14}
+    assert 13 not in ops.get("Softmax").same_as({11})  # the axis changed meaning at 13
+
+
+def test_contrib_ops_of_onnx_runtime_are_registered_in_their_domain():
+    for op in ("Attention", "SkipLayerNormalization", "FastGelu", "BiasGelu", "QLinearConv",
+               "MatMulNBits", "GroupQueryAttention", "EmbedLayerNormalization"):
+        d = ops.get(op, "com.microsoft")
+        assert d.tier == "contrib" and d.key == f"com.microsoft::{op}" and d.inputs
+    assert ops.get("QLinearConv", "com.microsoft").family == "contraction"
+
+
+def test_every_op_has_a_family_and_a_cost_function():
+    from backplane.ops.costs import FAMILY_NAMES
+
+    for d in ops.all_ops():
+        assert d.family in FAMILY_NAMES, d.key
+        assert callable(d.cost)
+    assert ops.get("LSTM").family == "contraction"
+    assert ops.get("If").family == "control" and ops.get("SequenceAt").family == "sequence"
+    assert ops.get("Constant").family == "metadata"
+
+
+def test_an_op_not_listed_gets_a_family_from_its_schema():
+    unary = {"inputs": [{"type": "T"}], "outputs": [{"type": "T"}]}
+    assert costs.family_of("SomeFutureActivation", unary) == "elementwise"
+    assert costs.family_of("SomeFutureOp", {"inputs": [{"type": "T"}],
+                                            "outputs": [{"type": "I"}]}) == "movement"
+
+
 def test_registry_holds_exactly_the_49_mandatory_ops_in_order_with_type_constraints():
     assert len(ops.MANDATORY) == 49 == len(set(ops.MANDATORY))
     mandatory = [d for d in ops.all_ops() if d.tier == "mandatory"]
@@ -189,12 +248,17 @@ def test_registry_holds_exactly_the_49_mandatory_ops_in_order_with_type_constrai
 
 
 def test_type_constraints_use_backplane_dtype_names():
+    import re
+
     from backplane.graph import DTYPE_NAMES
 
+    names = set(DTYPE_NAMES.values())
     for d in ops.all_ops():
         for dtypes in d.type_constraints.values():
-            assert dtypes <= set(DTYPE_NAMES.values()), d.name
-    assert ops.get("Conv").reference_dtypes == ("float16", "float32", "float64")
+            for t in dtypes:  # tensors by dtype name; seq(...), optional(...), map(...) wrap them
+                assert set(re.findall(r"\w+", t)) - {"seq", "optional", "map", "sparse_tensor"} \
+                    <= names, (d.key, t)
+    assert ops.get("Conv").reference_dtypes == ("bfloat16", "float16", "float32", "float64")  # 22
     assert ops.get("Reshape").dtypes_of("shape") == {"int64"}
     assert "bool" in ops.get("Where").reference_dtypes
 
@@ -215,10 +279,21 @@ def test_attribute_defaults_and_required_attributes_come_from_the_schema():
 
 
 def test_checked_in_schema_data_matches_the_installed_onnx():
-    text = (ROOT / "core" / "ops" / onnx_ops.DATA_FILE).read_text("utf-8")
-    assert json.loads(text) == onnx_ops.regenerate(), \
-        "core/ops/onnx_types.json is stale: run python -m backplane.ops.onnx_ops"
-    assert text == onnx_ops.dump(onnx_ops.regenerate())
+    text = (ROOT / "core" / "ops" / schemas.DATA_FILE).read_text("utf-8")
+    assert json.loads(text) == schemas.regenerate(), \
+        "core/ops/schemas.json is stale: run python -m backplane.ops.schemas"
+    assert text == schemas.dump(schemas.regenerate())
+
+
+def test_checked_in_contrib_schemas_match_the_installed_onnx_runtime():
+    ort = pytest.importorskip("onnxruntime")
+    text = (ROOT / "core" / "ops" / schemas.CONTRIB_FILE).read_text("utf-8")
+    recorded = json.loads(text)
+    if recorded["onnxruntime"] != ort.__version__:
+        pytest.skip(f"{schemas.CONTRIB_FILE} records ONNX Runtime {recorded['onnxruntime']}, "
+                    f"this is {ort.__version__}: python -m backplane.ops.schemas rewrites it")
+    assert recorded == schemas.regenerate_contrib(), \
+        "core/ops/contrib_schemas.json is stale: run python -m backplane.ops.schemas"
 
 
 def test_get_of_an_unknown_op_raises_unsupported_with_a_did_you_mean():
@@ -288,7 +363,7 @@ def test_elementwise_cost_uses_the_broadcast_output():
     untyped_output = node("Mul", [a, b], [None])
     assert ops.cost(untyped_output).flops == 24
     exp = node("Exp", [a], [vi("y", [2, 3, 4])])
-    assert ops.cost(exp).flops == 24 * onnx_ops.TRANSCENDENTAL_FLOPS
+    assert ops.cost(exp).flops == 24 * costs.TRANSCENDENTAL_FLOPS
 
 
 def test_symbolic_and_unknown_dimensions_count_as_one_and_never_raise():
@@ -320,21 +395,34 @@ def test_pooling_reductions_and_softmax_costs():
     reduce = node("ReduceSum", [vi("x", [4, 5]), vi("axes", [1], "int64")], [vi("y", [4, 1])])
     assert ops.cost(reduce).flops == 20
     softmax = node("Softmax", [vi("x", [4, 5])], [vi("y", [4, 5])])
-    assert ops.cost(softmax).flops == 20 * onnx_ops.NORMALISATION_FLOPS["Softmax"]
+    assert ops.cost(softmax).flops == 20 * costs.NORMALISATION_FLOPS["Softmax"]
 
 
 def test_quantisation_costs_count_int8_bytes():
     q = node("QuantizeLinear", [vi("x", [10]), vi("s", []), vi("z", [], "int8")],
              [vi("y", [10], "int8")])
-    assert ops.cost(q) == Cost(10 * onnx_ops.QUANTIZE_FLOPS, 40 + 4 + 1 + 10)
+    assert ops.cost(q) == Cost(10 * costs.QUANTIZE_FLOPS, 40 + 4 + 1 + 10)
     mmi = node("MatMulInteger", [vi("a", [2, 3], "uint8"), vi("b", [3, 4], "int8")],
                [vi("y", [2, 4], "int32")])
     assert ops.cost(mmi) == Cost(48, 6 + 12 + 32)
 
 
-def test_an_unknown_op_costs_its_output_bytes():
-    n = node("TopK", [vi("x", [10])], [vi("v", [3]), vi("i", [3], "int64")])
-    assert ops.cost(n) == Cost(0, 12 + 24)
+def test_an_op_of_an_unknown_domain_costs_the_bytes_it_moves():
+    n = node("Frobnicate", [vi("x", [10])], [vi("v", [3]), vi("i", [3], "int64")], "my.domain")
+    assert ops.cost(n) == Cost(0, 40 + 12 + 24)
+
+
+def test_topk_costs_log2_k_per_element_a_heap():
+    n = node("TopK", [vi("x", [1024]), vi("k", [1], "int64")],
+             [vi("v", [8]), vi("i", [8], "int64")])
+    assert ops.cost(n).flops == 1024  # k unknown here (one element): log2 of 2 per element
+
+
+def test_a_recurrent_op_costs_its_gates_at_every_step():
+    x, w, r = vi("x", [5, 2, 16]), vi("w", [1, 4 * 8, 16]), vi("r", [1, 4 * 8, 8])
+    n = node("LSTM", [x, w, r], [vi("y", [5, 1, 2, 8])], hidden_size=8)
+    per_step = 2 * 32 * (16 + 8) + 32 * costs.TRANSCENDENTAL_FLOPS
+    assert ops.cost(n).flops == 5 * 2 * per_step
 
 
 def test_fused_op_costs_add_up_their_parts():
@@ -344,7 +432,7 @@ def test_fused_op_costs_add_up_their_parts():
     att = node("Attention", [vi("q", [1, 2, 8, 4]), vi("k", [1, 2, 8, 4]), vi("v", [1, 2, 8, 4])],
                [vi("y", [1, 2, 8, 4])], "backplane")
     scores = 2 * 8 * 8  # heads x seq_q x seq_k
-    softmax = onnx_ops.NORMALISATION_FLOPS["Softmax"]
+    softmax = costs.NORMALISATION_FLOPS["Softmax"]
     assert ops.cost(att).flops == 2 * scores * 4 + 2 * scores * 4 + scores * (1 + softmax)
 
 
@@ -582,7 +670,7 @@ def test_every_core_op_has_probe_models_that_pass_the_full_onnx_check():
 
     built = 0
     for op in ops.MANDATORY:
-        definition = ops.get(op)
+        definition = ops.get(op).at(probes.OPSET)
         main = definition.inputs[1 if op == "Where" else 0][0]
         dtypes = [d for d in probes.DTYPES if d in definition.dtypes_of(main)]
         assert dtypes, op

@@ -1,149 +1,57 @@
-"""The operator registry: every op backplane plans for, with its schema and its cost.
+"""The operator registry: every op backplane plans for, with its schemas and its cost.
 
-An op is found from its name: :func:`get` returns its :class:`OpDef` (inputs, type
-constraints, attribute defaults, the cost function), and :func:`cost` prices a graph node.
+An op is found from its name: :func:`get` returns its :class:`OpDef` (its schema at every
+recorded version, its family, its cost function), and :func:`cost` prices a graph node.
 
-Two tiers:
+Four tiers (:data:`TIERS`):
 
-- ``mandatory``: :data:`MANDATORY`, 49 ops of the ONNX default domain with the semantics of
-  opsets 13 to 21 (:mod:`backplane.ops.onnx_ops`). Their schemas are data, read from the
-  checked-in ``onnx_types.json``, so the planner reads them without importing onnx.
+- ``mandatory``: :data:`MANDATORY`, the 49 ONNX default-domain ops of the core set that
+  the conformance suite's mandatory tier checks;
+- ``optional``: every other op the installed onnx defines in the default domain and in
+  ``ai.onnx.ml``, at every version from opset 7 to the newest;
+- ``contrib``: the ``com.microsoft`` ops of ONNX Runtime's contrib registry, which its
+  optimizer and quantizer write into models (Attention, SkipLayerNormalization,
+  QLinearConv, MatMulNBits ...), planned wherever a backend declares them;
 - ``fused``: :data:`FUSED`, ops of the ``backplane`` domain (:mod:`backplane.ops.fused`),
   each with a decomposition into ONNX ops so any backend, and the oracle, can run a graph
   that the fusion pass (:func:`backplane.ops.fused.fuse`) rewrote.
 
-Importing this package imports neither numpy nor onnx; ``import backplane`` does not import
-it at all.
+Schemas are data (:mod:`backplane.ops.schemas`), read from checked-in JSON; costs come from
+each op's family (:mod:`backplane.ops.costs`). Importing this package imports neither
+numpy nor onnx; ``import backplane`` does not import it at all.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from ..contract import op_key
 from ..errors import UnsupportedError, did_you_mean
+from .costs import Cost, cost_function, cost_of, family_of, output_bytes
+from .opdef import DOMAIN, FUSED, MANDATORY, TIERS, OpDef, OpVersion
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..graph import Node
 
-#: The mandatory op set, in the order of the project's op list (default domain).
-MANDATORY: tuple[str, ...] = (
-    "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Exp", "Log", "Erf", "Abs", "Neg", "Relu",
-    "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Clip", "MatMul",
-    "Gemm", "Conv", "ConvTranspose", "BatchNormalization", "LayerNormalization", "Softmax",
-    "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "ReduceMax",
-    "Reshape", "Transpose", "Concat", "Slice", "Gather", "Squeeze", "Unsqueeze", "Flatten",
-    "Expand", "Shape", "Cast", "Where", "Pad", "Resize", "QuantizeLinear", "DequantizeLinear",
-    "MatMulInteger",
-)
-#: The fused ops of the ``backplane`` domain.
-FUSED: tuple[str, ...] = ("FusedConvRelu", "FusedMatMulBiasGelu", "Attention")
-#: The domain of fused ops.
-DOMAIN = "backplane"
-#: Tier names.
-TIERS = ("mandatory", "fused")
-
-
-@dataclass(frozen=True)
-class Cost:
-    """What running one node costs, independent of the hardware.
-
-    Attributes:
-        flops: floating-point (or integer arithmetic) operations; a multiply-add counts 2.
-        bytes: bytes read from the inputs plus bytes written to the outputs.
-    """
-
-    flops: int
-    bytes: int
-
-    def __add__(self, other: "Cost") -> "Cost":
-        return Cost(self.flops + other.flops, self.bytes + other.bytes)
-
-    @property
-    def intensity(self) -> float:
-        """Arithmetic intensity, flops per byte (0 when no byte moves)."""
-        return self.flops / self.bytes if self.bytes else 0.0
-
-    def to_dict(self) -> dict[str, int]:
-        """Plain data."""
-        return {"flops": self.flops, "bytes": self.bytes}
-
-
-@dataclass(frozen=True)
-class OpDef:
-    """One op's schema and cost function.
-
-    Attributes:
-        name: the op type, ``Conv``.
-        domain: ``""`` (ONNX default domain) or ``"backplane"``.
-        tier: ``"mandatory"`` or ``"fused"``.
-        inputs: ``(input name, type-constraint name, optional)`` per formal input, in order.
-            A constraint name is a key of ``type_constraints``; an input of one fixed type
-            has the ONNX type string as its constraint name (``"tensor(int64)"``).
-        type_constraints: constraint name -> admitted dtypes (names as in
-            :data:`backplane.graph.DTYPE_NAMES`), in schema order.
-        attributes: attribute name -> default value, or ``None`` when it has no default
-            (required, or derived from the inputs, as Conv's ``kernel_shape``).
-        cost: ``cost(node) -> Cost``; never raises (see :func:`cost`).
-        outputs: ``(output name, type-constraint name, optional)`` per formal output.
-        variadic: whether the last input repeats (Concat).
-        required_attributes: attributes a node must set.
-        since: the first default-domain opset the op exists in (1 for fused ops, which
-            version with the ``backplane`` domain).
-        versions: the opsets up to 21 in which the op's schema changed.
-    """
-
-    name: str
-    domain: str
-    tier: str
-    inputs: tuple[tuple[str, str, bool], ...]
-    type_constraints: Mapping[str, frozenset[str]] = field(hash=False)
-    attributes: Mapping[str, Any] = field(hash=False)
-    cost: Callable[["Node"], Cost] = field(compare=False, hash=False, repr=False)
-    outputs: tuple[tuple[str, str, bool], ...] = ()
-    variadic: bool = False
-    required_attributes: frozenset[str] = frozenset()
-    since: int = 1
-    versions: tuple[int, ...] = ()
-
-    @property
-    def key(self) -> str:
-        """The op's key in capability tables (:func:`backplane.contract.op_key`)."""
-        return op_key(self.name, self.domain)
-
-    @property
-    def reference_dtypes(self) -> tuple[str, ...]:
-        """The dtypes of the first type constraint, sorted (the op's primary types)."""
-        for dtypes in self.type_constraints.values():
-            return tuple(sorted(dtypes))
-        return ()
-
-    def dtypes_of(self, input_name: str) -> frozenset[str]:
-        """The dtypes admitted for one formal input (empty for an unknown name)."""
-        for name, constraint, _ in self.inputs:
-            if name == input_name:
-                return self.type_constraints.get(constraint, frozenset())
-        return frozenset()
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (what ``--json`` listings print)."""
-        return {
-            "key": self.key, "name": self.name, "domain": self.domain, "tier": self.tier,
-            "since": self.since, "versions": list(self.versions),
-            "inputs": [{"name": n, "type": t, "optional": o} for n, t, o in self.inputs],
-            "outputs": [{"name": n, "type": t, "optional": o} for n, t, o in self.outputs],
-            "variadic": self.variadic,
-            "type_constraints": {k: sorted(v) for k, v in self.type_constraints.items()},
-            "attributes": dict(self.attributes),
-            "required_attributes": sorted(self.required_attributes),
-        }
-
-
 _lock = threading.Lock()
 _registry: dict[str, OpDef] | None = None
+#: Domains the registry holds ops of, besides the ``backplane`` domain.
+DOMAINS = ("", "ai.onnx.ml", "com.microsoft")
+
+
+def _from_data(data: dict, tier_of: "dict[str, str]", default_tier: str) -> dict[str, OpDef]:
+    out = {}
+    mandatory = set(MANDATORY)
+    for key, op in data["ops"].items():
+        schemas = tuple(OpVersion.from_record(int(v), rec) for v, rec in op["versions"].items())
+        family = family_of(op["name"], next(iter(op["versions"].values())))
+        tier = "mandatory" if op["domain"] == "" and op["name"] in mandatory else \
+            tier_of.get(op["domain"], default_tier)
+        out[key] = OpDef.from_versions(op["name"], op["domain"], tier, int(op["since"]),
+                                       schemas, family, cost_function(op["name"], family))
+    return out
 
 
 def _ops() -> dict[str, OpDef]:
@@ -151,9 +59,10 @@ def _ops() -> dict[str, OpDef]:
     global _registry
     with _lock:
         if _registry is None:
-            from . import fused, onnx_ops
+            from . import fused, schemas
 
-            table = {d.key: d for d in onnx_ops.opdefs()}
+            table = _from_data(schemas.load(schemas.DATA_FILE), {}, "optional")
+            table.update(_from_data(schemas.load(schemas.CONTRIB_FILE), {}, "contrib"))
             table.update({d.key: d for d in fused.opdefs()})
             _registry = table
         return _registry
@@ -180,35 +89,55 @@ def get(op: str, domain: str = "") -> OpDef:
     where = f"domain {domain!r}" if domain not in ("", "ai.onnx") else "the ONNX default domain"
     raise UnsupportedError(
         f"op {op} of {where} is not in backplane's operator registry.{hint} "
-        f"The registry lists {len(MANDATORY)} mandatory ONNX ops and the fused ops "
-        f"{', '.join(FUSED)}; see backplane.ops.all_ops().")
+        f"The registry lists every op of the installed onnx (default domain and ai.onnx.ml), "
+        f"ONNX Runtime's com.microsoft ops and the fused ops {', '.join(FUSED)}; see "
+        "backplane.ops.all_ops().")
 
 
-def all_ops() -> list[OpDef]:
-    """Every registered op: the mandatory ones in :data:`MANDATORY` order, then the fused."""
+def find(op: str, domain: str = "") -> OpDef | None:
+    """The definition of ``op`` in ``domain``, or None (never raises)."""
+    return _ops().get(op_key(op, domain))
+
+
+def all_ops(tier: str | None = None) -> list[OpDef]:
+    """Every registered op (or those of one tier): the mandatory ones in :data:`MANDATORY`
+    order, then the other ONNX ops, the contrib ops and the fused ops, each by name."""
     ops = _ops()
-    return [ops[n] for n in MANDATORY] + [ops[op_key(n, DOMAIN)] for n in FUSED]
+    first = [ops[n] for n in MANDATORY]
+    rest = sorted((d for d in ops.values() if d.tier not in ("mandatory", "fused")),
+                  key=lambda d: (TIERS.index(d.tier), d.domain, d.name))
+    rest += [ops[op_key(n, DOMAIN)] for n in FUSED]
+    if tier is None:
+        return first + rest
+    return [d for d in first + rest if d.tier == tier]
+
+
+def version_of(op: str, domain: str, opset: int) -> int:
+    """The version of ``op`` in force at ``opset`` of its domain (its ``since``), or 0 for
+    an op the registry does not know there."""
+    found = _ops().get(op_key(op, domain))
+    return found.version_at(opset) if found is not None else 0
 
 
 def cost(node: "Node") -> Cost:
-    """The cost of one node, from its op's cost function.
+    """The cost of one node, from its op's cost function (its family's, for an op not in
+    the registry).
 
     Unknown dimensions count as 1 and unknown types as 0 bytes, so a cost is always
-    returned: an op not in the registry, or a cost function that fails on an odd node,
-    is priced from the bytes of its outputs alone.
+    returned: a cost function that fails on an odd node prices it from the bytes of its
+    outputs alone.
     """
-    from .onnx_ops import output_bytes
-
     definition = _ops().get(op_key(node.op_type, node.domain))
-    if definition is not None:
-        try:
-            return definition.cost(node)
-        except Exception:  # a malformed node must not stop planning; price it as unknown
-            pass
-    return Cost(0, output_bytes(node))
+    if definition is None:
+        return cost_of(node)
+    try:
+        return definition.cost(node)
+    except Exception:  # a malformed node must not stop planning; price it as unknown
+        return Cost(0, output_bytes(node))
 
 
-__all__ = ["DOMAIN", "FUSED", "MANDATORY", "TIERS", "Cost", "OpDef", "all_ops", "cost", "get"]
+__all__ = ["DOMAIN", "DOMAINS", "FUSED", "MANDATORY", "TIERS", "Cost", "OpDef", "OpVersion",
+           "all_ops", "cost", "find", "get", "version_of"]
 
 
 def window_pads(spatial: Iterable[int], kernel: Iterable[int], strides: Iterable[int],

@@ -40,8 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..contract import op_key
 from ..errors import UnsupportedError
-from . import DOMAIN, FUSED, Cost, OpDef
-from .onnx_ops import (
+from .costs import (
     ELEMENTWISE_FLOPS,
     NORMALISATION_FLOPS,
     conv_cost,
@@ -50,6 +49,8 @@ from .onnx_ops import (
     matmul_dims,
     result_elements,
 )
+from .costs import Cost
+from .opdef import DOMAIN, FUSED, OpDef
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..graph import Node
@@ -112,16 +113,18 @@ def opdefs() -> list[OpDef]:
               t({"T": _CONV_FLOATS}),
               t({"pads": None, "strides": None, "dilations": None, "group": 1,
                  "kernel_shape": None, "clip_min": None, "clip_max": None}),
-              conv_relu_cost, outputs=(("Y", "T", False),), since=VERSION, versions=(VERSION,)),
+              conv_relu_cost, outputs=(("Y", "T", False),), since=VERSION, versions=(VERSION,),
+              family="contraction"),
         OpDef("FusedMatMulBiasGelu", DOMAIN, "fused",
               (("A", "T", False), ("B", "T", False), ("bias", "T", False)),
               t({"T": _FLOATS}), t({"approximate": "none"}),
               matmul_bias_gelu_cost, outputs=(("Y", "T", False),), since=VERSION,
-              versions=(VERSION,)),
+              versions=(VERSION,), family="contraction"),
         OpDef("Attention", DOMAIN, "fused",
               (("Q", "T", False), ("K", "T", False), ("V", "T", False), ("mask", "M", True)),
               t({"T": _FLOATS, "M": _FLOATS | {"bool"}}), t({"scale": None}),
-              attention_cost, outputs=(("Y", "T", False),), since=VERSION, versions=(VERSION,)),
+              attention_cost, outputs=(("Y", "T", False),), since=VERSION, versions=(VERSION,),
+              family="contraction"),
     ]
 
 # --------------------------------------------------------------------------- decompositions

@@ -69,7 +69,7 @@ def discover(try_op: TryOp, dtypes: tuple[str, ...] = DTYPES,
             ops.setdefault(key, []).append(dt)
 
     for op in MANDATORY:
-        definition = get(op)
+        definition = get(op).at(OPSET)
         main = definition.inputs[1 if op == "Where" else 0][0]
         for dt in [d for d in dtypes if d in definition.dtypes_of(main)]:
             one(op, op, dt, "")

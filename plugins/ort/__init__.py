@@ -13,12 +13,13 @@ The CUDA, TensorRT, ROCm, MIGraphX, QNN and VitisAI providers are run by the
 devices here only while those backends are disabled: one GPU or NPU is one device to the
 scheduler.
 
-ORT has no op-support query, so the capabilities are derived: each core op, in each dtype
-its schema admits, is built as one-node models (:mod:`backplane.ops.probes`, shared with the
-other graph compilers) and run once on the CPU provider; the op is declared with the dtypes
-that ran. The result is cached in memory and on disk (JSON, keyed by the ORT, backplane and
-probe versions), and computed only when first read (:class:`~backplane.LazyOps`): listing
-plugins imports neither onnxruntime nor numpy.
+The capabilities are ORT's own kernel registrations: for every op of the operator registry
+in ORT's domains (the default domain, ``ai.onnx.ml`` and ``com.microsoft``), every version,
+the dtypes its CPU kernels are registered for (``get_all_opkernel_def``), plus the op
+versions ORT runs without a kernel (Constant; ops with a function body, which ORT expands).
+The result is cached in memory and on disk (JSON, keyed by the ORT and backplane versions),
+and computed only when first read (:class:`~backplane.LazyOps`): listing plugins imports
+neither onnxruntime nor numpy.
 """
 
 from __future__ import annotations
@@ -59,9 +60,8 @@ SERVED_BY = {"CUDAExecutionProvider": "cuda-tensorrt", "TensorrtExecutionProvide
              "QNNExecutionProvider": "npu", "VitisAIExecutionProvider": "npu"}
 #: Seconds one provider's readiness check may take before it counts as not ready.
 READINESS_TIMEOUT_S = 2.0
-#: Bump when this backend's derivation (try_op) changes, so stale disk caches are ignored;
-#: the probe models' own version (backplane.ops.probes.VERSION) is in the key as well.
-DERIVATION_VERSION = 2
+#: Bump when this backend's derivation changes, so stale disk caches are ignored.
+DERIVATION_VERSION = 3
 _FALLBACK_OFF = "session.disable_cpu_ep_fallback"
 
 
@@ -452,10 +452,16 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
 
 
 def derived_ops() -> dict[str, OpSupport]:
-    """The op table: the derived dtypes per op (:func:`derive`), narrowed by CONSTRAINTS."""
+    """The op table: the versions and dtypes ORT's CPU provider registers kernels for
+    (:func:`derive`), narrowed by CONSTRAINTS."""
     found = derive()["ops"]
-    return {key: OpSupport(dtypes=frozenset(dtypes), **CONSTRAINTS.get(key, {}))
-            for key, dtypes in found.items() if dtypes}
+    out = {}
+    for key, versions in found.items():
+        table = {int(v): frozenset(d) for v, d in versions.items() if d}
+        if table:
+            out[key] = OpSupport(dtypes=frozenset().union(*table.values()), versions=table,
+                                 **CONSTRAINTS.get(key, {}))
+    return out
 
 
 def ort_version() -> str:
@@ -472,63 +478,86 @@ def ort_version() -> str:
 
 
 def derive(use_cache: bool = True) -> dict[str, Any]:
-    """``{"ops": {op key: [dtypes that ran]}, "refused": {op key: {dtype: why}}, ...}``.
+    """``{"ops": {op key: {version: [dtypes]}}, ...}``: what ORT's CPU provider runs.
 
     Read from ``cache_dir("onnxruntime")/capabilities-KEY.json`` when present (KEY hashes
-    the ORT and backplane versions, the derivation and probe versions and the machine), else
-    computed and written (:func:`backplane.cache.cached_json`).
+    the ORT and backplane versions, the derivation version and the machine), else computed
+    and written (:func:`backplane.cache.cached_json`).
     """
     import platform
 
     from backplane.cache import cached_json
-    from backplane.ops import probes
 
-    key = (ort_version(), _backplane_version, DERIVATION_VERSION, probes.VERSION,
-           platform.machine())
+    key = (ort_version(), _backplane_version, DERIVATION_VERSION, platform.machine())
     return cached_json(ORTBackend.name, key, _derive_now, use_cache=use_cache,
-                       valid=lambda data: isinstance(data.get("ops"), dict))
+                       valid=_valid_derivation)
+
+
+def _valid_derivation(data: Any) -> bool:
+    """A cached derivation is read back only in the shape this code writes."""
+    ops = data.get("ops") if isinstance(data, dict) else None
+    return isinstance(ops, dict) and all(
+        isinstance(k, str) and isinstance(v, dict) and all(
+            str(ver).isdigit() and isinstance(d, list) and all(isinstance(t, str) for t in d)
+            for ver, d in v.items()) for k, v in ops.items())
+
+
+#: ORT's domains, as the operator registry names them.
+ORT_DOMAINS = ("", "ai.onnx.ml", "com.microsoft")
 
 
 def _derive_now() -> dict[str, Any]:
-    """Every core op tried in every dtype (:func:`backplane.ops.probes.discover`).
+    """Every op of the registry in ORT's domains, at every recorded version, with the
+    dtypes of its main input that ORT's CPU kernel registrations admit at that version
+    (``get_all_opkernel_def``: version ranges and type constraints per kernel). An op
+    version without a kernel counts where ORT runs it anyway: Constant (ORT makes it an
+    initializer) and ops whose schema has a function body (ORT expands it).
 
     The fused ``backplane`` ops are not declared: ORT fuses on its own, and a graph fused
     for it would only be inlined back, less well than the graph as written (measured: the
     transformer block of benchmarks/bench_cpu_backends.py ran 5% slower fused). A graph that
     carries fused nodes still runs: ORT inlines their model-local decompositions."""
-    from backplane.ops.probes import OPSET, discover
+    from onnxruntime.capi import _pybind_state
+
+    from backplane.ops import all_ops
+    from backplane.ops.schemas import type_name
 
     t0 = time.perf_counter()
-    ops, refused = discover(try_op)
-    return {"onnxruntime": ort_version(), "backplane": _backplane_version, "opset": OPSET,
-            "seconds": round(time.perf_counter() - t0, 3), "ops": ops, "refused": refused}
+    kernels: dict[str, list[tuple[int, int, dict[str, list[str]]]]] = {}
+    for k in _pybind_state.get_all_opkernel_def():
+        if k.provider == CPU and k.domain in ORT_DOMAINS:
+            key = k.op_name if k.domain == "" else f"{k.domain}::{k.op_name}"
+            start, end = k.version_range
+            kernels.setdefault(key, []).append((int(start), int(end), {
+                t: [type_name(x) for x in allowed] for t, allowed in k.type_constraints.items()}))
+    ops: dict[str, dict[str, list[str]]] = {}
+    for definition in all_ops():
+        if definition.domain not in ORT_DOMAINS:
+            continue
+        found = {}
+        for schema in definition.schemas:
+            main = _main_formal(schema)
+            if main is None:
+                continue
+            allowed = schema.type_constraints.get(main, frozenset())
+            covering = [c for lo, hi, c in kernels.get(definition.key, ()) if lo <= schema.since <= hi]
+            if covering:
+                dtypes = set().union(*(c.get(main, allowed) for c in covering)) & set(allowed)
+            elif definition.key == "Constant" or schema.function:
+                dtypes = set(allowed)
+            else:
+                continue
+            if dtypes:
+                found[str(schema.since)] = sorted(dtypes)
+        if found:
+            ops[definition.key] = found
+    return {"onnxruntime": ort_version(), "backplane": _backplane_version,
+            "source": "onnxruntime.capi._pybind_state.get_all_opkernel_def",
+            "seconds": round(time.perf_counter() - t0, 3), "ops": ops}
 
 
-def try_op(op: str, dtype: str, domain: str = "") -> str:
-    """Build ``op`` as a one-node model in ``dtype``, run it once on the CPU provider; return
-    '' when every variant ran with the right output dtype, else ORT's reason."""
-    import numpy as np
-
-    from backplane.graph import DTYPE_NAMES
-    from backplane.ops.probes import models
-
-    ort = _ort()
-    so = session_options(ort, "latency", CPU, {})
-    so.intra_op_num_threads = 1
-    for model, feeds in models(op, dtype, domain):
-        try:
-            session = ort.InferenceSession(model.SerializeToString(), so, providers=[CPU])
-            exe = ORTExecutable(session, _NoGraph, Device("probe"), thread_safe=False)
-            outs = exe.run(feeds)
-        except Exception as exc:
-            return f"{type(exc).__name__}: {exc}".split("\n")[0][:300]
-        for out in model.graph.output:
-            want = DTYPE_NAMES.get(out.type.tensor_type.elem_type)
-            got = str(np.asarray(outs[out.name]).dtype)
-            if want and got != want:
-                return f"output {out.name} is {got}, the model declares {want}"
-    return ""
-
-
-class _NoGraph:
-    nodes: list[Any] = []
+def _main_formal(schema: Any) -> str | None:
+    """The type constraint of the value whose dtype capabilities check: the first input's,
+    or the first output's for an op without inputs."""
+    formals = schema.inputs or schema.outputs
+    return formals[0][1] if formals else None
