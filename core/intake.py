@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, ModelError, did_you_mean
+from .fold import fold_constants
 from .graph import Graph, ValueInfo
+from .ops import schemas
+from .typefill import complete_types
 
-#: Default-domain opsets whose semantics backplane implements. Older models are upgraded.
-MIN_OPSET = 13
-MAX_OPSET = 21
-#: Domains a node may use (besides the domains of the model's own local functions).
-SUPPORTED_DOMAINS = ("", "ai.onnx", "backplane")
+#: The oldest default-domain opset a model keeps as it is (older ones are upgraded to it):
+#: the operator registry records every op version from here on.
+MIN_OPSET = schemas.MIN_OPSET
 
 
 def load_model(model: Any, *, base_dir: str | os.PathLike | None = None) -> Graph:
@@ -64,7 +65,7 @@ def load_model(model: Any, *, base_dir: str | os.PathLike | None = None) -> Grap
     if name == "model" and proto.graph.name:
         name = proto.graph.name
     notes: list[str] = []
-    _check_domains(proto)
+    _check_opset_versions(proto, name)
     # External data is confined and read first: the checker would otherwise resolve its
     # locations against the process's working directory, with its own rules and words.
     _load_external_data(proto, base_dir, name)
@@ -79,10 +80,27 @@ def load_model(model: Any, *, base_dir: str | os.PathLike | None = None) -> Grap
     except Exception as exc:
         raise ModelError(f"{name}: shape inference failed, the model is inconsistent: {exc}"
                          ) from None
+    proto = complete_types(proto, lambda p: _reinfer(p, name))
+    proto, folded = fold_constants(proto, lambda p: _reinfer(p, name))
+    if folded:
+        notes.append(f"{folded} node(s) computing constants (Constant nodes, shape "
+                     "arithmetic) folded before planning")
     _name_nodes(proto)
     graph = Graph(proto, name)
     graph.notes.extend(notes)
     return graph
+
+
+def _reinfer(proto: Any, name: str) -> Any:
+    """Shape inference again, after types or constants were added."""
+    import onnx
+
+    try:
+        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True,
+                                                 data_prop=True)
+    except Exception as exc:
+        raise ModelError(f"{name}: shape inference failed, the model is inconsistent: {exc}"
+                         ) from None
 
 
 def _parse(data: bytes, what: str) -> Any:
@@ -116,38 +134,40 @@ def _all_nodes(nodes: Any) -> Iterator[Any]:
                     yield from _all_nodes(g.node)
 
 
-def _check_domains(proto: Any) -> None:
-    allowed = set(SUPPORTED_DOMAINS) | {f.domain for f in proto.functions}
-    for n in _all_nodes(proto.graph.node):
-        if n.domain not in allowed:
+def _check_opset_versions(proto: Any, name: str) -> None:
+    """Refuse a model at an opset of an ONNX domain newer than the installed onnx knows:
+    its ops may mean what no installed runtime, nor the oracle, can tell."""
+    import onnx
+
+    newest = schemas.newest_opsets()
+    for o in proto.opset_import:
+        domain = "" if o.domain == "ai.onnx" else o.domain
+        if domain in ("", "ai.onnx.ml") and o.version > newest[domain]:
+            what = "default-domain" if domain == "" else f"'{domain}'"
             raise ModelError(
-                f"node '{n.name or n.op_type}' uses op {n.op_type} of domain '{n.domain}', "
-                f"which backplane does not support; supported domains are the ONNX default "
-                f"domain and 'backplane'. Re-export the model with standard ONNX ops.")
+                f"{name}: {what} opset {o.version} is newer than the installed onnx "
+                f"{onnx.__version__} knows (it knows opsets up to {newest[domain]}); upgrade "
+                f"onnx (pip install -U onnx) or export the model at opset {newest[domain]} or "
+                "older")
 
 
 def _check_opset(proto: Any, name: str, notes: list[str]) -> Any:
+    """The model as it is, at its own opset; one older than :data:`MIN_OPSET` (before 2017)
+    is upgraded to it, and the plan says so."""
     from onnx import version_converter
 
     version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    if version is None:
+    if version is None or version >= MIN_OPSET:
         return proto
-    if version > MAX_OPSET:
+    try:
+        upgraded = version_converter.convert_version(proto, MIN_OPSET)
+    except Exception as exc:
         raise ModelError(
-            f"{name}: default-domain opset {version} is newer than backplane supports "
-            f"({MIN_OPSET} to {MAX_OPSET}); export at opset {MAX_OPSET} or convert with "
-            f"onnx.version_converter.convert_version(model, {MAX_OPSET})")
-    if version < MIN_OPSET:
-        try:
-            upgraded = version_converter.convert_version(proto, MIN_OPSET)
-        except Exception as exc:
-            raise ModelError(
-                f"{name}: default-domain opset {version} is older than backplane supports "
-                f"({MIN_OPSET} to {MAX_OPSET}) and could not be upgraded automatically: {exc}. "
-                f"Re-export the model at opset {MIN_OPSET} or newer.") from None
-        notes.append(f"upgraded from opset {version} to {MIN_OPSET}")
-        return upgraded
-    return proto
+            f"{name}: default-domain opset {version} is older than backplane reads as it is "
+            f"({MIN_OPSET} and newer) and could not be upgraded automatically: {exc}. "
+            f"Re-export the model at opset {MIN_OPSET} or newer.") from None
+    notes.append(f"upgraded from opset {version} to {MIN_OPSET}")
+    return upgraded
 
 
 def _tensors(proto: Any) -> Iterator[Any]:

@@ -27,6 +27,7 @@ from backplane.conformance import compare, tolerance, zoo  # noqa: E402
 from backplane.conformance.oracle import expected_with_mode  # noqa: E402
 from backplane.errors import CompileError, ExecutionError  # noqa: E402
 from backplane.ops import MANDATORY  # noqa: E402
+from backplane.ops import get as get_op  # noqa: E402
 from backplane.intake import load_model  # noqa: E402
 from backplane.plugins import openvino_cpu as ovb  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -111,7 +112,21 @@ def test_capabilities_are_derived_from_query_model_and_a_run(derived_capabilitie
     assert not any(k.startswith("backplane::") for k in ops), "fused ops are not declared"
     data = ovb.derive()
     assert data["openvino"] == ovb.ov_version() and "Resize" in data["refused"]
-    assert "bool" in data["refused"]["Resize"]  # Interpolate has no boolean kernel
+    assert "19/bool" in data["refused"]["Resize"]  # Interpolate has no boolean kernel
+
+
+def test_capabilities_cover_every_op_version_openvino_reads(derived_capabilities):
+    """Surveyed with ONNX's node tests and the core ops' probes, at every version."""
+    ops = derived_capabilities
+    for op in MANDATORY:
+        assert set(get_op(op).versions) <= set(ops[op].versions), op
+    for op in ("Constant", "Identity", "Range", "ConstantOfShape", "Split", "LSTM", "If",
+               "Loop", "Einsum", "TopK", "NonZero", "Tile", "InstanceNormalization"):
+        assert op in ops, op
+    assert {"int64", "float32"} <= ops["Range"].dtypes and "int64" in ops["Squeeze"].versions[13]
+    assert {9, 14, 15} <= set(ops["BatchNormalization"].versions)
+    assert "com.microsoft::SkipLayerNormalization" in ops
+    assert not any(k.startswith("ai.onnx.ml::") for k in ops)  # no ONNX-ML frontend
 
 
 def test_capability_table_is_cached_on_disk_keyed_by_versions():

@@ -57,12 +57,12 @@ def two_input_model() -> onnx.ModelProto:
         [c])
 
 
-def relu_add_model(opset: int = 17) -> onnx.ModelProto:
+def relu_add_model(opset: int = 17, batch: int | str = "batch") -> onnx.ModelProto:
     """a, b: float32[batch,3] -> y = Relu(a) + b."""
     return make_model(
         [helper.make_node("Relu", ["a"], ["r"]), helper.make_node("Add", ["r", "b"], ["y"])],
-        [tensor("a", TensorProto.FLOAT, ["batch", 3]), tensor("b", TensorProto.FLOAT, ["batch", 3])],
-        [tensor("y", TensorProto.FLOAT, ["batch", 3])], opset=opset)
+        [tensor("a", TensorProto.FLOAT, [batch, 3]), tensor("b", TensorProto.FLOAT, [batch, 3])],
+        [tensor("y", TensorProto.FLOAT, [batch, 3])], opset=opset)
 
 
 def relu_add_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -218,33 +218,54 @@ def test_inconsistent_static_shapes_are_a_model_error_naming_shape_inference():
         bp.load_model(model)
 
 
-def test_a_node_of_an_unsupported_domain_is_a_model_error_naming_domain_and_op():
+def test_a_com_microsoft_node_loads_and_its_output_is_typed_from_its_schema():
     model = make_model(
-        [helper.make_node("FusedGemm", ["a", "b"], ["y"], domain="com.microsoft")],
-        [tensor("a", TensorProto.FLOAT, [2, 3]), tensor("b", TensorProto.FLOAT, [3, 5])],
-        [tensor("y", TensorProto.FLOAT, [2, 5])], extra_opsets=[("com.microsoft", 1)])
-    with pytest.raises(bp.ModelError) as err:
-        bp.load_model(model)
-    assert "'com.microsoft'" in str(err.value) and "FusedGemm" in str(err.value)
+        [helper.make_node("FastGelu", ["a"], ["g"], domain="com.microsoft"),
+         helper.make_node("Relu", ["g"], ["y"])],
+        [tensor("a", TensorProto.FLOAT, [2, 3])],
+        [tensor("y", TensorProto.FLOAT, [2, 3])], extra_opsets=[("com.microsoft", 1)])
+    graph = bp.load_model(model)
+    assert graph.nodes[0].domain == "com.microsoft" and graph.nodes[0].version == 1
+    assert graph.values["g"].dtype == "float32"  # ONNX shape inference does not know FastGelu
 
 
-def test_an_opset_newer_than_supported_is_a_model_error_naming_it_and_the_range():
-    newer = intake.MAX_OPSET + 1
+def test_a_node_of_a_domain_nobody_declares_loads_and_planning_names_it():
+    model = make_model(
+        [helper.make_node("Frobnicate", ["a"], ["y"], domain="my.company")],
+        [tensor("a", TensorProto.FLOAT, [2, 3])],
+        [tensor("y", TensorProto.FLOAT, [2, 3])], extra_opsets=[("my.company", 1)])
+    graph = bp.load_model(model)
+    with pytest.raises(bp.UnsupportedError) as err:
+        bp.plan_model(graph)
+    assert "my.company::Frobnicate" in str(err.value)
+
+
+def test_an_opset_newer_than_the_installed_onnx_knows_is_refused_naming_both():
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
     with pytest.raises(bp.ModelError) as err:
-        bp.load_model(relu_add_model(opset=newer))
+        bp.load_model(relu_add_model(opset=newest + 1))
     message = str(err.value)
-    assert f"opset {newer}" in message
-    assert f"{intake.MIN_OPSET} to {intake.MAX_OPSET}" in message
+    assert f"opset {newest + 1}" in message and f"up to {newest}" in message
+    assert onnx.__version__ in message
 
 
-def test_an_older_opset_is_upgraded_and_the_graph_notes_say_so():
-    graph = bp.load_model(relu_add_model(opset=11))
-    assert graph.opsets[""] == intake.MIN_OPSET
-    assert any("opset 11" in n and str(intake.MIN_OPSET) in n for n in graph.notes), graph.notes
+@pytest.mark.parametrize("opset", [7, 9, 11, 12, 13, 18, 21, 23, 25])
+def test_a_model_keeps_its_own_opset_from_7_to_the_newest(opset):
+    graph = bp.load_model(relu_add_model(opset=opset))
+    assert graph.opsets[""] == opset and not graph.notes
+    assert graph.model.opset_import[0].version == opset
+
+
+def test_an_opset_older_than_7_is_upgraded_and_the_graph_notes_say_so():
+    graph = bp.load_model(relu_add_model(opset=6, batch=5))
+    assert graph.opsets[""] == intake.MIN_OPSET == 7
+    assert any("opset 6" in n and "7" in n for n in graph.notes), graph.notes
 
 
 def test_an_upgraded_model_runs_and_matches_numpy(seed):
-    session = reference_session(relu_add_model(opset=11))
+    session = reference_session(relu_add_model(opset=6, batch=5))
     rng = np.random.default_rng(seed)
     a, b = normal(rng, (5, 3)), normal(rng, (5, 3))
     y = session.run({"a": a, "b": b})["y"]

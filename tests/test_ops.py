@@ -739,3 +739,31 @@ def test_importing_the_probe_module_imports_neither_numpy_nor_onnx():
                         "print('numpy' in sys.modules, 'onnx' in sys.modules)")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False"]
+
+
+# --------------------------------------------------------------------------- registrations
+
+def test_a_backend_with_graph_paths_declares_what_any_of_its_paths_runs():
+    from backplane import AttributeRule, OpSupport
+    from backplane.ops.registrations import merged_paths
+
+    f32, f16 = frozenset({"float32"}), frozenset({"float16"})
+    kernel = {"Relu": OpSupport(dtypes=f32),
+              "Conv": OpSupport(dtypes=f32, attributes={"group": AttributeRule(allowed=(1,))})}
+    first = {"LSTM": OpSupport(dtypes=f32, versions={14: f32}), "Relu": OpSupport(dtypes=f16)}
+    second = {"LSTM": OpSupport(dtypes=f16, versions={14: f16, 22: f16})}
+    table = merged_paths(kernel, first, second)
+    assert table["LSTM"].versions == {14: f32 | f16, 22: f16}
+    assert table["Relu"].dtypes == f16  # a graph path takes it: the kernel's limits do not apply
+    assert table["Conv"] is kernel["Conv"]  # only the kernel path runs it
+
+
+def test_a_provider_the_installed_onnx_runtime_lacks_registers_nothing():
+    ort = pytest.importorskip("onnxruntime")
+    from backplane.ops.registrations import ort_op_table
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime build has the CUDA provider")
+    assert ort_op_table("CUDAExecutionProvider") == {}
+    assert ort_op_table("MIGraphXExecutionProvider") == {}
+    assert "LSTM" in ort_op_table("CPUExecutionProvider")

@@ -48,11 +48,22 @@ def _run(op: str, inputs: dict[str, np.ndarray], outputs: int = 1, **attrs) -> l
     return [got[f"y{i}"] for i in range(outputs)]
 
 
+#: ONNX node tests whose recorded outputs contradict the ONNX spec, which the reference
+#: follows (docs/conformance.md, "The oracle").
+SPEC_OVER_RECORDED = {
+    # The spec's pads for output_shape with auto_pad NOTSET put the odd pixel of the total
+    # padding at the start; the recorded output (and ONNX Runtime) put it at the end.
+    "test_convtranspose_output_shape",
+}
+
+
 @pytest.mark.parametrize("op", FIXED)
 def test_fixed_kernels_reproduce_onnx_recorded_node_tests(op):
     cases = onnx_node_cases([op])
     assert cases, f"ONNX ships node tests for {op}"
     for case in cases:
+        if case.id.rsplit("/", 1)[1] in SPEC_OVER_RECORDED:
+            continue
         got = evaluate(case.model, case.inputs)
         for name, want in case.expected.items():
             c = compare(got[name], want)

@@ -35,7 +35,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from backplane import API_VERSION, Backend, Capabilities, CompileOptions, Device, Executable
+from backplane import (API_VERSION, Backend, Capabilities, CompileOptions, Device, Executable,
+                       LazyOps)
 from backplane import __version__ as _backplane_version
 from backplane.errors import CompileError, DeviceUnavailable, did_you_mean
 from backplane.plugins.torch_ops import kernels as torch_kernels
@@ -77,12 +78,12 @@ class CudaTensorRTBackend(Backend):
     known_failures = str(Path(__file__).with_name("known_failures.toml"))
 
     def __init__(self) -> None:
-        self._caps = Capabilities(ops=torch_kernels.capabilities().ops,
-                                  precisions=_precisions())
+        self._caps = Capabilities(ops=LazyOps(graph_path_ops), precisions=_precisions())
 
     @property
     def capabilities(self) -> Capabilities:
-        """The torch op table's ops; precisions of the paths installed."""
+        """What the installed paths run (:func:`graph_path_ops`); precisions of the paths
+        installed. Computed on first read of ``ops``."""
         return self._caps
 
     # ------------------------------------------------------------------ devices
@@ -117,6 +118,25 @@ class CudaTensorRTBackend(Backend):
                 exe.path = f"{exe.path}; passed over: {'; '.join(passed)}"
             return exe
         raise AssertionError("choose_paths returns at least one path")  # pragma: no cover
+
+
+def graph_path_ops() -> dict[str, Any]:
+    """The op table: the ops TensorRT's ONNX parser supports (when TensorRT is installed
+    and a GPU answers) and the CUDA provider's kernel registrations (when the installed
+    ONNX Runtime has the provider), else the torch op table's own kernels: a partition goes
+    to the first path that takes it (:meth:`CudaTensorRTBackend.compile`)."""
+    from backplane.ops.registrations import merged_paths, op_supports, ort_op_table
+
+    paths = []
+    if tensorrt_version():
+        from .tensorrt import supported_ops
+
+        paths.append(supported_ops())
+    try:
+        paths.append(op_supports(ort_op_table(CUDA_PROVIDER)))
+    except ImportError:  # no onnxruntime: no ONNX Runtime path
+        pass
+    return merged_paths(torch_kernels.capabilities().ops, *paths)
 
 
 def choose_paths(paths: Mapping[str, str], precision: str, requested: str | None = None,

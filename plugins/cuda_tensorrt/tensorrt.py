@@ -277,3 +277,42 @@ def _on_device(torch: Any, value: Any, device: str, dtype: str) -> Any:
 def _profile_text(profile: Mapping[str, Any]) -> str:
     return ", ".join(f"{n} {list(lo)}..{list(hi)} (opt {list(opt)})"
                      for n, (lo, opt, hi) in profile.items())
+
+
+#: The element types TensorRT's network takes (what its ONNX parser imports).
+TRT_DTYPES = frozenset({"float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64",
+                        "bool", "float8e4m3fn", "int4"})
+
+
+def supported_ops() -> dict[str, Any]:
+    """What TensorRT's ONNX parser says it supports (``OnnxParser.supports_operator``), per
+    default-domain op of the registry, at every version, in the types its network takes.
+    Empty when no builder can be made (TensorRT needs a GPU to make one): the other paths
+    then declare what they run.
+
+    Not run on a GPU yet (docs/backends/cuda-tensorrt.md): written against TensorRT 10's
+    Python API."""
+    from backplane import OpSupport
+    from backplane.ops import all_ops
+    from backplane.ops.registrations import main_constraint
+
+    try:
+        import tensorrt as trt
+
+        logger = trt.Logger(trt.Logger.ERROR)
+        parser = trt.OnnxParser(trt.Builder(logger).create_network(0), logger)
+    except Exception:  # no GPU, no driver: the parser cannot be asked
+        return {}
+    out = {}
+    for definition in all_ops():
+        if definition.domain != "" or not parser.supports_operator(definition.name):
+            continue
+        versions = {}
+        for schema in definition.schemas:
+            allowed = schema.type_constraints.get(main_constraint(schema) or "", frozenset())
+            if allowed & TRT_DTYPES:
+                versions[schema.since] = frozenset(allowed & TRT_DTYPES)
+        if versions:
+            out[definition.key] = OpSupport(dtypes=frozenset().union(*versions.values()),
+                                            versions=versions)
+    return out

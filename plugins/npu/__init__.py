@@ -62,7 +62,7 @@ SHAPE_CACHE_SIZE = 4
 #: Compiled blobs kept on disk; the least recently used beyond this are deleted.
 MAX_CACHED_BLOBS = 256
 #: Bump when the derivation of the op table from query_model changes.
-DERIVATION_VERSION = 1
+DERIVATION_VERSION = 2
 
 _FLOAT = frozenset({"float32", "float16"})
 _LAYOUT = frozenset({"float32", "float16", "int8", "uint8"})
@@ -528,36 +528,19 @@ def _dims_for(graph: Any, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, in
 # ---------------------------------------------------------------------- op table
 
 def derived_ops(info: Mapping[str, Any]) -> dict[str, OpSupport]:
-    """The op table the NPU itself gives: every core op in every dtype, each variant of
-    :func:`backplane.ops.probes.models` asked of ``query_model`` on the NPU (no compile:
-    an NPU compile per variant would take minutes). Cached on disk, keyed by the OpenVINO,
-    driver and compiler versions and the device name."""
+    """The op table the NPU itself gives: every op of the registry surveyed
+    (:mod:`backplane.ops.survey`), each model asked of ``query_model`` on the NPU (no
+    compile: an NPU compile per model would take minutes). Cached on disk, keyed by the
+    OpenVINO, driver and compiler versions and the device name."""
     from backplane.cache import cached_json
     from backplane.ops import probes
+    from backplane.ops.registrations import op_supports
+    from backplane.ops.survey import survey
+    from backplane.plugins.openvino_cpu import query, valid_survey
 
     key = (info.get("openvino"), info.get("driver_version"), info.get("compiler_version"),
            info.get("name"), _backplane_version, DERIVATION_VERSION, probes.VERSION)
-    data = cached_json(NpuBackend.name, key, lambda: {"ops": probes.discover(try_op)[0]},
-                       valid=lambda d: isinstance(d.get("ops"), dict))
-    return {k: OpSupport(dtypes=frozenset(v), dynamic_shapes=False)
-            for k, v in data["ops"].items() if v}
-
-
-def try_op(op: str, dtype: str, domain: str = "") -> str:
-    """'' when ``query_model`` on the NPU takes every operation of every probe model of
-    ``op`` in ``dtype`` (shapes of the probe models are static), else the reason."""
-    from backplane.plugins.openvino_cpu import _inlined, ov_core
-    from backplane.ops.probes import models
-
-    core = ov_core()
-    for model, _ in models(op, dtype, domain):
-        try:
-            ov_model = core.read_model(_inlined(model).SerializeToString())
-            placed = core.query_model(ov_model, OV_DEVICE)
-        except Exception as exc:
-            return f"{type(exc).__name__}: {exc}".split("\n")[0][:300]
-        missing = [f"{o.get_friendly_name()} ({o.get_type_name()})"
-                   for o in ov_model.get_ops() if o.get_friendly_name() not in placed]
-        if missing:
-            return "query_model leaves off the NPU: " + ", ".join(missing)
-    return ""
+    data = cached_json(NpuBackend.name, key,
+                       lambda: survey(lambda model: query(model, OV_DEVICE)),
+                       valid=valid_survey)
+    return op_supports(data["ops"], dynamic_shapes=False)

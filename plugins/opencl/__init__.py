@@ -251,27 +251,6 @@ def _list_devices_in_child() -> "list[dict[str, Any]] | str":
 _IN_LISTING_CHILD = False
 
 
-def _gemm_width(pi: int, di: int) -> int | None:
-    """:func:`runtime.gemm_width` of device ``di`` of platform ``pi``: here when this is the
-    listing's child, else in a child of its own (a failed build may abort the process that
-    made it); None when that child gives no answer."""
-    code = ("import json, sys, os; sys.path[:0] = json.loads(sys.argv[1]); "
-            "import pyopencl as cl; from backplane.plugins.opencl.runtime import gemm_width; "
-            f"print(gemm_width(cl.get_platforms()[{pi}].get_devices()[{di}]), flush=True); "
-            "os._exit(0)")
-    if _IN_LISTING_CHILD:
-        from .runtime import gemm_width
-
-        return gemm_width(__import__("pyopencl").get_platforms()[pi].get_devices()[di])
-    try:
-        out = subprocess.run([sys.executable, "-c", code, json.dumps(sys.path)],
-                             capture_output=True, text=True, timeout=PROBE_CHILD_TIMEOUT_S,
-                             cwd=tempfile.gettempdir())
-        return int(out.stdout.strip().splitlines()[-1])
-    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
-        return None
-
-
 def _describe(cl: Any, platform: Any, d: Any, pi: int, di: int) -> dict[str, Any]:
     kind = ("gpu" if d.type & cl.device_type.GPU else
             "cpu" if d.type & cl.device_type.CPU else "accelerator")
@@ -281,7 +260,9 @@ def _describe(cl: Any, platform: Any, d: Any, pi: int, di: int) -> dict[str, Any
         "cl_intel_subgroups", "cl_khr_integer_dot_product", "cl_arm_integer_dot_product_int8"))
     extra = {}
     if kind == "cpu":
-        extra["gemm_vector_width"] = _gemm_width(pi, di)
+        from .runtime import gemm_width_of  # pyopencl is imported here already
+
+        extra["gemm_vector_width"] = gemm_width_of(pi, di, in_child=_IN_LISTING_CHILD)
     return dict(
         name=d.name.strip(), kind=kind, vendor=d.vendor.strip(),
         memory_bytes=int(d.global_mem_size),

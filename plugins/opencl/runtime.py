@@ -79,8 +79,11 @@ def state_for(device: Any) -> "DeviceState":
     with _states_lock:
         st = _states.get(key)
         if st is None:
-            st = DeviceState(cl_device(*key, device.properties.get("platform"), device.name),
-                             device.properties.get("gemm_vector_width"))
+            d = cl_device(*key, device.properties.get("platform"), device.name)
+            width = device.properties.get("gemm_vector_width")
+            if width is None and d.type & cl.device_type.CPU:  # listed by another plugin
+                width = gemm_width_of(*key)
+            st = DeviceState(d, width)
             _states[key] = st
             _by_context[st.ctx.int_ptr] = st
         return st
@@ -310,6 +313,29 @@ def gemm_width(device: Any) -> int:
             return vw
         _EMPTY_PROGRAMS.append(program)  # PoCL aborts when one is released: keep it
     return 4
+
+
+def gemm_width_of(pi: int, di: int, in_child: bool = False) -> int | None:
+    """:func:`gemm_width` of device ``di`` of platform ``pi``: computed here when this is a
+    child process that leaves by ``os._exit``, else in a child of its own (a failed build
+    may abort the process that made it); None when that child gives no answer."""
+    if in_child:
+        return gemm_width(cl.get_platforms()[pi].get_devices()[di])
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    code = ("import json, sys, os; sys.path[:0] = json.loads(sys.argv[1]); "
+            "from backplane.plugins.opencl.runtime import gemm_width_of; "
+            f"print(gemm_width_of({pi}, {di}, in_child=True), flush=True); os._exit(0)")
+    try:
+        out = subprocess.run([sys.executable, "-c", code, json.dumps(sys.path)],
+                             capture_output=True, text=True, timeout=60,
+                             cwd=tempfile.gettempdir())
+        return int(out.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return None
 
 
 #: Programs a driver built without kernels, never released (see :func:`gemm_width`).

@@ -49,9 +49,9 @@ from backplane.errors import CompileError, DeviceUnavailable, ExecutionError
 
 #: OpenVINO's name of the device this backend drives.
 OV_DEVICE = "CPU"
-#: Bump when this backend's derivation (try_op) changes, so stale disk caches are ignored;
-#: the probe models' own version (backplane.ops.probes.VERSION) is in the key as well.
-DERIVATION_VERSION = 1
+#: Bump when this backend's derivation (try_op, the survey) changes, so stale disk caches
+#: are ignored; the probe models' own version (backplane.ops.probes.VERSION) is in the key.
+DERIVATION_VERSION = 2
 #: Compiled models kept per executable, one per input-shape signature.
 SHAPE_CACHE_SIZE = 16
 #: Compiled blobs kept on disk; the least recently used beyond this are deleted.
@@ -657,14 +657,16 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
 
 
 def derived_ops() -> dict[str, OpSupport]:
-    """The op table: the derived dtypes per op (:func:`derive`), narrowed by CONSTRAINTS."""
-    found = derive()["ops"]
-    return {key: OpSupport(dtypes=frozenset(dtypes), **CONSTRAINTS.get(key, {}))
-            for key, dtypes in found.items() if dtypes}
+    """The op table: the versions and dtypes surveyed (:func:`derive`), narrowed by
+    CONSTRAINTS."""
+    from backplane.ops.registrations import op_supports
+
+    return op_supports(derive()["ops"], CONSTRAINTS)
 
 
 def derive(use_cache: bool = True) -> dict[str, Any]:
-    """``{"ops": {op key: [dtypes that ran]}, "refused": {op key: {dtype: why}}, ...}``.
+    """``{"ops": {op key: {version: [dtypes]}}, "refused": {op key: {"version/dtype": why}},
+    ...}``, surveyed by :func:`backplane.ops.survey.survey`.
 
     Read from ``cache_dir("openvino-cpu")/capabilities-KEY.json`` when present (KEY hashes
     the OpenVINO and backplane versions, the derivation and probe versions and the machine),
@@ -678,18 +680,42 @@ def derive(use_cache: bool = True) -> dict[str, Any]:
     key = (ov_version(), _backplane_version, DERIVATION_VERSION, probes.VERSION,
            platform.machine())
     return cached_json(OpenVINOBackend.name, key, _derive_now, use_cache=use_cache,
-                       valid=lambda data: isinstance(data.get("ops"), dict))
+                       valid=valid_survey)
+
+
+def valid_survey(data: Any) -> bool:
+    """A cached survey is read back only in the shape :func:`derive` writes."""
+    ops = data.get("ops") if isinstance(data, dict) else None
+    return isinstance(ops, dict) and all(
+        isinstance(v, dict) and all(str(ver).isdigit() and isinstance(d, list)
+                                    for ver, d in v.items()) for v in ops.values())
 
 
 def _derive_now() -> dict[str, Any]:
-    """Every core op tried in every dtype (:func:`backplane.ops.probes.discover`); fused
-    ops are not declared."""
-    from backplane.ops.probes import OPSET, discover
+    """Every op of the registry surveyed (:mod:`backplane.ops.survey`): the core ops
+    compiled and run in every dtype, the others asked of ``query_model``; fused ops are not
+    declared."""
+    from backplane.ops.probes import OPSET
+    from backplane.ops.survey import survey
 
     t0 = time.perf_counter()
-    ops, refused = discover(try_op)
+    found = survey(query, run=try_op)
     return {"openvino": ov_version(), "backplane": _backplane_version, "opset": OPSET,
-            "seconds": round(time.perf_counter() - t0, 3), "ops": ops, "refused": refused}
+            "seconds": round(time.perf_counter() - t0, 3), **found}
+
+
+def query(model: Any, device: str = OV_DEVICE) -> str:
+    """'' when ``query_model`` on ``device`` takes every operation of ``model`` (read by
+    OpenVINO's ONNX frontend), else the reason."""
+    core = ov_core()
+    try:
+        ov_model = core.read_model(_inlined(model).SerializeToString())
+        placed = core.query_model(ov_model, device)
+    except Exception as exc:
+        return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    missing = [f"{o.get_friendly_name()} ({o.get_type_name()})"
+               for o in ov_model.get_ops() if o.get_friendly_name() not in placed]
+    return f"query_model leaves off {device}: " + ", ".join(missing[:5]) if missing else ""
 
 
 def try_op(op: str, dtype: str, domain: str = "") -> str:

@@ -216,7 +216,10 @@ class ORTExecutable(Executable):
         self._session = session
         self._graph = graph
         self._device = device
-        self._inputs = [(i.name, i.type) for i in session.get_inputs()]
+        # ORT lists initializers that are also graph inputs (IR < 4) as inputs it may be
+        # fed; backplane feeds only the partition's own inputs and keeps those constant.
+        consts = getattr(graph, "initializers", frozenset())
+        self._inputs = [(i.name, i.type) for i in session.get_inputs() if i.name not in consts]
         self._outputs = [o.name for o in session.get_outputs()]
         self._raw = any(v.type in _RAW_TYPES for v in [*session.get_inputs(),
                                                         *session.get_outputs()])
@@ -454,14 +457,9 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
 def derived_ops() -> dict[str, OpSupport]:
     """The op table: the versions and dtypes ORT's CPU provider registers kernels for
     (:func:`derive`), narrowed by CONSTRAINTS."""
-    found = derive()["ops"]
-    out = {}
-    for key, versions in found.items():
-        table = {int(v): frozenset(d) for v, d in versions.items() if d}
-        if table:
-            out[key] = OpSupport(dtypes=frozenset().union(*table.values()), versions=table,
-                                 **CONSTRAINTS.get(key, {}))
-    return out
+    from backplane.ops.registrations import op_supports
+
+    return op_supports(derive()["ops"], CONSTRAINTS)
 
 
 def ort_version() -> str:
@@ -502,62 +500,18 @@ def _valid_derivation(data: Any) -> bool:
             for ver, d in v.items()) for k, v in ops.items())
 
 
-#: ORT's domains, as the operator registry names them.
-ORT_DOMAINS = ("", "ai.onnx.ml", "com.microsoft")
-
-
 def _derive_now() -> dict[str, Any]:
-    """Every op of the registry in ORT's domains, at every recorded version, with the
-    dtypes of its main input that ORT's CPU kernel registrations admit at that version
-    (``get_all_opkernel_def``: version ranges and type constraints per kernel). An op
-    version without a kernel counts where ORT runs it anyway: Constant (ORT makes it an
-    initializer) and ops whose schema has a function body (ORT expands it).
+    """The CPU provider's kernel registrations (:func:`backplane.ops.registrations.
+    ort_op_table`).
 
     The fused ``backplane`` ops are not declared: ORT fuses on its own, and a graph fused
     for it would only be inlined back, less well than the graph as written (measured: the
     transformer block of benchmarks/bench_cpu_backends.py ran 5% slower fused). A graph that
     carries fused nodes still runs: ORT inlines their model-local decompositions."""
-    from onnxruntime.capi import _pybind_state
-
-    from backplane.ops import all_ops
-    from backplane.ops.schemas import type_name
+    from backplane.ops.registrations import ort_op_table
 
     t0 = time.perf_counter()
-    kernels: dict[str, list[tuple[int, int, dict[str, list[str]]]]] = {}
-    for k in _pybind_state.get_all_opkernel_def():
-        if k.provider == CPU and k.domain in ORT_DOMAINS:
-            key = k.op_name if k.domain == "" else f"{k.domain}::{k.op_name}"
-            start, end = k.version_range
-            kernels.setdefault(key, []).append((int(start), int(end), {
-                t: [type_name(x) for x in allowed] for t, allowed in k.type_constraints.items()}))
-    ops: dict[str, dict[str, list[str]]] = {}
-    for definition in all_ops():
-        if definition.domain not in ORT_DOMAINS:
-            continue
-        found = {}
-        for schema in definition.schemas:
-            main = _main_formal(schema)
-            if main is None:
-                continue
-            allowed = schema.type_constraints.get(main, frozenset())
-            covering = [c for lo, hi, c in kernels.get(definition.key, ()) if lo <= schema.since <= hi]
-            if covering:
-                dtypes = set().union(*(c.get(main, allowed) for c in covering)) & set(allowed)
-            elif definition.key == "Constant" or schema.function:
-                dtypes = set(allowed)
-            else:
-                continue
-            if dtypes:
-                found[str(schema.since)] = sorted(dtypes)
-        if found:
-            ops[definition.key] = found
+    ops = ort_op_table(CPU)
     return {"onnxruntime": ort_version(), "backplane": _backplane_version,
             "source": "onnxruntime.capi._pybind_state.get_all_opkernel_def",
             "seconds": round(time.perf_counter() - t0, 3), "ops": ops}
-
-
-def _main_formal(schema: Any) -> str | None:
-    """The type constraint of the value whose dtype capabilities check: the first input's,
-    or the first output's for an op without inputs."""
-    formals = schema.inputs or schema.outputs
-    return formals[0][1] if formals else None

@@ -33,7 +33,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from backplane import API_VERSION, Backend, Capabilities, CompileOptions, Device, Executable
+from backplane import (API_VERSION, Backend, Capabilities, CompileOptions, Device, Executable,
+                       LazyOps)
 from backplane import __version__ as _backplane_version
 from backplane.errors import BackendError, CompileError, DeviceUnavailable, ExecutionError
 
@@ -60,6 +61,20 @@ def _table() -> Any:
     return opencl.kernels
 
 
+def graph_path_ops(table: Any) -> dict[str, Any]:
+    """The kernel table's ops, widened by what ONNX Runtime's MIGraphX and ROCm providers
+    register (the graph path, tried first) when the installed ONNX Runtime has them."""
+    from backplane.ops.registrations import merged_paths, op_supports, ort_op_table
+
+    paths = []
+    try:
+        for provider in ("MIGraphXExecutionProvider", "ROCMExecutionProvider"):
+            paths.append(op_supports(ort_op_table(provider, expands_functions=False)))
+    except ImportError:  # no onnxruntime: no graph path
+        pass
+    return merged_paths(table.capabilities().ops, *paths)
+
+
 class RocmBackend(Backend):
     """AMD GPUs through ROCm: ONNX Runtime MIGraphX, torch on HIP, or OpenCL kernels."""
 
@@ -83,6 +98,7 @@ class RocmBackend(Backend):
         self._run_tool = run_tool or sysfs.run_tool
         self._environ = environ
         self._kernels: Any = None
+        self._caps: Capabilities | None = None
 
     # ------------------------------------------------------------------ what it is
 
@@ -95,8 +111,14 @@ class RocmBackend(Backend):
 
     @property
     def capabilities(self) -> Capabilities:
-        """The kernel table's capabilities, as data: no runtime is imported."""
-        return self.kernels.capabilities()
+        """What the installed paths run: ONNX Runtime's MIGraphX and ROCm providers' kernel
+        registrations where the installed ONNX Runtime has them, else the kernel table's
+        own ops. Data: computed on first read of ``ops``, importing no runtime before."""
+        if self._caps is None:
+            table = self.kernels
+            self._caps = Capabilities(ops=LazyOps(lambda: graph_path_ops(table)),
+                                      precisions=table.capabilities().precisions)
+        return self._caps
 
     # ------------------------------------------------------------------ devices
 
