@@ -67,9 +67,10 @@ def ort_kernels(provider: str) -> dict[str, list[tuple[int, int, dict[str, list[
 def ort_op_table(provider: str, expands_functions: bool = True) -> dict[str, dict[str, list[str]]]:
     """Every op of the registry in ORT's domains, at every recorded version, with the
     dtypes of its main input (:func:`main_constraint`) that ``provider``'s kernels admit
-    there. An op version without a kernel counts where ORT runs it anyway: Constant (ORT
-    makes it an initializer) and, with ``expands_functions``, ops whose schema has a
-    function body (ORT expands it into ops that have kernels)."""
+    there (on the CPU provider, float16 wherever float32 is: ORT casts around the node).
+    An op version without a kernel counts where ORT runs it anyway: Constant (ORT makes it
+    an initializer) and, with ``expands_functions``, ops whose schema has a function body
+    (ORT expands it into ops that have kernels)."""
     kernels = ort_kernels(provider) if may_have(provider) else {}
     if not kernels:  # the installed build lacks the provider
         return {}
@@ -87,6 +88,10 @@ def ort_op_table(provider: str, expands_functions: bool = True) -> dict[str, dic
                         if lo <= schema.since <= hi]
             if covering:
                 dtypes = set().union(*(c.get(main, allowed) for c in covering)) & set(allowed)
+                if provider == "CPUExecutionProvider" and "float32" in dtypes:
+                    # ORT's CPU provider computes a float16 node without a float16 kernel
+                    # in float32 between casts it inserts (InsertCastTransformer).
+                    dtypes |= {"float16"} & set(allowed)
             elif definition.key == "Constant" or (expands_functions and schema.function):
                 dtypes = set(allowed)
             else:

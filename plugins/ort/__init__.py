@@ -61,7 +61,7 @@ SERVED_BY = {"CUDAExecutionProvider": "cuda-tensorrt", "TensorrtExecutionProvide
 #: Seconds one provider's readiness check may take before it counts as not ready.
 READINESS_TIMEOUT_S = 2.0
 #: Bump when this backend's derivation changes, so stale disk caches are ignored.
-DERIVATION_VERSION = 3
+DERIVATION_VERSION = 4
 _FALLBACK_OFF = "session.disable_cpu_ep_fallback"
 
 
