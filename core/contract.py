@@ -232,6 +232,10 @@ class Capabilities:
         any_op: admit every op of the ONNX domains (the default domain and
             ``ai.onnx.ml``: the reference backend).
         precisions: the compute precisions the backend can run at.
+        value_dtypes: the element types the backend can hold at all, as any input or
+            output of any node (``None``: any); a node with a value of another type is
+            refused whatever its op (OpenVINO's CPU plugin computes float64 in float32,
+            ONNX Runtime's Python API cannot exchange 2-bit types).
 
     A node with subgraphs (If, Loop, Scan) is admitted only with every node of its
     subgraphs: it runs whole, where its bodies run.
@@ -240,6 +244,7 @@ class Capabilities:
     ops: Mapping[str, OpSupport] = field(default_factory=dict)
     any_op: bool = False
     precisions: frozenset[str] = frozenset({"fp32"})
+    value_dtypes: frozenset[str] | None = None
 
     def check(self, node: "Node") -> Verdict:
         """Whether this backend admits ``node``. Answers; never raises."""
@@ -256,6 +261,12 @@ class Capabilities:
 
     def _check_one(self, node: "Node") -> Verdict:
         key = op_key(node.op_type, node.domain)
+        if self.value_dtypes is not None:
+            for vi in (*node.input_types, *node.output_types):
+                if vi is not None and vi.dtype not in self.value_dtypes \
+                        and not vi.dtype.startswith(("seq(", "optional(", "map(")):
+                    return Verdict(False, "capability:dtype",
+                                   f"the backend holds no {vi.dtype} values ('{vi.name}')")
         support = self.ops.get(key)
         if support is None:
             if self.any_op and node.domain in ONNX_DOMAINS:
@@ -299,6 +310,7 @@ class Capabilities:
         """Plain data, as the conformance suite and ``--json`` listings read it."""
         return {
             "any_op": self.any_op,
+            "value_dtypes": sorted(self.value_dtypes) if self.value_dtypes is not None else None,
             "precisions": sorted(self.precisions),
             "ops": {k: v.to_dict() for k, v in sorted(self.ops.items())},
         }

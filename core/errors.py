@@ -58,17 +58,21 @@ class BackendError(BackplaneError):
         device: the device id, or None.
         op: the ONNX op type concerned, or None.
         vendor_message: the message of the original exception.
+        nodes: the graph nodes the backend refused, when it can tell (a session then plans
+            those nodes elsewhere and keeps the device for the rest).
     """
 
     stage = "backend"
 
     def __init__(self, message: str, *, backend: str, device: str | None = None,
-                 op: str | None = None, vendor_message: str | None = None):
+                 op: str | None = None, vendor_message: str | None = None,
+                 nodes: tuple[str, ...] = ()):
         super().__init__(message)
         self.backend = backend
         self.device = device
         self.op = op
         self.vendor_message = vendor_message
+        self.nodes = tuple(nodes)
 
     @classmethod
     def wrap(cls, exc: BaseException, *, backend: str, device: str | None = None,

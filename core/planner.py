@@ -19,6 +19,7 @@ that does not run it, a reason code:
 ``constraint:excluded``     excluded by the session (class, backend or device)
 ``constraint:device-class`` the session requires another device class
 ``excluded``                failed to compile or run in this session
+``excluded:node``           its compile refused this node in this session
 ``not-chosen:cost``         admits the node; another path is predicted cheaper
 ``not-chosen:rank``         admits the node; ranked lower in a fixed order
 ``not-chosen:last-resort``  the reference backend runs only what no other admits

@@ -138,6 +138,7 @@ def schedule(graph: "Graph", devices: list[Device], backends: "Mapping[str, Back
              excluded: Mapping[str, str] | None = None,
              banned: Mapping[tuple[str, str], Any] | None = None,
              constraints: Constraints | None = None, strict: bool = False,
+             refused: Mapping[tuple[str, str], str] | None = None,
              delegate: Callable[..., Any] | None = None,
              pins: Mapping[str, tuple[str, str]] | None = None) -> Plan:
     """Place every node of ``graph`` on one of ``devices``.
@@ -152,6 +153,8 @@ def schedule(graph: "Graph", devices: list[Device], backends: "Mapping[str, Back
             the accuracy budget: ``precision:budget``), or ``(code, text)`` (it failed to
             compile there: ``excluded``).
         constraints: required / excluded device classes and memory headroom.
+        refused: (device id, node name) -> why that device may not run that node (its
+            compile refused the node, and only it: ``excluded:node``).
         strict: with a required device class, refuse nodes that would leave it.
         delegate: ``delegate(node, candidates) -> Candidate | None``.
         pins: node name -> (device id, precision), fixed in advance (a tuned plan).
@@ -166,7 +169,8 @@ def schedule(graph: "Graph", devices: list[Device], backends: "Mapping[str, Back
     excluded, banned = dict(excluded or {}), dict(banned or {})
     model_key = costmodel.graph_key(graph)
     model = costmodel.for_devices(devices, dict(backends), model_key)
-    ctx = _Context(graph, devices, backends, model, precision, constraints, excluded, banned)
+    ctx = _Context(graph, devices, backends, model, precision, constraints, excluded, banned,
+                   dict(refused or {}))
     cands = [ctx.candidates(node, explicit) for node in graph.nodes]
     _check_required(graph, cands, constraints, strict)
     fixed = explicit or policy == "fixed-order"
@@ -270,10 +274,10 @@ class _Context:
     def __init__(self, graph: "Graph", devices: list[Device],
                  backends: "Mapping[str, Backend]", model: "CostModel", precision: str,
                  constraints: Constraints, excluded: dict[str, str],
-                 banned: dict[tuple[str, str], Any]):
+                 banned: dict[tuple[str, str], Any], refused: dict[tuple[str, str], str]):
         self.graph, self.devices, self.backends, self.model = graph, devices, backends, model
         self.precision, self.constraints = precision, constraints
-        self.excluded, self.banned = excluded, banned
+        self.excluded, self.banned, self.refused = excluded, banned, refused
         self.producer = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
         self.outputs = {o.name for o in graph.outputs}
         self.dequantized = {o for n in graph.nodes if n.op_type == "DequantizeLinear"
@@ -357,6 +361,8 @@ class _Context:
                  ) -> Verdict:
         if device_id in self.excluded:
             return Verdict(False, "excluded", self.excluded[device_id])
+        if (device_id, node.name) in self.refused:
+            return Verdict(False, "excluded:node", self.refused[(device_id, node.name)])
         if self.constraints.exclude and self.constraints.excludes(device):
             return Verdict(False, "constraint:excluded",
                            f"excluded by the session ({device.kind}, {device.backend})")

@@ -123,6 +123,7 @@ class Session:
                                        dims=dict(self.dims))
         self._excluded: dict[str, str] = {}
         self._banned: dict[tuple[str, str], Any] = {}
+        self._refused: dict[tuple[str, str], str] = {}
         self._history: list[str] = []
         self._lock = threading.Lock()
         self._timing = _Timing()
@@ -204,6 +205,14 @@ class Session:
         self._history.append(f"re-planned without {device} at {precision}: {why}")
         log.warning("backplane: %s; re-planning without %s at %s", why, device, precision)
 
+    def _refuse(self, device: str, nodes: list[str], why: str) -> None:
+        """Plan ``nodes`` elsewhere than ``device``, whose compile refused them."""
+        for n in nodes:
+            self._refused[(device, n)] = why
+        names = ", ".join(f"'{n}'" for n in nodes[:5]) + (" ..." if len(nodes) > 5 else "")
+        self._history.append(f"re-planned node(s) {names} off {device}: {why}")
+        log.warning("backplane: %s; re-planning node(s) %s elsewhere", why, names)
+
     def _exclude(self, device: str, why: str) -> None:
         self._excluded[device] = why
         self._history.append(f"re-planned without {device}: {why}")
@@ -216,6 +225,7 @@ class Session:
                         policy=policy or self.policy, precision=precision or self.precision,
                         explicit=self._explicit if explicit is None else explicit,
                         excluded=dict(self._excluded), banned=dict(self._banned),
+                        refused=dict(self._refused),
                         constraints=self.constraints, strict=self.strict,
                         delegate=self._delegate, pins=pins)
         plan.events[:0] = self._history
@@ -249,6 +259,10 @@ class Session:
             except BackendError as exc:  # CompileError, or a plugin's own BackendError
                 if self.strict or exc.device is None or exc.device in self._excluded:
                     raise
+                fresh = [n for n in exc.nodes if (exc.device, n) not in self._refused]
+                if fresh:  # the backend named the nodes it refused: only those move
+                    self._refuse(exc.device, fresh, str(exc))
+                    continue
                 lower = _lower_precision(plan, exc.device)
                 if lower and (exc.device, lower) not in self._banned:
                     self._ban(exc.device, lower, str(exc))

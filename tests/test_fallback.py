@@ -100,3 +100,31 @@ def test_strict_device_class_names_the_nodes_that_would_leave_it(site):
     assert "would leave the required device class 'accelerator'" in out["error"]
     out = scenario(site, ops="Conv", device_class="accelerator")
     assert out["first"][1] == "injected-faults:0"
+
+
+def test_a_compile_that_refuses_one_node_moves_that_node_only():
+    """ONNX Runtime declares Where (its capability reads the boolean condition) but has no
+    kernel for boolean X and Y: its compile names the node, and the session plans that
+    node elsewhere while the rest stays on ONNX Runtime."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    import backplane as bp
+
+    if not [d for d in bp.registry().devices() if d.backend == "onnxruntime"]:
+        pytest.skip("onnxruntime has no device here")
+    b = TensorProto.BOOL
+    nodes = [helper.make_node("Not", ["c"], ["nc"], name="not"),
+             helper.make_node("Where", ["nc", "x", "y"], ["w"], name="where"),
+             helper.make_node("Xor", ["w", "x"], ["out"], name="xor")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, b, [4])
+                                           for n in ("c", "x", "y")],
+                              [helper.make_tensor_value_info("out", b, [4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    s = bp.Session(model, devices=["onnxruntime", "reference"])
+    c, x, y = (np.array(v, bool) for v in ([1, 0, 1, 0], [1, 1, 0, 0], [0, 1, 0, 1]))
+    out = s.run({"c": c, "x": x, "y": y})["out"]
+    np.testing.assert_array_equal(out, np.where(~c, x, y) ^ x)
+    assert s.plan.device_of("where") == "reference:0"
+    assert s.plan.device_of("not") == s.plan.device_of("xor") == "onnxruntime:0"
+    assert any("'where' off onnxruntime:0" in e for e in s.plan.events), s.plan.events

@@ -56,6 +56,11 @@ DERIVATION_VERSION = 2
 SHAPE_CACHE_SIZE = 16
 #: Compiled blobs kept on disk; the least recently used beyond this are deleted.
 MAX_CACHED_BLOBS = 512
+#: The element types a partition's values may have. Not float64: the CPU plugin computes
+#: it in float32 (ONNX's Cast to double overflowed to inf); not strings, the float8 or the
+#: 2- and 4-bit types, which its tensors do not exchange with numpy here.
+VALUE_DTYPES = frozenset({"float32", "float16", "bfloat16", "int8", "int16", "int32", "int64",
+                          "uint8", "uint16", "uint32", "uint64", "bool"})
 #: CompileOptions.precision -> OpenVINO INFERENCE_PRECISION_HINT.
 PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 #: CPU flags (``/proc/cpuinfo``) with which OpenVINO's CPU plugin computes in each precision.
@@ -97,7 +102,8 @@ class OpenVINOBackend(Backend):
 
     def __init__(self) -> None:
         self._capabilities = Capabilities(ops=LazyOps(derived_ops),
-                                          precisions=host_precisions())
+                                          precisions=host_precisions(),
+                                          value_dtypes=VALUE_DTYPES)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -151,7 +157,8 @@ class OpenVINOBackend(Backend):
                        f"device: {names}" + (f"; they come from ONNX nodes {labels}" if nodes
                                              else "") + "; the graph is not run partially",
                        op=nodes[0].op_type if nodes else None,
-                       vendor_message=f"query_model: unsupported {names}")
+                       vendor_message=f"query_model: unsupported {names}",
+                       nodes=tuple(n.name for n in nodes if n.name))
         folder = subfolder(OpenVINOBackend.name, "compiled", options)
         key = (hashlib.sha256(data).hexdigest(), options.precision, options.policy,
                sorted(config.items()), ov_version(), _backplane_version, device.name)

@@ -58,6 +58,14 @@ PROVIDER_KINDS = {
 SERVED_BY = {"CUDAExecutionProvider": "cuda-tensorrt", "TensorrtExecutionProvider": "cuda-tensorrt",
              "ROCMExecutionProvider": "rocm", "MIGraphXExecutionProvider": "rocm",
              "QNNExecutionProvider": "npu", "VitisAIExecutionProvider": "npu"}
+#: The element types a partition's values may have: what ORT's Python API exchanges with
+#: numpy, directly or as raw OrtValues (bfloat16, the float8 types). Not the 2- and 4-bit
+#: types, float4e2m1 or float8e8m0: the bridge cannot pass them (2-bit, e8m0, fp4) or
+#: unpacks them wrong (ONNX's Cast node tests to int4/uint4 came back wrong).
+VALUE_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64", "int8", "int16",
+                          "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool",
+                          "string", "float8e4m3fn", "float8e4m3fnuz", "float8e5m2",
+                          "float8e5m2fnuz"})
 #: Seconds one provider's readiness check may take before it counts as not ready.
 READINESS_TIMEOUT_S = 2.0
 #: Bump when this backend's derivation changes, so stale disk caches are ignored.
@@ -86,7 +94,8 @@ class ORTBackend(Backend):
 
     def __init__(self) -> None:
         self._capabilities = Capabilities(ops=LazyOps(derived_ops),
-                                          precisions=frozenset({"fp32"}))
+                                          precisions=frozenset({"fp32"}),
+                                          value_dtypes=VALUE_DTYPES)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -144,11 +153,13 @@ class ORTBackend(Backend):
                 graph.model.SerializeToString(), so,
                 providers=[(provider, dict(extra.get("provider_options", {})))])
         except Exception as exc:
-            raise CompileError.wrap(
+            err = CompileError.wrap(
                 exc, backend=self.name, device=device.id, op=_op_named(exc, graph),
                 advice=f"ORT execution provider {provider}" + (
                     " does not take every node it was given; CPU fallback is disabled so "
-                    "that no node runs elsewhere quietly" if provider != CPU else "")) from exc
+                    "that no node runs elsewhere quietly" if provider != CPU else ""))
+            err.nodes = _nodes_named(exc, graph)
+            raise err from exc
         placed = session.get_providers()
         if placed[0] != provider:  # ORT drops an unusable provider with only a warning
             raise CompileError(f"compile failed in backend '{self.name}' on device "
@@ -293,6 +304,12 @@ _RAW_TYPES = {
 
 _OP_PATTERNS = (re.compile(r"implementation for (\w+)\(\d+\)"), re.compile(r"Op \((\w+)\)"),
                 re.compile(r"running (\w+) node"), re.compile(r"node \w* ?\((\w+)\)"))
+
+
+def _nodes_named(exc: BaseException, graph: Any) -> tuple[str, ...]:
+    """The partition's nodes an ORT message names ("... node with name 'x'")."""
+    names = {n.name for n in getattr(graph, "nodes", [])}
+    return tuple(n for n in re.findall(r"node with name '([^']+)'", str(exc)) if n in names)
 
 
 def _op_named(exc: BaseException, graph: Any) -> str | None:
