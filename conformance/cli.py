@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -92,3 +93,37 @@ def matrix(reports: tuple[str, ...], output: str, as_json: bool) -> None:
         return _emit_json(m)
     _console().print(f"wrote {output}: {len(m['columns'])} columns, {len(m['rows'])} rows",
                      markup=False)
+
+
+@conformance.command("ops")
+@click.option("--report", "reports", multiple=True, type=click.Path(dir_okay=False),
+              help="A conformance report (report.json) to merge into the stored results.")
+@click.option("--results", default="docs/data/conformance-results.json", show_default=True,
+              type=click.Path(dir_okay=False), help="The stored per-op results.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write the page here (default: print it).")
+@click.option("--write-capabilities", is_flag=True,
+              help="First derive the graph compilers' capability tables afresh and write "
+                   "the ones the plugins ship (minutes).")
+@json_option
+def ops_table(reports: tuple[str, ...], results: str, output: str | None,
+              write_capabilities: bool, as_json: bool) -> None:
+    """Every op of the registry against every built-in backend: the versions each declares
+    and its stored conformance results (docs/ops.md)."""
+    from .opsdoc import load_results, merge_reports, render, save_results, write_shipped_tables
+
+    if write_capabilities:
+        for path in write_shipped_tables():
+            _console(stderr=True).print(f"wrote {path}", markup=False)
+    stored = load_results(results)
+    if reports:
+        stored = merge_reports(stored, [json.loads(Path(r).read_text("utf-8")) for r in reports])
+        save_results(results, stored)
+    if as_json:
+        return _emit_json(stored)
+    page = render(stored)
+    if output:
+        Path(output).write_text(page, "utf-8")
+        _console().print(f"wrote {output}", markup=False)
+    else:
+        click.echo(page, nl=False)

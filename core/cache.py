@@ -81,30 +81,77 @@ def write_atomic(path: Path, data: bytes) -> bool:
 def cached_json(backend: str, key_parts: tuple[Any, ...],
                 compute: Callable[[], dict[str, Any]], *, name: str = "capabilities",
                 valid: Callable[[dict[str, Any]], bool] | None = None,
-                use_cache: bool = True) -> dict[str, Any]:
+                use_cache: bool = True, shipped: Path | None = None) -> dict[str, Any]:
     """A JSON object kept at ``cache_dir(backend)/NAME-KEY.json``, KEY being
     ``cache_key(*key_parts)`` (put in them everything the object depends on: runtime and
     backplane versions, a derivation version, the machine).
 
-    Read from that file when it holds a JSON object that ``valid`` accepts (a missing,
-    unreadable, corrupt or rejected file is a miss), else ``compute()``-d and written there
-    atomically. With ``use_cache`` False, or caching off, it is computed and nothing is
-    read or written. Used for tables that are slow to derive and the same until a version
-    changes, such as the capabilities a graph-compiler backend derives by probing its runtime.
+    Read from ``shipped`` (a file of the plugin's package data, written by
+    :func:`write_shipped`) when it records the same KEY, then from that file in the cache,
+    when either holds a JSON object that ``valid`` accepts (a missing, unreadable, corrupt,
+    other-keyed or rejected file is a miss), else ``compute()``-d and written to the cache
+    atomically. With ``use_cache`` False it is computed and nothing is read or written; with
+    caching off only ``shipped`` is read. Used for tables that are slow to derive and the same
+    until a version changes, such as the capabilities a graph-compiler backend derives from
+    its runtime.
     """
-    folder = cache_dir(backend) if use_cache else None
-    path = folder / f"{name}-{cache_key(*key_parts)}.json" if folder else None
-    if path is not None:
+    key = cache_key(*key_parts)
+    if use_cache and shipped is not None:
         try:
-            data = json.loads(path.read_text())
-            if isinstance(data, dict) and (valid is None or valid(data)):
+            data = json.loads(Path(shipped).read_text("utf-8"))
+            if isinstance(data, dict) and data.pop("key", None) == key and (
+                    valid is None or valid(data)):
                 return data
         except (OSError, ValueError):
             pass
-    data = compute()
-    if path is not None:
+    folder = cache_dir(backend) if use_cache else None
+    path = folder / f"{name}-{key}.json" if folder else None
+    if path is None:
+        return compute()
+    found = _read_json(path, valid)
+    if found is not None:
+        return found
+    with _exclusive(path.with_suffix(".lock")):  # one process derives; the others wait
+        found = _read_json(path, valid)
+        if found is not None:
+            return found
+        data = compute()
         write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())
     return data
+
+
+def _read_json(path: Path, valid: Callable[[dict[str, Any]], bool] | None) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and (valid is None or valid(data)) else None
+
+
+class _exclusive:
+    """An advisory lock on ``path`` across processes (none where locks are unavailable)."""
+
+    def __init__(self, path: Path):
+        self.path, self.fd = path, None
+
+    def __enter__(self) -> None:
+        try:
+            import fcntl
+
+            self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            self.fd = None
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+
+
+def write_shipped(path: Path, key_parts: tuple[Any, ...], data: dict[str, Any]) -> None:
+    """Write ``data`` as a shipped table for :func:`cached_json`, recording its KEY."""
+    text = json.dumps({"key": cache_key(*key_parts), **data}, indent=1, sort_keys=True)
+    Path(path).write_text(text + "\n", "utf-8")
 
 
 def subfolder(backend: str, name: str, options: Any = None) -> Path | None:

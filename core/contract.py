@@ -129,6 +129,9 @@ class OpSupport:
             A graph compiler derives them from its runtime (ONNX Runtime registers kernels
             per version range and type); a kernel declares the versions whose semantics
             it implements.
+        constant_inputs: the positions of inputs that must be constants of the graph
+            (initializers), not values computed at run time (OpenVINO's Tile computes
+            garbage from repeats it is fed).
     """
 
     dtypes: frozenset[str] | None = None
@@ -138,6 +141,7 @@ class OpSupport:
     layout: str = "strided"
     attributes: Mapping[str, AttributeRule] = field(default_factory=dict)
     versions: Mapping[int, frozenset[str] | None] | None = None
+    constant_inputs: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -153,6 +157,7 @@ class OpSupport:
             "min_rank": self.min_rank,
             "layout": self.layout,
             "attributes": {k: asdict(v) for k, v in self.attributes.items()},
+            "constant_inputs": sorted(self.constant_inputs),
             "versions": None if self.versions is None else {
                 str(v): sorted(d) if d is not None else None
                 for v, d in sorted(self.versions.items())},
@@ -300,6 +305,11 @@ class Capabilities:
         if support.min_rank and any(len(s) < support.min_rank for s in shapes):
             return Verdict(False, "capability:rank",
                            f"{key} admits rank >= {support.min_rank}")
+        for k in sorted(support.constant_inputs):
+            if k < len(node.inputs) and node.inputs[k] and k not in node.constant_inputs:
+                return Verdict(False, "capability:constant-input",
+                               f"{key} needs input {k} ('{node.inputs[k]}') to be a constant "
+                               "of the graph, not a value computed at run time")
         for attr, rule in support.attributes.items():
             if attr in node.attributes and not rule.admits(node.attributes[attr]):
                 return Verdict(False, "capability:attribute",

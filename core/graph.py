@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .ops import version_of
@@ -74,6 +75,8 @@ class Node:
     version: int = 0
     """The version of the op's schema in force at ``opset`` (its ``since`` opset), as the
     operator registry knows it; 0 for an op the registry does not know."""
+    constant_inputs: frozenset[int] = frozenset()
+    """The positions of the inputs that are constants (initializers) of the graph."""
     body: tuple["Node", ...] = field(default=(), compare=False, repr=False)
     """Every node of the node's subgraphs (If branches, Loop and Scan bodies), nested ones
     included, typed from the subgraphs' inferred value infos."""
@@ -157,15 +160,17 @@ def _subgraphs(node_proto: Any) -> list[Any]:
 
 
 def nodes_of(node_protos: Any, values: Mapping[str, ValueInfo],
-             opsets: Mapping[str, int]) -> list[Node]:
+             opsets: Mapping[str, int], constants: frozenset[str] = frozenset()) -> list[Node]:
     """Nodes of a graph's node protos, typed from ``values``; each node's ``body`` holds
-    the nodes of its subgraphs, typed from their own value infos and the enclosing scope."""
+    the nodes of its subgraphs, typed from their own value infos and the enclosing scope.
+    ``constants`` names the initializers in scope."""
     out = []
     for n in node_protos:
         body: list[Node] = []
         for g in _subgraphs(n):
             inner = {**values, **values_of(g)}
-            for m in nodes_of(g.node, inner, opsets):
+            scope = constants | {t.name for t in g.initializer}
+            for m in nodes_of(g.node, inner, opsets, scope):
                 body += [m, *m.body]
         domain = n.domain if n.domain != "ai.onnx" else ""
         opset = int(opsets.get(domain, 0))
@@ -176,6 +181,7 @@ def nodes_of(node_protos: Any, values: Mapping[str, ValueInfo],
             input_types=tuple(values.get(i) if i else None for i in n.input),
             output_types=tuple(values.get(o) if o else None for o in n.output),
             opset=opset, version=version_of(n.op_type, domain, opset) if opset else 0,
+            constant_inputs=frozenset(k for k, i in enumerate(n.input) if i in constants),
             body=tuple(body)))
     return out
 
@@ -211,12 +217,23 @@ class Graph:
         values: every known value by name.
         opsets: opset version per domain (``""`` for the default domain).
         notes: what intake changed on the way in (an opset upgrade), for plans to show.
+        external_dir: the folder of the initializers a model too big for one protobuf
+            message keeps in their files (over 2 GiB; their ``external_data`` locations are
+            relative to it); None when every tensor is inside ``model``. A runtime that
+            takes the model as bytes reads them there (ONNX Runtime's
+            ``session.model_external_initializers_file_folder_path``), or takes them as
+            arrays from :meth:`split_external`.
+        unconfirmed_outputs: outputs whose declared shape shape inference could not
+            confirm, with that declaration: a backend that produces another shape there is
+            warned about, not failed (the model's declaration may be wrong).
     """
 
     def __init__(self, model: Any, name: str = "model"):
         self.model = model
         self.name = name
         self.notes: list[str] = []
+        self.external_dir: Path | None = None
+        self.unconfirmed_outputs: dict[str, ValueInfo] = {}
         g = model.graph
         self.initializers = frozenset(t.name for t in g.initializer)
         self.opsets = {o.domain if o.domain != "ai.onnx" else "": o.version
@@ -225,7 +242,7 @@ class Graph:
         self.inputs = [values[i.name] for i in g.input
                        if i.name not in self.initializers and i.name in values]
         self.outputs = [values[o.name] for o in g.output if o.name in values]
-        self.nodes = nodes_of(g.node, values, self.opsets)
+        self.nodes = nodes_of(g.node, values, self.opsets, self.initializers)
         self._implicit = [_outer_scope_inputs(n) for n in g.node]
 
     def node_reads(self, index: int) -> set[str]:
@@ -281,7 +298,23 @@ class Graph:
         model = helper.make_model(graph, opset_imports=list(self.model.opset_import),
                                   ir_version=self.model.ir_version,
                                   functions=list(self.model.functions))
-        return Graph(model, name or f"{self.name}-part")
+        sub = Graph(model, name or f"{self.name}-part")
+        sub.external_dir = self.external_dir  # its initializers may still be in their files
+        return sub
+
+    def split_external(self, model: Any = None) -> tuple[Any, dict[str, Any]]:
+        """``model`` (default: this graph's) with each initializer kept in a file made a
+        graph input of its type and shape, and those initializers as numpy arrays mapped
+        from their files in :attr:`external_dir` (copy-on-write: nothing is read before it
+        is used, nothing is written). For runtimes that take a model as bytes and its big
+        constants from memory (OpenVINO: ``op.Constant(array, shared_memory=True)``; the
+        reference: extra feeds). ``(model, {})`` when nothing is kept in a file."""
+        model = self.model if model is None else model
+        if self.external_dir is None:
+            return model, {}
+        from .external import split
+
+        return split(model, self.external_dir)
 
     def describe_inputs(self) -> str:
         """``x: float32[batch,3], y: int64[4]``."""

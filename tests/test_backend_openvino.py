@@ -375,3 +375,38 @@ def test_zoo_model_runs_through_a_session_and_matches_the_oracle(name):
             c = compare(out[k], want, rtol, atol)
             assert c.ok, f"{name} {sizes}: {c.detail} (max abs {c.max_abs_error:.3g}, " \
                          f"rel {c.max_rel_error:.3g}); seed {SEED}"
+
+
+def test_tile_is_declared_only_for_repeats_that_are_constants():
+    """OpenVINO's Tile returns uninitialised memory for repeats fed at run time."""
+    from backplane.graph import Node, ValueInfo
+
+    caps = backend().capabilities
+    x, r = ValueInfo("x", "float32", (2, 3)), ValueInfo("r", "int64", (2,))
+    fed = Node("t", "Tile", "", ("x", "r"), ("y",), {}, (x, r), (x,), opset=17, version=13)
+    const = Node("t", "Tile", "", ("x", "r"), ("y",), {}, (x, r), (x,), opset=17, version=13,
+                 constant_inputs=frozenset({1}))
+    assert caps.check(const)
+    verdict = caps.check(fed)
+    assert not verdict and verdict.code == "capability:constant-input"
+
+
+def test_the_shipped_table_is_used_here_and_agrees_with_a_fresh_survey_of_some_ops():
+    """The table the plugin ships (written by `backplane conformance ops
+    --write-capabilities`) is read wherever its key matches the installed versions; a
+    fresh survey and check of a few ops gives the same entries (the whole survey takes
+    minutes: the README's longer runs rewrite it)."""
+    from backplane.ops.survey import survey
+    from backplane.ops.verify import narrowed, verify
+
+    shipped = json.loads(ovb.SHIPPED.read_text())
+    from backplane.cache import cache_key
+
+    if shipped.pop("key") != cache_key(*ovb.derivation_key()):
+        pytest.skip("the shipped table is for other versions (see docs/backends/openvino-cpu.md)")
+    assert ovb.valid_survey(shipped)
+    some = frozenset({"Range", "Einsum", "TopK", "LSTM", "If", "NonZero"})
+    fresh = survey(ovb.query, only=some)
+    failed, _ = verify(ovb.OpenVINOBackend.name, fresh["ops"])
+    fresh = narrowed(fresh["ops"], failed)
+    assert fresh == {k: v for k, v in shipped["ops"].items() if k in some}

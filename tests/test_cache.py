@@ -85,3 +85,25 @@ def test_cached_json_with_caching_off_computes_and_writes_nothing(tmp_path, monk
     monkeypatch.setenv("BACKPLANE_CACHE_DIR", "off")
     assert cache.cached_json("x", ("k",), lambda: {"a": 2}) == {"a": 2}
     assert not (tmp_path / "x").exists()
+
+
+def test_a_shipped_table_is_read_where_its_key_matches_and_ignored_elsewhere(tmp_path, monkeypatch):
+    from backplane.cache import cached_json, write_shipped
+
+    monkeypatch.setenv("BACKPLANE_CACHE_DIR", str(tmp_path / "cache"))
+    shipped = tmp_path / "capabilities.json"
+    write_shipped(shipped, ("ort", "1.0"), {"ops": {"Relu": ["float32"]}})
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"ops": {"Relu": ["float16"]}}
+
+    assert cached_json("b", ("ort", "1.0"), compute, shipped=shipped)["ops"] == \
+        {"Relu": ["float32"]} and not calls
+    assert cached_json("b", ("ort", "2.0"), compute, shipped=shipped)["ops"] == \
+        {"Relu": ["float16"]} and calls == [1]  # another version: derived, then cached
+    assert cached_json("b", ("ort", "2.0"), compute, shipped=shipped) and calls == [1]
+    shipped.write_text("{not json")
+    assert cached_json("b", ("ort", "1.0"), compute, shipped=shipped)["ops"] == \
+        {"Relu": ["float16"]} and calls == [1, 1]  # a broken shipped file is no table

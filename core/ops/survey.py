@@ -43,8 +43,8 @@ Query = Callable[["onnx.ModelProto"], str]
 
 
 def survey(query: Query, run: TryOp | None = None,
-           domains: tuple[str, ...] = ("", "ai.onnx.ml", "com.microsoft")
-           ) -> dict[str, Any]:
+           domains: tuple[str, ...] = ("", "ai.onnx.ml", "com.microsoft"),
+           only: frozenset[str] | None = None) -> dict[str, Any]:
     """``{"ops": {op key: {version: [dtypes]}}, "refused": {op key: {"version/dtype":
     why}}}`` for every op of the registry in ``domains``.
 
@@ -53,10 +53,11 @@ def survey(query: Query, run: TryOp | None = None,
         run: the core ops' full check (``try_op(op, dtype, domain)``: compile and run
             every probe variant); None asks ``query`` of them too.
         domains: the op domains the runtime reads.
+        only: survey these op keys only (the core ops' ``run`` check is then skipped).
     """
     ops: dict[str, dict[int, set[str]]] = {}
     refused: dict[str, dict[str, str]] = {}
-    if run is not None:
+    if run is not None and only is None:
         found, why = discover(run)
         for key, dtypes in found.items():
             version = find(key).version_at(OPSET)
@@ -70,9 +71,13 @@ def survey(query: Query, run: TryOp | None = None,
     verdicts: dict[tuple[str, int, str], list[str]] = {}
     if run is None and "" in domains:  # the core ops' probe models, asked of query
         for key, version, dtype, model in _core_probes():
+            if only is not None and key not in only:
+                continue
             verdicts.setdefault((key, version, dtype), []).append(query(model))
             checked.add((key, version))
     for key, version, dtype, model in _models(domains, checked):
+        if only is not None and key not in only:
+            continue
         verdicts.setdefault((key, version, dtype), []).append(query(model))
     for (key, version, dtype), answers in verdicts.items():
         bad = [a for a in answers if a]
@@ -289,19 +294,23 @@ def _old_forms(op: str) -> list[Any]:
     return forms[op]() if op in forms else []
 
 
-@functools.lru_cache(maxsize=1)
-def _node_tests() -> tuple[tuple[str, int, str, Any], ...]:
-    """``(op key, version, dtype, model)`` of ONNX's one-node node tests."""
+@functools.lru_cache(maxsize=8)
+def node_test_cases(ops: tuple[str, ...] | None = None) -> tuple[tuple[Any, ...], ...]:
+    """ONNX's one-node node tests of ops the registry knows (of ``ops`` only, when given:
+    then only their test modules are imported): ``(op key, version, dtype, name, model,
+    feeds, expected, rtol, atol)`` each, from the test's first data set; tests whose values
+    are not all tensors have empty feeds and expectations."""
     import numpy as np
-    from onnx.backend.test.case import node as node_tests
+    from onnx import TensorProto, numpy_helper
 
     from ..contract import op_key
 
     out = []
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        cases = node_tests.collect_testcases(None)
+    cases = _collected(ops)
     for case in cases:
+        if ops is not None and case.model is not None and case.model.graph.node and \
+                case.model.graph.node[0].op_type not in ops:
+            continue
         model = case.model
         if model is None or len(model.graph.node) != 1 or "_expanded" in case.name:
             continue
@@ -312,9 +321,46 @@ def _node_tests() -> tuple[tuple[str, int, str, Any], ...]:
                       if (o.domain if o.domain != "ai.onnx" else "") == node.domain), 0)
         version = definition.version_at(opset) if definition is not None else 0
         dtype = _dtype_of(model)
-        if version and dtype:
-            out.append((key, version, dtype, model))
+        if not (version and dtype):
+            continue
+        feeds, expected = {}, {}
+        inputs, outputs = case.data_sets[0] if case.data_sets else ([], [])
+        values = [*inputs, *outputs]
+        if values and all(isinstance(v, (np.ndarray, np.generic, TensorProto)) for v in values):
+            as_array = lambda v: numpy_helper.to_array(v) if isinstance(v, TensorProto) \
+                else np.asarray(v)  # noqa: E731
+            feeds = {vi.name: as_array(v) for vi, v in zip(model.graph.input, inputs)}
+            expected = {vi.name: as_array(v) for vi, v in zip(model.graph.output, outputs)}
+        out.append((key, version, dtype, case.name, model, feeds, expected,
+                    float(case.rtol), float(case.atol)))
     return tuple(out)
+
+
+def _collected(ops: tuple[str, ...] | None) -> list[Any]:
+    """ONNX's node test cases: all of them, or those of the modules named after ``ops``."""
+    import importlib
+    import pkgutil
+
+    import numpy as np
+    import onnx.backend.test.case.node as node_tests
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        if ops is None:
+            return list(node_tests.collect_testcases(None))
+        modules = {m.name.replace("_", "").lower(): m.name
+                   for m in pkgutil.iter_modules(node_tests.__path__)}
+        names = [modules.get(op.lower()) for op in ops]
+        if None in names:  # an op without a module of its own: every module
+            return list(node_tests.collect_testcases(None))
+        for name in names:
+            importlib.import_module(f"{node_tests.__name__}.{name}")
+        return list(node_tests._NodeTestCases)
+
+
+def _node_tests() -> tuple[tuple[str, int, str, Any], ...]:
+    """``(op key, version, dtype, model)`` of ONNX's one-node node tests."""
+    return tuple(c[:3] + (c[4],) for c in node_test_cases())
 
 
 def _dtype_of(model: Any) -> str:

@@ -51,7 +51,10 @@ from backplane.errors import CompileError, DeviceUnavailable, ExecutionError
 OV_DEVICE = "CPU"
 #: Bump when this backend's derivation (try_op, the survey) changes, so stale disk caches
 #: are ignored; the probe models' own version (backplane.ops.probes.VERSION) is in the key.
-DERIVATION_VERSION = 2
+DERIVATION_VERSION = 4
+#: The derived table for the OpenVINO this release was checked with, shipped so that a
+#: first Session does not wait minutes for the survey (used only where its key matches).
+SHIPPED = Path(__file__).with_name("capabilities.json")
 #: Compiled models kept per executable, one per input-shape signature.
 SHAPE_CACHE_SIZE = 16
 #: Compiled blobs kept on disk; the least recently used beyond this are deleted.
@@ -649,6 +652,9 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     # output_shape is honoured with the extra padding placed differently from ONNX (every
     # element of the conformance case differs): refuse every node that sets it.
     "ConvTranspose": {"attributes": {"output_shape": AttributeRule(allowed=())}},
+    # Tile with repeats fed at run time returns uninitialised memory (ONNX's test_tile came
+    # back with values near 1e37); with constant repeats it is right.
+    "Tile": {"constant_inputs": frozenset({1})},
     # The Indices output in column-major order is wrong (computed as row-major).
     "MaxPool": {"attributes": {"storage_order": AttributeRule(allowed=(0,))}},
     # The ONNX frontend has no conversion for mode "wrap".
@@ -667,8 +673,11 @@ def derived_ops() -> dict[str, OpSupport]:
     """The op table: the versions and dtypes surveyed (:func:`derive`), narrowed by
     CONSTRAINTS."""
     from backplane.ops.registrations import op_supports
+    from backplane.ops.verify import attribute_rules, merged_constraints
 
-    return op_supports(derive()["ops"], CONSTRAINTS)
+    data = derive()
+    return op_supports(data["ops"], merged_constraints(
+        CONSTRAINTS, attribute_rules(data.get("rules", {}))))
 
 
 def derive(use_cache: bool = True) -> dict[str, Any]:
@@ -679,36 +688,50 @@ def derive(use_cache: bool = True) -> dict[str, Any]:
     the OpenVINO and backplane versions, the derivation and probe versions and the machine),
     else computed and written there (:func:`backplane.cache.cached_json`).
     """
+    from backplane.cache import cached_json
+
+    return cached_json(OpenVINOBackend.name, derivation_key(), _derive_now,
+                       use_cache=use_cache, valid=valid_survey, shipped=SHIPPED)
+
+
+def derivation_key() -> tuple[Any, ...]:
+    """What the derived table depends on: the OpenVINO and backplane versions, the
+    derivation's and the probe models', and the machine."""
     import platform
 
-    from backplane.cache import cached_json
     from backplane.ops import probes
 
-    key = (ov_version(), _backplane_version, DERIVATION_VERSION, probes.VERSION,
-           platform.machine())
-    return cached_json(OpenVINOBackend.name, key, _derive_now, use_cache=use_cache,
-                       valid=valid_survey)
+    return (ov_version(), _backplane_version, DERIVATION_VERSION, probes.VERSION,
+            platform.machine())
 
 
 def valid_survey(data: Any) -> bool:
     """A cached survey is read back only in the shape :func:`derive` writes."""
+    from backplane.ops.verify import valid_rules
+
     ops = data.get("ops") if isinstance(data, dict) else None
-    return isinstance(ops, dict) and all(
+    return isinstance(ops, dict) and valid_rules(data) and all(
         isinstance(v, dict) and all(str(ver).isdigit() and isinstance(d, list)
                                     for ver, d in v.items()) for v in ops.values())
 
 
 def _derive_now() -> dict[str, Any]:
     """Every op of the registry surveyed (:mod:`backplane.ops.survey`): the core ops
-    compiled and run in every dtype, the others asked of ``query_model``; fused ops are not
-    declared."""
+    compiled and run in every dtype, the others asked of ``query_model``; then every op
+    version and dtype whose ONNX node tests come back wrong taken out
+    (:func:`backplane.ops.verify.verify`). Fused ops are not declared."""
     from backplane.ops.probes import OPSET
     from backplane.ops.survey import survey
+    from backplane.ops.verify import narrowed, verify
 
     t0 = time.perf_counter()
     found = survey(query, run=try_op)
+    wrong, rules = verify(OpenVINOBackend.name, found["ops"])
+    for key, per in wrong.items():
+        found["refused"].setdefault(key, {}).update(per)
     return {"openvino": ov_version(), "backplane": _backplane_version, "opset": OPSET,
-            "seconds": round(time.perf_counter() - t0, 3), **found}
+            "seconds": round(time.perf_counter() - t0, 3),
+            "ops": narrowed(found["ops"], wrong), "rules": rules, "refused": found["refused"]}
 
 
 def query(model: Any, device: str = OV_DEVICE) -> str:

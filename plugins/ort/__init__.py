@@ -69,7 +69,10 @@ VALUE_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64", "int8", "
 #: Seconds one provider's readiness check may take before it counts as not ready.
 READINESS_TIMEOUT_S = 2.0
 #: Bump when this backend's derivation changes, so stale disk caches are ignored.
-DERIVATION_VERSION = 4
+DERIVATION_VERSION = 5
+#: The derived table for the ONNX Runtime this release was checked with, shipped so that
+#: a first Session does not wait for the derivation (used only where its key matches).
+SHIPPED = Path(__file__).with_name("capabilities.json")
 _FALLBACK_OFF = "session.disable_cpu_ep_fallback"
 
 
@@ -475,8 +478,11 @@ def derived_ops() -> dict[str, OpSupport]:
     """The op table: the versions and dtypes ORT's CPU provider registers kernels for
     (:func:`derive`), narrowed by CONSTRAINTS."""
     from backplane.ops.registrations import op_supports
+    from backplane.ops.verify import attribute_rules, merged_constraints
 
-    return op_supports(derive()["ops"], CONSTRAINTS)
+    data = derive()
+    return op_supports(data["ops"], merged_constraints(
+        CONSTRAINTS, attribute_rules(data.get("rules", {}))))
 
 
 def ort_version() -> str:
@@ -499,19 +505,26 @@ def derive(use_cache: bool = True) -> dict[str, Any]:
     the ORT and backplane versions, the derivation version and the machine), else computed
     and written (:func:`backplane.cache.cached_json`).
     """
-    import platform
-
     from backplane.cache import cached_json
 
-    key = (ort_version(), _backplane_version, DERIVATION_VERSION, platform.machine())
-    return cached_json(ORTBackend.name, key, _derive_now, use_cache=use_cache,
-                       valid=_valid_derivation)
+    return cached_json(ORTBackend.name, derivation_key(), _derive_now, use_cache=use_cache,
+                       valid=_valid_derivation, shipped=SHIPPED)
+
+
+def derivation_key() -> tuple[Any, ...]:
+    """What the derived table depends on: the ORT and backplane versions, the derivation's
+    and the machine."""
+    import platform
+
+    return (ort_version(), _backplane_version, DERIVATION_VERSION, platform.machine())
 
 
 def _valid_derivation(data: Any) -> bool:
     """A cached derivation is read back only in the shape this code writes."""
+    from backplane.ops.verify import valid_rules
+
     ops = data.get("ops") if isinstance(data, dict) else None
-    return isinstance(ops, dict) and all(
+    return isinstance(ops, dict) and valid_rules(data) and all(
         isinstance(k, str) and isinstance(v, dict) and all(
             str(ver).isdigit() and isinstance(d, list) and all(isinstance(t, str) for t in d)
             for ver, d in v.items()) for k, v in ops.items())
@@ -519,16 +532,22 @@ def _valid_derivation(data: Any) -> bool:
 
 def _derive_now() -> dict[str, Any]:
     """The CPU provider's kernel registrations (:func:`backplane.ops.registrations.
-    ort_op_table`).
+    ort_op_table`), less the op versions and dtypes whose ONNX node tests came back wrong
+    (:func:`backplane.ops.verify.verify`: ONNX Runtime registers kernels that compute some
+    variants wrong, or that backplane's bridge cannot exchange).
 
     The fused ``backplane`` ops are not declared: ORT fuses on its own, and a graph fused
     for it would only be inlined back, less well than the graph as written (measured: the
     transformer block of benchmarks/bench_cpu_backends.py ran 5% slower fused). A graph that
     carries fused nodes still runs: ORT inlines their model-local decompositions."""
     from backplane.ops.registrations import ort_op_table
+    from backplane.ops.verify import narrowed, verify
 
     t0 = time.perf_counter()
     ops = ort_op_table(CPU)
+    refused, rules = verify(ORTBackend.name, ops)
     return {"onnxruntime": ort_version(), "backplane": _backplane_version,
-            "source": "onnxruntime.capi._pybind_state.get_all_opkernel_def",
-            "seconds": round(time.perf_counter() - t0, 3), "ops": ops}
+            "source": "onnxruntime.capi._pybind_state.get_all_opkernel_def, checked by "
+                      "ONNX's node tests (backplane.ops.verify)",
+            "seconds": round(time.perf_counter() - t0, 3), "ops": narrowed(ops, refused),
+            "rules": rules, "refused": refused}

@@ -88,7 +88,9 @@ class InjectedFaults(Backend):
     - ``compile:OP``: compiling a subgraph with an OP node raises;
     - ``run:OP``: running a subgraph with an OP node raises a MemoryError;
     - ``run-after:N``: every executable fails from its (N+1)-th run on;
-    - ``wrong-shape:OP``: a subgraph with an OP node returns outputs of the wrong shape.
+    - ``wrong-shape:OP``: a subgraph with an OP node returns outputs of the wrong shape;
+    - ``wrong-values:OP``: a subgraph with an OP node returns its outputs plus one;
+    - ``crash:OP``: running a subgraph with an OP node kills the process (SIGABRT).
     """
 
     name = "injected-faults"
@@ -147,8 +149,14 @@ class _Injected(Executable):
         for n in self._faults.get("run-after", ()):
             if self._runs > int(n):
                 raise RuntimeError(f"injected: device lost after {n} runs")
+        for op in self._faults.get("crash", ()):
+            if op in self._ops:
+                os.abort()
         out = self._inner.run(inputs)
         for op in self._faults.get("wrong-shape", ()):
             if op in self._ops:
                 out = {k: v.reshape(-1)[:1] for k, v in out.items()}
+        for op in self._faults.get("wrong-values", ()):
+            if op in self._ops:
+                out = {k: v + 1 for k, v in out.items()}
         return out

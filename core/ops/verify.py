@@ -1,0 +1,314 @@
+"""A derived op table checked against ONNX's own node tests, in a child process.
+
+What a runtime registers (ONNX Runtime's kernels) or accepts (OpenVINO's ``query_model``)
+is what it runs, not what it computes right. :func:`verify` runs every ONNX node test
+(``onnx.backend.test.case.node``: one-node models with recorded outputs) of an op version
+and dtype the table declares, through the backend's own compile and run, and compares its
+outputs with the recorded ones as ONNX's test runner does (shape, dtype, then values within
+the test's rtol/atol, NaN equal to NaN). A test that comes back wrong, or that the backend
+refuses at run time, either is explained by an attribute value no passing test of that op
+version and dtype sets (GRU's ``layout=1``): then that attribute is limited to the values
+that passed (an ``AttributeRule``); or the op version and dtype is taken out of the table,
+with the reason. A test whose node the backend's attribute rules already refuse is not
+run: the planner never gives the backend such a node. Tests of random ops (Bernoulli,
+RandomNormal ..., Dropout in training) are checked for shapes and types only.
+
+The tests run in a child process, one JSON line per test, so that a runtime that crashes
+or hangs on one of them costs that test only: the parent records it and starts a new child
+at the next test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+#: Seconds one node test may take in the child before it counts as a hang.
+TEST_TIMEOUT_S = 30.0
+#: Restarts of the child after crashes or hangs, at most.
+MAX_RESTARTS = 20
+#: Children run side by side, each on every n-th test (at most one per core).
+WORKERS = 2
+#: Up to this many ops, the child imports only their ONNX test modules (not all of them).
+FEW_OPS = 20
+#: Backend options that keep a child's runtime on one thread (the children share cores).
+ONE_THREAD = {"openvino-cpu": {"INFERENCE_NUM_THREADS": 1},
+              "onnxruntime": {"intra_op_num_threads": 1}}
+
+
+#: Ops whose outputs are random: their tests are checked for shapes and dtypes only.
+RANDOM_OPS = frozenset({"Bernoulli", "RandomNormal", "RandomNormalLike", "RandomUniform",
+                        "RandomUniformLike", "Multinomial"})
+
+
+def verify(backend: str, table: Mapping[str, Mapping[str, list[str]]],
+           skip_ops: frozenset[str] = frozenset()
+           ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, list[Any]]]]:
+    """``(failed, rules)``: ``{op key: {"version/dtype": why}}``, the declared op versions
+    and dtypes of ``table`` whose node tests ``backend`` (an entry-point name) got wrong,
+    refused at run time, crashed or hung on, beyond what an attribute limit explains; and
+    ``{op key: {attribute: [values that passed]}}``, those limits. Ops in ``skip_ops``
+    are not checked."""
+    wanted = {k: v for k, v in table.items() if k not in skip_ops}
+    outcomes: list[dict[str, Any]] = []
+    shards = max(1, min(WORKERS, os.cpu_count() or 1))
+    threads = [threading.Thread(target=_shard, args=(backend, wanted, k, shards, outcomes))
+               for k in range(shards)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return _judged(outcomes)
+
+
+def _shard(backend: str, table: Mapping[str, Any], k: int, n: int,
+           outcomes: list[dict[str, Any]]) -> None:
+    """The tests with index ``k`` modulo ``n``, in children restarted after a crash."""
+    start, restarts, mine = 0, 0, []
+    while restarts <= MAX_RESTARTS:
+        done, start, lost = _run_child(backend, table, start, mine, (k, n))
+        if done:
+            break
+        restarts += 1
+        if lost is not None:
+            mine.append(lost)
+    outcomes.extend(mine)  # list.extend is atomic under the GIL
+
+
+def _judged(outcomes: list[dict[str, Any]]
+            ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, list[Any]]]]:
+    """Failures explained by attribute values, and those that are not."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in sorted(outcomes, key=lambda r: (r["test"][0], str(r["test"][1]), r["test"][2],
+                                               r["test"][3])):  # (shards finish in any order)
+        key, version, dtype = row["test"][:3]
+        groups.setdefault((key, f"{version}/{dtype}"), []).append(row)
+    failed: dict[str, dict[str, str]] = {}
+    rules: dict[str, dict[str, set[Any]]] = {}
+    for (key, vd), rows in groups.items():
+        passed = [r for r in rows if r["ok"]]
+        seen: dict[str, set[Any]] = {}
+        for r in passed:
+            for name, value in r.get("attrs", {}).items():
+                seen.setdefault(name, set()).add(value)
+        modes = _modes(key)
+        for r in rows:
+            if r["ok"]:
+                continue
+            odd = {name: value for name, value in r.get("attrs", {}).items()
+                   if name in modes and value not in seen.get(name, set())}
+            if passed and odd:  # a variant: limit the attributes to what passed
+                for name in odd:
+                    rules.setdefault(key, {}).setdefault(name, set()).update(
+                        seen.get(name, set()))
+            else:
+                failed.setdefault(key, {}).setdefault(vd, f"{r['test'][3]}: {r['why']}"[:300])
+    return failed, {k: {a: sorted(v, key=repr) for a, v in per.items()}
+                    for k, per in rules.items()}
+
+
+def _modes(key: str) -> frozenset[str]:
+    """The attributes of an op that choose a variant (a mode, a layout, a flag): those with
+    a default of a string or an integer, as opposed to sizes and coefficients."""
+    from . import find
+
+    definition = find(key)
+    if definition is None:
+        return frozenset()
+    return frozenset(name for s in definition.schemas for name, default in s.attributes.items()
+                     if isinstance(default, (str, int)) and not isinstance(default, bool))
+
+
+def attribute_rules(rules: Mapping[str, Mapping[str, list[Any]]]) -> dict[str, dict[str, Any]]:
+    """OpSupport keyword arguments (``attributes``) from :func:`verify`'s limits."""
+    from ..contract import AttributeRule
+
+    return {key: {"attributes": {a: AttributeRule(allowed=tuple(v)) for a, v in per.items()}}
+            for key, per in rules.items()}
+
+
+def narrowed(table: Mapping[str, Mapping[str, list[str]]],
+             failed: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, list[str]]]:
+    """``table`` without the op versions and dtypes in ``failed``."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for key, versions in table.items():
+        bad = failed.get(key, {})
+        kept = {v: [d for d in dtypes if f"{v}/{d}" not in bad] for v, dtypes in versions.items()}
+        kept = {v: d for v, d in kept.items() if d}
+        if kept:
+            out[key] = kept
+    return out
+
+
+def valid_rules(data: Any) -> bool:
+    """Whether a derivation read back from a cache holds rules of the shape written here."""
+    rules = data.get("rules", {}) if isinstance(data, dict) else None
+    return isinstance(rules, dict) and all(
+        isinstance(per, dict) and all(isinstance(v, list) and all(
+            isinstance(x, (int, float, str)) for x in v) for v in per.values())
+        for per in rules.values())
+
+
+def merged_constraints(*tables: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """OpSupport keyword arguments per op key, the attribute rules of several sources
+    merged (the first source's rule for an attribute wins)."""
+    out: dict[str, dict[str, Any]] = {}
+    for table in tables:
+        for key, kwargs in table.items():
+            merged = out.setdefault(key, {})
+            for name, value in kwargs.items():
+                if name == "attributes":
+                    merged["attributes"] = {**value, **merged.get("attributes", {})}
+                else:
+                    merged.setdefault(name, value)
+    return out
+
+
+def _run_child(backend: str, table: Mapping[str, Any], start: int,
+               outcomes: list[dict[str, Any]], shard: tuple[int, int]
+               ) -> tuple[bool, int, Any]:
+    """One child from test ``start``: ``(finished, next test, the outcome of the test that
+    crashed or hung, or None)``; the outcomes of the tests run are appended."""
+    code = ("import sys, json; sys.path[:0] = json.loads(sys.argv[1]); "
+            "from backplane.ops.verify import _child; "
+            "_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))")
+    child = subprocess.Popen([sys.executable, "-c", code, json.dumps(sys.path), backend,
+                              str(start), str(shard[0]), str(shard[1])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, cwd=tempfile.gettempdir(),
+                             env={**os.environ, "BACKPLANE_VERIFY_CHILD": "1"})
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(json.dumps(table))
+    child.stdin.close()
+    current: Any = None
+    started = _now()
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(child.stdout.readline, "")),
+                              daemon=True)
+    reader.start()
+    seen = 0
+    while True:
+        reader.join(0.05)
+        while seen < len(lines):
+            row = json.loads(lines[seen])
+            seen += 1
+            if "end" in row:
+                child.wait()
+                return True, start, None
+            if "start" in row:
+                current, start = row, row["index"] + 1
+                started = _now()
+            else:
+                outcomes.append(row)
+                current = None
+        if not reader.is_alive() and seen == len(lines):
+            child.wait()
+            lost = None if current is None else {
+                "test": current["start"], "ok": False, "attrs": current.get("attrs", {}),
+                "why": f"the runtime crashed (exit code {child.returncode})"}
+            return False, start, lost
+        if current is not None and _now() - started > TEST_TIMEOUT_S:
+            child.kill()
+            child.wait()
+            return False, start, {"test": current["start"], "ok": False,
+                                  "attrs": current.get("attrs", {}),
+                                  "why": f"no answer within {TEST_TIMEOUT_S:g} s"}
+
+
+def _now() -> float:
+    import time
+
+    return time.monotonic()
+
+
+def _child(backend: str, start: int, k: int = 0, n: int = 1) -> None:
+    """The child's side: run the node tests from ``start`` whose index is ``k`` modulo
+    ``n`` on ``backend``, one thread of the runtime's own."""
+    import numpy as np
+
+    from ..contract import Capabilities, CompileOptions
+    from ..intake import load_model
+    from ..registry import registry
+    from .registrations import op_supports
+    from .survey import node_test_cases
+
+    table = json.loads(sys.stdin.read())
+    reg = registry()
+    impl = reg.backends[backend]
+    device = next((d for d in reg.devices() if d.backend == backend), None)
+    # The table as declared, with the backend's attribute rules and value types; its
+    # capabilities are not read here (that would derive them again, verification included).
+    constraints = getattr(sys.modules[type(impl).__module__], "CONSTRAINTS", {})
+    declared = Capabilities(ops=op_supports(table, constraints),
+                            value_dtypes=impl.capabilities.value_dtypes)
+
+    def emit(row: dict[str, Any]) -> None:
+        print(json.dumps(row), flush=True)
+
+    ops = tuple(sorted({key.split("::")[-1] for key in table}))
+    cases = node_test_cases(ops if len(ops) <= FEW_OPS else None)
+    for index in range(start, len(cases)):
+        if index % n != k:
+            continue
+        key, version, dtype, name, model, feeds, expected, rtol, atol = cases[index]
+        if dtype not in table.get(key, {}).get(str(version), ()) or device is None \
+                or not expected:
+            continue
+        test = [key, version, dtype, name]
+        try:
+            graph = load_model(model)
+        except Exception:  # a test backplane's intake refuses is no verdict on the backend
+            continue
+        if len(graph.nodes) != 1 or not declared.check(graph.nodes[0]):
+            continue
+        attrs = {k: v for k, v in graph.nodes[0].attributes.items()
+                 if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        emit({"start": test, "index": index, "attrs": attrs})
+        random = key in RANDOM_OPS or (key == "Dropout" and "training" in name)
+        try:
+            exe = impl.compile(graph, device, CompileOptions(
+                cache_dir="off", extra={backend: ONE_THREAD.get(backend, {})}))
+            with np.errstate(all="ignore"):
+                got = exe.run(dict(feeds))
+            why = _mismatch(got, expected, rtol, atol, values=not random)
+        except Exception as exc:  # refused or failed at run time: not a kernel to plan
+            why = f"{type(exc).__name__}: {exc}".split("\n")[0][:200]
+        emit({"test": test, "ok": not why, "why": why, "attrs": attrs})
+    emit({"end": True})
+    sys.stdout.flush()
+    os._exit(0)  # a runtime's teardown must not turn a finished run into a crash
+
+
+def _mismatch(got: Mapping[str, Any], expected: Mapping[str, Any], rtol: float,
+              atol: float, values: bool = True) -> str:
+    """'' when every output matches as ONNX's test runner compares (with ``values``
+    False, shapes and dtypes only), else what differs."""
+    import numpy as np
+
+    for name, want in expected.items():
+        have = got.get(name)
+        if have is None:
+            return f"output {name} missing"
+        have, want = np.asarray(have), np.asarray(want)
+        if have.shape != want.shape:
+            return f"output {name} has shape {have.shape}, the test {want.shape}"
+        if have.dtype != want.dtype:
+            return f"output {name} is {have.dtype}, the test {want.dtype}"
+        if not values:
+            continue
+        if want.dtype.kind in "OUS":
+            if not np.array_equal(have, want):
+                return f"output {name} differs"
+            continue
+        try:
+            np.testing.assert_allclose(have.astype(np.float64), want.astype(np.float64),
+                                       rtol=rtol, atol=atol, equal_nan=True)
+        except AssertionError:
+            err = np.nanmax(np.abs(have.astype(np.float64) - want.astype(np.float64)))
+            return f"output {name} differs from the recorded one by up to {err:.3g}"
+    return ""

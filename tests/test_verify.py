@@ -1,0 +1,54 @@
+"""Derived op tables checked against ONNX's node tests: wrong answers and crashes take an
+op version out, a failing variant limits its attribute, and the rest is kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from backplane.ops.verify import _judged, narrowed
+
+
+def outcome(op: str, ok: bool, name: str = "t", **attrs) -> dict:
+    return {"test": [op, 14, "float32", name], "ok": ok, "why": "" if ok else "wrong",
+            "attrs": attrs}
+
+
+def test_a_failure_explained_by_a_mode_attribute_limits_that_attribute():
+    failed, rules = _judged([outcome("GRU", True, layout=0), outcome("GRU", True),
+                             outcome("GRU", False, "test_gru_batchwise", layout=1)])
+    assert not failed and rules == {"GRU": {"layout": [0]}}
+
+
+def test_a_failure_no_mode_explains_takes_the_op_version_and_dtype_out():
+    failed, rules = _judged([outcome("Resize", True, mode="linear"),
+                             outcome("Resize", False, "test_resize_x", mode="linear")])
+    assert failed == {"Resize": {"14/float32": "test_resize_x: wrong"}} and not rules
+    table = {"Resize": {"13": ["float32"], "14": ["float32", "float16"]}}
+    assert narrowed(table, failed) == {"Resize": {"13": ["float32"], "14": ["float16"]}}
+
+
+def test_sizes_never_become_rules():
+    """hidden_size has no default: a size, not a variant."""
+    failed, rules = _judged([outcome("LSTM", True, hidden_size=3),
+                             outcome("LSTM", False, "t2", hidden_size=7)])
+    assert "LSTM" in failed and not rules
+
+
+def test_verify_survives_a_backend_that_crashes_and_refuses_what_it_gets_wrong(broken_site):
+    code = ("import json; from backplane.ops.verify import verify; "
+            "table = {op: {'14': ['float32']} for op in ('Relu',)}; "
+            "table.update({op: {'13': ['float32']} for op in ('Neg', 'Abs')}); "
+            "print(json.dumps(verify('injected-faults', table)))")
+    env = {**os.environ, "PYTHONPATH": str(broken_site),
+           "BP_INJECT": "crash:Neg,wrong-values:Abs", "BP_INJECT_OPS": "Relu,Neg,Abs",
+           "BACKPLANE_PLUGINS": "injected-faults,reference"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    failed, rules = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "crashed" in failed["Neg"]["13/float32"]
+    assert "differs from the recorded one" in failed["Abs"]["13/float32"]
+    assert "Relu" not in failed and not rules
