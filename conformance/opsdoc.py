@@ -181,6 +181,9 @@ def write_shipped_tables(backends: Iterable[str] = ("onnxruntime", "openvino-cpu
         if module is None or not hasattr(module, "SHIPPED"):
             continue
         data = module.derive(use_cache=False)
+        if "unverified" in data:
+            raise RuntimeError(f"{name}: the derived table could not be verified here "
+                               f"({data['unverified']}); nothing written")
         write_shipped(module.SHIPPED, module.derivation_key(), data)
         written.append(str(module.SHIPPED))
     return written

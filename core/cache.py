@@ -81,7 +81,8 @@ def write_atomic(path: Path, data: bytes) -> bool:
 def cached_json(backend: str, key_parts: tuple[Any, ...],
                 compute: Callable[[], dict[str, Any]], *, name: str = "capabilities",
                 valid: Callable[[dict[str, Any]], bool] | None = None,
-                use_cache: bool = True, shipped: Path | None = None) -> dict[str, Any]:
+                use_cache: bool = True, shipped: Path | None = None,
+                keep: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
     """A JSON object kept at ``cache_dir(backend)/NAME-KEY.json``, KEY being
     ``cache_key(*key_parts)`` (put in them everything the object depends on: runtime and
     backplane versions, a derivation version, the machine).
@@ -93,7 +94,8 @@ def cached_json(backend: str, key_parts: tuple[Any, ...],
     atomically. With ``use_cache`` False it is computed and nothing is read or written; with
     caching off only ``shipped`` is read. Used for tables that are slow to derive and the same
     until a version changes, such as the capabilities a graph-compiler backend derives from
-    its runtime.
+    its runtime. A computed object that ``keep`` rejects (a derivation that could not be
+    completed here) is returned but not written.
     """
     key = cache_key(*key_parts)
     if use_cache and shipped is not None:
@@ -116,7 +118,8 @@ def cached_json(backend: str, key_parts: tuple[Any, ...],
         if found is not None:
             return found
         data = compute()
-        write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())
+        if keep is None or keep(data):
+            write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())
     return data
 
 

@@ -20,6 +20,7 @@ at the next test.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -47,6 +48,10 @@ RANDOM_OPS = frozenset({"Bernoulli", "RandomNormal", "RandomNormalLike", "Random
                         "RandomUniformLike", "Multinomial"})
 
 
+class VerificationError(RuntimeError):
+    """The node tests could not be run (no device for the backend in the child)."""
+
+
 def verify(backend: str, table: Mapping[str, Mapping[str, list[str]]],
            skip_ops: frozenset[str] = frozenset()
            ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, list[Any]]]]:
@@ -54,25 +59,36 @@ def verify(backend: str, table: Mapping[str, Mapping[str, list[str]]],
     and dtypes of ``table`` whose node tests ``backend`` (an entry-point name) got wrong,
     refused at run time, crashed or hung on, beyond what an attribute limit explains; and
     ``{op key: {attribute: [values that passed]}}``, those limits. Ops in ``skip_ops``
-    are not checked."""
+    are not checked.
+
+    Raises:
+        VerificationError: the backend has no device to run the tests on.
+    """
     wanted = {k: v for k, v in table.items() if k not in skip_ops}
     outcomes: list[dict[str, Any]] = []
     shards = max(1, min(WORKERS, os.cpu_count() or 1))
-    threads = [threading.Thread(target=_shard, args=(backend, wanted, k, shards, outcomes))
-               for k in range(shards)]
+    errors: list[VerificationError] = []
+    threads = [threading.Thread(target=_shard, args=(backend, wanted, k, shards, outcomes,
+                                                     errors)) for k in range(shards)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    if errors:
+        raise errors[0]
     return _judged(outcomes)
 
 
 def _shard(backend: str, table: Mapping[str, Any], k: int, n: int,
-           outcomes: list[dict[str, Any]]) -> None:
+           outcomes: list[dict[str, Any]], errors: list[VerificationError]) -> None:
     """The tests with index ``k`` modulo ``n``, in children restarted after a crash."""
     start, restarts, mine = 0, 0, []
     while restarts <= MAX_RESTARTS:
-        done, start, lost = _run_child(backend, table, start, mine, (k, n))
+        try:
+            done, start, lost = _run_child(backend, table, start, mine, (k, n))
+        except VerificationError as exc:
+            errors.append(exc)
+            return
         if done:
             break
         restarts += 1
@@ -147,9 +163,10 @@ def narrowed(table: Mapping[str, Mapping[str, list[str]]],
 
 
 def valid_rules(data: Any) -> bool:
-    """Whether a derivation read back from a cache holds rules of the shape written here."""
+    """Whether a derivation read back from a cache was verified and holds rules of the
+    shape written here."""
     rules = data.get("rules", {}) if isinstance(data, dict) else None
-    return isinstance(rules, dict) and all(
+    return isinstance(rules, dict) and "unverified" not in data and all(
         isinstance(per, dict) and all(isinstance(v, list) and all(
             isinstance(x, (int, float, str)) for x in v) for v in per.values())
         for per in rules.values())
@@ -197,6 +214,9 @@ def _run_child(backend: str, table: Mapping[str, Any], start: int,
         while seen < len(lines):
             row = json.loads(lines[seen])
             seen += 1
+            if "error" in row:
+                child.wait()
+                raise VerificationError(row["error"])
             if "end" in row:
                 child.wait()
                 return True, start, None
@@ -241,6 +261,12 @@ def _child(backend: str, start: int, k: int = 0, n: int = 1) -> None:
     reg = registry()
     impl = reg.backends[backend]
     device = next((d for d in reg.devices() if d.backend == backend), None)
+    if device is None:  # the registry's probe may time out on a loaded machine: ask again
+        try:
+            device = dataclasses.replace(impl.probe()[0], backend=backend, index=0)
+        except Exception as exc:
+            print(json.dumps({"error": f"no {backend} device to verify on: {exc}"}), flush=True)
+            os._exit(0)
     # The table as declared, with the backend's attribute rules and value types; its
     # capabilities are not read here (that would derive them again, verification included).
     constraints = getattr(sys.modules[type(impl).__module__], "CONSTRAINTS", {})
@@ -256,8 +282,7 @@ def _child(backend: str, start: int, k: int = 0, n: int = 1) -> None:
         if index % n != k:
             continue
         key, version, dtype, name, model, feeds, expected, rtol, atol = cases[index]
-        if dtype not in table.get(key, {}).get(str(version), ()) or device is None \
-                or not expected:
+        if dtype not in table.get(key, {}).get(str(version), ()) or not expected:
             continue
         test = [key, version, dtype, name]
         try:

@@ -691,7 +691,8 @@ def derive(use_cache: bool = True) -> dict[str, Any]:
     from backplane.cache import cached_json
 
     return cached_json(OpenVINOBackend.name, derivation_key(), _derive_now,
-                       use_cache=use_cache, valid=valid_survey, shipped=SHIPPED)
+                       use_cache=use_cache, valid=valid_survey, shipped=SHIPPED,
+                       keep=lambda data: "unverified" not in data)
 
 
 def derivation_key() -> tuple[Any, ...]:
@@ -722,11 +723,14 @@ def _derive_now() -> dict[str, Any]:
     (:func:`backplane.ops.verify.verify`). Fused ops are not declared."""
     from backplane.ops.probes import OPSET
     from backplane.ops.survey import survey
-    from backplane.ops.verify import narrowed, verify
+    from backplane.ops.verify import VerificationError, narrowed, verify
 
     t0 = time.perf_counter()
     found = survey(query, run=try_op)
-    wrong, rules = verify(OpenVINOBackend.name, found["ops"])
+    try:
+        wrong, rules = verify(OpenVINOBackend.name, found["ops"])
+    except VerificationError as exc:  # used as it is, not cached: checked next time
+        return {"openvino": ov_version(), **found, "unverified": str(exc)}
     for key, per in wrong.items():
         found["refused"].setdefault(key, {}).update(per)
     return {"openvino": ov_version(), "backplane": _backplane_version, "opset": OPSET,
