@@ -198,7 +198,8 @@ def _run_child(backend: str, table: Mapping[str, Any], start: int,
     child = subprocess.Popen([sys.executable, "-c", code, json.dumps(sys.path), backend,
                               str(start), str(shard[0]), str(shard[1])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True, cwd=tempfile.gettempdir(),
-                             env={**os.environ, "BACKPLANE_VERIFY_CHILD": "1"})
+                             # only the backend checked is loaded and probed there
+                             env={**os.environ, "BACKPLANE_PLUGINS": backend})
     assert child.stdin is not None and child.stdout is not None
     child.stdin.write(json.dumps(table))
     child.stdin.close()
