@@ -185,6 +185,11 @@ class Plan:
                     if self.predicted_peak_bytes else "")
                  + (f"; measured {_time(self.measured_s)}" if self.measured_s else "")]
         lines += [f"note: {n}" for n in self.notes]
+        slow = sorted({p.op for p in self.placements if p.fallback})
+        if slow:
+            count = sum(p.fallback for p in self.placements)
+            lines.append(f"fallback: {count} node(s) run on the reference backend because no "
+                         f"faster backend admits their op: {', '.join(slow)}")
         if self.tuned:
             lines.append(f"tuned: {self.tuned}")
         for device, basis in self.cost_basis.items():

@@ -67,3 +67,22 @@ def test_an_if_runs_whole_on_a_backend_that_runs_its_branches(devices, seed):
     if devices == ["opencl", "reference"]:
         assert where == "reference:0"  # opencl has no If: it runs whole on the reference
     assert not s.plan.uses_fallback or devices != "auto"
+
+
+def test_the_plan_names_the_ops_no_fast_backend_runs():
+    """An op only the reference runs: a string op, with ONNX Runtime (which holds strings)
+    left out."""
+    from onnx import TensorProto as TP
+
+    nodes = [helper.make_node("StringNormalizer", ["s"], ["n"], case_change_action="UPPER"),
+             helper.make_node("Relu", ["x"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("s", TP.STRING, [2]),
+                                       helper.make_tensor_value_info("x", TP.FLOAT, [2])],
+                          [helper.make_tensor_value_info("n", TP.STRING, [2]),
+                           helper.make_tensor_value_info("y", TP.FLOAT, [2])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    from backplane.scheduler import Constraints
+
+    plan = bp.plan_model(model, constraints=Constraints(exclude=frozenset({"onnxruntime"})))
+    assert plan.uses_fallback
+    assert "fallback: 1 node(s)" in plan.explain() and "StringNormalizer" in plan.explain()
