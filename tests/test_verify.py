@@ -22,12 +22,42 @@ def test_a_failure_explained_by_a_mode_attribute_limits_that_attribute():
     assert not failed and rules == {"GRU": {"layout": [0]}}
 
 
+def test_a_failing_variant_fails_its_node_in_the_capability_check():
+    from backplane.contract import Capabilities
+    from backplane.graph import Node, ValueInfo
+    from backplane.ops.registrations import op_supports
+    from backplane.ops.verify import attribute_rules
+
+    caps = Capabilities(ops=op_supports({"GRU": {"14": ["float32"]}},
+                                        attribute_rules({"GRU": {"layout": [0]}})))
+    x = ValueInfo("x", "float32", (2, 3, 4))
+    node = lambda **a: Node("g", "GRU", "", ("x",), ("y",), a, (x,), (x,), 17, 14)  # noqa: E731
+    assert caps.check(node()) and caps.check(node(layout=0)) and not caps.check(node(layout=1))
+
+
 def test_a_failure_no_mode_explains_takes_the_op_version_and_dtype_out():
     failed, rules = _judged([outcome("Resize", True, mode="linear"),
                              outcome("Resize", False, "test_resize_x", mode="linear")])
     assert failed == {"Resize": {"14/float32": "test_resize_x: wrong"}} and not rules
     table = {"Resize": {"13": ["float32"], "14": ["float32", "float16"]}}
     assert narrowed(table, failed) == {"Resize": {"13": ["float32"], "14": ["float16"]}}
+
+
+def test_a_mode_left_at_its_default_counts_as_that_value():
+    """torch writes exclude_outside=0 explicitly; ONNX's tests leave it unset."""
+    failed, rules = _judged([outcome("Resize", True), outcome("Resize", True, mode="linear"),
+                             outcome("Resize", False, "t", exclude_outside=1)])
+    assert not failed and rules == {"Resize": {"exclude_outside": [0]}}
+
+
+def test_an_optional_output_asked_for_only_by_failures_limits_the_outputs():
+    ok = {"#inputs": 3, "#outputs": 1}
+    failed, rules = _judged([outcome("Attention", True, **ok),
+                             outcome("Attention", False, "t", **{"#inputs": 3, "#outputs": 2})])
+    from backplane.ops.verify import attribute_rules
+
+    assert not failed and rules == {"Attention": {"#outputs": [1]}}
+    assert attribute_rules(rules)["Attention"]["output_counts"] == {1}
 
 
 def test_sizes_never_become_rules():

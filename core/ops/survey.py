@@ -150,8 +150,17 @@ def _models(domains: tuple[str, ...], checked: set[tuple[str, int]]
         for version in sorted(set(definition.versions) - have):
             converted = next((c for c in (_converted(m, version) for m in seeds)
                               if c is not None), None)
-            if converted is not None:
-                yield definition.key, version, _dtype_of(converted), converted
+            if converted is None:
+                continue
+            dtype = _dtype_of(converted)
+            yield definition.key, version, dtype, converted
+            schema = next(s for s in definition.schemas if s.since == version)
+            allowed = schema.type_constraints.get(main_constraint(schema) or "", frozenset())
+            for other in RETYPE_DTYPES:  # the version in the other dtypes models compute in
+                if other in allowed and other != dtype:
+                    model = _retyped(converted, schema, other)
+                    if model is not None:
+                        yield definition.key, version, other, model
 
 
 def _seeds(definition: Any, per: dict[tuple[int, str], list[Any]]) -> list[Any]:
@@ -162,8 +171,12 @@ def _seeds(definition: Any, per: dict[tuple[int, str], list[Any]]) -> list[Any]:
 
     out = list(_old_forms(definition.name))
     if definition.tier == "mandatory":
+        schema = definition.at(OPSET)
+        main = schema.dtypes_of(schema.inputs[1 if definition.name == "Where" else 0][0])
+        dtype = "float32" if "float32" in main else next(
+            (d for d in RETYPE_DTYPES if d in main), None)
         try:
-            out += [m for m, _ in models(definition.name, "float32")][:2]
+            out += [m for m, _ in models(definition.name, dtype)][:2] if dtype else []
         except ValueError:  # no probe model of this op
             pass
     tests = sorted(per.items(), key=lambda item: (item[0][1] != "float32", -item[0][0]))

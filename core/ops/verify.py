@@ -109,16 +109,20 @@ def _judged(outcomes: list[dict[str, Any]]
     rules: dict[str, dict[str, set[Any]]] = {}
     for (key, vd), rows in groups.items():
         passed = [r for r in rows if r["ok"]]
+        modes = {**_modes(key), ARITY_IN: None, ARITY_OUT: None}
         seen: dict[str, set[Any]] = {}
-        for r in passed:
-            for name, value in r.get("attrs", {}).items():
-                seen.setdefault(name, set()).add(value)
-        modes = _modes(key)
+        for r in passed:  # an attribute left unset is its default
+            for name, default in modes.items():
+                value = r.get("attrs", {}).get(name, default)
+                if value is not None:
+                    seen.setdefault(name, set()).add(value)
         for r in rows:
             if r["ok"]:
                 continue
-            odd = {name: value for name, value in r.get("attrs", {}).items()
-                   if name in modes and value not in seen.get(name, set())}
+            values = {name: r.get("attrs", {}).get(name, default)
+                      for name, default in modes.items()}
+            odd = {name: value for name, value in values.items()
+                   if value is not None and value not in seen.get(name, set())}
             if passed and odd:  # a variant: limit the attributes to what passed
                 for name in odd:
                     rules.setdefault(key, {}).setdefault(name, set()).update(
@@ -129,24 +133,41 @@ def _judged(outcomes: list[dict[str, Any]]
                     for k, per in rules.items()}
 
 
-def _modes(key: str) -> frozenset[str]:
-    """The attributes of an op that choose a variant (a mode, a layout, a flag): those with
-    a default of a string or an integer, as opposed to sizes and coefficients."""
+#: Pseudo-attributes of a test's node: how many of its inputs and outputs are present
+#: (optional ones a variant leaves out or asks for: Attention's qk_matmul_output).
+ARITY_IN, ARITY_OUT = "#inputs", "#outputs"
+
+
+def _modes(key: str) -> dict[str, Any]:
+    """The attributes of an op that choose a variant (a mode, a layout, a flag), with their
+    defaults: those whose default is a string or an integer, as opposed to sizes and
+    coefficients."""
     from . import find
 
     definition = find(key)
     if definition is None:
-        return frozenset()
-    return frozenset(name for s in definition.schemas for name, default in s.attributes.items()
-                     if isinstance(default, (str, int)) and not isinstance(default, bool))
+        return {}
+    return {name: default for s in definition.schemas for name, default in s.attributes.items()
+            if isinstance(default, (str, int)) and not isinstance(default, bool)}
 
 
 def attribute_rules(rules: Mapping[str, Mapping[str, list[Any]]]) -> dict[str, dict[str, Any]]:
-    """OpSupport keyword arguments (``attributes``) from :func:`verify`'s limits."""
+    """OpSupport keyword arguments from :func:`verify`'s limits: ``attributes`` rules, and
+    ``input_counts`` / ``output_counts`` for the number of inputs and outputs present."""
     from ..contract import AttributeRule
 
-    return {key: {"attributes": {a: AttributeRule(allowed=tuple(v)) for a, v in per.items()}}
-            for key, per in rules.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for key, per in rules.items():
+        kwargs: dict[str, Any] = {}
+        for name, values in per.items():
+            if name == ARITY_IN:
+                kwargs["input_counts"] = frozenset(values)
+            elif name == ARITY_OUT:
+                kwargs["output_counts"] = frozenset(values)
+            else:
+                kwargs.setdefault("attributes", {})[name] = AttributeRule(allowed=tuple(values))
+        out[key] = kwargs
+    return out
 
 
 def narrowed(table: Mapping[str, Mapping[str, list[str]]],
@@ -292,8 +313,11 @@ def _child(backend: str, start: int, k: int = 0, n: int = 1) -> None:
             continue
         if len(graph.nodes) != 1 or not declared.check(graph.nodes[0]):
             continue
-        attrs = {k: v for k, v in graph.nodes[0].attributes.items()
+        node = graph.nodes[0]
+        attrs = {k: v for k, v in node.attributes.items()
                  if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        attrs[ARITY_IN] = sum(1 for i in node.inputs if i)
+        attrs[ARITY_OUT] = sum(1 for o in node.outputs if o)
         emit({"start": test, "index": index, "attrs": attrs})
         random = key in RANDOM_OPS or (key == "Dropout" and "training" in name)
         try:

@@ -69,7 +69,7 @@ VALUE_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64", "int8", "
 #: Seconds one provider's readiness check may take before it counts as not ready.
 READINESS_TIMEOUT_S = 2.0
 #: Bump when this backend's derivation changes, so stale disk caches are ignored.
-DERIVATION_VERSION = 5
+DERIVATION_VERSION = 6
 #: The derived table for the ONNX Runtime this release was checked with, shipped so that
 #: a first Session does not wait for the derivation (used only where its key matches).
 SHIPPED = Path(__file__).with_name("capabilities.json")
@@ -328,8 +328,8 @@ def _op_named(exc: BaseException, graph: Any) -> str | None:
 
 # ---------------------------------------------------------------------- readiness
 
-#: Seconds the whole probe (a child process: start, import, every check) may take; less
-#: where BACKPLANE_PROBE_TIMEOUT_S is shorter.
+#: Seconds the whole probe (a child process: start, import, every check) may take; 90% of
+#: BACKPLANE_PROBE_TIMEOUT_S where that is set.
 PROBE_BUDGET_S = 4.0
 _readiness: dict[str, tuple[bool, str]] = {}
 _readiness_lock = threading.Lock()
@@ -352,8 +352,8 @@ def probe_providers() -> tuple[str, list[str], dict[str, tuple[bool, str]]]:
     import sys
     import tempfile
 
-    try:  # stay inside the registry's own deadline for all probes
-        budget = min(PROBE_BUDGET_S, 0.9 * float(os.environ["BACKPLANE_PROBE_TIMEOUT_S"]))
+    try:  # within the registry's own deadline for all probes, however long it was set to
+        budget = 0.9 * float(os.environ["BACKPLANE_PROBE_TIMEOUT_S"])
     except (KeyError, ValueError):
         budget = PROBE_BUDGET_S
     budget = budget if budget > 0 else PROBE_BUDGET_S
@@ -396,8 +396,13 @@ def _probe_child() -> None:
     compute = [p for p in available if p not in NOT_COMPUTE]
     emit({"onnxruntime": ort.__version__, "available": available, "compute": compute})
 
+    try:  # a longer probe deadline (a loaded machine) gives each check longer too
+        each = max(READINESS_TIMEOUT_S, 0.4 * float(os.environ["BACKPLANE_PROBE_TIMEOUT_S"]))
+    except (KeyError, ValueError):
+        each = READINESS_TIMEOUT_S
+
     def check(p: str) -> None:
-        ready, reason = provider_readiness(p, timeout_s=READINESS_TIMEOUT_S)
+        ready, reason = provider_readiness(p, timeout_s=each)
         emit({"provider": p, "ready": ready, "reason": reason})
 
     if CPU in compute:
@@ -407,7 +412,7 @@ def _probe_child() -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(READINESS_TIMEOUT_S + 0.5)
+        t.join(each + 0.5)
 
 
 def provider_readiness(provider: str, timeout_s: float = READINESS_TIMEOUT_S) -> tuple[bool, str]:
