@@ -84,7 +84,7 @@ def plugins(as_json: bool) -> None:
                                                 "distribution", "api"], rows))
 
 
-def _session(model: str, devices: tuple[str, ...], **kwargs: Any) -> Any:
+def _session(model: Any, devices: tuple[str, ...], **kwargs: Any) -> Any:
     from .session import Session
 
     return Session(model, devices=list(devices) if devices else "auto", **kwargs)
@@ -160,10 +160,26 @@ def _read_inputs(specs: tuple[str, ...]) -> dict[str, Any]:
 @json_option
 def run(model: str, inputs: tuple[str, ...], output_dir: str | None, seed: int,
         devices: tuple[str, ...], as_json: bool, **planning: Any) -> None:
-    """Run MODEL once and summarise its outputs."""
+    """Run MODEL once and summarise its outputs.
+
+    Without --input, random inputs the model can run are used (sizes from the graph, an
+    image's sides 224; integers that index a table inside it), printed, and the plan is
+    made for their sizes."""
     import numpy as np
 
-    session = _session(model, devices, **planning)
+    from .intake import load_model
+    from .samples import random_input_specs
+
+    graph = load_model(model)
+    specs = None if inputs else random_input_specs(graph)
+    dims = {d: size for vi, spec in zip(graph.inputs, specs or ())
+            for d, size in zip(vi.shape or (), spec.shape) if isinstance(d, str)}
+    session = _session(graph, devices, dims=dims or None, **planning)
+    if specs is not None and not as_json:
+        con = _console()
+        con.print(f"no --input given: random inputs, seed {seed}:")
+        for spec in specs:
+            con.print(f"  {spec.describe()}", markup=False)
     feeds = _read_inputs(inputs) if inputs else session.random_inputs(seed=seed)
     t0 = time.perf_counter()
     outputs = session.run(feeds)
@@ -179,13 +195,12 @@ def run(model: str, inputs: tuple[str, ...], output_dir: str | None, seed: int,
                 "min": _stat(np.min, v), "max": _stat(np.max, v), "mean": _stat(np.mean, v),
                 "file": written.get(k)} for k, v in outputs.items()]
     data = {"model": model, "random_inputs": not inputs, "seed": seed if not inputs else None,
+            "random_input_specs": [s.to_dict() for s in specs] if specs is not None else None,
             "devices": sorted({p.device for p in session.plan.partitions}),
             "seconds": seconds, "outputs": summary, "plan": session.plan.to_dict()}
     if as_json:
         return _emit_json(data)
     con = _console()
-    if not inputs:
-        con.print(f"no --input given: random inputs, seed {seed}")
     con.print(f"ran on {', '.join(data['devices'])} in {seconds * 1e3:.2f} ms")
     con.print(_table("outputs", ["name", "dtype", "shape", "min", "max", "mean", "file"],
                      [[s["name"], s["dtype"], s["shape"], s["min"], s["max"], s["mean"],

@@ -2,7 +2,9 @@
 
 This is where core wraps every backend call: compile and run errors become CompileError /
 ExecutionError carrying the backend, device and vendor message; executables that are not
-thread-safe are serialised; outputs are checked against the graph's inferred types; host
+thread-safe are serialised; outputs are checked against the graph's inferred types (a shape
+only the model's declaration gives is warned about once, not failed: see
+``Graph.unconfirmed_outputs``); host
 inputs are handed to backends read-only, so a faulty backend cannot corrupt the caller's
 arrays.
 
@@ -19,6 +21,7 @@ The liveness and memory accounting (:mod:`backplane.liveness`) is the kernel run
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 from .contract import CompileOptions, Device, Executable
 from .errors import BackendError, CompileError, ExecutionError
+from .graph import is_tensor
 from .liveness import NUMPY_DTYPES, MemoryStats, PeakMeter, free_after, predicted_peak
 from .load import busy
+
+log = logging.getLogger("backplane")
 
 if TYPE_CHECKING:  # pragma: no cover
     from .graph import Graph, ValueInfo
@@ -67,6 +73,7 @@ class CompiledPlan:
         parts = list(plan.partitions)
         exes = [_compile(graph, part, reg, options, devices) for part in parts]
         self._outputs = [o.name for o in graph.outputs]
+        self._non_tensor = frozenset(n for n, vi in graph.values.items() if not is_tensor(vi))
         self._producer = {name: part for part in parts for name in part.outputs}
         frees = free_after([p.inputs for p in parts], [p.outputs for p in parts],
                            self._outputs)
@@ -81,7 +88,7 @@ class CompiledPlan:
             inputs = tuple((name, name in self._producer,
                             any(dlpack[j] for j in readers[name] if j > i))
                            for name in part.inputs)
-            outputs = tuple(_expected(graph.values.get(name), name) for name in part.outputs)
+            outputs = tuple(_expected(graph, name) for name in part.outputs)
             gone = tuple((name, name in self._producer) for name in frees[i])
             lock = nullcontext() if getattr(exe, "thread_safe", False) else threading.Lock()
             self._steps.append((part, exe, lock, dlpack[i], inputs, outputs, gone))
@@ -111,7 +118,12 @@ class CompiledPlan:
         for part, exe, lock, dlpack, inputs, outputs, gone in self._steps:
             args = {}
             for name, produced, keep_device in inputs:
+                if name not in values:  # an optional input left out: the op sees it absent
+                    continue
                 value = values[name]
+                if name in self._non_tensor:  # a sequence, optional or map, as it is
+                    args[name] = value
+                    continue
                 if type(value) is not ndarray:
                     if dlpack and hasattr(value, "__dlpack__"):
                         args[name] = value
@@ -142,13 +154,13 @@ class CompiledPlan:
                     f"must return {{output name: array}}",
                     backend=part.backend, device=part.device)
             for expected in outputs:
-                value = _checked(np, part, dlpack, expected, out)
+                value = _checked(np, part, dlpack, expected, out, self.graph)
                 values[expected[0]] = value
                 live += getattr(value, "nbytes", 0)
             if live > peak:
                 peak = live
             for name, produced in gone:
-                value = values.pop(name)
+                value = values.pop(name, None)
                 if produced:
                     live -= getattr(value, "nbytes", 0)
             value = view = args = out = None  # dropped values go now, not at the next step
@@ -162,6 +174,9 @@ class CompiledPlan:
         result = {}
         for name in self._outputs:
             value = values[name]
+            if name in self._non_tensor:
+                result[name] = _fresh(np, value)
+                continue
             if type(value) is not ndarray:
                 value = self._to_host(np, name, value)
             # Never hand out an array the caller or a later request could share.
@@ -182,6 +197,18 @@ class CompiledPlan:
                 f"({type(exc).__name__}: {exc}); its Executable must return numpy arrays, "
                 f"or objects implementing __dlpack__ with dlpack=True",
                 backend=backend, device=device, vendor_message=str(exc)) from exc
+
+
+def _fresh(np: Any, value: Any) -> Any:
+    """A sequence, optional or map output as the caller's own: lists of host arrays,
+    copied; None for an empty optional."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_fresh(np, v) for v in value]
+    if isinstance(value, dict):
+        return {k: _fresh(np, v) for k, v in value.items()}
+    return np.array(to_host(np, value), copy=True)
 
 
 def to_host(np: Any, value: Any) -> Any:
@@ -232,24 +259,41 @@ def _compile(graph: "Graph", part: "Partition", reg: "Registry", options: Compil
     return exe
 
 
-def _expected(vi: "ValueInfo | None", name: str) -> tuple[str, Any, "ValueInfo | None"]:
-    """(name, numpy dtype or None, inferred type or None): what an output is checked by."""
+def _expected(graph: "Graph", name: str) -> tuple[str, Any, "ValueInfo | None", bool]:
+    """(name, numpy dtype or None, inferred type or None, whether its shape is only the
+    model's declaration): what an output is checked by."""
+    vi = graph.values.get(name)
+    declared_only = name in graph.unconfirmed_outputs
     if vi is None or vi.dtype not in NUMPY_DTYPES:
-        return name, None, vi
+        return name, None, vi, declared_only
     import numpy as np
 
-    return name, np.dtype(vi.dtype), vi
+    return name, np.dtype(vi.dtype), vi, declared_only
 
 
-def _checked(np: Any, part: "Partition", dlpack: bool, expected: tuple, out: dict) -> Any:
+def _checked(np: Any, part: "Partition", dlpack: bool, expected: tuple, out: dict,
+             graph: "Graph") -> Any:
     """One output of a partition, as a host array (kept as the device object when the
-    executable declares ``dlpack``), checked against the graph's inferred type."""
-    name, dtype, vi = expected
+    executable declares ``dlpack``), checked against the graph's inferred type.
+
+    A shape that contradicts what shape inference found is the backend's fault (an
+    ExecutionError: the session plans without it). A shape that contradicts only the
+    model's declaration is trusted: exporters declare outputs wrongly, and every backend
+    would fail alike; it is one warning per output and graph, and a note in its notes."""
+    name, dtype, vi, declared_only = expected
     try:
         value = out[name]
     except KeyError:
         raise ExecutionError(f"backend '{part.backend}' on '{part.device}' returned no output "
                              f"'{name}'", backend=part.backend, device=part.device) from None
+    if not is_tensor(vi) and vi is not None:  # a sequence (a list), an optional (None) ...
+        kind = vi.dtype.split("(")[0]
+        if (kind == "seq" and not isinstance(value, (list, tuple))) or (
+                kind == "map" and not isinstance(value, dict)):
+            raise ExecutionError(f"backend '{part.backend}' on '{part.device}' returned "
+                                 f"output '{name}' as a {type(value).__name__}, expected a "
+                                 f"{vi.dtype}", backend=part.backend, device=part.device)
+        return value
     if type(value) is np.ndarray or not (dlpack and hasattr(value, "__dlpack__")):
         value = np.asarray(value)
         wrong_dtype = dtype is not None and value.dtype != dtype
@@ -264,12 +308,27 @@ def _checked(np: Any, part: "Partition", dlpack: bool, expected: tuple, out: dic
         got = tuple(value.shape)
         if len(vi.shape) != len(got) or any(isinstance(d, int) and d != g
                                             for d, g in zip(vi.shape, got)):
+            if declared_only:
+                _warn_declared(graph, name, got)
+                return value
             wrong = f"shape {got}, expected {vi.describe()}"
     if wrong:
         raise ExecutionError(f"backend '{part.backend}' on '{part.device}' returned output "
                              f"'{name}' with {wrong}", backend=part.backend,
                              device=part.device)
     return value
+
+
+def _warn_declared(graph: "Graph", name: str, got: tuple[int, ...]) -> None:
+    """Warn, once per graph, that output ``name`` is not the shape the model declares."""
+    head = f"output '{name}' is declared "
+    if any(n.startswith(head) for n in graph.notes):
+        return
+    declared = graph.unconfirmed_outputs[name].describe()
+    note = (f"{head}{declared}, the backends produce shape {got}; the produced shape is "
+            "used (the model's declaration is wrong)")
+    graph.notes.append(note)
+    log.warning("backplane: %s: %s", graph.name, note)
 
 
 def _fused(sub: "Graph", backend: Any, part: "Partition") -> "Graph":

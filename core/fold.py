@@ -53,7 +53,7 @@ def fold_constants(proto: Any, infer: Callable[[Any], Any]) -> tuple[Any, int]:
     for i, node in enumerate(g.node):
         if node.domain not in ("", "ai.onnx") or node.op_type in NEVER or _has_subgraph(node):
             continue
-        if any(o in outputs for o in node.output) and node.op_type != "Constant":
+        if any(o in outputs for o in node.output):
             continue  # a graph output stays computed: its producer is what the caller sees
         values = _evaluate(node, consts, shapes, opset)
         if values is None:
@@ -78,6 +78,10 @@ def fold_constants(proto: Any, infer: Callable[[Any], Any]) -> tuple[Any, int]:
     for vi in list(g.input):  # an initializer also listed as an input (IR < 4) goes with it
         if vi.name in dropped:
             g.input.remove(vi)
+    # Before IR 4 an initializer had to be a graph input too, and inference types no other;
+    # the folded constants are not inputs, so the model is read as IR 4, which allows them
+    # and means the same otherwise.
+    proto.ir_version = max(proto.ir_version, 4)
     return infer(proto), len(folded)
 
 

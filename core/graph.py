@@ -24,6 +24,31 @@ DTYPE_NAMES = {
     28: "float6e3m2",
 }
 DTYPE_CODES = {v: k for k, v in DTYPE_NAMES.items()}
+#: The ml_dtypes type of each dtype numpy has no type of its own for (ml_dtypes comes with
+#: onnx).
+ML_DTYPES = {"bfloat16": "bfloat16", "float8e4m3fn": "float8_e4m3fn",
+             "float8e4m3fnuz": "float8_e4m3fnuz", "float8e5m2": "float8_e5m2",
+             "float8e5m2fnuz": "float8_e5m2fnuz", "uint4": "uint4", "int4": "int4",
+             "float4e2m1": "float4_e2m1fn", "float8e8m0": "float8_e8m0fnu", "uint2": "uint2",
+             "int2": "int2", "float6e2m3": "float6_e2m3fn", "float6e3m2": "float6_e3m2fn"}
+
+
+def numpy_dtype(name: str) -> Any:
+    """The numpy dtype of a backplane dtype name (``object`` for strings, ml_dtypes' types
+    for bfloat16, the float8, 4- and 2-bit types), or None for a name that has none."""
+    import numpy as np
+
+    if name == "string":
+        return np.dtype(object)
+    if name in ML_DTYPES:
+        import ml_dtypes
+
+        found = getattr(ml_dtypes, ML_DTYPES[name], None)
+        return np.dtype(found) if found is not None else None
+    try:
+        return np.dtype(name)
+    except TypeError:
+        return None
 
 Dim = int | str | None
 Shape = tuple[Dim, ...]
@@ -95,10 +120,14 @@ class Node:
 
 
 def value_info_from_proto(vi: Any) -> ValueInfo | None:
-    """A ValueInfo from an onnx ValueInfoProto, or None for non-tensor types."""
+    """A ValueInfo from an onnx ValueInfoProto, or None where its type is not set.
+
+    A sequence, an optional or a map has its type's spelling as its dtype
+    (``seq(float32)``, ``optional(seq(int64))``: the registry's) and no shape."""
     t = vi.type
     if not t.HasField("tensor_type"):
-        return None
+        spelled = type_string(t)
+        return ValueInfo(vi.name, spelled, None) if spelled else None
     tt = t.tensor_type
     shape: Shape | None = None
     if tt.HasField("shape"):
@@ -112,6 +141,31 @@ def value_info_from_proto(vi: Any) -> ValueInfo | None:
                 dims.append(None)
         shape = tuple(dims)
     return ValueInfo(vi.name, DTYPE_NAMES.get(tt.elem_type, f"onnx-type-{tt.elem_type}"), shape)
+
+
+def type_string(t: Any) -> str | None:
+    """A TypeProto as the registry spells it: ``float32``, ``seq(float32)``,
+    ``optional(seq(int64))``, ``map(int64,float32)``; None where any part is unset."""
+    which = t.WhichOneof("value")
+    if which == "tensor_type":
+        return DTYPE_NAMES.get(t.tensor_type.elem_type) if t.tensor_type.elem_type else None
+    if which in ("sequence_type", "optional_type"):
+        inner = type_string(getattr(t, which).elem_type)
+        return f"{which.split('_')[0].replace('sequence', 'seq')}({inner})" if inner else None
+    if which == "map_type":
+        value = type_string(t.map_type.value_type)
+        key = DTYPE_NAMES.get(t.map_type.key_type)
+        return f"map({key},{value})" if key and value else None
+    return None
+
+
+def is_tensor(vi: ValueInfo | None) -> bool:
+    """Whether a value is a tensor (not a sequence, an optional or a map)."""
+    return vi is not None and not vi.dtype.startswith(NON_TENSOR)
+
+
+#: How the dtype of a value that is not a tensor begins.
+NON_TENSOR = ("seq(", "optional(", "map(")
 
 
 def attribute_values(node_proto: Any) -> dict[str, Any]:
@@ -276,9 +330,13 @@ class Graph:
         from onnx import helper
 
         chosen = sorted(set(indices))
-        if chosen == list(range(len(self.nodes))):
-            return self
         sub_inputs, sub_outputs = self.boundary(chosen)
+        if chosen == list(range(len(self.nodes))) and (
+                {vi.name for vi in self.inputs} <= set(sub_inputs)
+                or {o.name for o in self.outputs} - set(sub_outputs)):
+            # the whole graph, unless it has inputs no node reads (ONNX Runtime would ask
+            # for them, and the caller's plan feeds only what is read)
+            return self
         reads = set().union(*(self.node_reads(i) for i in chosen))
         consts = [t for t in self.model.graph.initializer if t.name in reads]
 
@@ -286,6 +344,9 @@ class Graph:
             vi = self.values.get(value)
             if vi is None:
                 raise ValueError(f"value {value!r} has no inferred type; cannot cut a partition")
+            if not is_tensor(vi):  # a sequence or an optional: its declaration as it is
+                g = self.model.graph
+                return next(d for d in [*g.value_info, *g.input, *g.output] if d.name == value)
             dims = None if vi.shape is None else list(vi.shape)
             return helper.make_tensor_value_info(value, DTYPE_CODES[vi.dtype], dims)
 

@@ -2,19 +2,27 @@
 
 Every way a model can be wrong ends here as a :class:`ModelError` naming what is wrong and
 what to do; every way a run's inputs can be wrong ends as an :class:`InputError`.
-External data is read only from files inside the model's own folder.
+External data is read only from files inside the model's own folder (:mod:`backplane.external`).
+
+Models are accepted as ONNX Runtime accepts them: a negative dimension in an input or output
+declaration is a dynamic one (Paddle2ONNX writes -1); a declared output shape that shape
+inference contradicts is a warning, and the inferred shape is used; an initializer the model
+also lists as an input (IR < 4) is a constant a run may override; a model over 2 GiB keeps
+its big initializers in their files.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError, ModelError, did_you_mean
+from .external import INLINE_LIMIT, PROTO_LIMIT, attach, detach, load_external_data
 from .fold import fold_constants
-from .graph import Graph, ValueInfo
+from .graph import NON_TENSOR, Dim, Graph, ValueInfo, numpy_dtype, value_info_from_proto
 from .ops import schemas
 from .typefill import complete_types
 
@@ -23,24 +31,39 @@ from .typefill import complete_types
 MIN_OPSET = schemas.MIN_OPSET
 
 
-def load_model(model: Any, *, base_dir: str | os.PathLike | None = None) -> Graph:
+log = logging.getLogger("backplane")
+
+
+def load_model(model: Any, *, base_dir: str | os.PathLike | None = None,
+               as_inputs: Iterable[str] = ()) -> Graph:
     """Read, check and shape-infer a model.
 
     Args:
-        model: a path to an ``.onnx`` file, the file's bytes, or an ``onnx.ModelProto``.
+        model: a path to an ``.onnx`` file, the file's bytes, or an ``onnx.ModelProto``;
+            a :class:`Graph` is returned as it is.
         base_dir: the folder external data is read from, for bytes or a ModelProto that
             refer to external data. For a path, it is the model's own folder.
+        as_inputs: initializers the model also lists as graph inputs (IR < 4) to take as
+            plain inputs, their stored values dropped: the model a run overriding those
+            constants uses.
 
     Returns:
         A :class:`Graph`.
 
     Raises:
         ModelError: the model cannot be read, is invalid, uses an unsupported opset or
-            domain, or refers to external data outside its folder.
+            domain, refers to external data outside its folder, or holds over 2 GiB of
+            tensors inline.
     """
     import onnx
 
     name = "model"
+    if isinstance(model, Graph):
+        if not as_inputs:
+            return model
+        # (Taken in again from its folded model: nodes folded away that read one of
+        # ``as_inputs`` keep the stored value. A session re-reads its source instead.)
+        model, base_dir, name = model.model, model.external_dir, model.name
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         if not path.is_file():
@@ -48,6 +71,11 @@ def load_model(model: Any, *, base_dir: str | os.PathLike | None = None) -> Grap
             raise ModelError(f"model file '{path}' {what}; pass the path of an .onnx file")
         name = path.stem
         base_dir = path.resolve().parent
+        if path.stat().st_size > PROTO_LIMIT:
+            raise ModelError(f"model file '{path}' is over 2 GiB, more than protobuf can "
+                             "read as one message; save the model with its tensors as "
+                             "external data (onnx.save(model, path, save_as_external_data="
+                             "True))")
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -68,35 +96,219 @@ def load_model(model: Any, *, base_dir: str | os.PathLike | None = None) -> Grap
     _check_opset_versions(proto, name)
     # External data is confined and read first: the checker would otherwise resolve its
     # locations against the process's working directory, with its own rules and words.
-    _load_external_data(proto, base_dir, name)
+    external_dir = load_external_data(proto, base_dir, name)
+    if proto.ByteSize() > INLINE_LIMIT:
+        raise ModelError(f"{name}: the model is {proto.ByteSize() / 2**30:.2f} GiB with its "
+                         "tensors inline, more than one ONNX message can hold (2 GiB); save "
+                         "it with external data (onnx.save(model, path, "
+                         "save_as_external_data=True)) and load it from that path")
+    _take_as_inputs(proto, set(as_inputs), name)
+    # Initializers left in their files are graph inputs of their type while the model is
+    # checked, inferred and folded: none of those steps reads their bytes.
+    kept = detach(proto)
+    _dynamic_negative_dims(proto, notes)
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:  # onnx raises ValidationError and, for odd protos, others
         raise ModelError(f"{name}: the ONNX checker rejected the model: {exc}") from None
     proto = _check_opset(proto, name, notes)
-    try:
-        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True,
-                                                  data_prop=True)
-    except Exception as exc:
-        raise ModelError(f"{name}: shape inference failed, the model is inconsistent: {exc}"
-                         ) from None
-    proto = complete_types(proto, lambda p: _reinfer(p, name))
-    proto, folded = fold_constants(proto, lambda p: _reinfer(p, name))
+    declared = _strip_output_shapes(proto)
+    proto, strict = _infer(proto, name, notes)
+
+    def reinfer(p: Any) -> Any:
+        return _reinfer(p, name, strict)
+
+    proto = complete_types(proto, reinfer)
+    proto, folded = fold_constants(proto, reinfer)
     if folded:
         notes.append(f"{folded} node(s) computing constants (Constant nodes, shape "
                      "arithmetic) folded before planning")
+    unconfirmed = _settle_outputs(proto, declared, name, notes)
+    attach(proto, kept)
     _name_nodes(proto)
     graph = Graph(proto, name)
     graph.notes.extend(notes)
+    graph.external_dir = external_dir
+    graph.unconfirmed_outputs = unconfirmed
     return graph
 
 
-def _reinfer(proto: Any, name: str) -> Any:
+def _infer(proto: Any, name: str, notes: list[str]) -> tuple[Any, bool]:
+    """Shape inference in strict mode, and whether it stays strict.
+
+    Declared shapes of intermediate values that it contradicts are dropped, as ONNX Runtime
+    drops them, with a note and a warning. Where onnx's strict inference still fails (its
+    own function bodies have failed it: MeanVarianceNormalization-9's), the model is
+    inferred leniently, as ONNX Runtime loads it, with a note and a warning naming the
+    error: values past the failing node may have no known shape, and the backends' own
+    checks then decide. A contradiction in the graph's own nodes (``Add`` of [2, 3] and
+    [4, 5]) stays a ModelError, as ONNX Runtime refuses such a model.
+    """
+    try:
+        return _reinfer(proto, name), True
+    except ModelError as exc:
+        first = exc
+    why = str(first).split("inconsistent: ", 1)[-1].splitlines()[0]
+    declared = [vi for vi in proto.graph.value_info
+                if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")]
+    if declared:
+        for vi in declared:
+            vi.type.tensor_type.ClearField("shape")
+        try:
+            proto = _reinfer(proto, name)
+        except ModelError:
+            pass
+        else:
+            notes.append("the model's declared shapes of intermediate values contradict "
+                         f"shape inference ({why}); the inferred shapes are used")
+            log.warning("backplane: %s: the model's declared shapes of intermediate values "
+                        "contradict shape inference (%s); using the inferred shapes", name, why)
+            return proto, True
+    if str(first).count("Inference error(s)") < 2:  # a node of the graph itself is wrong
+        raise first from None
+    try:  # the error is inside an op's function body, which is onnx's to answer for
+        proto = _reinfer(proto, name, strict=False)
+    except ModelError:
+        raise first from None
+    notes.append(f"onnx's strict shape inference fails ({why}); the model is inferred "
+                 "leniently, as ONNX Runtime loads it")
+    log.warning("backplane: %s: onnx's strict shape inference fails (%s); inferring "
+                "leniently, as ONNX Runtime does", name, why)
+    return proto, False
+
+
+def _take_as_inputs(proto: Any, names: set[str], name: str) -> None:
+    """Drop the stored values of the initializers ``names``, which the model also lists as
+    graph inputs (IR < 4): they become plain inputs."""
+    if not names:
+        return
+    listed = {i.name for i in proto.graph.input} & {t.name for t in proto.graph.initializer}
+    unknown = sorted(names - listed)
+    if unknown:
+        raise ModelError(f"{name}: {', '.join(repr(n) for n in unknown)} are not initializers "
+                         "the model also lists as inputs; only those can be fed "
+                         f"({', '.join(sorted(listed)) or 'this model has none'})")
+    detach(proto, names)
+
+
+def _names_a_size(param: str) -> bool:
+    """Whether a dim_param names a size shared by every dimension that carries it: not the
+    placeholders exporters write for "unknown" (Paddle2ONNX's ``?``, ``-1``, ``None``)."""
+    return bool(param) and param.strip() not in ("?", "-1", "None", "none", "unknown", "*")
+
+
+def _dynamic_negative_dims(proto: Any, notes: list[str]) -> None:
+    """Read a negative ``dim_value`` as a dynamic dimension, as ONNX Runtime does.
+
+    In an input or output declaration it becomes a dimension parameter of its own
+    (``x_dim0``), so that every backend sees a dynamic dimension and a run may feed any
+    size there; in an intermediate value's declaration it becomes unknown. (A dimension
+    of 0 stays static: ONNX Runtime too takes it as an empty dimension.) A placeholder
+    dim_param that names no size (``?``, which Paddle2ONNX writes on every dynamic axis)
+    gets a name of its own too: two axes marked ``?`` need not agree.
+    """
+    g = proto.graph
+    taken = {d.dim_param for vi in list(g.input) + list(g.output) + list(g.value_info)
+             if vi.type.HasField("tensor_type")
+             for d in vi.type.tensor_type.shape.dim if d.HasField("dim_param")}
+    named = []
+    for vi in list(g.input) + list(g.output):
+        if not vi.type.HasField("tensor_type"):
+            continue
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if (d.HasField("dim_value") and d.dim_value < 0) or (
+                    d.HasField("dim_param") and not _names_a_size(d.dim_param)):
+                param, k = f"{vi.name}_dim{axis}", 2
+                while param in taken:
+                    param, k = f"{vi.name}_dim{axis}_{k}", k + 1
+                taken.add(param)
+                d.dim_param = param  # (clears dim_value: the two are a oneof)
+                named.append(f"'{vi.name}' dimension {axis} as '{param}'")
+    for vi in g.value_info:
+        if vi.type.HasField("tensor_type"):
+            for d in vi.type.tensor_type.shape.dim:
+                if d.HasField("dim_value") and d.dim_value < 0:
+                    d.ClearField("dim_value")
+    if named:
+        notes.append("negative dimensions declared dynamic: " + ", ".join(named))
+
+
+def _dims(vi: Any) -> list[Dim] | None:
+    """The declared dimensions of a value (None: no shape, not even a rank)."""
+    info = value_info_from_proto(vi)
+    return None if info is None or info.shape is None else list(info.shape)
+
+
+def _set_dims(vi: Any, dims: list[Dim]) -> None:
+    tt = vi.type.tensor_type
+    tt.ClearField("shape")
+    tt.shape.SetInParent()  # a rank-0 shape is a shape with no dims, not no shape
+    for d in dims:
+        dim = tt.shape.dim.add()
+        if isinstance(d, int):
+            dim.dim_value = d
+        elif isinstance(d, str):
+            dim.dim_param = d
+
+
+def _strip_output_shapes(proto: Any) -> dict[str, list[Dim]]:
+    """Take the declared shapes off the graph's outputs (their types stay) and return them:
+    shape inference then says what the model computes, and :func:`_settle_outputs` compares
+    the two instead of failing on a contradiction."""
+    declared = {}
+    for o in proto.graph.output:
+        dims = _dims(o) if o.type.HasField("tensor_type") else None
+        if dims is not None:
+            declared[o.name] = dims
+            o.type.tensor_type.ClearField("shape")
+    return declared
+
+
+def _settle_outputs(proto: Any, declared: dict[str, list[Dim]], name: str,
+                    notes: list[str]) -> dict[str, ValueInfo]:
+    """Give each output the shape shape inference found, completed by its declaration
+    where inference knows less; a declaration inference contradicts is warned about.
+
+    Returns:
+        The outputs whose declared shape (in whole or part) inference could not confirm,
+        with their declarations: what a backend produces there is trusted over them.
+    """
+    unconfirmed = {}
+    for o in proto.graph.output:
+        want = declared.get(o.name)
+        if want is None:
+            continue
+        got = _dims(o)
+        if got is not None and (len(got) != len(want) or any(
+                isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(got, want))):
+            shown, inferred = _shape_text(want), _shape_text(got)
+            notes.append(f"output '{o.name}' is declared {shown}, shape inference gives "
+                         f"{inferred}; the inferred shape is used")
+            log.warning("backplane: %s: output '%s' is declared %s but shape inference gives "
+                        "%s; using the inferred shape", name, o.name, shown, inferred)
+            continue
+        # Inference's own names for what it cannot tell start with "unk__".
+        unknown = (lambda d: d is None or (isinstance(d, str) and d.startswith("unk__")))
+        merged = list(want) if got is None else [
+            w if unknown(g) and w is not None else g for g, w in zip(got, want)]
+        _set_dims(o, merged)
+        if got is None or any(unknown(g) and isinstance(w, int) for g, w in zip(got, want)):
+            unconfirmed[o.name] = ValueInfo(o.name, value_info_from_proto(o).dtype, tuple(want))
+    return unconfirmed
+
+
+def _shape_text(dims: list[Dim]) -> str:
+    """``[1,seqlen,?]``: inference's own names for what it cannot tell are ``?``."""
+    return "[" + ",".join("?" if d is None or str(d).startswith("unk__") else str(d)
+                          for d in dims) + "]"
+
+
+def _reinfer(proto: Any, name: str, strict: bool = True) -> Any:
     """Shape inference again, after types or constants were added."""
     import onnx
 
     try:
-        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True,
+        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=strict,
                                                  data_prop=True)
     except Exception as exc:
         raise ModelError(f"{name}: shape inference failed, the model is inconsistent: {exc}"
@@ -170,130 +382,6 @@ def _check_opset(proto: Any, name: str, notes: list[str]) -> Any:
     return upgraded
 
 
-def _tensors(proto: Any) -> Iterator[Any]:
-    """Every tensor stored in the model: initializers and tensor attributes, recursively."""
-    from onnx import AttributeProto
-
-    def from_graph(g: Any) -> Iterator[Any]:
-        yield from g.initializer
-        for n in g.node:
-            for a in n.attribute:
-                if a.type == AttributeProto.TENSOR:
-                    yield a.t
-                elif a.type == AttributeProto.TENSORS:
-                    yield from a.tensors
-                elif a.type == AttributeProto.GRAPH:
-                    yield from from_graph(a.g)
-                elif a.type == AttributeProto.GRAPHS:
-                    for sub in a.graphs:
-                        yield from from_graph(sub)
-
-    yield from from_graph(proto.graph)
-
-
-def _load_external_data(proto: Any, base_dir: Any, name: str) -> None:
-    """Read external tensor data into the model, refusing any file outside ``base_dir``."""
-    from onnx import TensorProto
-
-    external = [t for t in _tensors(proto) if t.data_location == TensorProto.EXTERNAL]
-    if not external:
-        return
-    if base_dir is None:
-        raise ModelError(f"{name}: tensor '{external[0].name}' keeps its data in an external "
-                         "file; load the model from its path, or pass base_dir= the folder "
-                         "that holds the data")
-    root = Path(base_dir).resolve()
-    for t in external:
-        info = {e.key: e.value for e in t.external_data}
-        location = info.get("location", "")
-        target = _confined(root, location, t.name, name)
-        offset = _byte_count(info, "offset", t.name, name)
-        length = _byte_count(info, "length", t.name, name)
-        size = target.stat().st_size
-        offset = offset or 0
-        length = size - offset if length is None else length
-        if offset + length > size:
-            raise ModelError(f"{name}: tensor '{t.name}' asks for bytes {offset}..{offset + length}"
-                             f" of '{location}', which has {size} bytes (truncated file?)")
-        expected = _tensor_nbytes(t)
-        if expected is not None and length != expected:
-            raise ModelError(
-                f"{name}: tensor '{t.name}' ({_describe_tensor(t)}) needs {expected} bytes, "
-                f"but its external data in '{location}' is {length} bytes long; the data "
-                "file does not belong to this model or was written incompletely")
-        with open(target, "rb") as f:
-            f.seek(offset)
-            t.raw_data = f.read(length)
-        del t.external_data[:]
-        t.data_location = TensorProto.DEFAULT
-
-
-def _confined(root: Path, location: str, tensor: str, name: str) -> Path:
-    """The file ``location`` names, if it is a regular file inside ``root``."""
-    outside = ModelError(
-        f"{name}: tensor '{tensor}' refers to external data at '{location}', outside "
-        f"the model's folder '{root}'; backplane reads external data only from "
-        f"inside that folder. Move the data file next to the model.")
-    if "\x00" in location:
-        raise ModelError(f"{name}: tensor '{tensor}' has an external data location with a NUL "
-                         f"byte ({location!r}); the model file is corrupt or was tampered with")
-    if not location or Path(location).is_absolute():
-        raise outside
-    try:
-        target = (root / location).resolve()
-    except (OSError, RuntimeError) as exc:  # symlink loops, names too long
-        raise ModelError(f"{name}: external data location '{location}' of tensor '{tensor}' "
-                         f"cannot be resolved: {exc}") from None
-    if target != root and root not in target.parents:
-        raise outside
-    if not target.is_file():
-        raise ModelError(f"{name}: external data file '{location}' of tensor '{tensor}' "
-                         f"is missing from '{root}'")
-    return target
-
-
-def _byte_count(info: dict, key: str, tensor: str, name: str) -> int | None:
-    if key not in info:
-        return None
-    try:
-        value = int(info[key])
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ModelError(f"{name}: tensor '{tensor}' has external data {key} {info[key]!r}; "
-                         f"it must be a whole number of bytes, 0 or more")
-    return value
-
-
-def _tensor_nbytes(t: Any) -> int | None:
-    """Bytes a tensor's raw data must hold, or None for types without a fixed width."""
-    import math
-
-    from onnx import TensorProto, helper
-
-    count = math.prod(t.dims)
-    packed = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1")
-              if hasattr(TensorProto, n)}
-    if t.data_type in packed:
-        return (count + 1) // 2
-    if t.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
-        return None
-    try:
-        return count * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-    except (KeyError, ValueError, TypeError):
-        return None
-
-
-def _describe_tensor(t: Any) -> str:
-    from onnx import helper
-
-    try:
-        kind = helper.tensor_dtype_to_string(t.data_type).removeprefix("TensorProto.").lower()
-    except (KeyError, ValueError):
-        kind = f"type {t.data_type}"
-    return f"{kind}[{','.join(str(d) for d in t.dims)}]"
-
-
 def _name_nodes(proto: Any) -> None:
     """Give every node a unique, stable name for plans and errors.
 
@@ -330,7 +418,9 @@ def validate_inputs(graph: Graph, feeds: Any) -> dict[str, Any]:
                          f"{type(feeds).__name__}; the model's inputs are: "
                          f"{graph.describe_inputs()}")
     expected = {vi.name: vi for vi in graph.inputs}
-    missing = [n for n in expected if n not in feeds]
+    # An optional input may be left out (or given as None): the optional is empty.
+    missing = [n for n in expected if n not in feeds
+               and not expected[n].dtype.startswith("optional(")]
     extra = [n for n in feeds if n not in expected]
     if missing or extra:
         # A misspelt name is both unknown and missing: name what was given, then what is
@@ -351,12 +441,15 @@ def validate_inputs(graph: Graph, feeds: Any) -> dict[str, Any]:
     bound: dict[str, tuple[int, str]] = {}
     out: dict[str, Any] = {}
     for name, vi in expected.items():
-        out[name] = _check_one(np, name, vi, feeds[name], bound)
+        if name in feeds:
+            out[name] = _check_one(np, name, vi, feeds[name], bound)
     return out
 
 
 def _check_one(np: Any, name: str, vi: ValueInfo, value: Any, bound: dict) -> Any:
-    want = np.dtype(vi.dtype) if vi.dtype not in ("bfloat16", "string") else None
+    if vi.dtype.startswith(NON_TENSOR):
+        return _check_non_tensor(np, name, vi, value, bound)
+    want = numpy_dtype(vi.dtype) if vi.dtype != "string" else None
     if isinstance(value, np.ndarray):
         arr = value
     else:
@@ -365,7 +458,8 @@ def _check_one(np: Any, name: str, vi: ValueInfo, value: Any, bound: dict) -> An
         except Exception as exc:
             raise InputError(f"input '{name}' cannot be read as an array ({exc}); "
                              f"expected {vi.describe()}") from None
-        if want is not None and arr.dtype != want and np.can_cast(arr.dtype, want, "same_kind"):
+        if want is not None and arr.dtype != want and arr.dtype.kind in "biuf" and \
+                want.kind in "biuf" and np.can_cast(arr.dtype, want, "same_kind"):
             arr = arr.astype(want)
     if vi.dtype == "string":
         ok = arr.dtype.kind in "OU"
@@ -394,6 +488,26 @@ def _check_one(np: Any, name: str, vi: ValueInfo, value: Any, bound: dict) -> An
     return arr
 
 
+def _check_non_tensor(np: Any, name: str, vi: ValueInfo, value: Any, bound: dict) -> Any:
+    """A sequence (a list of arrays, each checked as its element type), an optional (None,
+    or its element) or a map (a dict), as ONNX Runtime takes them."""
+    inner = vi.dtype[vi.dtype.index("(") + 1:-1]
+    if vi.dtype.startswith("optional("):
+        if value is None:
+            return None
+        return _check_one(np, name, ValueInfo(name, inner, None), value, bound)
+    if vi.dtype.startswith("seq("):
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"input '{name}' is a sequence ({vi.dtype}): pass a list of "
+                             f"arrays, not a {type(value).__name__}")
+        return [_check_one(np, f"{name}[{k}]", ValueInfo(f"{name}[{k}]", inner, None), v, {})
+                for k, v in enumerate(value)]
+    if not isinstance(value, Mapping):
+        raise InputError(f"input '{name}' is a map ({vi.dtype}): pass a dict, not a "
+                         f"{type(value).__name__}")
+    return dict(value)
+
+
 def dims_of(graph: Graph, feeds: Any) -> dict[str, int]:
     """The size of each symbolic input dimension in ``feeds`` (``{"batch": 32}``)."""
     out: dict[str, int] = {}
@@ -420,6 +534,9 @@ def with_dims(graph: Graph, dims: dict[str, int]) -> Graph:
     proto = type(graph.model)()
     proto.CopyFrom(graph.model)
     del proto.graph.value_info[:]
+    for o in proto.graph.output:
+        if o.name in graph.unconfirmed_outputs:  # inference, not the declaration, decides
+            o.type.tensor_type.ClearField("shape")
     for vi in list(proto.graph.input) + list(proto.graph.output):
         for d in vi.type.tensor_type.shape.dim:
             if d.HasField("dim_param") and d.dim_param in dims:
@@ -435,4 +552,6 @@ def with_dims(graph: Graph, dims: dict[str, int]) -> Graph:
         raise InputError(f"dims {dims} do not fit the model '{graph.name}': {exc}") from None
     fixed = Graph(proto, graph.name)
     fixed.notes.extend(graph.notes)
+    fixed.external_dir = graph.external_dir
+    fixed.unconfirmed_outputs = dict(graph.unconfirmed_outputs)
     return fixed

@@ -30,6 +30,7 @@ from .executor import CompiledPlan
 from .graph import ValueInfo
 from .intake import dims_of, load_model, validate_inputs, with_dims
 from .planner import Partition, Plan
+from .samples import RandomInput, draw, random_input_specs
 from .registry import Registry, call_hook, devices_from_env, registry
 from .scheduler import DEFAULT_HEADROOM, Constraints, schedule
 
@@ -105,6 +106,9 @@ class Session:
             raise UnsupportedError("delegate must be a callable (node, candidates) -> "
                                    "candidate or None")
         self.graph = load_model(model, base_dir=base_dir)
+        self._source = (model, base_dir)  # read again by a run that overrides initializers
+        self._overriding: dict[frozenset[str], Session] = {}
+        self._guesses: dict[int, tuple[Any, str]] = {}  # random inputs the model may refuse
         self.policy, self.precision, self.strict = policy, precision, strict
         self.max_rel_error = (max_rel_error if max_rel_error is not None
                               else DEFAULT_MAX_REL_ERROR) if precision == "auto" else None
@@ -155,19 +159,39 @@ class Session:
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Run the model once. Returns a dict of output name to numpy array.
 
+        An initializer the model also lists as a graph input (IR < 4 models) is a constant
+        that ``inputs`` may override: the array given (checked like an input, dtype and
+        shape) replaces the stored value for this run. Such runs go to a second session over
+        the model with those initializers as plain inputs, planned and compiled on first
+        use for each set of names overridden; it costs a second plan, compile and the
+        memory of its executables, and the model is read again from what the session was
+        given.
+
         Raises:
             InputError: missing, extra, mis-typed or mis-shaped inputs.
             ExecutionError: a backend failed and the session is strict, or the error names
-                no device to re-plan without.
+                no device to re-plan without, or the inputs came from
+                :meth:`random_inputs` with values the model may refuse (then the message
+                says so, and no device is blamed).
             UnsupportedError: a backend failed and no remaining device can run the model;
                 the message lists every device's reason, the failures included.
         """
+        overridden = self._overridden(inputs)
+        if overridden:
+            return self._overriding_session(overridden).run(inputs)
         feeds = validate_inputs(self.graph, inputs)
+        guessed = self._guessed(feeds)
         while True:
             compiled = self._compiled
             try:
                 return compiled.run(feeds)
             except BackendError as exc:  # ExecutionError, or a plugin's own BackendError
+                if guessed:  # the inputs, more likely than the device: blame no device
+                    exc.args = (f"{exc}. The inputs were random and the model may refuse "
+                                f"them: {'; '.join(guessed)}. Pass real inputs "
+                                "(Session.run({name: array}); backplane run --input "
+                                "NAME=FILE.npy)",)
+                    raise
                 if self.strict or exc.device is None:
                     raise
                 with self._lock:
@@ -177,26 +201,83 @@ class Session:
                         self._exclude(exc.device, str(exc))
                         self._compiled = self._build()
 
+    def _overridden(self, inputs: Any) -> frozenset[str]:
+        """The initializers ``inputs`` overrides (see :meth:`run`)."""
+        if not isinstance(inputs, Mapping):
+            return frozenset()
+        g = self.graph.model.graph
+        listed = {i.name for i in g.input} & self.graph.initializers
+        return frozenset(n for n in inputs if n in listed)
+
+    def _overriding_session(self, names: frozenset[str]) -> "Session":
+        """The session over the model with ``names`` as plain inputs, made on first use."""
+        session = self._overriding.get(names)
+        if session is not None:
+            return session
+        samples = None
+        if self._tune or self.precision == "auto":  # its samples: ours, and the stored values
+            from onnx import numpy_helper
+
+            stored = {t.name: numpy_helper.to_array(t) for t in
+                      self.graph.model.graph.initializer if t.name in names
+                      and not t.external_data}
+            samples = {**self.samples(), **stored}
+        with self._lock:
+            session = self._overriding.get(names)
+            if session is not None:
+                return session
+            model, base_dir = self._source
+            graph = load_model(model, base_dir=base_dir, as_inputs=names)
+            session = Session(
+                graph, [d.id for d in self._devices] if self._explicit else "auto",
+                policy=self.policy, precision=self.precision,
+                max_rel_error=self.max_rel_error, strict=self.strict,
+                device_class=self.constraints.device_class,
+                exclude=set(self.constraints.exclude) | set(self._excluded),
+                memory_headroom=self.constraints.memory_headroom, delegate=self._delegate,
+                tune=self._tune, sample_inputs=samples, dims=self.dims or None,
+                options=self._options.extra)
+            self._overriding[names] = session
+            return session
+
+    def random_input_specs(self, dims: Mapping[str, int] | None = None) -> list[RandomInput]:
+        """How :meth:`random_inputs` draws each input: its shape, its values and why
+        (:class:`backplane.samples.RandomInput`; ``sure`` is False where the model may
+        refuse them)."""
+        return random_input_specs(self.graph, {**self.dims, **dict(dims or {})})
+
     def random_inputs(self, seed: int = 0, dims: Mapping[str, int] | None = None
                       ) -> dict[str, Any]:
-        """Sample inputs matching the model: standard normal floats, small integers.
+        """Sample inputs the model can run, drawn as :meth:`random_input_specs` says.
 
-        Symbolic dimensions take their size from ``dims`` (default 1).
+        Symbolic dimensions take their size from ``dims``, else the session's ``dims``,
+        else from the graph (a Conv's channels; an image's sides are 224, a batch 1, a
+        sequence 16), as shape inference accepts. Floats are standard normal; integers
+        that index a table (a Gather's indices) are drawn inside it, other integers in
+        [0, 4). A run on inputs the model may refuse that fails says so.
         """
-        import numpy as np
+        import weakref
 
-        rng = np.random.default_rng(seed)
-        out = {}
-        for vi in self.graph.inputs:
-            shape = [d if isinstance(d, int) else (dims or {}).get(str(d), 1)
-                     for d in (vi.shape or ())]
-            if vi.dtype.startswith("float"):
-                out[vi.name] = rng.standard_normal(shape).astype(vi.dtype)
-            elif vi.dtype == "bool":
-                out[vi.name] = rng.integers(0, 2, shape).astype(bool)
-            else:
-                out[vi.name] = rng.integers(0, 4, shape).astype(vi.dtype)
+        specs = self.random_input_specs(dims)
+        out = draw(specs, seed)
+        with self._lock:
+            self._guesses = {k: v for k, v in self._guesses.items() if v[0]() is not None}
+            for spec in specs:
+                if not spec.sure:
+                    self._guesses[id(out[spec.name])] = (weakref.ref(out[spec.name]),
+                                                         spec.describe())
         return out
+
+    def _guessed(self, feeds: Mapping[str, Any]) -> list[str]:
+        """What is guessed about the inputs among ``feeds`` drawn by :meth:`random_inputs`."""
+        if not self._guesses:
+            return []
+        found = []
+        for value in feeds.values():
+            entry = self._guesses.get(id(value))
+            if entry is not None and entry[0]() is value:
+                found.append(entry[1])
+        return found
 
     def _ban(self, device: str, precision: str, why: str) -> None:
         """Plan no more of ``device`` at ``precision`` (a compile that failed there: an NPU
@@ -271,7 +352,7 @@ class Session:
 
     def samples(self) -> dict[str, Any]:
         """The sample inputs for tuning and accuracy checks: ``sample_inputs``, or
-        :meth:`random_inputs` with symbolic dimensions at 1."""
+        :meth:`random_inputs` (seed 0, sizes from the session's ``dims`` and the graph)."""
         if self._samples is None:
             self._samples = self.random_inputs(seed=0, dims=self.dims)
         return validate_inputs(self.graph, self._samples)

@@ -573,3 +573,248 @@ def test_outputs_are_fresh_writable_arrays_sharing_memory_with_nothing(seed):
     np.testing.assert_array_equal(second["same"], x, err_msg=f"seed {seed}")
     np.testing.assert_array_equal(second["const"], [[1, 2, 3], [4, 5, 6]])
     np.testing.assert_array_equal(second["relu"], np.maximum(x, 0), err_msg=f"seed {seed}")
+
+
+# --------------------------------------------------------------------------------------
+# 8. Models as ONNX Runtime accepts them: negative dimensions, wrong output declarations,
+#    initializers listed as inputs. (Models over 2 GiB: test_real_exports.py.)
+# --------------------------------------------------------------------------------------
+
+
+def backend_session(model, backend: str) -> "bp.Session":
+    if not any(d.backend == backend for d in bp.registry().devices()):
+        pytest.skip(f"{backend} has no device here")
+    return bp.Session(model, devices=[backend])
+
+
+def paddle_style_model() -> onnx.ModelProto:
+    """x: float32[-1,3] -> y: float32[-1,3] = Relu(x): Paddle2ONNX writes -1 for dynamic."""
+    return make_model([helper.make_node("Relu", ["x"], ["y"])],
+                      [tensor("x", TensorProto.FLOAT, [-1, 3])],
+                      [tensor("y", TensorProto.FLOAT, [-1, 3])])
+
+
+def test_a_negative_declared_dimension_is_a_named_dynamic_dimension():
+    graph = bp.load_model(paddle_style_model())
+    assert graph.inputs[0].shape == ("x_dim0", 3)
+    assert graph.outputs[0].shape == ("x_dim0", 3)
+    assert any("x_dim0" in n for n in graph.notes)
+
+
+@pytest.mark.parametrize("backend", ["reference", "onnxruntime", "openvino-cpu"])
+def test_any_size_is_accepted_where_a_negative_dimension_is_declared(backend, seed):
+    session = backend_session(paddle_style_model(), backend)
+    for rows in (1, 5):
+        x = normal(np.random.default_rng(seed + rows), (rows, 3))
+        np.testing.assert_array_equal(session.run({"x": x})["y"], np.maximum(x, 0),
+                                      err_msg=f"seed {seed}")
+
+
+def test_a_zero_declared_dimension_stays_static_as_onnx_runtime_takes_it():
+    session = reference_session(make_model([helper.make_node("Relu", ["x"], ["y"])],
+                                           [tensor("x", TensorProto.FLOAT, [0, 3])],
+                                           [tensor("y", TensorProto.FLOAT, [0, 3])]))
+    assert session.run({"x": np.zeros((0, 3), np.float32)})["y"].shape == (0, 3)
+    with pytest.raises(bp.InputError, match="dimension 0 must be 0"):
+        session.run({"x": np.zeros((2, 3), np.float32)})
+
+
+def transpose_declared(shape) -> onnx.ModelProto:
+    """x: float32[2,3] -> y = Transpose(x), of shape [3,2], declared ``shape``."""
+    return make_model([helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0])],
+                      [tensor("x", TensorProto.FLOAT, [2, 3])],
+                      [tensor("y", TensorProto.FLOAT, shape)])
+
+
+def test_an_output_declaration_shape_inference_contradicts_loads_with_the_inferred_shape(
+        caplog):
+    with caplog.at_level("WARNING", logger="backplane"):
+        graph = bp.load_model(transpose_declared([1, "seqlen", 5]))
+    assert graph.outputs[0].shape == (3, 2)
+    warnings = [r.getMessage() for r in caplog.records if "'y'" in r.getMessage()]
+    assert len(warnings) == 1 and "[1,seqlen,5]" in warnings[0] and "[3,2]" in warnings[0]
+    assert any("output 'y' is declared [1,seqlen,5]" in n for n in graph.notes)
+
+
+def test_declared_intermediate_shapes_shape_inference_contradicts_are_dropped_with_a_note():
+    model = transpose_declared([3, 2])
+    model.graph.value_info.append(tensor("x", TensorProto.FLOAT, [7]))
+    model.graph.node.insert(0, helper.make_node("Identity", ["x0"], ["x"]))
+    model.graph.input[0].name = "x0"
+    graph = bp.load_model(model)
+    assert graph.values["x"].shape == (2, 3)
+    assert any("intermediate values contradict shape inference" in n for n in graph.notes)
+
+
+def reshape_declared_wrongly() -> onnx.ModelProto:
+    """y = Reshape(x, s) with s of unknown length (inference cannot tell y's rank), y
+    declared [1,seqlen]: the model runs (20,1,8) for s = [20,1,8]."""
+    return make_model([helper.make_node("Reshape", ["x", "s"], ["y"])],
+                      [tensor("x", TensorProto.FLOAT, [160]),
+                       tensor("s", TensorProto.INT64, ["n"])],
+                      [tensor("y", TensorProto.FLOAT, [1, "seqlen"])])
+
+
+@pytest.mark.parametrize("backend", ["reference", "onnxruntime"])
+def test_an_output_no_backend_produces_as_declared_is_one_warning_not_an_exclusion(
+        backend, caplog, seed):
+    session = backend_session(reshape_declared_wrongly(), backend)
+    x = normal(np.random.default_rng(seed), (160,))
+    with caplog.at_level("WARNING", logger="backplane"):
+        for _ in range(3):
+            y = session.run({"x": x, "s": np.array([20, 1, 8])})["y"]
+            np.testing.assert_array_equal(y, x.reshape(20, 1, 8), err_msg=f"seed {seed}")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings
+    assert "'y'" in warnings[0] and "[1,seqlen]" in warnings[0] and "(20, 1, 8)" in warnings[0]
+    assert session.plan.events == [] and session.plan.partitions[0].device.startswith(backend)
+
+
+def old_style_model() -> onnx.ModelProto:
+    """IR 3, opset 8: y = x + w, w an initializer also listed as a graph input."""
+    w = numpy_helper.from_array(np.array([1.0, 2.0, 3.0], np.float32), "w")
+    model = make_model([helper.make_node("Add", ["x", "w"], ["y"])],
+                       [tensor("x", TensorProto.FLOAT, ["batch", 3]),
+                        tensor("w", TensorProto.FLOAT, [3])],
+                       [tensor("y", TensorProto.FLOAT, ["batch", 3])], [w], opset=8)
+    model.ir_version = 3
+    return model
+
+
+def test_an_initializer_listed_as_an_input_is_a_constant_the_caller_need_not_feed(seed):
+    session = reference_session(old_style_model())
+    assert [vi.name for vi in session.inputs] == ["x"]
+    x = normal(np.random.default_rng(seed), (2, 3))
+    np.testing.assert_allclose(session.run({"x": x})["y"], x + [1, 2, 3], rtol=RTOL, atol=ATOL,
+                               err_msg=f"seed {seed}")
+
+
+def test_feeding_an_initializer_listed_as_an_input_replaces_it_for_that_run_only(seed):
+    session = reference_session(old_style_model())
+    rng = np.random.default_rng(seed)
+    x, w = normal(rng, (2, 3)), normal(rng, (3,))
+    np.testing.assert_allclose(session.run({"x": x, "w": w})["y"], x + w, rtol=RTOL, atol=ATOL,
+                               err_msg=f"seed {seed}")
+    np.testing.assert_allclose(session.run({"x": x})["y"], x + [1, 2, 3], rtol=RTOL, atol=ATOL,
+                               err_msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("w, phrase", [(np.zeros(4, np.float32), "dimension 0 must be 3"),
+                                       (np.zeros(3, np.float64), "has dtype float64")],
+                         ids=["shape", "dtype"])
+def test_an_overriding_initializer_is_checked_like_an_input(w, phrase):
+    session = reference_session(old_style_model())
+    with pytest.raises(bp.InputError, match=phrase) as err:
+        session.run({"x": np.zeros((2, 3), np.float32), "w": w})
+    assert "'w'" in str(err.value)
+
+
+def test_a_placeholder_dim_param_does_not_tie_the_axes_that_carry_it():
+    """Paddle2ONNX writes '?' on every dynamic axis; an image of 48x192 must be accepted."""
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])],
+                       [tensor("x", TensorProto.FLOAT, ["?", 3, "?", "?"])],
+                       [tensor("y", TensorProto.FLOAT, ["?", 3, "?", "?"])])
+    graph = bp.load_model(model)
+    assert len({d for d in graph.inputs[0].shape if isinstance(d, str)}) == 3
+    s = bp.Session(model, devices=["reference"])
+    x = np.ones((1, 3, 48, 192), np.float32)
+    assert s.run({"x": x})["y"].shape == (1, 3, 48, 192)
+
+
+def _sequence_model():
+    """Split x into a sequence, insert y at the front, return the sequence and its length;
+    an optional input 'o' passed through when given."""
+    nodes = [helper.make_node("SplitToSequence", ["x"], ["s"], axis=0, keepdims=0),
+             helper.make_node("SequenceInsert", ["s", "y", "zero"], ["t"]),
+             helper.make_node("SequenceLength", ["t"], ["n"])]
+    model = make_model(nodes, [tensor("x", TensorProto.FLOAT, [3, 2]),
+                               tensor("y", TensorProto.FLOAT, [2])],
+                       [tensor("n", TensorProto.INT64, [])], opset=17)
+    model.graph.initializer.append(numpy_helper.from_array(np.array(0, np.int64), "zero"))
+    model.graph.output.insert(0, helper.make_tensor_sequence_value_info(
+        "t", TensorProto.FLOAT, None))
+    return model
+
+
+@pytest.mark.parametrize("devices", [["reference"], ["onnxruntime"]])
+def test_a_sequence_output_comes_back_as_a_list_of_arrays(devices):
+    rng = np.random.default_rng()
+    x, y = rng.standard_normal((3, 2), np.float32), rng.standard_normal(2, np.float32)
+    if devices == ["onnxruntime"]:
+        pytest.importorskip("onnxruntime")
+    out = bp.Session(_sequence_model(), devices=devices).run({"x": x, "y": y})
+    assert isinstance(out["t"], list) and len(out["t"]) == 4 and int(out["n"]) == 4
+    for got, want in zip(out["t"], [y, *x]):
+        np.testing.assert_array_equal(got, want)
+
+
+def _sequence_input_model():
+    nodes = [helper.make_node("ConcatFromSequence", ["s"], ["y"], axis=0)]
+    model = make_model(nodes, [], [tensor("y", TensorProto.FLOAT, ["n"])], opset=17)
+    model.graph.input.append(helper.make_tensor_sequence_value_info(
+        "s", TensorProto.FLOAT, [None]))
+    return model
+
+
+@pytest.mark.parametrize("devices", [["reference"], ["onnxruntime"]])
+def test_a_sequence_input_is_fed_as_a_list(devices):
+    if devices == ["onnxruntime"]:
+        pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng()
+    parts = [rng.standard_normal(k, np.float32) for k in (2, 3, 1)]
+    session = bp.Session(_sequence_input_model(), devices=devices)
+    assert session.inputs[0].dtype == "seq(float32)"
+    np.testing.assert_array_equal(session.run({"s": parts})["y"], np.concatenate(parts))
+
+
+@pytest.mark.parametrize("value, phrase", [
+    (np.zeros(3, np.float32), "is a sequence .* pass a list of arrays, not a ndarray"),
+    ([np.zeros(3, np.float64)], r"input 's\[0\]' has dtype float64")],
+    ids=["not-a-list", "element-dtype"])
+def test_a_wrong_sequence_input_is_named(value, phrase):
+    session = bp.Session(_sequence_input_model(), devices=["reference"])
+    with pytest.raises(bp.InputError, match=phrase):
+        session.run({"s": value})
+
+
+@pytest.mark.parametrize("devices", [["reference"], ["onnxruntime"]])
+def test_an_optional_input_may_be_left_out(devices):
+    if devices == ["onnxruntime"]:
+        pytest.importorskip("onnxruntime")
+    nodes = [helper.make_node("OptionalHasElement", ["o"], ["has"])]
+    model = make_model(nodes, [], [tensor("has", TensorProto.BOOL, [])], opset=18)
+    model.graph.input.append(helper.make_value_info("o", helper.make_optional_type_proto(
+        helper.make_tensor_type_proto(TensorProto.FLOAT, [2]))))
+    session = bp.Session(model, devices=devices)
+    assert not session.run({})["has"]
+    assert session.run({"o": np.ones(2, np.float32)})["has"]
+
+
+def test_strict_shape_inference_failing_in_onnx_own_function_body_is_lenient(caplog):
+    """onnx's MeanVarianceNormalization function body fails strict inference at opset 13
+    (ONNX's own test_mvn); ORT runs it."""
+    model = make_model([helper.make_node("MeanVarianceNormalization", ["x"], ["y"])],
+                       [tensor("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+                       [tensor("y", TensorProto.FLOAT, [1, 2, 3, 3])], opset=13)
+    model.ir_version = 7
+    graph = bp.load_model(model)
+    assert any("inferred leniently" in n for n in graph.notes)
+    x = np.random.default_rng().standard_normal((1, 2, 3, 3), np.float32)
+    mean = x.mean(axis=(0, 2, 3), keepdims=True)
+    want = (x - mean) / np.sqrt(((x - mean) ** 2).mean(axis=(0, 2, 3), keepdims=True) + 1e-9)
+    got = bp.Session(model, devices=["reference"]).run({"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_folded_constant_of_an_ir3_model_keeps_its_type():
+    """An opset-6 model at IR 3 (PyTorch 0.4's export): its Constant folded into an
+    initializer that is not a graph input must still be typed."""
+    c = np.random.default_rng().standard_normal((2, 2)).astype(np.float32)
+    model = make_model([helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(c)),
+                        helper.make_node("Mul", ["c", "x"], ["y"])],
+                       [tensor("x", TensorProto.FLOAT, [2, 2])],
+                       [tensor("y", TensorProto.FLOAT, [2, 2])], opset=6)
+    model.ir_version = 3
+    x = np.random.default_rng().standard_normal((2, 2)).astype(np.float32)
+    got = bp.Session(model, devices=["reference"]).run({"x": x})["y"]
+    np.testing.assert_allclose(got, c * x, rtol=1e-6)

@@ -298,3 +298,77 @@ def test_a_static_shape_kernel_refuses_an_input_of_unknown_rank():
     verdict = table.capabilities().check(loaded.nodes[1])
     assert not verdict and verdict.code == "capability:dynamic-shape"
     assert "unknown rank" in verdict.detail
+
+
+# ---------------------------------------------------------------- random inputs
+
+
+def conv_and_lookup_model():
+    """img: float32[N,C,H,W] -> Conv (3x3, 3 channels in); ids: int64[batch,seq] ->
+    Gather into a table of 100 rows."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    r = np.random.default_rng(SEED)
+    w = numpy_helper.from_array(r.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    table = numpy_helper.from_array(r.standard_normal((100, 8)).astype(np.float32), "table")
+    f, i = TensorProto.FLOAT, TensorProto.INT64
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["img", "w"], ["c"]),
+         helper.make_node("Cast", ["ids"], ["ids32"], to=TensorProto.INT32),
+         helper.make_node("Gather", ["table", "ids32"], ["e"])], "conv-lookup",
+        [helper.make_tensor_value_info("img", f, ["N", "C", "H", "W"]),
+         helper.make_tensor_value_info("ids", i, ["batch", "seq"])],
+        [helper.make_tensor_value_info("c", f, ["N", 4, "h", "w"]),
+         helper.make_tensor_value_info("e", f, ["batch", "seq", 8])], initializer=[w, table])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_random_inputs_give_an_image_with_dynamic_sides_a_realistic_size():
+    session = bp.Session(conv_and_lookup_model(), devices=["reference"])
+    img = session.random_inputs(seed=3)["img"]
+    assert img.shape == (1, 3, 224, 224) and img.dtype == np.float32
+
+
+def test_random_integers_that_index_a_table_are_drawn_inside_it_and_the_model_runs():
+    session = bp.Session(conv_and_lookup_model(), devices=["reference"])
+    feeds = session.random_inputs(seed=3)
+    assert feeds["ids"].shape == (1, 16) and 0 <= feeds["ids"].min() <= feeds["ids"].max() < 100
+    out = session.run(feeds)
+    assert out["c"].shape == (1, 4, 222, 222) and out["e"].shape == (1, 16, 8)
+
+
+def test_random_input_specs_say_the_sizes_and_value_ranges_used():
+    specs = {s.name: s for s in
+             bp.Session(conv_and_lookup_model(), devices=["reference"]).random_input_specs()}
+    assert specs["img"].describe().startswith("img: float32[1,3,224,224], standard normal")
+    assert "C=3: the channels of the Conv" in specs["img"].why
+    assert (specs["ids"].low, specs["ids"].high, specs["ids"].sure) == (0, 100, True)
+    assert "into a table of 100" in specs["ids"].describe()
+
+
+def offset_lookup_model():
+    """y = Gather(table[10,2], k + 8): the range of k is not what the graph tells."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.arange(20, dtype=np.float32).reshape(10, 2), "table")
+    eight = numpy_helper.from_array(np.array(8, np.int64), "eight")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["k", "eight"], ["k8"]),
+         helper.make_node("Gather", ["table", "k8"], ["y"])], "offset-lookup",
+        [helper.make_tensor_value_info("k", TensorProto.INT64, [6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 2])],
+        initializer=[table, eight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_run_failing_on_guessed_random_integers_blames_them_not_the_device():
+    session = bp.Session(offset_lookup_model(), devices=["reference"])
+    [spec] = session.random_input_specs()
+    assert not spec.sure and "a guess" in spec.why
+    with pytest.raises(bp.ExecutionError) as err:
+        session.run(session.random_inputs(seed=0))
+    assert "inputs were random" in str(err.value) and "--input NAME=FILE.npy" in str(err.value)
+    assert session.plan.events == []  # no device excluded
+    k = np.arange(6) % 2
+    np.testing.assert_array_equal(session.run({"k": k})["y"],
+                                  np.arange(20, dtype=np.float32).reshape(10, 2)[8 + k])
