@@ -11,6 +11,7 @@ carry their recorded outputs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import math
@@ -26,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from backplane.graph import DTYPE_CODES, DTYPE_NAMES
 from backplane.intake import MIN_OPSET
-from backplane.ops import MANDATORY
+from backplane.ops import MANDATORY, RANDOM_OPS
 
 #: The core op set: a backend that claims one of these ops must pass its cases.
 MANDATORY_OPS: tuple[str, ...] = MANDATORY
@@ -39,7 +40,10 @@ TIERS = ("mandatory", "optional")
 #: Every tag a case may carry.
 TAGS = frozenset({"broadcast", "rank-0", "rank-1", "rank-2", "rank-3", "rank-4", "rank-5",
                   "empty", "size-1", "size-7", "size-127", "size-1025", "attr", "special-values",
-                  "large", "onnx-node-test", "model"})
+                  "large", "onnx-node-test", "model", "version"})
+#: Generated cases of an op re-run at each other version of its schema (from opset 7), at
+#: most: the first that convert to the opset where that version starts.
+PER_VERSION = 2
 SIZES = (1, 7, 127, 1025)
 
 
@@ -1253,7 +1257,41 @@ def generate(op: str, seed: int, dtypes: Iterable[str] | None = None) -> list[Ca
     wanted = None if dtypes is None else set(dtypes)
     builder = _Builder(op, seed, wanted)
     _GENERATORS[op](builder, admitted_dtypes(op))
-    return builder.cases
+    return builder.cases + versioned(builder.cases)
+
+
+def versioned(cases: list[Case]) -> list[Case]:
+    """Cases at each other version of their op's schema (from opset 7 to the newest):
+    the first :data:`PER_VERSION` cases (in generation order), relabelled to the opset where that
+    version starts (or converted by onnx.version_converter where the node's form changed:
+    attributes that became inputs); versions no case converts to are left out. Tag
+    ``version``; the id ends in ``/opset-N``. The oracle computes their outputs at that
+    version, so a backend is checked on each version it declares."""
+    from backplane.ops import get
+    from backplane.ops.survey import _converted
+
+    out: list[Case] = []
+    if not cases:
+        return out
+    definition = get(cases[0].op)
+    here = definition.version_at(OPSET)
+    plain = [c for c in cases if c.expected is None and not {"empty", "large"} & set(c.tags)]
+    for version in definition.versions:
+        if version == here or version < MIN_OPSET:
+            continue
+        schema = definition.schemas[definition.versions.index(version)]
+        main = schema.dtypes_of(schema.inputs[_MAIN_INPUT.get(definition.name, 0)][0])
+        kept = 0
+        for case in plain:
+            if kept == PER_VERSION:
+                break
+            model = _converted(case.model, version) if case.dtype in main else None
+            if model is not None:
+                kept += 1
+                out.append(dataclasses.replace(
+                    case, id=f"{case.id}/opset-{version}", model=model,
+                    tags=tuple(sorted({*case.tags, "version"}, key=_tag_order))))
+    return out
 
 
 def all_cases(seed: int, ops: Iterable[str] | None = None, tier: str = "mandatory", *,
@@ -1289,7 +1327,9 @@ def onnx_node_cases(ops: Iterable[str]) -> list[Case]:
     Tier "mandatory" for a mandatory op, "optional" otherwise; tag ``onnx-node-test``.
     Each test keeps the opset ONNX recorded it at (a backend declares the op versions it
     runs); one recorded below opset 7, the oldest backplane reads as it is, is kept, at
-    opset 7, only where it reproduces its outputs there.
+    opset 7, only where it reproduces its outputs there. The tests of random ops
+    (:data:`backplane.ops.RANDOM_OPS`, and Dropout given ``training_mode``) are left out:
+    their recorded outputs are one draw.
     """
     wanted = set(ops)
     out: list[Case] = []
@@ -1297,6 +1337,9 @@ def onnx_node_cases(ops: Iterable[str]) -> list[Case]:
         g = test.model.graph
         if len(g.node) != 1 or "_expanded" in test.name or g.node[0].op_type not in wanted:
             continue
+        if g.node[0].op_type in RANDOM_OPS or (g.node[0].op_type == "Dropout"
+                                               and len(g.node[0].input) > 2):
+            continue  # random draws: a Dropout given training_mode drops at random
         if g.node[0].domain not in ("", "ai.onnx"):
             continue
         case = _node_case(test)

@@ -132,8 +132,10 @@ class OpSupport:
         constant_inputs: the positions of inputs that must be constants of the graph
             (initializers), not values computed at run time (OpenVINO's Tile computes
             garbage from repeats it is fed).
-        input_counts, output_counts: how many inputs / outputs a node may have present
-            (``None``: any): a variant that asks for an optional output the backend gets
+        input_dtypes: dtypes admitted per input position beyond the first (``None``: what
+            the schema admits): a variant with another operand type the backend lacks
+            (ONNX Runtime's Pow with a uint64 exponent).
+        absent_outputs: optional outputs a node must not ask for: one the backend computes
             wrong (Attention's ``qk_matmul_output``).
     """
 
@@ -145,8 +147,8 @@ class OpSupport:
     attributes: Mapping[str, AttributeRule] = field(default_factory=dict)
     versions: Mapping[int, frozenset[str] | None] | None = None
     constant_inputs: frozenset[int] = frozenset()
-    input_counts: frozenset[int] | None = None
-    output_counts: frozenset[int] | None = None
+    input_dtypes: Mapping[int, frozenset[str]] | None = None
+    absent_outputs: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -163,10 +165,9 @@ class OpSupport:
             "layout": self.layout,
             "attributes": {k: asdict(v) for k, v in self.attributes.items()},
             "constant_inputs": sorted(self.constant_inputs),
-            "input_counts": sorted(self.input_counts) if self.input_counts is not None
-            else None,
-            "output_counts": sorted(self.output_counts) if self.output_counts is not None
-            else None,
+            "input_dtypes": None if self.input_dtypes is None else {
+                str(k): sorted(v) for k, v in sorted(self.input_dtypes.items())},
+            "absent_outputs": sorted(self.absent_outputs),
             "versions": None if self.versions is None else {
                 str(v): sorted(d) if d is not None else None
                 for v, d in sorted(self.versions.items())},
@@ -314,13 +315,17 @@ class Capabilities:
         if support.min_rank and any(len(s) < support.min_rank for s in shapes):
             return Verdict(False, "capability:rank",
                            f"{key} admits rank >= {support.min_rank}")
-        for what, allowed, names in (("inputs", support.input_counts, node.inputs),
-                                     ("outputs", support.output_counts, node.outputs)):
-            present = sum(1 for n in names if n)
-            if allowed is not None and present not in allowed:
-                return Verdict(False, "capability:arity",
-                               f"{key} is declared with {sorted(allowed)} {what} present, the "
-                               f"node has {present}")
+        for k, allowed in sorted((support.input_dtypes or {}).items()):
+            vi = node.input_types[k] if k < len(node.input_types) else None
+            if vi is not None and vi.dtype not in allowed:
+                return Verdict(False, "capability:dtype",
+                               f"{key} admits {sorted(allowed)} at input {k}, the node has "
+                               f"{vi.dtype}")
+        for k in sorted(support.absent_outputs):
+            if k < len(node.outputs) and node.outputs[k]:
+                return Verdict(False, "capability:output",
+                               f"{key} computes its optional output {k} wrong here; the node "
+                               "asks for it")
         for k in sorted(support.constant_inputs):
             if k < len(node.inputs) and node.inputs[k] and k not in node.constant_inputs:
                 return Verdict(False, "capability:constant-input",

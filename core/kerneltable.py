@@ -61,11 +61,12 @@ class LazyKernel:
         return fn(*self.bound, *args, **self.fixed, **attrs)
 
 
-#: The default-domain opsets whose semantics a kernel implements unless it names its
-#: versions: the op versions in force from opset 13 to 21, what backplane's kernels were
-#: written for and the conformance cases check, and every other version of the same
-#: signature (they differ in the types they admit only: Relu-6, Squeeze-23 ...).
-KERNEL_OPSETS = (13, 21)
+#: The default-domain opset whose op versions a kernel implements unless it names its
+#: versions: the one backplane's kernels were written for and the conformance cases are
+#: generated at, and every other version of the same signature (they differ in the types
+#: they admit only: Relu-6, Squeeze-13 and -23 ...). An older form (ReduceMean-13 with
+#: ``axes`` as an attribute) is a version of its own, which a kernel declares by name.
+KERNEL_OPSET = 21
 
 
 def _identity(x: Any) -> Any:
@@ -108,8 +109,8 @@ class KernelTable:
 
         The keyword arguments are the fields of :class:`~backplane.core.contract.OpSupport`;
         ``versions`` names the versions of the op's schema (their ``since`` opsets) whose
-        semantics the kernel implements, by default those of :data:`KERNEL_OPSETS`; the
-        versions of the same signature are added (see :meth:`backplane.ops.OpDef.same_as`).
+        semantics the kernel implements, by default the one in force at :data:`KERNEL_OPSET`;
+        the versions of the same signature are added (see :meth:`backplane.ops.OpDef.same_as`).
         """
         support = OpSupport(dtypes=frozenset(dtypes) if dtypes is not None else None,
                             dynamic_shapes=dynamic_shapes, max_rank=max_rank,
@@ -172,8 +173,7 @@ class KernelTable:
             if definition is None or not definition.schemas:
                 out[key] = kernel.support
                 continue
-            declared = self._versions.get(key) or {
-                definition.version_at(o) for o in range(KERNEL_OPSETS[0], KERNEL_OPSETS[1] + 1)}
+            declared = self._versions.get(key) or {definition.version_at(KERNEL_OPSET)}
             versions = definition.same_as(frozenset(declared) - {0})
             out[key] = dataclasses.replace(kernel.support,
                                            versions={v: None for v in sorted(versions)})
@@ -217,7 +217,9 @@ class KernelExecutable(Executable):
         self._upload = upload or (lambda a: a)
         self._download = download or _to_host
         kernels, nodes = [], []
-        self._consts = {t.name: self._upload(numpy_helper.to_array(t))
+        _, mapped = graph.split_external()  # initializers kept in their files (over 2 GiB)
+        self._consts = {t.name: self._upload(mapped[t.name] if t.name in mapped
+                                             else numpy_helper.to_array(t))
                         for t in graph.model.graph.initializer}
         for node in graph.nodes:
             verdict = caps.check(node)

@@ -13,7 +13,7 @@ that does not run it, a reason code:
 ``capability:rank``         rank outside the backend's limits
 ``capability:attribute``    an attribute value outside the backend's limits
 ``capability:constant-input`` an input the backend needs constant is computed at run time
-``capability:arity``        more (or fewer) optional inputs or outputs than the backend runs
+``capability:output``       the node asks for an optional output the backend gets wrong
 ``precision``               the backend cannot compute at the session's precision
 ``precision:budget``        a lower-precision path missed the accuracy budget (measured)
 ``conformance:failed``      this op x dtype failed the stored conformance run there

@@ -50,14 +50,23 @@ def test_a_mode_left_at_its_default_counts_as_that_value():
     assert not failed and rules == {"Resize": {"exclude_outside": [0]}}
 
 
-def test_an_optional_output_asked_for_only_by_failures_limits_the_outputs():
-    ok = {"#inputs": 3, "#outputs": 1}
-    failed, rules = _judged([outcome("Attention", True, **ok),
-                             outcome("Attention", False, "t", **{"#inputs": 3, "#outputs": 2})])
+def test_an_optional_output_asked_for_only_by_failures_must_stay_absent():
     from backplane.ops.verify import attribute_rules
 
-    assert not failed and rules == {"Attention": {"#outputs": [1]}}
-    assert attribute_rules(rules)["Attention"]["output_counts"] == {1}
+    failed, rules = _judged([outcome("Attention", True),
+                             outcome("Attention", False, "t", **{"#output3": 1})])
+    assert not failed and rules == {"Attention": {"#output3": [0]}}
+    assert attribute_rules(rules)["Attention"]["absent_outputs"] == {3}
+
+
+def test_an_operand_dtype_only_failures_have_limits_that_input():
+    from backplane.ops.verify import attribute_rules
+
+    failed, rules = _judged([outcome("Pow", True, **{"#dtype1": "float32"}),
+                             outcome("Pow", True, **{"#dtype1": "int64"}),
+                             outcome("Pow", False, "t", **{"#dtype1": "uint64"})])
+    assert not failed and rules == {"Pow": {"#dtype1": ["float32", "int64"]}}
+    assert attribute_rules(rules)["Pow"]["input_dtypes"] == {1: {"float32", "int64"}}
 
 
 def test_sizes_never_become_rules():
@@ -82,3 +91,28 @@ def test_verify_survives_a_backend_that_crashes_and_refuses_what_it_gets_wrong(b
     assert "crashed" in failed["Neg"]["13/float32"]
     assert "differs from the recorded one" in failed["Abs"]["13/float32"]
     assert "Relu" not in failed and not rules
+
+
+def test_an_optional_input_only_failures_have_explains_nothing():
+    """LSTM's peephole test feeds inputs 4 to 7; the passing tests feed none of them: the
+    failure says nothing about initial states, so no rule refuses them."""
+    failed, rules = _judged([outcome("LSTM", True),
+                             outcome("LSTM", False, "t", **{"#dtype7": "float32"})])
+    assert "LSTM" in failed and not rules
+
+
+def test_a_failure_in_an_optional_output_only_keeps_the_op_without_that_output():
+    """ORT's Attention-23 returns a wrong qk_matmul_output (output 3) with a causal mask,
+    while its Y is right: the op stays, without output 3."""
+    row = outcome("Attention", False, "test_attention_qk_causal", is_causal=1)
+    row.update(wrong=[3], compared=[0, 3])
+    failed, rules = _judged([outcome("Attention", True, is_causal=1), row])
+    assert not failed and rules == {"Attention": {"#output3": [0]}}
+
+
+def test_a_wrong_optional_output_with_the_first_not_compared_explains_nothing():
+    """LSTM's peephole test asks for Y_h only: whether Y is right is not known."""
+    row = outcome("LSTM", False, "test_lstm_with_peepholes")
+    row.update(wrong=[1], compared=[1])
+    failed, rules = _judged([outcome("LSTM", True), row])
+    assert "LSTM" in failed and not rules

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from ..contract import op_key
 from ..errors import UnsupportedError, did_you_mean
 from .costs import Cost, cost_function, cost_of, family_of, output_bytes
-from .opdef import DOMAIN, FUSED, MANDATORY, TIERS, OpDef, OpVersion
+from .opdef import DOMAIN, FUSED, MANDATORY, RANDOM_OPS, TIERS, OpDef, OpVersion
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..graph import Node
@@ -136,7 +136,7 @@ def cost(node: "Node") -> Cost:
         return Cost(0, output_bytes(node))
 
 
-__all__ = ["DOMAIN", "DOMAINS", "FUSED", "MANDATORY", "TIERS", "Cost", "OpDef", "OpVersion",
+__all__ = ["DOMAIN", "DOMAINS", "FUSED", "MANDATORY", "RANDOM_OPS", "TIERS", "Cost", "OpDef", "OpVersion",
            "all_ops", "cost", "find", "get", "version_of"]
 
 

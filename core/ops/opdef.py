@@ -36,6 +36,11 @@ DOMAIN = "backplane"
 #: ``com.microsoft`` contrib ops of ONNX Runtime, and backplane's fused ops.
 TIERS = ("mandatory", "optional", "contrib", "fused")
 
+#: Ops whose outputs are random draws: a recorded output is one draw that no runtime
+#: reproduces, so tests of them compare structure, shapes and dtypes only.
+RANDOM_OPS = frozenset({"Bernoulli", "Multinomial", "RandomNormal", "RandomNormalLike",
+                        "RandomUniform", "RandomUniformLike"})
+
 Formal = tuple[str, str, bool]
 """``(name, type-constraint name, optional)`` of one input or output."""
 

@@ -85,7 +85,7 @@ def ort_op_table(provider: str, expands_functions: bool = True) -> dict[str, dic
                 continue
             allowed = schema.type_constraints.get(main, frozenset())
             covering = [c for lo, hi, c in kernels.get(definition.key, ())
-                        if lo <= schema.since <= hi]
+                        if _covers(lo, hi, schema.since)]
             if covering:
                 dtypes = set().union(*(c.get(main, allowed) for c in covering)) & set(allowed)
                 if provider == "CPUExecutionProvider" and "float32" in dtypes:
@@ -101,6 +101,18 @@ def ort_op_table(provider: str, expands_functions: bool = True) -> dict[str, dic
         if found:
             ops[definition.key] = found
     return ops
+
+
+#: The end ONNX Runtime gives a kernel registered "from version N on".
+OPEN_END = 2**31 - 1
+
+
+def _covers(first: int, last: int, version: int) -> bool:
+    """Whether a kernel registered for versions ``first`` to ``last`` runs nodes of schema
+    version ``version``: ONNX Runtime matches an open-ended registration to its first
+    version only (a later version of the op needs a registration of its own), a closed range
+    to every version in it."""
+    return version == first or (first < version <= last and last != OPEN_END)
 
 
 def main_constraint(schema: Any) -> str | None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import MANDATORY, all_ops, find
@@ -347,6 +347,71 @@ def node_test_cases(ops: tuple[str, ...] | None = None) -> tuple[tuple[Any, ...]
         out.append((key, version, dtype, case.name, model, feeds, expected,
                     float(case.rtol), float(case.atol)))
     return tuple(out)
+
+
+#: Float types a float32 node test is also run at, where a table declares them and ONNX
+#: records no test of that op version at that type, with the relative tolerance of the
+#: comparison (a few units in the last place: these catch broken kernels, not rounding).
+LOW_PRECISION = {"float16": 2.0 ** -7, "bfloat16": 2.0 ** -5}
+
+
+def low_precision_cases(cases: tuple[tuple[Any, ...], ...],
+                        table: Mapping[str, Mapping[str, list[str]]]
+                        ) -> tuple[tuple[Any, ...], ...]:
+    """The float32 node tests of ``cases`` again at float16 and bfloat16, for the op
+    versions ``table`` declares at those types and ONNX has no recorded test of: the
+    model retyped, the inputs rounded to the type, and ``expected`` a function giving the
+    oracle's outputs (onnx.reference in float32 on the rounded inputs, rounded to the
+    type). A runtime's low-precision kernel then meets a check too (OpenVINO's bfloat16
+    ReduceMax returns NaN for a row of -inf and 1.875 for min(1, 2)); tolerance
+    :data:`LOW_PRECISION`, and ``atol`` that times the largest expected magnitude."""
+    import numpy as np
+    from onnx import TensorProto
+
+    from ..graph import numpy_dtype
+
+    recorded = {(c[0], c[1], c[2]) for c in cases}
+    out = []
+    for key, version, dtype, name, model, feeds, expected, _rtol, _atol in cases:
+        if dtype != "float32" or not expected or not feeds or \
+                model.graph.initializer or _has_tensor_attribute(model.graph.node[0]):
+            continue
+        for target, rtol in LOW_PRECISION.items():
+            if target not in table.get(key, {}).get(str(version), ()) or \
+                    (key, version, target) in recorded:
+                continue
+            elem = TensorProto.FLOAT16 if target == "float16" else TensorProto.BFLOAT16
+            low = type(model)()
+            low.CopyFrom(model)
+            for vi in [*low.graph.input, *low.graph.output]:
+                if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+                    vi.type.tensor_type.elem_type = elem
+            np_type = numpy_dtype(target)
+            rounded = {k: v.astype(np_type) if v.dtype == np.float32 else v
+                       for k, v in feeds.items()}
+            out.append((key, version, target, f"{name}@{target}", low, rounded,
+                        functools.partial(_oracle_at, model, rounded, np_type), rtol, rtol))
+    return tuple(out)
+
+
+def _has_tensor_attribute(node: Any) -> bool:
+    from onnx import AttributeProto
+
+    return any(a.type in (AttributeProto.TENSOR, AttributeProto.GRAPH) for a in node.attribute)
+
+
+def _oracle_at(model: Any, rounded: Mapping[str, Any], np_type: Any) -> dict[str, Any]:
+    """onnx.reference's outputs of the float32 ``model`` on ``rounded`` inputs (read back
+    as float32), float32 outputs rounded to ``np_type``."""
+    import numpy as np
+    from onnx.reference import ReferenceEvaluator
+
+    feeds = {k: v.astype(np.float32) if v.dtype == np_type else v for k, v in rounded.items()}
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        got = ReferenceEvaluator(model).run(None, feeds)
+    return {vi.name: (np.asarray(v).astype(np_type) if np.asarray(v).dtype == np.float32
+                      else np.asarray(v)) for vi, v in zip(model.graph.output, got)}
 
 
 def _collected(ops: tuple[str, ...] | None) -> list[Any]:

@@ -292,7 +292,9 @@ def table_for(rt: Any) -> KernelTable:
         if held is None or held[0] is not rt:
             table = kernels.copy()
             for key in list(kernels.capabilities().ops):
-                table.replace(key, kernels.get(key).fn.on(rt))
+                kernel = kernels.get(key)  # None for the table's built-in Identity and Constant
+                if kernel is not None:
+                    table.replace(key, kernel.fn.on(rt))
             held = _tables[id(rt)] = (rt, table)
         return held[1]
 

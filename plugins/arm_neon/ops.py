@@ -81,7 +81,7 @@ def gelu(rt: Any, x: Any, approximate: str = "none") -> Any:
 def clip(rt: Any, x: Any, lo: Any = None, hi: Any = None) -> Any:
     low = float(np.asarray(lo).reshape(-1)[0]) if lo is not None else -math.inf
     high = float(np.asarray(hi).reshape(-1)[0]) if hi is not None else math.inf
-    return unary(rt, "Clip", x, low, high)
+    return unary(rt, "Clip", x, min(low, high), high)  # min > max: every element is max
 
 
 def broadcast_layout(shape_a: tuple, shape_b: tuple) -> tuple[tuple, list, list, list]:
@@ -281,9 +281,9 @@ def conv_transpose(rt: Any, x: Any, w: Any, b: Any = None, auto_pad: str = "NOTS
                    dilations: Any = None, group: int = 1, kernel_shape: Any = None,
                    output_padding: Any = None, output_shape: Any = None, pads: Any = None,
                    strides: Any = None) -> Any:
-    """Output size and padding as backplane's oracle reads the specification: an
-    ``output_shape`` (or SAME auto-padding) sets the total padding, split as SAME_UPPER
-    unless SAME_LOWER asks otherwise (a negative total zero-extends the output)."""
+    """Output size and padding as the specification gives them (and backplane's oracle): an
+    ``output_shape`` (or SAME auto-padding) sets the total padding, its larger half first
+    unless SAME_UPPER asks otherwise (a negative total zero-extends the output)."""
     nsp = x.ndim - 2
     if not 1 <= nsp <= 3:
         raise ValueError(f"ConvTranspose over {nsp} spatial dimensions (1 to 3)")
@@ -302,7 +302,9 @@ def conv_transpose(rt: Any, x: Any, w: Any, b: Any = None, auto_pad: str = "NOTS
         out = None
     if out is not None:
         total = [f - o for f, o in zip(full, out)]
-        begins = [t - t // 2 if auto_pad == "SAME_LOWER" else t // 2 for t in total]
+        # The spec: SAME_UPPER puts the smaller half of the total padding first, NOTSET
+        # (output_shape) and SAME_LOWER the larger.
+        begins = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
     else:
         p = [int(v) for v in pads] if pads is not None and auto_pad != "VALID" else [0] * (2 * nsp)
         begins = p[:nsp]

@@ -216,6 +216,8 @@ def clip(x: Any, lo: Any = None, hi: Any = None, min: Any = None, max: Any = Non
         tmin, tmax = INT_LIMITS[str(x.dtype)]
         lo = tmin if lo is None else lo
         hi = tmax if hi is None else hi
+    if lo > hi:  # the spec: every element becomes max
+        lo = hi
     return unary("Clip", x, (lo, hi))
 
 

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from backplane import (API_VERSION, AttributeRule, Backend, Capabilities, CompileOptions, Device,
+from backplane import (API_VERSION, Backend, Capabilities, CompileOptions, Device,
                        Executable, LazyOps, OpSupport)
 from backplane import __version__ as _backplane_version
 from backplane.errors import CompileError, DeviceUnavailable, ExecutionError
@@ -69,7 +69,7 @@ VALUE_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64", "int8", "
 #: Seconds one provider's readiness check may take before it counts as not ready.
 READINESS_TIMEOUT_S = 2.0
 #: Bump when this backend's derivation changes, so stale disk caches are ignored.
-DERIVATION_VERSION = 6
+DERIVATION_VERSION = 12
 #: The derived table for the ONNX Runtime this release was checked with, shipped so that
 #: a first Session does not wait for the derivation (used only where its key matches).
 SHIPPED = Path(__file__).with_name("capabilities.json")
@@ -151,6 +151,9 @@ class ORTBackend(Backend):
                                f"{options.precision}", backend=self.name, device=device.id)
         ort = _ort()
         so = session_options(ort, options.policy, provider, extra)
+        if graph.external_dir is not None:  # a model over 2 GiB: big initializers in files
+            so.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                        str(graph.external_dir))
         try:
             session = ort.InferenceSession(
                 graph.model.SerializeToString(), so,
@@ -245,7 +248,7 @@ class ORTExecutable(Executable):
         try:
             if self._raw:
                 return self._run_ort_values(np, inputs)
-            feeds = {name: np.asarray(inputs[name], order="C") for name, _ in self._inputs}
+            feeds = {name: _fed(np, inputs[name]) for name, _ in self._inputs if name in inputs}
             return dict(zip(self._outputs, self._session.run(self._outputs, feeds)))
         except Exception as exc:
             raise ExecutionError.wrap(exc, backend=ORTBackend.name, device=self._device.id,
@@ -259,6 +262,8 @@ class ORTExecutable(Executable):
         ort = _ort()
         feeds = {}
         for name, type_str in self._inputs:
+            if name not in inputs:  # an optional input left out, or one no node reads
+                continue
             arr = np.asarray(inputs[name], order="C")
             raw = _RAW_TYPES.get(type_str)
             if raw is None:
@@ -471,12 +476,7 @@ def _check_provider(provider: str) -> tuple[bool, str]:
 
 #: Narrowings of the derived support, where an op runs in a one-node probe but some of its
 #: variants give wrong results (each with the reason). Op key -> OpSupport keywords.
-CONSTRAINTS: dict[str, dict[str, Any]] = {
-    # ORT pads a ConvTranspose whose output_shape needs odd total padding as SAME_UPPER
-    # where ONNX asks (for auto_pad NOTSET) for the extra pixel at the start, and it is wrong
-    # whenever output_shape exceeds the natural size: refuse every node that sets it.
-    "ConvTranspose": {"attributes": {"output_shape": AttributeRule(allowed=())}},
-}
+CONSTRAINTS: dict[str, dict[str, Any]] = {}
 
 
 def derived_ops() -> dict[str, OpSupport]:
@@ -560,3 +560,13 @@ def _derive_now() -> dict[str, Any]:
                       "ONNX's node tests (backplane.ops.verify)",
             "seconds": round(time.perf_counter() - t0, 3), "ops": narrowed(ops, refused),
             "rules": rules, "refused": refused}
+
+
+def _fed(np: Any, value: Any) -> Any:
+    """A feed as ORT's Python API takes it: a C-ordered array; a sequence as a list of
+    them, an optional as None or its element, a map as a dict."""
+    if value is None or isinstance(value, dict):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_fed(np, v) for v in value]
+    return np.asarray(value, order="C")

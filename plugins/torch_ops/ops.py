@@ -288,7 +288,9 @@ def conv_transpose(x: Any, w: Any, b: Any = None, auto_pad: str = "NOTSET",
         out_sp = None
     if out_sp is not None:
         totals = [full[i] - out_sp[i] for i in range(nsp)]
-        begins = [t - t // 2 if auto_pad == "SAME_LOWER" else t // 2 for t in totals]
+        # The spec: SAME_UPPER puts the smaller half of the total padding first, NOTSET
+        # (output_shape) and SAME_LOWER the larger.
+        begins = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals]
     else:
         p = list(pads) if pads and auto_pad != "VALID" else [0] * (2 * nsp)
         begins = p[:nsp]
