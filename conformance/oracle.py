@@ -149,6 +149,14 @@ class _Float64Plan:
         return cls(None, rewritten, upcast, output_types)
 
 
+#: Ops the oracle runs in the model's own types, and why float64 would change them.
+_OWN_TYPES = {
+    "BitCast": "reinterprets the bits of its input: a wider type changes the result",
+    "MeanVarianceNormalization": "is a function whose body has float32 constants, which meet "
+                                 "a float64 input",
+}
+
+
 def _value_types(graph: onnx.GraphProto) -> dict[str, int]:
     types: dict[str, int] = {}
     for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
@@ -164,6 +172,8 @@ def _bind_node(node: onnx.NodeProto, opsets: dict[str, int], types: dict[str, in
     """Sort the node's float operands into fixed and generic; a reason if double is refused."""
     if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute):
         return f"{node.op_type} has a subgraph"
+    if node.op_type in _OWN_TYPES and node.domain in ("", "ai.onnx"):
+        return f"{node.op_type} {_OWN_TYPES[node.op_type]}"
     domain = "" if node.domain in ("", "ai.onnx") else node.domain
     if domain not in opsets and not (domain == "" and "ai.onnx" in opsets):
         return f"{node.op_type}: no opset for domain {domain!r}"

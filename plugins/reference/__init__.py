@@ -41,8 +41,10 @@ class ReferenceBackend(Backend):
                        properties={"machine": platform.machine()})]
 
     def compile(self, graph: Any, device: Device, options: CompileOptions) -> Executable:
-        """Build a ReferenceEvaluator over the (sub)graph's model."""
-        return ReferenceExecutable(graph.model)
+        """Build a ReferenceEvaluator over the (sub)graph's model (initializers kept in
+        their files, in a model over 2 GiB, are fed to it as mapped arrays)."""
+        model, consts = graph.split_external()
+        return ReferenceExecutable(model, consts)
 
 
 class ReferenceExecutable(Executable):
@@ -50,11 +52,14 @@ class ReferenceExecutable(Executable):
 
     thread_safe = True
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, consts: dict[str, Any] | None = None):
         from .fixes import evaluator_class
 
-        self._model = model
+        self._model, self._consts = model, dict(consts or {})
         self._outputs = [o.name for o in model.graph.output]
+        # Optional inputs a run may leave out: onnx.reference reads them as None (empty).
+        self._empty = {i.name: None for i in model.graph.input
+                       if i.type.WhichOneof("value") == "optional_type"}
         self._local = threading.local()
         self._local.evaluator = evaluator_class()(model)  # fail at compile, not at first run
 
@@ -69,4 +74,5 @@ class ReferenceExecutable(Executable):
 
         # IEEE semantics, as ONNX specifies: exp overflows to inf, log(0) is -inf, quietly.
         with np.errstate(all="ignore"):
-            return dict(zip(self._outputs, evaluator.run(None, inputs)))
+            return dict(zip(self._outputs, evaluator.run(
+                None, {**self._empty, **inputs, **self._consts})))

@@ -1,9 +1,15 @@
-"""Kernels that onnx.reference (1.23) gets wrong, replaced for the reference backend and the
-conformance oracle alike.
+"""Kernels that onnx.reference (1.23) gets wrong or lacks, replaced for the reference backend
+and the conformance oracle alike, at every op version from opset 7 on.
 
 Each replacement keeps onnx.reference's own kernel wherever that one is right and takes over
-only where it is not; every case below is pinned by a test in tests/test_reference_fixes.py
-against an independent formula or ONNX's recorded node-test outputs.
+only where it is not (for the op versions, or the inputs, named below); every case is pinned
+by a test in tests/test_reference_fixes.py against an independent formula or ONNX's recorded
+node-test outputs, and ``python -m backplane.conformance.oracle_audit`` compares the result
+with ONNX's recorded outputs, ONNX Runtime and OpenVINO (docs/conformance.md, "The oracle").
+Note the root of several old-version defects: onnx.reference keys its kernels by op name and
+fills a node's unset attributes with the defaults of the op's newest schema.
+
+Here (``fixes.py``):
 
 - Erf: ``np.vectorize(erf, otypes=["f"])`` rounds every result to float32, even in float64.
 - MaxPool: asymmetric pads and SAME_LOWER give the wrong output shape; the ``Indices``
@@ -11,7 +17,7 @@ against an independent formula or ONNX's recorded node-test outputs.
   inputs are padded with NaN and fail.
 - GlobalAveragePool: an empty batch divides by zero.
 - Flatten: an empty input fails to reshape.
-- Pad: negative pads (cropping) are refused.
+- Pad: negative pads (cropping) are refused; Pad-2's ``value`` attribute is honoured.
 - MatMulInteger: a per-row ``a_zero_point`` is broadcast along columns.
 - LayerNormalization: computes in the input's type, where ``stash_type=1`` asks for float32
   (a float16 or bfloat16 row of 1025 elements loses whole units).
@@ -19,9 +25,36 @@ against an independent formula or ONNX's recorded node-test outputs.
   that type (a bfloat16 Softmax over 1025 elements is off by a third); they are run in
   float32 and rounded once, as every hardware backend accumulates.
 - ConvTranspose: wrong for ``group > 1`` unless every group has one output channel, adds the
-  first group's bias to every group, and fails on an empty batch.
+  first group's bias to every group, and fails on an empty batch. With ``output_shape`` the
+  larger half of the total padding goes first (NOTSET, SAME_LOWER), by floor division, so a
+  negative total adds its zeros at the end (the spec, ONNX's recorded test, ONNX Runtime and
+  OpenVINO agree).
 - DequantizeLinear: has no kernel for opsets 13 to 18 (only 19 and later); opset 21's
   kernel, a superset of the older semantics, runs every opset backplane accepts.
+
+Old op versions (``legacy.py``):
+
+- BatchNormalization 7 and 9 (opsets 7-13): test mode (one output) whatever ``momentum``
+  says; onnx.reference ran 9 in training mode whenever momentum was set (its defaults
+  always set it: 3.6% error per layer on a real detector) and 7 as version 6. Five outputs
+  are training mode; version 7's ``spatial=0`` is honoured.
+- Softmax, LogSoftmax, Hardmax 1 and 11: coerced to 2-D at ``axis``, default 1 (onnx.reference
+  ran version 13's single axis, default -1).
+- Upsample 7 and 9, Resize 10: nearest and linear at any scale (onnx.reference refused the
+  attribute form, linear and fractional scales, and misread Resize-10's inputs); Resize-11's
+  ``tf_half_pixel_for_nn``.
+- RoiAlign 10: ``output_half_pixel`` pixel mapping (onnx.reference used 16's ``half_pixel``).
+- GridSample 16: modes ``bilinear`` and ``bicubic`` (onnx.reference knew 20's names only).
+- OneHot: a rank-1 ``depth`` and non-integer ``indices`` and ``depth`` (refused).
+- Missing: Scatter (9, 11), GlobalLpPool, MaxRoiPool, ai.onnx.ml CategoryMapper.
+
+Control flow (``control.py``): Loop scan outputs stacked on a new axis (were concatenated),
+zero-trip loops, absent ``cond``; Scan at every version (8 was missing; reverse directions
+and non-zero axes were refused); Optional holds its value (was wrapped in a list).
+
+Recurrent ops (``recurrent.py``): RNN, GRU and LSTM with ``sequence_lens``, ``clip``,
+``activations`` (with alpha and beta) or LSTM's ``input_forget``, all of which onnx.reference
+ignores.
 """
 
 from __future__ import annotations
@@ -95,9 +128,12 @@ def fixed_ops() -> tuple[type, ...]:
     class Pad(Pad_18):
         op_domain = ""
 
-        def _run(self, data: np.ndarray, pads: Any, constant_value: Any = None,
-                 axes: Any = None, mode: Any = None) -> tuple[np.ndarray]:
+        def _run(self, data: np.ndarray, pads: Any = None, constant_value: Any = None,
+                 axes: Any = None, mode: Any = None, value: Any = None) -> tuple[np.ndarray]:
+            # Pad-2 takes pads and value as attributes, Pad-11 and later as inputs.
             pads = np.asarray(pads, np.int64)
+            if constant_value is None and value is not None:
+                constant_value = np.array(value, data.dtype)
             if pads.size and pads.min() < 0:
                 data, pads = _crop(data, pads, axes)
             return super()._run(data, pads, constant_value, axes, mode=mode)
@@ -151,8 +187,11 @@ def fixed_ops() -> tuple[type, ...]:
                  output_dtype=None):  # noqa: ARG002 - opset 23's attribute, outside 13..21
             return super()._run(x, x_scale, x_zero_point, axis=axis, block_size=block_size)
 
+    from . import control, legacy, recurrent
+
     return (Erf, MaxPool, GlobalAveragePool, Flatten, Pad, MatMulInteger, LayerNormalization,
-            ConvTranspose, DequantizeLinear)
+            ConvTranspose, DequantizeLinear, *legacy.KERNELS, *control.KERNELS,
+            *recurrent.KERNELS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -290,10 +329,13 @@ def conv_transpose(x: np.ndarray, w: np.ndarray, b: Any = None, *, auto_pad: str
     else:
         out_sp = None
     if out_sp is not None:
+        # The spec: SAME_UPPER puts the smaller half of the total padding first, NOTSET
+        # and SAME_LOWER the larger; with floor division, so that a negative total (an
+        # output larger than the full one) adds its zeros at the end.
         begins = []
         for i in range(nsp):
             total = full[i] - out_sp[i]
-            begins.append(total - total // 2 if auto_pad == "SAME_LOWER" else total // 2)
+            begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
     else:
         p = [int(v) for v in pads] if pads is not None and auto_pad != "VALID" else [0] * (2 * nsp)
         begins = p[:nsp]
