@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -127,3 +128,76 @@ def ops_table(reports: tuple[str, ...], results: str, output: str | None,
         _console().print(f"wrote {output}", markup=False)
     else:
         click.echo(page, nl=False)
+
+
+@conformance.command("onnx-suite")
+@click.option("--backend", "-b", help="Pin this backend in its own column (default: each of "
+              "openvino-cpu and onnxruntime).")
+@click.option("--no-pinned", is_flag=True, help="No pinned columns: auto and the runtimes "
+              "called directly only.")
+@click.option("--set", "sets", multiple=True, metavar="SET",
+              help="Only this case set (node, simple, pytorch-converted, pytorch-operator, "
+                   "light); repeatable.")
+@click.option("-k", "pattern", metavar="PATTERN", help="Only cases whose id matches (glob or "
+              "substring, | between alternatives).")
+@click.option("--sample", type=int, is_flag=False, flag_value=-1, default=None, metavar="[N]",
+              help="Only the fixed sample the CI test runs (N cases; default its size).")
+@click.option("-j", "jobs", default=os.cpu_count() or 1, show_default="one per core",
+              help="Worker processes.")
+@click.option("--timeout", "timeout_s", default=120.0, show_default=True,
+              help="Seconds a case may take in one column before it counts as a timeout.")
+@click.option("--write-gaps", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the cases a runtime passes and auto does not to FILE (the CI "
+                   "test's conformance/onnx_suite_gaps.txt, with --sample).")
+@json_option
+def onnx_suite(backend: str | None, no_pinned: bool, sets: tuple[str, ...],
+               pattern: str | None, sample: int | None, jobs: int, timeout_s: float,
+               write_gaps: str | None, as_json: bool) -> None:
+    """ONNX's backend test suite: backplane (auto, and pinned to a backend) beside ONNX
+    Runtime and OpenVINO called directly. Exit 1 if auto gives a wrong answer."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from . import onnx_suite as suite
+    from . import onnx_suite_report as report
+
+    if backend and no_pinned:
+        raise click.UsageError("--backend names a backend to pin; drop --no-pinned")
+    if backend:
+        from backplane.errors import did_you_mean
+        from backplane.registry import registry
+
+        names = sorted(registry().backends)
+        if backend not in names:
+            raise click.UsageError(f"no backend '{backend}' is installed (installed: "
+                                   f"{', '.join(names)}).{did_you_mean(backend, names)}")
+    try:
+        cases = suite.load_cases(tuple(sets) or suite.SETS, pattern)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if sample is not None:
+        cases = suite.sample(cases, suite.SAMPLE_SIZE if sample < 0 else sample)
+    if not cases:
+        raise click.UsageError(f"no case matches {pattern!r}" if pattern else "no case")
+    columns = suite.columns_for(backend, pinned=not no_pinned)
+    con = _console(stderr=True)
+    t0 = time.perf_counter()
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=con,
+                  disable=as_json or not con.is_terminal) as bar:
+        task = bar.add_task(f"{len(cases)} cases x {len(columns)} columns", total=None)
+        results = suite.run(cases, columns, jobs=jobs, timeout_s=timeout_s,
+                            progress=lambda done, total: bar.update(task, completed=done,
+                                                                    total=total))
+    env = report.environment()
+    data = report.to_dict(results, columns, env, time.perf_counter() - t0)
+    if as_json:
+        _emit_json(data)
+    else:
+        click.echo(report.render(data), nl=False)
+    if write_gaps:
+        n = report.write_gaps(write_gaps, results, env)
+        _console(stderr=True).print(f"wrote {n} gaps to {write_gaps}", markup=False)
+    if data["targets"]["auto_wrong"]:
+        sys.exit(1)

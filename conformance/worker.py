@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 
@@ -42,16 +43,22 @@ def main(conn: Any, backend_name: str, device_id: str) -> None:
         conn.send(("ready", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", None))
+    serve_tasks(conn, "case", lambda message: (
+        "done", message[1], run_case(backend, device, options, *message[2:])))
+
+
+def serve_tasks(conn: Any, tag: str, answer: Callable[[tuple], tuple]) -> None:
+    """Answer each message ``(tag, ...)`` from ``conn`` with ``answer(message)`` until
+    another message comes (``("stop",)``) or the other end goes away: the loop of every
+    worker process the conformance runners keep."""
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
             return
-        if message[0] != "case":
+        if message[0] != tag:
             return
-        _, case_id, model_bytes, inputs, want_expected = message
-        conn.send(("done", case_id, run_case(backend, device, options, model_bytes, inputs,
-                                              want_expected)))
+        conn.send(answer(message))
 
 
 def run_case(backend: Any, device: Any, options: Any, model_bytes: bytes,
