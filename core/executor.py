@@ -29,6 +29,7 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from .contract import CompileOptions, Device, Executable
+from .convert import convert_graph
 from .errors import BackendError, CompileError, ExecutionError
 from .graph import is_tensor
 from .liveness import NUMPY_DTYPES, MemoryStats, PeakMeter, free_after, predicted_peak
@@ -243,8 +244,10 @@ def _compile(graph: "Graph", part: "Partition", reg: "Registry", options: Compil
     if part.precision != options.precision:
         options = dataclasses.replace(options, precision=part.precision)
     try:
-        sub = _fused(graph.subgraph(part.node_indices, f"{graph.name}-p{part.index}"),
-                     backend, part)
+        sub = graph.subgraph(part.node_indices, f"{graph.name}-p{part.index}")
+        if part.opset:  # nodes this backend runs only at a newer version of their op
+            sub = convert_graph(sub, part.opset)
+        sub = _fused(sub, backend, part)
         exe = backend.compile(sub, device, options)
     except BackendError:
         raise

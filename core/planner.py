@@ -116,6 +116,9 @@ class Partition:
     path: str = ""
     """How its backend compiled it, where a backend has several paths (set at compile:
     :attr:`backplane.Executable.path`)."""
+    opset: int = 0
+    """The default-domain opset the partition is converted to for its backend, which runs
+    some of its nodes only at a newer version (:mod:`backplane.convert`); 0: as the model is."""
 
 
 @dataclass
@@ -209,6 +212,8 @@ class Plan:
                          + (f", data in from other devices: {', '.join(part.transfers_in)}"
                             if part.transfers_in else "")
                          + (f", fused for {part.backend}: {part.fused}" if part.fused else ""))
+            if part.opset:
+                lines.append(f"  converted to opset {part.opset} for {part.backend}")
             if part.path:
                 lines.append(f"  compiled as: {part.path}")
             for name in part.nodes:

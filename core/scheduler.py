@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import convert as conversion
 from . import ops
 from .ops.costs import nbytes
 from .contract import Device, Verdict, op_key
@@ -290,6 +291,8 @@ class _Context:
         self._precisions = {name: self._allowed(caps) for name, caps in self._caps.items()}
         self._launch_s = {d.id: model.launch_time(d.id) for d in devices}
         self._bytes: dict[str, int] = {}
+        #: (device id, node name) -> the opset the node is converted to for that device.
+        self.converted: dict[tuple[str, str], int] = {}
 
     # -- values ----------------------------------------------------------------------------
 
@@ -329,14 +332,15 @@ class _Context:
         for v in node.inputs + node.outputs:
             if v:
                 footprint += self.nbytes(v)
-        for rank, device, device_id, domain, compiler in self._ranked:
-            verdict = self._verdict(device, device_id, node, footprint)
+        def consider(rank: int, device: Device, device_id: str, domain: str, compiler: bool,
+                     convert: bool) -> None:
+            verdict = self._verdict(device, device_id, node, footprint, convert)
             if not verdict:
                 out.rejected.append(Rejection(device_id, verdict.code, verdict.detail))
-                continue
+                return
             if not explicit and device.backend == FALLBACK_BACKEND and out.options:
                 out.rejected.append(Rejection(device_id, *LAST_RESORT))
-                continue
+                return
             for precision in self._precisions[device.backend]:
                 why = self.banned.get((device_id, precision))
                 if why:  # the detail, or (code, detail) for a path that failed to compile
@@ -350,6 +354,22 @@ class _Context:
                                                    quantized, fused=epilogue and compiler)
                 out.options.append(_Option(device, device_id, domain, precision, rank, seconds,
                                            self.model.energy(seconds, device_id)))
+
+        for ranked in self._ranked:
+            consider(*ranked, convert=False)
+        if not any(o.device.backend != FALLBACK_BACKEND for o in out.options):
+            # No backend runs the node as it is: a kernel backend that declares a newer
+            # version of its op may run it converted (backplane.convert), checked on sample
+            # inputs first. A graph compiler always gets the model at its own opset.
+            kernel_devices = {r[2] for r in self._ranked if not r[4]}
+            older = {r.device for r in out.rejected
+                     if r.code == "capability:version" and r.device in kernel_devices}
+            if older:
+                out.rejected = [r for r in out.rejected if r.device not in older]
+                for ranked in self._ranked:
+                    if ranked[2] in older:
+                        consider(*ranked, convert=True)
+                out.options.sort(key=lambda o: o.rank)
         if not out.options:
             raise UnsupportedError(_no_device_message(node, out.rejected, explicit))
         if not explicit:
@@ -357,8 +377,8 @@ class _Context:
         self._required(out)
         return out
 
-    def _verdict(self, device: Device, device_id: str, node: "Node", footprint: int
-                 ) -> Verdict:
+    def _verdict(self, device: Device, device_id: str, node: "Node", footprint: int,
+                 convert: bool = False) -> Verdict:
         if device_id in self.excluded:
             return Verdict(False, "excluded", self.excluded[device_id])
         if (device_id, node.name) in self.refused:
@@ -372,6 +392,10 @@ class _Context:
                            f"computes at {sorted(caps.precisions)}, the session requires "
                            f"{self.precision}")
         verdict = caps.check(node)
+        if not verdict and convert and verdict.code == "capability:version":
+            target, verdict = conversion.admit(node, self.graph, caps, device.backend)
+            if verdict:
+                self.converted[(device_id, node.name)] = target
         if not verdict:
             return verdict
         dtype = node.primary_dtype or ""
@@ -743,6 +767,11 @@ class _Context:
             if c.left_required:
                 reason += (f"; no {self.constraints.device_class} device admits it, so it falls "
                            "back")
+            opset = self.converted.get((o.device_id, node.name))
+            if opset:
+                reason += (f"; no allowed backend runs {node.op_type}-{node.version} as it "
+                           f"is, so it runs converted from opset {node.opset} to {opset}, "
+                           "checked against the original on sample inputs")
             out.append(Placement(node.name, node.op_type, o.device_id, o.device.backend,
                                  reason, fallback, rejected, o.precision, o.seconds))
         return out
@@ -840,7 +869,9 @@ class _Context:
                               and chosen[self.producer[v]].device_id != o.device_id],
                 precision=o.precision, predicted_s=seconds,
                 predicted_energy_j=self.model.energy(seconds, o.device_id),
-                transfer_s=transfer))
+                transfer_s=transfer,
+                opset=max((self.converted.get((o.device_id, graph.nodes[i].name), 0)
+                           for i in idx), default=0)))
         back = sum(self.model.transfer_time(self.nbytes(v), chosen[self.producer[v]].device_id,
                                             None)
                    for v in self.outputs if v in self.producer)
