@@ -284,6 +284,7 @@ def _build(source: dict[str, Any], model: str | None = None, config: str | None 
     import importlib
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _import_hub_kernels()
     import transformers  # deferred: only exported entries need it
 
     def find(path: str) -> Any:
@@ -293,6 +294,36 @@ def _build(source: dict[str, Any], model: str | None = None, config: str | None 
 
     cfg = find(config or source["config"])(**source.get("config_args", {}))
     return find(model or source["model"])(cfg)
+
+
+def _import_hub_kernels() -> None:
+    """Import the Hugging Face ``kernels`` package, which transformers (5.25 and later)
+    imports where it is installed, before transformers does. Run from a backplane checkout
+    (``python -m`` puts the working folder first on ``sys.path``), the name ``kernels``
+    finds backplane's own kernel sources (``kernels/``, the ``backplane.kernels``
+    package) instead, and transformers fails on it. The installed package is imported with
+    that folder off the path, and the path is restored."""
+    import importlib
+    import importlib.util
+
+    import backplane.kernels
+
+    try:
+        spec = importlib.util.find_spec("kernels")
+    except (ImportError, ValueError):
+        return
+    ours = Path(backplane.kernels.__file__).resolve()
+    if spec is None or spec.origin is None or Path(spec.origin).resolve() != ours:
+        return  # not shadowed
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ours.parent.parent]
+    sys.modules.pop("kernels", None)
+    try:
+        importlib.import_module("kernels")
+    except ImportError:
+        sys.modules.pop("kernels", None)  # not installed: transformers will not ask for it
+    finally:
+        sys.path[:] = saved
 
 
 @functools.cache
