@@ -427,3 +427,25 @@ def test_softmax_before_version_13_coerces_to_2d_as_onnx_says(op):
     want = expected_with_mode(model, {"x": x})[0]["y"]
     got = compile_model(model).run({"x": x})["y"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"seed {SEED}")
+
+
+@pytest.mark.parametrize("op,inf", [("ReduceMax", -np.inf), ("ReduceMin", np.inf)])
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.FLOAT16])
+def test_a_reduction_over_infinities_gives_the_infinity(op, inf, dtype):
+    """OpenVINO's ReduceMax over a slice of -inf gives the lowest finite value (ReduceMin
+    over +inf the highest); the plugin repairs the node so the slice gives the infinity,
+    and other slices keep OpenVINO's answer."""
+    g = helper.make_graph(
+        [helper.make_node(op, ["x", "axes"], ["y"], keepdims=0)], "g",
+        [helper.make_tensor_value_info("x", dtype, [4, 5])],
+        [helper.make_tensor_value_info("y", dtype, [4])],
+        initializer=[helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng(11).standard_normal((4, 5)).astype(np.float16 if dtype == TensorProto.FLOAT16
+                                                 else np.float32)
+    x[0] = inf
+    x[1, :2] = inf
+    want = expected_with_mode(model, {"x": x})[0]["y"]
+    got = compile_model(model).run({"x": x})["y"]
+    assert got[0] == inf
+    np.testing.assert_array_equal(got, want, err_msg=f"seed {SEED}")

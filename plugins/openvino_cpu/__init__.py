@@ -51,7 +51,7 @@ from backplane.errors import CompileError, DeviceUnavailable, ExecutionError
 OV_DEVICE = "CPU"
 #: Bump when this backend's derivation (try_op, the survey) changes, so stale disk caches
 #: are ignored; the probe models' own version (backplane.ops.probes.VERSION) is in the key.
-DERIVATION_VERSION = 10
+DERIVATION_VERSION = 11
 #: The derived table for the OpenVINO this release was checked with, shipped so that a
 #: first Session does not wait minutes for the survey (used only where its key matches).
 SHIPPED = Path(__file__).with_name("capabilities.json")
@@ -580,7 +580,12 @@ def _patched(model: Any, graph: Any) -> Any:
       converts fine);
     - Softmax, LogSoftmax and Hardmax before version 13 flatten their input to 2-D at
       ``axis``, and OpenVINO computes them over that one axis instead: where ``axis`` is
-      not the last axis, the node becomes Flatten, the op over the last axis, Reshape back.
+      not the last axis, the node becomes Flatten, the op over the last axis, Reshape back;
+    - ReduceMax over a float slice that is all -inf gives the lowest finite value, not
+      -inf (ReduceMin over +inf the highest): a fully masked attention row then yields NaN
+      where the model replaces -inf. Each float ReduceMax (ReduceMin) keeps its answer
+      where the slice holds anything but -inf (+inf), and takes the other reduction, which
+      OpenVINO gets right there, elsewhere.
     """
     gemms = [i for i, n in enumerate(model.graph.node) if n.op_type == "Gemm"
              and n.domain in ("", "ai.onnx") and len(n.input) > 2 and not n.input[2]]
@@ -588,7 +593,9 @@ def _patched(model: Any, graph: Any) -> Any:
     flat = [i for i, n in enumerate(model.graph.node) if opset < 13
             and n.op_type in _COERCED_2D and n.domain in ("", "ai.onnx")
             and not _last_axis(n, graph)]
-    if not gemms and not flat:
+    extremes = [i for i, n in enumerate(model.graph.node) if n.op_type in _EXTREMES
+                and n.domain in ("", "ai.onnx") and _is_float(n.input[0], graph)]
+    if not gemms and not flat and not extremes:
         return model
     import onnx
     from onnx import helper
@@ -609,7 +616,44 @@ def _patched(model: Any, graph: Any) -> Any:
                 helper.make_node("Reshape", [f"{tag}/op", f"{tag}/shape"], [y],
                                  name=f"{tag}/back")]):
             out.graph.node.insert(i + k, new)
+    for i in sorted((j for j in range(len(out.graph.node)) if out.graph.node[j].op_type
+                     in _EXTREMES and out.graph.node[j].domain in ("", "ai.onnx")
+                     and _is_float(out.graph.node[j].input[0], graph)), reverse=True):
+        n = out.graph.node[i]
+        other, positive = _EXTREMES[n.op_type]
+        x, y, tag = n.input[0], n.output[0], f"{n.name or n.output[0]}/bp_inf"
+        rest, attrs = list(n.input[1:]), list(n.attribute)
+
+        def reduce(op: str, data: str, result: str, name: str) -> Any:
+            node = helper.make_node(op, [data, *rest], [result], name=name)
+            node.attribute.extend(attrs)
+            return node
+
+        out.graph.node.remove(n)
+        for k, new in enumerate([
+                reduce(n.op_type, x, f"{tag}/own", y),
+                helper.make_node("IsInf", [x], [f"{tag}/inf"], name=f"{tag}/inf",
+                                 detect_positive=int(positive), detect_negative=int(not positive)),
+                helper.make_node("Not", [f"{tag}/inf"], [f"{tag}/other"], name=f"{tag}/other"),
+                helper.make_node("Cast", [f"{tag}/other"], [f"{tag}/otherf"], to=1,
+                                 name=f"{tag}/otherf"),
+                reduce("ReduceMax", f"{tag}/otherf", f"{tag}/any", f"{tag}/any"),
+                helper.make_node("Cast", [f"{tag}/any"], [f"{tag}/anyb"], to=9,
+                                 name=f"{tag}/anyb"),
+                reduce(other, x, f"{tag}/all", f"{tag}/all"),
+                helper.make_node("Where", [f"{tag}/anyb", f"{tag}/own", f"{tag}/all"], [y],
+                                 name=f"{tag}/where")]):
+            out.graph.node.insert(i + k, new)
     return out
+
+
+#: ReduceMax and ReduceMin: the other reduction, and whether the slice to repair is +inf.
+_EXTREMES = {"ReduceMax": ("ReduceMin", False), "ReduceMin": ("ReduceMax", True)}
+
+
+def _is_float(value: str, graph: Any) -> bool:
+    vi = graph.values.get(value) if graph is not None else None
+    return vi is not None and vi.dtype in ("float16", "float32", "float64", "bfloat16")
 
 
 #: Ops that, before version 13, coerce their input to 2-D at ``axis``.
