@@ -35,7 +35,8 @@ SAMPLE_DIMS = (3, 1)
 #: in another form: only float rounding may differ).
 RTOL, ATOL = 1e-5, 1e-6
 
-_cache: dict[tuple, tuple[int, str]] = {}
+#: key -> (the converted node's nodes, or None; why not)
+_cache: dict[tuple, tuple[tuple["Node", ...] | None, str]] = {}
 _lock = threading.Lock()
 
 
@@ -66,15 +67,12 @@ def admit(node: "Node", graph: "Graph", caps: "Capabilities", backend: str
         found = _check(node, graph, target)
         with _lock:
             _cache[key] = found
-    ok, why = found
-    if not ok:
+    converted, why = found
+    if converted is None:
         return 0, Verdict(False, "capability:version",
                           f"{node.op_type}-{node.version} is not declared, and converting it "
                           f"to opset {target} {why}")
-    converted, _ = _single(node, graph, target)
-    from .graph import Graph as _Graph
-
-    for n in _Graph(converted, f"{node.name}-converted").nodes:
+    for n in converted:
         verdict = caps.check(n)
         if not verdict:
             return 0, Verdict(False, verdict.code,
@@ -104,7 +102,8 @@ def _key(node: "Node", graph: "Graph", target: int) -> tuple:
     attrs = tuple(sorted((k, repr(v)) for k, v in node.attributes.items()))
     types = tuple((graph.values[v].dtype, graph.values[v].shape) if v in graph.values else None
                   for v in node.inputs)
-    consts = tuple(v for v in node.inputs if v in graph.initializers)
+    consts = tuple(t.SerializeToString() for t in graph.model.graph.initializer
+                   if t.name in set(node.inputs))  # their values decide the node too
     return (node.op_type, node.version, attrs, types, consts, target)
 
 
@@ -138,68 +137,70 @@ def _single(node: "Node", graph: "Graph", target: int | None) -> tuple[Any, list
     return model, feeds
 
 
-def _check(node: "Node", graph: "Graph", target: int) -> tuple[bool, str]:
-    """Whether the node converted to ``target`` agrees with the original on sample inputs
-    (and why not)."""
+def _check(node: "Node", graph: "Graph", target: int) -> tuple[tuple["Node", ...] | None, str]:
+    """The nodes of ``node`` converted to ``target`` if they agree with the original on
+    sample inputs, else None and why not."""
     import numpy as np
 
+    from .graph import Graph
+
     if any(v and v in graph.values and graph.values[v].shape is None for v in node.inputs):
-        return False, "cannot be checked: an input's shape is unknown"
+        return None, "cannot be checked: an input's shape is unknown"
     if any(o and o not in graph.values for o in node.outputs):
-        return False, "cannot be checked: an output's type is unknown"
+        return None, "cannot be checked: an output's type is unknown"
     try:
         original, feeds = _single(node, graph, None)
         converted, _ = _single(node, graph, target)
     except Exception as exc:  # the converter has no adapter, or fails on this node
-        return False, f"fails in onnx.version_converter: {str(exc).splitlines()[0][:200]}"
+        return None, f"fails in onnx.version_converter: {str(exc).splitlines()[0][:200]}"
     for size in SAMPLE_DIMS:  # a Squeeze of a symbolic dimension needs it to be 1
         sample = _samples(graph, feeds, size)
         if isinstance(sample, str):
-            return False, sample
+            return None, sample
         try:
             want = _evaluate(original, sample)
             break
         except Exception as exc:
             refused = exc
     else:
-        return False, ("cannot be checked: the original refuses its sample inputs "
-                       f"({type(refused).__name__})")
+        return None, ("cannot be checked: the original refuses its sample inputs "
+                      f"({type(refused).__name__})")
     try:
         got = _evaluate(converted, sample)
     except Exception as exc:
-        return False, f"fails on sample inputs the original runs ({type(exc).__name__}: {exc})"
+        return None, f"fails on sample inputs the original runs ({type(exc).__name__}: {exc})"
     for a, b in zip(want, got):
         a, b = np.asarray(a), np.asarray(b)
         if a.shape != b.shape or a.dtype != b.dtype or not np.allclose(
                 a.astype(np.float64) if a.dtype.kind in "fc" else a,
                 b.astype(np.float64) if b.dtype.kind in "fc" else b,
                 rtol=RTOL, atol=ATOL, equal_nan=True):
-            return False, "gives other outputs than the original on sample inputs"
-    return True, ""
+            return None, "gives other outputs than the original on sample inputs"
+    return tuple(Graph(converted, f"{node.name}-converted").nodes), ""
 
 
 def _samples(graph: "Graph", feeds: list[str], size: int) -> dict[str, Any] | str:
     """Random inputs for ``feeds`` in their inferred shapes (``size`` for a symbolic
-    dimension); a reason where one cannot be drawn."""
-    import numpy as np
+    dimension), drawn as :func:`backplane.samples.draw` draws; a reason where one cannot
+    be drawn."""
+    from .errors import InputError
+    from .samples import RandomInput, draw
 
-    from .graph import numpy_dtype
-
-    rng = np.random.default_rng(0)
-    sample: dict[str, Any] = {}
+    specs = []
     for v in feeds:
         vi = graph.values[v]
-        shape = [d if isinstance(d, int) else size for d in vi.shape]
-        dtype = numpy_dtype(vi.dtype)
-        if dtype is None or dtype.kind not in "fbiu":
-            return f"cannot be checked: no sample of {vi.dtype}"
-        if dtype.kind == "f":
-            sample[v] = rng.standard_normal(shape).astype(dtype)
-        elif dtype.kind == "b":
-            sample[v] = rng.random(shape) < 0.5
+        shape = tuple(d if isinstance(d, int) else size for d in vi.shape)
+        if vi.dtype.startswith(("float", "bfloat")):
+            values, low, high = "standard normal", None, None
+        elif vi.dtype == "bool":
+            values, low, high = "booleans", None, None
         else:
-            sample[v] = rng.integers(0, 2, shape).astype(dtype)
-    return sample
+            values, low, high = "integers in [0, 2)", 0, 2
+        specs.append(RandomInput(v, vi.dtype, shape, values, low, high, "", True))
+    try:
+        return draw(specs)
+    except (InputError, TypeError) as exc:  # a type numpy has no sample of
+        return f"cannot be checked: {exc}"
 
 
 def _evaluate(model: Any, feeds: dict[str, Any]) -> list[Any]:

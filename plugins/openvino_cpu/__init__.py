@@ -593,8 +593,7 @@ def _patched(model: Any, graph: Any) -> Any:
     flat = [i for i, n in enumerate(model.graph.node) if opset < 13
             and n.op_type in _COERCED_2D and n.domain in ("", "ai.onnx")
             and not _last_axis(n, graph)]
-    extremes = [i for i, n in enumerate(model.graph.node) if n.op_type in _EXTREMES
-                and n.domain in ("", "ai.onnx") and _is_float(n.input[0], graph)]
+    extremes = any(_float_extreme(n, graph) for n in model.graph.node)
     if not gemms and not flat and not extremes:
         return model
     import onnx
@@ -616,19 +615,11 @@ def _patched(model: Any, graph: Any) -> Any:
                 helper.make_node("Reshape", [f"{tag}/op", f"{tag}/shape"], [y],
                                  name=f"{tag}/back")]):
             out.graph.node.insert(i + k, new)
-    for i in sorted((j for j in range(len(out.graph.node)) if out.graph.node[j].op_type
-                     in _EXTREMES and out.graph.node[j].domain in ("", "ai.onnx")
-                     and _is_float(out.graph.node[j].input[0], graph)), reverse=True):
+    for i in reversed([j for j, n in enumerate(out.graph.node) if _float_extreme(n, graph)]):
         n = out.graph.node[i]
         other, positive = _EXTREMES[n.op_type]
         x, y, tag = n.input[0], n.output[0], f"{n.name or n.output[0]}/bp_inf"
-        rest, attrs = list(n.input[1:]), list(n.attribute)
-
-        def reduce(op: str, data: str, result: str, name: str) -> Any:
-            node = helper.make_node(op, [data, *rest], [result], name=name)
-            node.attribute.extend(attrs)
-            return node
-
+        reduce = functools.partial(_reduction_like, n)
         out.graph.node.remove(n)
         for k, new in enumerate([
                 reduce(n.op_type, x, f"{tag}/own", y),
@@ -647,12 +638,25 @@ def _patched(model: Any, graph: Any) -> Any:
     return out
 
 
+def _reduction_like(node: Any, op: str, data: str, result: str, name: str) -> Any:
+    """Reduction ``op`` of ``data`` over what ``node`` reduces (its axes input or
+    attribute, keepdims ...)."""
+    from onnx import helper
+
+    out = helper.make_node(op, [data, *node.input[1:]], [result], name=name)
+    out.attribute.extend(node.attribute)
+    return out
+
+
 #: ReduceMax and ReduceMin: the other reduction, and whether the slice to repair is +inf.
 _EXTREMES = {"ReduceMax": ("ReduceMin", False), "ReduceMin": ("ReduceMax", True)}
 
 
-def _is_float(value: str, graph: Any) -> bool:
-    vi = graph.values.get(value) if graph is not None else None
+def _float_extreme(node: Any, graph: Any) -> bool:
+    """Whether ``node`` is a ReduceMax or ReduceMin of a float input."""
+    if node.op_type not in _EXTREMES or node.domain not in ("", "ai.onnx") or graph is None:
+        return False
+    vi = graph.values.get(node.input[0])
     return vi is not None and vi.dtype in ("float16", "float32", "float64", "bfloat16")
 
 
