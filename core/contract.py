@@ -137,6 +137,10 @@ class OpSupport:
             (ONNX Runtime's Pow with a uint64 exponent).
         absent_outputs: optional outputs a node must not ask for: one the backend computes
             wrong (Attention's ``qk_matmul_output``).
+        scalar_inputs: the positions of inputs that, where given, must hold one element,
+            as shape inference or the initializer shows it: a per-tensor quantization
+            parameter where the backend refuses per-channel ones (ONNX Runtime's
+            ConvInteger).
     """
 
     dtypes: frozenset[str] | None = None
@@ -149,6 +153,7 @@ class OpSupport:
     constant_inputs: frozenset[int] = frozenset()
     input_dtypes: Mapping[int, frozenset[str]] | None = None
     absent_outputs: frozenset[int] = frozenset()
+    scalar_inputs: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -168,6 +173,7 @@ class OpSupport:
             "input_dtypes": None if self.input_dtypes is None else {
                 str(k): sorted(v) for k, v in sorted(self.input_dtypes.items())},
             "absent_outputs": sorted(self.absent_outputs),
+            "scalar_inputs": sorted(self.scalar_inputs),
             "versions": None if self.versions is None else {
                 str(v): sorted(d) if d is not None else None
                 for v, d in sorted(self.versions.items())},
@@ -187,10 +193,30 @@ class LazyOps(Mapping):
     tries again.
     """
 
-    def __init__(self, compute: Callable[[], Mapping[str, OpSupport]]):
+    def __init__(self, compute: Callable[[], Mapping[str, OpSupport]],
+                 refusals: Callable[[], Mapping[str, Mapping[str, str]]] | None = None):
         self._compute = compute
+        self._refusals = refusals
+        self._refused: Mapping[str, Mapping[str, str]] | None = None
         self._ops: Mapping[str, OpSupport] | None = None
         self._lock = threading.Lock()
+
+    def refusal(self, key: str, version: int = 0, dtype: str | None = None) -> str | None:
+        """Why the runtime's own ``key`` (at ``version`` in ``dtype``, or at any) was left
+        out of the table, where ``refusals`` says (``{op key: {"version/dtype": why}}``:
+        the derivation's failed ONNX node tests); None otherwise."""
+        if self._refusals is None:
+            return None
+        if not isinstance(self._refused, Mapping):
+            try:
+                self._refused = {k: {vd: why for vd, why in per.items()
+                                     if str(why).startswith("test_")}
+                                 for k, per in self._refusals().items()}
+            except Exception:  # a message's extra, never a reason to fail a check
+                self._refused = {}
+        per = self._refused.get(key) or {}
+        found = per.get(f"{version}/{dtype}") if version else next(iter(per.values()), None)
+        return None if found is None else " ".join(str(found).split())[:240]
 
     def _table(self) -> Mapping[str, OpSupport]:
         if self._ops is None:
@@ -283,10 +309,14 @@ class Capabilities:
                     return Verdict(False, "capability:dtype",
                                    f"the backend holds no {vi.dtype} values ('{vi.name}')")
         support = self.ops.get(key)
+        refusal = getattr(self.ops, "refusal", None)
         if support is None:
             if self.any_op and node.domain in ONNX_DOMAINS:
                 return ADMITTED
-            return Verdict(False, "capability:op", f"op {key} is not implemented")
+            why = refusal(key) if refusal is not None else None
+            return Verdict(False, "capability:op", f"op {key} is not implemented" if why is None
+                           else f"op {key} is left out: the runtime runs it, and fails ONNX's "
+                           f"node test {why}")
         primary = node.primary_dtype
         dtypes = support.dtypes
         if support.versions is not None and node.version:
@@ -298,8 +328,11 @@ class Capabilities:
             dtypes = support.versions[node.version] or dtypes
         # (a value that is not a tensor, a sequence say, has no dtype here to refute)
         if dtypes is not None and primary is not None and primary not in dtypes:
+            why = refusal(key, node.version, primary) if refusal is not None else None
             return Verdict(False, "capability:dtype",
-                           f"{key} admits {sorted(dtypes)}, the node has {primary}")
+                           f"{key} admits {sorted(dtypes)}, the node has {primary}"
+                           + (f" ({primary} left out: it fails ONNX's node test {why})"
+                              if why else ""))
         shapes = [s for s in node.input_shapes if s is not None]
         # A present input whose rank is unknown is as dynamic as a symbolic dimension.
         unknown_rank = any(name and (vi is None or vi.shape is None)
@@ -331,6 +364,14 @@ class Capabilities:
                 return Verdict(False, "capability:constant-input",
                                f"{key} needs input {k} ('{node.inputs[k]}') to be a constant "
                                "of the graph, not a value computed at run time")
+        for k in sorted(support.scalar_inputs):
+            if k < len(node.inputs) and node.inputs[k]:
+                shape = node.input_shapes[k] if k < len(node.input_shapes) else None
+                if shape is None or any(d != 1 for d in shape):
+                    return Verdict(False, "capability:shape",
+                                   f"{key} takes one element at input {k} "
+                                   f"('{node.inputs[k]}'), the node has "
+                                   f"{'an unknown shape' if shape is None else list(shape)}")
         for attr, rule in support.attributes.items():
             if attr in node.attributes and not rule.admits(node.attributes[attr]):
                 return Verdict(False, "capability:attribute",

@@ -367,3 +367,41 @@ def test_the_shipped_table_is_a_fresh_derivation_where_the_versions_match():
     fresh = ortb.derive(use_cache=False)
     assert {k: fresh[k] for k in ("ops", "rules", "refused")} == \
         {k: shipped[k] for k in ("ops", "rules", "refused")}
+
+
+def _conv_integer(w_zero_points: int) -> object:
+    """A padded uint8 ConvInteger with a scalar x zero point and ``w_zero_points`` weight
+    zero points (1: per tensor, as quantizers write; 4: per output channel)."""
+    from onnx import numpy_helper
+
+    r = rng(7)
+    w = numpy_helper.from_array(r.integers(0, 256, (4, 3, 3, 3), dtype=np.uint8), "w")
+    wz = numpy_helper.from_array(
+        r.integers(0, 256, (w_zero_points,) if w_zero_points > 1 else (), dtype=np.uint8), "wz")
+    node = helper.make_node("ConvInteger", ["x", "w", "xz", "wz"], ["y"], pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [node], "convinteger",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 3, 6, 6]),
+         helper.make_tensor_value_info("xz", TensorProto.UINT8, [])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 4, 6, 6])], [w, wz])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_conv_integer_with_per_tensor_zero_points_runs_here_and_matches_the_oracle():
+    """ORT's ConvInteger refuses per-channel zero points at run time, so the table declares
+    it for one-element zero points only (ONNX's padded test has per-channel ones)."""
+    from backplane.conformance.oracle import expected
+
+    r = rng(8)
+    feeds = {"x": r.integers(0, 256, (1, 3, 6, 6), dtype=np.uint8),
+             "xz": np.array(r.integers(0, 256), dtype=np.uint8)}
+    session = bp.Session(_conv_integer(1), devices=["onnxruntime"], strict=True)
+    assert {p.device for p in session.plan.partitions} == {"onnxruntime:0"}
+    got = session.run(feeds)["y"]
+    want = expected(_conv_integer(1), feeds)["y"]
+    assert got.dtype == np.int32 and np.array_equal(got, want)
+
+
+def test_conv_integer_with_per_channel_zero_points_is_refused_before_it_runs():
+    with pytest.raises(bp.errors.UnsupportedError, match="takes one element at input 3"):
+        bp.Session(_conv_integer(4), devices=["onnxruntime"], strict=True)

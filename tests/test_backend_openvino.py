@@ -449,3 +449,18 @@ def test_a_reduction_over_infinities_gives_the_infinity(op, inf, dtype):
     got = compile_model(model).run({"x": x})["y"]
     assert got[0] == inf
     np.testing.assert_array_equal(got, want, err_msg=f"seed {SEED}")
+
+
+def test_an_op_left_out_for_a_wrong_node_test_says_so_when_a_pinned_session_refuses_it():
+    """OpenVINO runs DynamicQuantizeLinear, one quantization step off near ties: the table
+    leaves it out, and the refusal names the failed test instead of "not implemented"."""
+    g = helper.make_graph([helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6])],
+                          [helper.make_tensor_value_info("y", TensorProto.UINT8, [6]),
+                           helper.make_tensor_value_info("s", TensorProto.FLOAT, []),
+                           helper.make_tensor_value_info("z", TensorProto.UINT8, [])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(bp.errors.UnsupportedError,
+                       match="DynamicQuantizeLinear is left out: the runtime runs it, and fails "
+                             "ONNX's node test test_dynamicquantizelinear"):
+        bp.Session(model, devices=["openvino-cpu"])

@@ -110,6 +110,34 @@ def both_cpu_runtimes():
                         f"cannot be checked: {exc}")
 
 
+def test_a_run_over_the_budget_agrees_when_no_farther_from_the_float64_oracle(tmp_path):
+    """The budget against a runtime can be finer than that runtime's own float32 rounding
+    (ssdlite: ORT is 1.4e-4 from the oracle, OpenVINO 1.3e-4): then the run that is no
+    farther from the oracle than the runtime agrees, and one that is farther does not."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["y"], axis=-1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    x = np.random.default_rng().standard_normal((2, 8)).astype(np.float32)
+    truth = corpus._Oracle(path, {"x": x})
+    exact = truth.outputs()["y"]
+    scale = float(np.abs(exact).max())
+    runtime = {"y": exact + np.float32(2e-4 * scale)}
+    rec = corpus.Record("m", "f", "o", 13, "pass", 1e-4)
+    closer = {"y": exact - np.float32(1e-4 * scale)}
+    farther = {"y": exact - np.float32(3e-4 * scale)}
+    assert corpus._rel_error(closer, runtime) > rec.rtol
+    assert corpus._arbitrated(rec, "auto", closer, (runtime, "onnxruntime", truth))
+    assert rec.rel_error["oracle:direct:onnxruntime"] > rec.rel_error["oracle:auto"]
+    assert not corpus._arbitrated(rec, "auto", farther, (runtime, "onnxruntime", truth))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [e.name for e in CI])
 def test_ci_model_meets_its_recorded_outcome(name, both_cpu_runtimes):

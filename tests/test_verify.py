@@ -69,6 +69,26 @@ def test_an_operand_dtype_only_failures_have_limits_that_input():
     assert attribute_rules(rules)["Pow"]["input_dtypes"] == {1: {"float32", "int64"}}
 
 
+def test_a_failure_the_limits_found_elsewhere_refuse_keeps_its_version():
+    """OpenVINO's Attention-23 float32 fails only a causal test; is_causal is limited to 0
+    by a failure at version 24, so the planner never gives it that node."""
+    def at(version, ok, name, **attrs):
+        row = outcome("Attention", ok, name, **attrs)
+        row["test"][1] = version
+        return row
+
+    failed, rules = _judged([at(24, True, "a"), at(24, False, "b", is_causal=1),
+                             at(23, True, "c"), at(23, True, "d", is_causal=1),
+                             at(23, False, "e", is_causal=1), at(23, False, "f")])
+    assert rules == {"Attention": {"is_causal": [0]}}
+    # e (is_causal passes in d: no limit at 23) is refused by the limit from 24; f is not,
+    # and takes 23 out alone
+    assert failed == {"Attention": {"23/float32": "f: wrong"}}
+    failed, _ = _judged([at(24, True, "a"), at(24, False, "b", is_causal=1),
+                         at(23, True, "c"), at(23, False, "e", is_causal=1)])
+    assert not failed
+
+
 def test_sizes_never_become_rules():
     """hidden_size has no default: a size, not a variant."""
     failed, rules = _judged([outcome("LSTM", True, hidden_size=3),
@@ -116,3 +136,26 @@ def test_a_wrong_optional_output_with_the_first_not_compared_explains_nothing():
     row.update(wrong=[1], compared=[1])
     failed, rules = _judged([outcome("LSTM", True), row])
     assert "LSTM" in failed and not rules
+
+
+def test_a_one_element_input_is_checked_by_its_known_shape():
+    from backplane.contract import Capabilities, LazyOps, OpSupport
+    from backplane.graph import Node, ValueInfo
+
+    caps = Capabilities(ops=LazyOps(lambda: {"ConvInteger": OpSupport(
+        scalar_inputs=frozenset({3}))}, lambda: {"ConvInteger": {"10/int8": "test_x: wrong"}}))
+    x = ValueInfo("x", "uint8", (1, 1, 3, 3))
+
+    def node(shape, given=True):
+        zp = ValueInfo("wz", "uint8", shape) if given else None
+        return Node("c", "ConvInteger", "", ("x", "w", "xz", "wz" if given else ""), ("y",),
+                    {}, (x, x, None, zp), (), 13, 10)
+
+    assert caps.check(node(())) and caps.check(node((1,))) and caps.check(node(None, False))
+    for shape in ((2,), None, ("n",)):
+        verdict = caps.check(node(shape))
+        assert not verdict and verdict.code == "capability:shape", shape
+    # an op the derivation left out names its failed test
+    other = Node("c", "ConvInteger", "", ("x",), ("y",), {}, (x,), (), 13, 10)
+    assert caps.ops.refusal("ConvInteger", 10, "int8") == "test_x: wrong"
+    assert caps.ops.refusal("Relu") is None and caps.check(other)

@@ -51,7 +51,7 @@ from backplane.errors import CompileError, DeviceUnavailable, ExecutionError
 OV_DEVICE = "CPU"
 #: Bump when this backend's derivation (try_op, the survey) changes, so stale disk caches
 #: are ignored; the probe models' own version (backplane.ops.probes.VERSION) is in the key.
-DERIVATION_VERSION = 11
+DERIVATION_VERSION = 12
 #: The derived table for the OpenVINO this release was checked with, shipped so that a
 #: first Session does not wait minutes for the survey (used only where its key matches).
 SHIPPED = Path(__file__).with_name("capabilities.json")
@@ -104,7 +104,7 @@ class OpenVINOBackend(Backend):
     known_failures = str(Path(__file__).with_name("known_failures.toml"))
 
     def __init__(self) -> None:
-        self._capabilities = Capabilities(ops=LazyOps(derived_ops),
+        self._capabilities = Capabilities(ops=LazyOps(derived_ops, lambda: derive()["refused"]),
                                           precisions=host_precisions(),
                                           value_dtypes=VALUE_DTYPES)
 
