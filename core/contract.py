@@ -137,6 +137,8 @@ class OpSupport:
             (ONNX Runtime's Pow with a uint64 exponent).
         absent_outputs: optional outputs a node must not ask for: one the backend computes
             wrong (Attention's ``qk_matmul_output``).
+        absent_inputs: optional inputs a node must not give: one the backend ignores
+            (OpenVINO drops LSTM's peepholes ``P``).
         scalar_inputs: the positions of inputs that, where given, must hold one element,
             as shape inference or the initializer shows it: a per-tensor quantization
             parameter where the backend refuses per-channel ones (ONNX Runtime's
@@ -153,6 +155,7 @@ class OpSupport:
     constant_inputs: frozenset[int] = frozenset()
     input_dtypes: Mapping[int, frozenset[str]] | None = None
     absent_outputs: frozenset[int] = frozenset()
+    absent_inputs: frozenset[int] = frozenset()
     scalar_inputs: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
@@ -173,6 +176,7 @@ class OpSupport:
             "input_dtypes": None if self.input_dtypes is None else {
                 str(k): sorted(v) for k, v in sorted(self.input_dtypes.items())},
             "absent_outputs": sorted(self.absent_outputs),
+            "absent_inputs": sorted(self.absent_inputs),
             "scalar_inputs": sorted(self.scalar_inputs),
             "versions": None if self.versions is None else {
                 str(v): sorted(d) if d is not None else None
@@ -359,6 +363,11 @@ class Capabilities:
                 return Verdict(False, "capability:output",
                                f"{key} computes its optional output {k} wrong here; the node "
                                "asks for it")
+        for k in sorted(support.absent_inputs):
+            if k < len(node.inputs) and node.inputs[k]:
+                return Verdict(False, "capability:input",
+                               f"{key} ignores its optional input {k} ('{node.inputs[k]}') "
+                               "here; the node gives it")
         for k in sorted(support.constant_inputs):
             if k < len(node.inputs) and node.inputs[k] and k not in node.constant_inputs:
                 return Verdict(False, "capability:constant-input",

@@ -14,6 +14,7 @@ that does not run it, a reason code:
 ``capability:attribute``    an attribute value outside the backend's limits
 ``capability:constant-input`` an input the backend needs constant is computed at run time
 ``capability:output``       the node asks for an optional output the backend gets wrong
+``capability:input``        the node gives an optional input the backend ignores
 ``capability:shape``        an input that must hold one element may hold several
 ``precision``               the backend cannot compute at the session's precision
 ``precision:budget``        a lower-precision path missed the accuracy budget (measured)

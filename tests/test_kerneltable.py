@@ -37,7 +37,8 @@ def test_registered_kernels_are_the_backends_capabilities():
                                   "max_rank": 2, "min_rank": 0, "layout": "strided",
                                   "attributes": {}, "versions": {"6": None, "13": None},
                                   "constant_inputs": [], "input_dtypes": None,
-                                  "absent_outputs": [], "scalar_inputs": []}
+                                  "absent_outputs": [], "absent_inputs": [],
+                                  "scalar_inputs": []}
     assert "Neg" in table and len(table) == 1
 
 

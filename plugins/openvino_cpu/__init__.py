@@ -51,7 +51,7 @@ from backplane.errors import CompileError, DeviceUnavailable, ExecutionError
 OV_DEVICE = "CPU"
 #: Bump when this backend's derivation (try_op, the survey) changes, so stale disk caches
 #: are ignored; the probe models' own version (backplane.ops.probes.VERSION) is in the key.
-DERIVATION_VERSION = 12
+DERIVATION_VERSION = 13
 #: The derived table for the OpenVINO this release was checked with, shipped so that a
 #: first Session does not wait minutes for the survey (used only where its key matches).
 SHIPPED = Path(__file__).with_name("capabilities.json")
@@ -760,6 +760,9 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     # it (ONNX's test_maxpool_2d_ceil_output_size_reduce_by_one: 2x2 for 1x1).
     "MaxPool": {"attributes": {"storage_order": AttributeRule(allowed=(0,)),
                                "ceil_mode": AttributeRule(allowed=(0,))}},
+    # The frontend drops the peepholes P (the model's input goes unread): ONNX's
+    # test_lstm_with_peepholes comes back 5e-3 off at every version.
+    "LSTM": {"absent_inputs": frozenset({7})},
     # The ONNX frontend has no conversion for mode "wrap".
     "Pad": {"attributes": {"mode": AttributeRule(allowed=("constant", "reflect", "edge"))}},
     # The frontend refuses half_pixel_symmetric and tf_crop_and_resize; antialias and
