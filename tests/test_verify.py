@@ -89,6 +89,21 @@ def test_a_failure_the_limits_found_elsewhere_refuse_keeps_its_version():
     assert not failed
 
 
+def test_a_variant_another_version_passes_takes_the_failing_version_out():
+    """Limits hold per op, not per version: is_causal=1 fails at 24 and passes at 23, so
+    the limit admits it, and 24 (where it is wrong) must go out instead."""
+    def at(version, ok, name, **attrs):
+        row = outcome("Attention", ok, name, **attrs)
+        row["test"][1] = version
+        return row
+
+    failed, rules = _judged([at(24, True, "a"), at(24, False, "b", is_causal=1),
+                             at(23, True, "c", is_causal=1), at(23, False, "d", is_causal=0,
+                                                               softcap=1)])
+    assert rules == {"Attention": {"is_causal": [0, 1]}}
+    assert failed["Attention"]["24/float32"] == "b: wrong"
+
+
 def test_sizes_never_become_rules():
     """hidden_size has no default: a size, not a variant."""
     failed, rules = _judged([outcome("LSTM", True, hidden_size=3),

@@ -104,7 +104,7 @@ def _judged(outcomes: list[dict[str, Any]]
         groups.setdefault((key, f"{version}/{dtype}"), []).append(row)
     failed: dict[str, dict[str, str]] = {}
     rules: dict[str, dict[str, set[Any]]] = {}
-    unexplained: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
+    failures: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
     for (key, vd), rows in groups.items():
         passed = [r for r in rows if r["ok"]]
         modes = {**_modes(key), **{name: 0 if name.startswith(OUTPUT) else None
@@ -136,11 +136,12 @@ def _judged(outcomes: list[dict[str, Any]]
                 for name in odd:
                     rules.setdefault(key, {}).setdefault(name, set()).update(
                         seen.get(name, set()))
-            else:
-                unexplained.append((key, vd, values, r))
-    for key, vd, values, r in unexplained:
-        # A failure whose node the limits found for the op (from any version and dtype)
-        # refuse is never given to the backend: no reason to take its version out.
+                values = {**values, **odd}
+            failures.append((key, vd, values, r))
+    for key, vd, values, r in failures:
+        # A failure whose node the limits found for the op (at any version and dtype)
+        # refuse is never given to the backend: no reason to take its version out. One
+        # they admit (a value another version passed with) takes it out.
         if not _refused_by(rules.get(key, {}), values):
             failed.setdefault(key, {}).setdefault(vd, f"{r['test'][3]}: {r['why']}"[:300])
     return failed, {k: {a: sorted(v, key=repr) for a, v in per.items()}

@@ -51,7 +51,7 @@ from backplane.errors import CompileError, DeviceUnavailable, ExecutionError
 OV_DEVICE = "CPU"
 #: Bump when this backend's derivation (try_op, the survey) changes, so stale disk caches
 #: are ignored; the probe models' own version (backplane.ops.probes.VERSION) is in the key.
-DERIVATION_VERSION = 13
+DERIVATION_VERSION = 14
 #: The derived table for the OpenVINO this release was checked with, shipped so that a
 #: first Session does not wait minutes for the survey (used only where its key matches).
 SHIPPED = Path(__file__).with_name("capabilities.json")

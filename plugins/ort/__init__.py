@@ -69,7 +69,7 @@ VALUE_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64", "int8", "
 #: Seconds one provider's readiness check may take before it counts as not ready.
 READINESS_TIMEOUT_S = 2.0
 #: Bump when this backend's derivation changes, so stale disk caches are ignored.
-DERIVATION_VERSION = 13
+DERIVATION_VERSION = 14
 #: The derived table for the ONNX Runtime this release was checked with, shipped so that
 #: a first Session does not wait for the derivation (used only where its key matches).
 SHIPPED = Path(__file__).with_name("capabilities.json")
