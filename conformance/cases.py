@@ -1139,8 +1139,11 @@ def _quantize(b: _Builder, dtypes: list[str]) -> None:
     add("attr-blocked-axis-1", (3, 4), [[1 / 16, 1 / 32]] * 3, [[120, 130]] * 3,
         attrs={"axis": 1, "block_size": 2}, tags=["attr"])
     add("attr-saturation", (3, 4), 1 / 256, 0, "int8", tags=["attr"])
-    add("attr-ties-to-even", (2, 5), 1.0, 0, "int8", tags=["attr"],
-        kind=lambda rng, s, d: rng.permutation(np.arange(-4.5, 5.5, 1.0)).reshape(s))
+    ties = lambda rng, s, d: rng.permutation(np.arange(-4.5, 5.5, 1.0)).reshape(s)  # noqa: E731
+    add("attr-ties-to-even", (2, 5), 1.0, 0, "int8", tags=["attr"], kind=ties)
+    # round(x / scale) + zero point, not round(x / scale + zero point): the two differ at
+    # every tie where the zero point is odd.
+    add("attr-ties-to-even-odd-zero-point", (2, 5), 1.0, 3, "int8", tags=["attr"], kind=ties)
     for rank in (0, 1, 3, 4, 5):
         add(f"rank-{rank}-per-tensor-uint8", RANK_SHAPES[rank], 1 / 32, 128)
     add("empty-0x4", (0, 4), 1 / 32, 128)

@@ -452,17 +452,27 @@ def test_a_reduction_over_infinities_gives_the_infinity(op, inf, dtype):
 
 
 def test_an_op_left_out_for_a_wrong_node_test_says_so_when_a_pinned_session_refuses_it():
-    """OpenVINO runs DynamicQuantizeLinear, one quantization step off near ties: the table
-    leaves it out, and the refusal names the failed test instead of "not implemented"."""
-    g = helper.make_graph([helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])],
-                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6])],
-                          [helper.make_tensor_value_info("y", TensorProto.UINT8, [6]),
-                           helper.make_tensor_value_info("s", TensorProto.FLOAT, []),
-                           helper.make_tensor_value_info("z", TensorProto.UINT8, [])])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    """OpenVINO runs DFT (3e-4 off ONNX's test_dft_axis_opset19) and TopK-24 on int64
+    (ties not broken by index): the table leaves them out, and the refusal names the
+    failed test instead of "not implemented"."""
+    from onnx import numpy_helper
+
+    g = helper.make_graph([helper.make_node("DFT", ["x"], ["y"], axis=1)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 2])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(bp.errors.UnsupportedError,
-                       match="DynamicQuantizeLinear is left out: the runtime runs it, and fails "
-                             "ONNX's node test test_dynamicquantizelinear"):
+                       match="op DFT is left out: the runtime runs it, and fails ONNX's node "
+                             "test test_dft"):
+        bp.Session(model, devices=["openvino-cpu"])
+    g = helper.make_graph([helper.make_node("TopK", ["x", "k"], ["v", "i"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.INT64, [5])],
+                          [helper.make_tensor_value_info("v", TensorProto.INT64, [2]),
+                           helper.make_tensor_value_info("i", TensorProto.INT64, [2])],
+                          [numpy_helper.from_array(np.array([2], np.int64), "k")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 24)])
+    with pytest.raises(bp.errors.UnsupportedError,
+                       match="int64 left out: it fails ONNX's node test test_top_k_same_values"):
         bp.Session(model, devices=["openvino-cpu"])
 
 
@@ -500,3 +510,23 @@ def test_an_lstm_with_peepholes_is_never_given_to_openvino_which_ignores_them():
     plain = bp.Session(_lstm(False), devices=["openvino-cpu"])
     np.testing.assert_allclose(plain.run(x)["Y_h"], expected(_lstm(False), x)["Y_h"],
                                rtol=1e-5, atol=1e-6, err_msg=f"seed {SEED}")
+
+
+def test_dynamic_quantize_linear_runs_here_within_one_quantization_step_of_the_oracle():
+    """Declared with the stated step (QUANTIZATION_STEPS): OpenVINO divides by the scale
+    through its reciprocal, so a value near a tie may land one step off, never more."""
+    from backplane.conformance.oracle import expected
+
+    g = helper.make_graph([helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 33])],
+                          [helper.make_tensor_value_info("y", TensorProto.UINT8, [64, 33]),
+                           helper.make_tensor_value_info("s", TensorProto.FLOAT, []),
+                           helper.make_tensor_value_info("z", TensorProto.UINT8, [])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    x = {"x": (rng(13).standard_normal((64, 33)) * 3 + 1).astype(np.float32)}
+    session = bp.Session(model, devices=["openvino-cpu"])
+    got, want = session.run(x), expected(model, x)
+    steps = np.abs(got["y"].astype(int) - want["y"].astype(int))
+    assert steps.max() <= 1 and np.count_nonzero(steps) <= steps.size // 100, f"seed {SEED}"
+    np.testing.assert_allclose(got["s"], want["s"], rtol=1e-6, err_msg=f"seed {SEED}")
+    assert abs(int(got["z"]) - int(want["z"])) <= 1

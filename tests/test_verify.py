@@ -104,6 +104,20 @@ def test_a_variant_another_version_passes_takes_the_failing_version_out():
     assert failed["Attention"]["24/float32"] == "b: wrong"
 
 
+def test_integer_outputs_may_be_a_stated_number_of_steps_off_and_floats_keep_theirs():
+    import numpy as np
+
+    from backplane.ops.verify import _mismatch
+
+    want = {"y": np.array([25, 7], np.uint8), "s": np.array(0.5, np.float32)}
+    near = {"y": np.array([26, 7], np.uint8), "s": np.array(0.5, np.float32)}
+    assert _mismatch(near, want, 1e-3, 1e-7) and not _mismatch(near, want, 1e-3, 1e-7, steps=1)
+    far = {"y": np.array([27, 7], np.uint8), "s": np.array(0.5, np.float32)}
+    assert _mismatch(far, want, 1e-3, 1e-7, steps=1)
+    scale_off = {"y": want["y"], "s": np.array(0.6, np.float32)}
+    assert _mismatch(scale_off, want, 1e-3, 1e-7, steps=1)
+
+
 def test_sizes_never_become_rules():
     """hidden_size has no default: a size, not a variant."""
     failed, rules = _judged([outcome("LSTM", True, hidden_size=3),

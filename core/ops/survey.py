@@ -460,7 +460,7 @@ def _dtype_of(model: Any) -> str:
 #: them): the ones ONNX Runtime's optimizer and quantizer write into exported models.
 CONTRIB_PROBES = ("FastGelu", "BiasGelu", "Gelu", "QuickGelu", "BiasAdd",
                   "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "FusedMatMul",
-                  "Attention", "MatMulNBits", "EmbedLayerNormalization")
+                  "Attention", "MatMulNBits", "EmbedLayerNormalization", "DynamicQuantizeLSTM")
 
 
 def _contrib_probes() -> Iterator[tuple[str, str, Any]]:
@@ -512,6 +512,33 @@ def _contrib_probes() -> Iterator[tuple[str, str, Any]]:
             "EmbedLayerNormalization", [],
             {"ids": ids, "seg": ids, "we": w(16, 8), "pe": w(16, 8), "se": w(2, 8), **norm},
             ["y", "mask"], epsilon=1e-5),
+        "DynamicQuantizeLSTM": _quantized_lstm(rng),
     }
     for op in CONTRIB_PROBES:
         yield f"com.microsoft::{op}", "float32", models[op]
+
+
+def _quantized_lstm(rng: Any) -> Any:
+    """A one-node ``com.microsoft::DynamicQuantizeLSTM`` (what ``quantize_dynamic`` writes
+    for an LSTM): float X and bias, int8 W [1, input, 4 * hidden] and R [1, hidden,
+    4 * hidden] with per-direction scales and zero points, optional inputs left out."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    hidden, size = 4, 8
+    consts = {"W": rng.integers(-127, 128, (1, size, 4 * hidden), dtype=np.int8),
+              "R": rng.integers(-127, 128, (1, hidden, 4 * hidden), dtype=np.int8),
+              "B": rng.standard_normal((1, 8 * hidden)).astype(np.float32),
+              "W_scale": np.full(1, 0.01, np.float32), "W_zp": np.zeros(1, np.int8),
+              "R_scale": np.full(1, 0.01, np.float32), "R_zp": np.zeros(1, np.int8)}
+    node = helper.make_node("DynamicQuantizeLSTM", ["X", "W", "R", "B", "", "", "", "",
+                                                    "W_scale", "W_zp", "R_scale", "R_zp"],
+                            ["Y", "Y_h"], domain="com.microsoft", hidden_size=hidden)
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [node], "probe-DynamicQuantizeLSTM", [helper.make_tensor_value_info("X", f, [3, 2, size])],
+        [helper.make_tensor_value_info("Y", f, [None] * 4),
+         helper.make_tensor_value_info("Y_h", f, [None] * 3)],
+        initializer=[numpy_helper.from_array(v, n) for n, v in consts.items()])
+    return helper.make_model(graph, ir_version=10, opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
