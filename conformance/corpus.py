@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from backplane.cache import cache_key, cache_root
+from backplane.cache import cache_dir, cache_key
 from backplane.conformance import tomllib
 from backplane.errors import BackplaneError, ConformanceError, did_you_mean
 
@@ -137,7 +137,9 @@ def materialize(name: str | Entry) -> Path:
 
 
 def _folder(e: Entry) -> Path:
-    root = cache_root() or _private()  # caching off: one private folder for this process
+    # caching off, or a cache folder that is not private: one private folder for this process
+    root = cache_dir("corpus")
+    root = root.parent if root is not None else _private()
     parts: tuple[Any, ...] = (LAYOUT, e.source)
     if e.kind != "pypi":  # a build depends on its inputs, its base and the tools' versions
         base = entry(e.source["quantize"]).source if e.kind == "quantize" else None

@@ -32,17 +32,57 @@ def cache_root(options: Any = None) -> Path | None:
 
 
 def cache_dir(backend: str, options: Any = None) -> Path | None:
-    """The backend's own cache folder (created), or None when caching is off or the folder
-    cannot be created (a read-only home must not stop a compile)."""
+    """The backend's own cache folder (created private, 0700), or None when caching is off,
+    the folder cannot be created (a read-only home must not stop a compile), or the root or
+    the folder is not private to this user (:func:`unsafe`: then a warning says which and
+    what to do, once per folder, and nothing is read from or written there)."""
     root = cache_root(options)
     if root is None:
         return None
     folder = root / backend
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
+    for path in (root, folder):  # the root checked before anything is made inside it
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            return None
+        why = unsafe(path)
+        if why is not None:
+            _warn_once(path, why)
+            return None
     return folder
+
+
+def unsafe(path: Path) -> str | None:
+    """Why ``path`` (a folder, followed through symbolic links) may not hold cached
+    artifacts, or None when only this user can write there: a folder another user owns, or
+    one that group or others may write (anyone who can plant a file in a cache can change
+    results, or native code a backend loads)."""
+    if not hasattr(os, "getuid"):  # no POSIX owners and modes to check (Windows)
+        return None
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror})"
+    if st.st_uid != os.getuid():
+        return f"it belongs to user id {st.st_uid}, not to this user ({os.getuid()})"
+    if st.st_mode & 0o022:
+        return f"group or others may write it (mode {st.st_mode & 0o777:o})"
+    return None
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(path: Path, why: str) -> None:
+    import logging
+
+    if str(path) in _warned:
+        return
+    _warned.add(str(path))
+    logging.getLogger("backplane").warning(
+        "backplane: the cache folder %s is not used: %s. Make it this user's own and private "
+        "(chown, then chmod 700 %s), or set BACKPLANE_CACHE_DIR to a private folder "
+        "('off' disables caching).", path, why, path)
 
 
 def cache_key(*parts: Any) -> str:

@@ -51,10 +51,10 @@ def key(session: "Session") -> str:
 
 
 def _path(session: "Session", k: str) -> Any:
-    from .cache import cache_root
+    from .cache import cache_dir
 
-    root = cache_root(session._options)
-    return None if root is None else root / "tune" / f"{k}.json"
+    root = cache_dir("tune", session._options)
+    return None if root is None else root / f"{k}.json"
 
 
 def pins_of(plan: "Plan") -> dict[str, tuple[str, str]]:

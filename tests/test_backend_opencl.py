@@ -137,18 +137,48 @@ def test_every_listed_device_builds_with_the_drivers_of_a_fresh_process(tmp_path
 
 @pytest.mark.skipif(not _installed("intel-opencl-rt"), reason="intel-opencl-rt is not installed")
 def test_pip_installed_drivers_are_registered_next_to_the_system_ones(tmp_path):
-    code = ("import os, backplane.plugins.opencl; "
-            "print(os.environ.get('OCL_ICD_VENDORS'))")
-    env = {k: v for k, v in os.environ.items() if k != "OCL_ICD_VENDORS"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={**env, "BACKPLANE_CACHE_DIR": str(tmp_path)})
-    folder = Path(out.stdout.strip().splitlines()[-1])
-    assert folder.parent == tmp_path / "opencl"
-    library = Path((folder / "intel-opencl-rt.icd").read_text().strip())
+    folder, files, _ = _vendors_folder_seen_by_a_child(tmp_path)
+    assert not folder.is_relative_to(tmp_path)  # written privately, not kept in the cache
+    library = Path(files["intel-opencl-rt.icd"].strip())
     assert library.is_absolute() and library.is_file() and library.name == "libintelocl.so"
     system = Path("/etc/OpenCL/vendors")
     for icd in (system.glob("*.icd") if system.is_dir() else ()):
-        assert (folder / icd.name).read_text() == icd.read_text()
+        assert files[icd.name] == icd.read_text()
+
+
+def _vendors_folder_seen_by_a_child(cache: Path) -> tuple[Path, dict[str, str], int]:
+    """OCL_ICD_VENDORS in a child that imports the plugin with ``cache`` as its cache, the
+    files in it and its mode, read before the child exits (and removes it)."""
+    code = ("import json, os, backplane.plugins.opencl; d = os.environ['OCL_ICD_VENDORS']; "
+            "print(json.dumps([d, {n: open(os.path.join(d, n)).read() for n in os.listdir(d)}, "
+            "os.stat(d).st_mode & 0o777]))")
+    env = {k: v for k, v in os.environ.items() if k != "OCL_ICD_VENDORS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**env, "BACKPLANE_CACHE_DIR": str(cache)})
+    folder, files, mode = json.loads(out.stdout.strip().splitlines()[-1])
+    return Path(folder), files, mode
+
+
+@pytest.mark.skipif(not _installed("intel-opencl-rt"), reason="intel-opencl-rt is not installed")
+def test_an_icd_file_planted_in_the_cache_is_never_read(tmp_path):
+    """The ICD loader loads every library an .icd file in OCL_ICD_VENDORS names: the folder
+    is written by the process, private, and holds exactly the drivers backplane chose,
+    whatever a cache folder (here, the one an earlier version reused) holds."""
+    from backplane.cache import cache_key
+    from backplane.plugins import opencl
+
+    icds = {f"{d}.icd": f"{lib}\n" for d, lib in opencl._pip_driver_libraries()}
+    system = opencl.SYSTEM_VENDORS
+    for f in sorted(system.glob("*.icd")) if system.is_dir() else ():
+        icds.setdefault(f.name, f.read_text())
+    planted = tmp_path / "opencl" / f"icd-vendors-{cache_key(sorted(icds.items()))}"
+    planted.mkdir(parents=True)
+    for name in icds:
+        (planted / name).write_text(f"{tmp_path}/not-a-driver.so\n")
+    (planted / "planted.icd").write_text(f"{tmp_path}/planted.so\n")
+    folder, files, mode = _vendors_folder_seen_by_a_child(tmp_path)
+    assert folder != planted and not folder.is_relative_to(tmp_path)
+    assert files == icds and mode == 0o700
 
 
 def test_a_users_own_ocl_icd_vendors_is_left_alone(tmp_path):

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 import backplane as bp
 from backplane import cache
 
@@ -107,3 +109,55 @@ def test_a_shipped_table_is_read_where_its_key_matches_and_ignored_elsewhere(tmp
     shipped.write_text("{not json")
     assert cached_json("b", ("ort", "1.0"), compute, shipped=shipped)["ops"] == \
         {"Relu": ["float16"]} and calls == [1, 1]  # a broken shipped file is no table
+
+
+def test_cache_folders_are_created_private(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKPLANE_CACHE_DIR", str(tmp_path / "root"))
+    folder = cache.cache_dir("unit")
+    assert folder == tmp_path / "root" / "unit"
+    assert (tmp_path / "root").stat().st_mode & 0o777 == 0o700
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_folder_others_may_write_is_not_used_and_the_warning_says_what_to_do(
+        tmp_path, monkeypatch, caplog):
+    root = tmp_path / "shared"
+    (root / "unit").mkdir(parents=True)
+    os.chmod(root, 0o777)
+    monkeypatch.setenv("BACKPLANE_CACHE_DIR", str(root))
+    cache._warned.clear()
+    with caplog.at_level("WARNING", logger="backplane"):
+        assert cache.cache_dir("unit") is None
+        assert cache.cache_dir("unit") is None  # warned once
+    warnings = [r.getMessage() for r in caplog.records if "is not used" in r.getMessage()]
+    assert len(warnings) == 1 and "mode 777" in warnings[0] and "chmod 700" in warnings[0]
+    os.chmod(root, 0o700)
+    os.chmod(root / "unit", 0o770)
+    assert cache.cache_dir("unit") is None  # the backend's own folder too
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0,
+                    reason="giving a folder to another user needs root")
+def test_a_cache_that_is_a_link_to_another_users_folder_is_not_used(tmp_path, monkeypatch):
+    theirs = tmp_path / "theirs"
+    (theirs / "unit").mkdir(parents=True, mode=0o700)
+    for path in (theirs, theirs / "unit"):
+        os.chown(path, 65534, 65534)
+    link = tmp_path / "link"
+    link.symlink_to(theirs, target_is_directory=True)
+    monkeypatch.setenv("BACKPLANE_CACHE_DIR", str(link))
+    cache._warned.clear()
+    assert cache.cache_dir("unit") is None
+    assert "belongs to user id 65534" in cache.unsafe(link)
+    # a session planned with such a cache still runs, uncached
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    import numpy as np
+
+    out = bp.Session(helper.make_model(g), devices=["openvino-cpu"]).run(
+        {"x": np.array([-1.0, 2.0], np.float32)})
+    assert out["y"].tolist() == [0.0, 2.0]
+    assert not any(p.name != "unit" for p in theirs.iterdir())

@@ -28,7 +28,6 @@ from typing import Any
 from backplane import API_VERSION, AttributeRule, Backend, CompileOptions, Device, Executable
 from backplane.kerneltable import KernelTable, LazyKernel
 from backplane import __version__ as _backplane_version
-from backplane.cache import cache_dir, cache_key, write_atomic
 from backplane.errors import DeviceUnavailable
 
 log = logging.getLogger("backplane")
@@ -292,9 +291,9 @@ def use_pip_installed_drivers() -> str | None:
     /etc/OpenCL/vendors) and in pyopencl's own ``.libs`` once, at the process's first
     OpenCL call; this runs when the plugin is imported, before any. The folder holds a copy
     of every system ``.icd`` file (which the variable would otherwise hide) and one per
-    driver of ``PIP_DRIVERS`` that is installed, naming its library by absolute path; it is
-    content-addressed under the backplane cache (a private temporary folder when caching is
-    off). Child processes inherit the variable. A user's own ``OCL_ICD_VENDORS`` is left
+    driver of ``PIP_DRIVERS`` that is installed, naming its library by absolute path, in a
+    private folder this process writes (:func:`_write_vendors`; nothing is read back from
+    the cache). Child processes inherit the variable. A user's own ``OCL_ICD_VENDORS`` is left
     alone: it decides which drivers load.
     """
     global _vendors_folder
@@ -358,17 +357,16 @@ def _intel_cpu_target(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
 
 
 def _write_vendors(icds: dict[str, str]) -> Path:
-    """A folder holding exactly ``icds`` (file name -> contents)."""
-    base = cache_dir("opencl")
-    if base is not None:
-        folder = base / f"icd-vendors-{cache_key(sorted(icds.items()))}"
-        if all((folder / name).is_file() for name in icds) or all(
-                write_atomic(folder / name, text.encode()) for name, text in icds.items()):
-            return folder
+    """A folder holding exactly ``icds`` (file name -> contents), written now by this
+    process into a private temporary folder (0700, removed at exit). Never one found on
+    disk: the ICD loader loads every library an ``.icd`` file there names, so a file
+    planted in a shared folder would run its code in every backplane process."""
     folder = Path(tempfile.mkdtemp(prefix="backplane-opencl-icd-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     for name, text in icds.items():
-        (folder / name).write_text(text)
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
     return folder
 
 
