@@ -94,6 +94,9 @@ def load_model(model: Any, *, base_dir: str | os.PathLike | None = None,
         name = proto.graph.name
     notes: list[str] = []
     _check_opset_versions(proto, name)
+    if not proto.graph.output:
+        raise ModelError(f"{name}: the model has no outputs, so a run would compute nothing; "
+                         "list the values it should return in graph.output")
     # External data is confined and read first: the checker would otherwise resolve its
     # locations against the process's working directory, with its own rules and words.
     external_dir = load_external_data(proto, base_dir, name)
@@ -450,6 +453,13 @@ def _check_one(np: Any, name: str, vi: ValueInfo, value: Any, bound: dict) -> An
     if vi.dtype.startswith(NON_TENSOR):
         return _check_non_tensor(np, name, vi, value, bound)
     want = numpy_dtype(vi.dtype) if vi.dtype != "string" else None
+    if isinstance(value, np.ma.MaskedArray):
+        masked = int(np.ma.count_masked(value))
+        if masked:
+            raise InputError(f"input '{name}' is a masked array with {masked} masked "
+                             "element(s); a model reads values, not a mask: pass "
+                             f"{name}.filled(value) with the value the model should see")
+        value = np.ma.getdata(value)
     if isinstance(value, np.ndarray):
         arr = value
     else:
@@ -458,15 +468,21 @@ def _check_one(np: Any, name: str, vi: ValueInfo, value: Any, bound: dict) -> An
         except Exception as exc:
             raise InputError(f"input '{name}' cannot be read as an array ({exc}); "
                              f"expected {vi.describe()}") from None
+        # Python lists and numbers have no dtype of their own: they take the input's where
+        # it holds their values. An array of another library (a torch tensor) keeps its
+        # own, and is refused below like a numpy array of another dtype.
         if want is not None and arr.dtype != want and arr.dtype.kind in "biuf" and \
-                want.kind in "biuf" and np.can_cast(arr.dtype, want, "same_kind"):
+                want.kind in "biuf" and np.can_cast(arr.dtype, want, "same_kind") and \
+                not hasattr(value, "dtype"):
             arr = arr.astype(want)
     if vi.dtype == "string":
         ok = arr.dtype.kind in "OU"
     else:
         ok = want is not None and arr.dtype == want
     if not ok:
-        hint = f"; convert it with .astype(numpy.{vi.dtype})" if want is not None else ""
+        hint = "" if want is None else (
+            f"; convert it with .astype(numpy.{vi.dtype})" if isinstance(value, np.ndarray)
+            else f"; convert it to {vi.dtype} first (a torch tensor: .to(torch.{vi.dtype}))")
         raise InputError(f"input '{name}' has dtype {arr.dtype}, the model expects "
                          f"{vi.dtype} ({vi.describe()}){hint}")
     if vi.shape is None:

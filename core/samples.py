@@ -21,10 +21,13 @@ session then says that the random inputs are the likely cause of a failed run.
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from .errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .graph import Graph, Node
@@ -92,6 +95,9 @@ def random_input_specs(graph: "Graph", dims: Mapping[str, int] | None = None
         graph: the model.
         dims: sizes of symbolic dimensions to use as they are (``{"batch": 8}``).
     """
+    for name, size in dict(dims or {}).items():
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0:
+            raise InputError(f"dims: '{name}' must be a size (an integer >= 0), not {size!r}")
     sizes, reasons, checked = _sizes(graph, dict(dims or {}))
     bounds = _index_bounds(graph, sizes)
     specs = []
@@ -147,8 +153,6 @@ def draw(specs: list[RandomInput], seed: int = 0) -> dict[str, Any]:
 
 def _np_dtype(np: Any, spec: RandomInput) -> Any:
     """The numpy dtype of ``spec`` (bfloat16 through ml_dtypes, which onnx installs)."""
-    from .errors import InputError
-
     try:
         return np.dtype(spec.dtype)
     except TypeError:

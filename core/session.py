@@ -25,12 +25,13 @@ from typing import Any
 
 from . import accuracy, costmodel, tuning
 from .contract import DEVICE_KINDS, POLICIES, PRECISIONS, CompileOptions, Device
-from .errors import BackendError, UnsupportedError
+from .errors import BackendError, InputError, UnsupportedError
 from .executor import CompiledPlan
 from .graph import ValueInfo
 from .intake import dims_of, load_model, validate_inputs, with_dims
 from .planner import Partition, Plan
 from .samples import RandomInput, draw, random_input_specs
+from .shapecheck import ShapeCheck
 from .registry import Registry, call_hook, devices_from_env, registry
 from .scheduler import DEFAULT_HEADROOM, Constraints, schedule
 
@@ -106,6 +107,7 @@ class Session:
             raise UnsupportedError("delegate must be a callable (node, candidates) -> "
                                    "candidate or None")
         self.graph = load_model(model, base_dir=base_dir)
+        self._shapes = ShapeCheck(self.graph.model)  # inputs that do not fit, before any run
         self._source = (model, base_dir)  # read again by a run that overrides initializers
         self._overriding: dict[frozenset[str], Session] = {}
         self._guesses: dict[int, tuple[Any, str]] = {}  # random inputs the model may refuse
@@ -181,6 +183,12 @@ class Session:
             return self._overriding_session(overridden).run(inputs)
         feeds = validate_inputs(self.graph, inputs)
         guessed = self._guessed(feeds)
+        try:
+            self._shapes.check(feeds)
+        except InputError as exc:
+            if guessed:
+                exc.args = (f"{exc}. The inputs were random: {'; '.join(guessed)}",)
+            raise
         while True:
             compiled = self._compiled
             try:

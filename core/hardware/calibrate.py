@@ -100,11 +100,15 @@ def read_overlay() -> list[dict[str, Any]]:
 
 
 def _write_overlay(records: list[dict[str, Any]]) -> None:
+    from ..cache import write_atomic
+
     path = overlay_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"schema": OVERLAY_SCHEMA, "records": records}, indent=1))
-    tmp.replace(path)  # atomic: a concurrent reader sees the old or the new file
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data = json.dumps({"schema": OVERLAY_SCHEMA, "records": records}, indent=1).encode()
+    # a unique temporary file (0600, mkstemp's), renamed: a concurrent reader sees the old or
+    # the new file, and two writers never share a temporary name
+    if not write_atomic(path, data):
+        raise OSError(f"the calibration overlay {path} cannot be written")
 
 
 def store(result: DeviceCalibration) -> None:
