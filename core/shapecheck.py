@@ -10,8 +10,10 @@ strict mode, about the model with the run's actual input shapes, and refuses the
 an InputError that names the node and the shapes before any backend sees it.
 
 Attributed to the inputs only: the model is first inferred with its declared input shapes
-(the baseline); where that already fails strictly (a model ONNX's inference cannot follow:
-contrib ops, wrong declarations inside) the check stands aside for the session. Declared
+(the baseline); where that already fails strictly (declared sizes that contradict each
+other, an op whose inference is stricter than the runtimes) the check stands aside for the
+session. Ops ONNX holds no schema for (``com.microsoft`` ones) are passed over by the
+inference: their outputs are of unknown shape, and nothing after them is refused for it. Declared
 output shapes and intermediate value infos are left out of both, since a model's wrong
 declaration is a warning, not the inputs' fault (see :mod:`backplane.intake`). Large
 weights become typed inputs of their shape, so an inference costs milliseconds whatever the
