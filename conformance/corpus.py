@@ -530,13 +530,15 @@ class _Oracle:
     """The float64 oracle's outputs for a model's sample inputs, evaluated on first use
     (only where a run is over its budget: onnx.reference is slow on big models)."""
 
+    _UNSET: Any = object()
+
     def __init__(self, path: Path, feeds: dict[str, np.ndarray]):
         self.path, self.feeds = path, feeds
-        self._out: dict[str, np.ndarray] | None | str = ""
+        self._out: Any = self._UNSET
 
     def outputs(self) -> dict[str, np.ndarray] | None:
         """The outputs, or None where the oracle cannot evaluate the model in float64."""
-        if isinstance(self._out, str):
+        if self._out is self._UNSET:
             import onnx
 
             from backplane.conformance.oracle import FLOAT64, expected_with_mode

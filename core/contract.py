@@ -211,7 +211,7 @@ class LazyOps(Mapping):
         the derivation's failed ONNX node tests); None otherwise."""
         if self._refusals is None:
             return None
-        if not isinstance(self._refused, Mapping):
+        if self._refused is None:
             try:
                 self._refused = {k: {vd: why for vd, why in per.items()
                                      if str(why).startswith("test_")}
@@ -313,11 +313,10 @@ class Capabilities:
                     return Verdict(False, "capability:dtype",
                                    f"the backend holds no {vi.dtype} values ('{vi.name}')")
         support = self.ops.get(key)
-        refusal = getattr(self.ops, "refusal", None)
         if support is None:
             if self.any_op and node.domain in ONNX_DOMAINS:
                 return ADMITTED
-            why = refusal(key) if refusal is not None else None
+            why = self._left_out(key)
             return Verdict(False, "capability:op", f"op {key} is not implemented" if why is None
                            else f"op {key} is left out: the runtime runs it, and fails ONNX's "
                            f"node test {why}")
@@ -332,7 +331,7 @@ class Capabilities:
             dtypes = support.versions[node.version] or dtypes
         # (a value that is not a tensor, a sequence say, has no dtype here to refute)
         if dtypes is not None and primary is not None and primary not in dtypes:
-            why = refusal(key, node.version, primary) if refusal is not None else None
+            why = self._left_out(key, node.version, primary)
             return Verdict(False, "capability:dtype",
                            f"{key} admits {sorted(dtypes)}, the node has {primary}"
                            + (f" ({primary} left out: it fails ONNX's node test {why})"
@@ -386,6 +385,12 @@ class Capabilities:
                 return Verdict(False, "capability:attribute",
                                f"{key} attribute {attr}={node.attributes[attr]!r} is outside {rule}")
         return ADMITTED
+
+    def _left_out(self, key: str, version: int = 0, dtype: str | None = None) -> str | None:
+        """The node test that left the runtime's op out, where ``ops`` says
+        (:meth:`LazyOps.refusal`); only on a refusal's way, never for an admitted node."""
+        refusal = getattr(self.ops, "refusal", None)
+        return refusal(key, version, dtype) if refusal is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as the conformance suite and ``--json`` listings read it."""

@@ -186,8 +186,7 @@ class Session:
         try:
             self._shapes.check(feeds)
         except InputError as exc:
-            if guessed:
-                exc.args = (f"{exc}. The inputs were random: {'; '.join(guessed)}",)
+            _blame_random(exc, guessed)
             raise
         while True:
             compiled = self._compiled
@@ -195,10 +194,7 @@ class Session:
                 return compiled.run(feeds)
             except BackendError as exc:  # ExecutionError, or a plugin's own BackendError
                 if guessed:  # the inputs, more likely than the device: blame no device
-                    exc.args = (f"{exc}. The inputs were random and the model may refuse "
-                                f"them: {'; '.join(guessed)}. Pass real inputs "
-                                "(Session.run({name: array}); backplane run --input "
-                                "NAME=FILE.npy)",)
+                    _blame_random(exc, guessed)
                     raise
                 if self.strict or exc.device is None:
                     raise
@@ -436,3 +432,11 @@ def _resolve_devices(reg: Registry, devices: Any) -> tuple[bool, list[Device]]:
                                "or 'auto'")
     return True, chosen
 
+
+def _blame_random(exc: Exception, guessed: list[str]) -> None:
+    """Say in ``exc`` that the inputs were drawn by :meth:`Session.random_inputs`, with what
+    was guessed about them (``guessed`` empty: nothing to say)."""
+    if guessed:
+        exc.args = (f"{exc}. The inputs were random and the model may refuse them: "
+                    f"{'; '.join(guessed)}. Pass real inputs (Session.run({{name: array}}); "
+                    "backplane run --input NAME=FILE.npy)",)
