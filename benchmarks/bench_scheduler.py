@@ -13,7 +13,13 @@ a. selection regret: per zoo model (five families x small, large x batch 1, 32),
    worst <= 1.25.
 b. planning time: ``backplane.scheduler.plan_model`` on a loaded graph of 1,000 nodes
    (MatMul, Add, Relu, Softmax, LayerNormalization; branches, joins and long skips), no
-   compile; median of 10 after one warm-up. Goal <= 50 ms.
+   compile; median of 10 after one warm-up. Goal <= 50 ms. Then bounded time (issue 18,
+   point 6): the wall seconds of ``Session(model)`` (plan and compile, no compiled-artefact
+   cache) on chains of 1,000, 2,000 and 10,000 Relu/Neg nodes ([1, 16] float32), under
+   devices auto and with each backend pinned, each in a fresh child after its registry
+   has probed; and the same for 10,000 parallel Relu/Neg nodes summed by one Sum, and a
+   chain of 10,000 nodes cycling through 37 kinds of op. Goal: the 10,000-node chain under
+   auto in <= 10 s.
 c. cost-model error: the default plan's ``predicted_s`` over its measured latency, per
    model, and the geometric mean of |log ratio| as a factor.
 
@@ -48,7 +54,9 @@ default plans' own runs (each default child saves them when it ends; the other c
 do not), as in an application that runs them one after another.
 
     python benchmarks/bench_scheduler.py [--quick] [--json OUT] [--no-calibrate]
-                                         [--keep-data-dir]
+                                         [--keep-data-dir] [--planning-only]
+
+``--planning-only`` measures b alone (no calibration, no zoo).
 """
 
 from __future__ import annotations
@@ -79,6 +87,13 @@ REGRET_GEOMEAN_GOAL = 1.05
 REGRET_WORST_GOAL = 1.25
 PLANNING_GOAL_S = 0.050
 PLANNING_NODES = 1000
+#: Chain lengths of the bounded-time figures, and the goal for the longest under auto.
+CHAIN_NODES = (1000, 2000, 10000)
+CHAIN_GOAL_S = 10.0
+#: Nodes of the wide and the mixed graph of the bounded-time figures.
+SHAPE_NODES = 10000
+#: Seconds one bounded-time session may take before its child is stopped.
+CHAIN_TIMEOUT_S = 600.0
 #: A single backend this many times slower than the fastest session, and slower than
 #: SLOW_FLOOR_S, in warm-up is not timed further: it cannot be the best. (Wide, because
 #: two warm-up calls on a busy machine can be several times off.)
@@ -535,6 +550,89 @@ def planning_row(runs: int) -> dict[str, Any]:
             "goal_s": PLANNING_GOAL_S, "met": median <= PLANNING_GOAL_S}
 
 
+def stress_graph(kind: str, n: int, width: int = 16) -> Any:
+    """``chain``: x -> Relu -> Neg -> Relu ... (n nodes) -> y; ``wide``: n Relu/Neg nodes
+    on x, summed by one Sum; ``mixed``: a chain of n nodes cycling through 37 kinds of
+    op (element-wise, activations, reductions, normalisations, MatMul, data movement)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def value(name: str) -> Any:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, width])
+
+    inits: list[Any] = []
+    if kind == "wide":
+        nodes = [helper.make_node("Relu" if i % 2 == 0 else "Neg", ["x"], [f"v{i}"])
+                 for i in range(n)]
+        nodes.append(helper.make_node("Sum", [f"v{i}" for i in range(n)], ["y"]))
+    else:
+        ops = ["Relu", "Neg"] if kind == "chain" else MIXED_OPS
+        nodes, prev = [], "x"
+        for i in range(n):
+            op, out = ops[i % len(ops)], f"v{i}"
+            inputs = [prev]
+            if op in ("MatMul", "Add", "Mul", "Max", "Pow", "Reshape", "ReduceMean",
+                      "Unsqueeze", "Squeeze"):
+                const = {"MatMul": np.eye(width, dtype=np.float32),
+                         "Reshape": np.array([1, width], np.int64),
+                         "ReduceMean": np.array([-1], np.int64),
+                         "Unsqueeze": np.array([0], np.int64),
+                         "Squeeze": np.array([0], np.int64)}.get(
+                             op, np.full(width, 1.0, np.float32))
+                inits.append(numpy_helper.from_array(const, f"c{i}"))
+                inputs.append(f"c{i}")
+            attrs = ({"axis": -1} if op in ("Softmax", "LogSoftmax", "Flatten") else
+                     {"perm": [1, 0]} if op == "Transpose" else {})
+            nodes.append(helper.make_node(op, inputs, [out], **attrs))
+            prev = out
+        nodes[-1].output[0] = "y"
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])
+    graph = helper.make_graph(nodes, f"{kind}-{n}", [value("x")], [y], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+#: The ops the mixed graph cycles through, each leaving a shape the next accepts
+#: (Transpose twice in a row, ReduceMean's [1, 1] broadcast back by Add, Unsqueeze then
+#: Squeeze).
+MIXED_OPS = ("Relu Neg Sigmoid Tanh Abs Exp Softmax Sqrt Erf Softsign Softplus HardSigmoid "
+             "Elu Selu LeakyRelu HardSwish Mish Sin Cos Floor Ceil Round Sign Identity "
+             "Transpose Transpose Flatten LogSoftmax MatMul ReduceMean Add Mul Max Pow Reshape "
+             "Unsqueeze Squeeze").split()
+
+
+def stress_child(conn: Any, model: bytes, devices: str) -> None:
+    """Entry point of a bounded-time child: ``("ok", row)`` after one ``Session``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        bp.registry().devices()  # discovery and probes are not what is timed
+        t0 = time.perf_counter()
+        session = bp.Session(model, devices=devices if devices == "auto" else [devices])
+        conn.send(("ok", {"seconds": time.perf_counter() - t0,
+                          "partitions": len(session.plan.partitions),
+                          "backends": sorted({p.backend for p in session.plan.partitions})}))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        conn.send(("error", _why(exc)))
+
+
+def stress_rows(backends: list[str]) -> list[dict[str, Any]]:
+    """The bounded-time sessions: every chain length, then the wide and the mixed graph,
+    under auto and each backend pinned; each in a child of its own."""
+    runs = [(kind, n, d) for kind, sizes in (("chain", CHAIN_NODES), ("wide", [SHAPE_NODES]),
+                                            ("mixed", [SHAPE_NODES]))
+            for n in sizes for d in ["auto", *backends]]
+    rows = []
+    for kind, n, devices in runs:
+        child = Child(stress_child, stress_graph(kind, n).SerializeToString(), devices)
+        try:
+            row = child.receive(CHAIN_TIMEOUT_S)[1]
+        except ChildFailed as exc:
+            row = {"failed": str(exc)}
+        finally:
+            child.close()
+        rows.append({"graph": kind, "nodes": n, "devices": devices, **row})
+        print(f"measured {kind}-{n} on {devices}", file=sys.stderr, flush=True)
+    return rows
+
+
 # -- d: calibration --------------------------------------------------------------------------
 
 
@@ -588,26 +686,9 @@ def _cell(entry: dict[str, Any]) -> str:
     return entry.get("reason", "-")
 
 
-def print_report(report: dict[str, Any]) -> None:
-    meta, rows, backends = report["meta"], report["regret"], report["meta"]["backends"]
-    print(f"{meta['date']}, {meta['cpu']}, {meta['cores']} cores; "
-          + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
-    print(f"data folder: {meta['data_dir']}; wall time {meta['wall_s']:.0f} s; other "
-          f"processes used {meta['others_cores']:.2f} cores on average meanwhile"
-          + ("; --quick (small models, fewer runs)" if meta["quick"] else ""))
-    for note in meta["notes"]:
-        print(f"note: {note}")
-    cal = report.get("calibration")
-    if cal is None:
-        print("calibration: skipped (--no-calibrate)")
-    else:
-        print(f"calibration (fp32), {cal['seconds']:.1f} s:")
-        for d in cal["devices"]:
-            figures = ", ".join(f"{k} {v:g}" for k, v in d["measured"].items())
-            skipped = d["skipped"]
-            print(f"  {d['device']:16} {figures or 'nothing measured'}"
-                  + (f"; skipped {len(skipped)}, e.g. {skipped[0][:100]}" if skipped else ""))
-
+def print_regret(report: dict[str, Any]) -> None:
+    """Section a: the regret table, its notes, and the summary against the goals."""
+    rows, backends = report["regret"], report["meta"]["backends"]
     print("\na. selection regret: latency / best single-backend latency (median ms per run)")
     head = (f"{'model':30} {'default':>9} {'regret':>7} {'fixed':>9} {'regret':>7} "
             f"{'tuned':>9} {'regret':>7} {'best':>13}" + "".join(f" {b[:12]:>12}" for b in backends))
@@ -652,6 +733,30 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  tune=True:    geomean regret {tuned['geomean']:.3f}; worst "
               f"{tuned['worst']:.3f} on {tuned['worst_model']}")
 
+
+def print_report(report: dict[str, Any]) -> None:
+    meta, rows = report["meta"], report["regret"]
+    print(f"{meta['date']}, {meta['cpu']}, {meta['cores']} cores; "
+          + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
+    print(f"data folder: {meta['data_dir']}; wall time {meta['wall_s']:.0f} s; other "
+          f"processes used {meta['others_cores']:.2f} cores on average meanwhile"
+          + ("; --quick (small models, fewer runs)" if meta["quick"] else ""))
+    for note in meta["notes"]:
+        print(f"note: {note}")
+    cal = report.get("calibration")
+    if cal is None:
+        print("calibration: skipped (--no-calibrate or --planning-only)")
+    else:
+        print(f"calibration (fp32), {cal['seconds']:.1f} s:")
+        for d in cal["devices"]:
+            figures = ", ".join(f"{k} {v:g}" for k, v in d["measured"].items())
+            skipped = d["skipped"]
+            print(f"  {d['device']:16} {figures or 'nothing measured'}"
+                  + (f"; skipped {len(skipped)}, e.g. {skipped[0][:100]}" if skipped else ""))
+
+    if rows:
+        print_regret(report)
+
     p = report["planning"]
     if "failed" in p:
         print(f"\nb. planning a {PLANNING_NODES}-node graph: failed: {p['failed']}")
@@ -661,15 +766,47 @@ def print_report(report: dict[str, Any]) -> None:
               f"{p['goal_s'] * 1e3:.0f} ms) {'PASS' if p['met'] else 'MISS'}; "
               f"{p['partitions']} partition(s) on {', '.join(p['devices'])}")
 
+    print_stress(report.get("stress", []))
+    if not rows:
+        return
     print("\nc. cost model: predicted / measured seconds per run of the default plan")
     print(f"{'model':30} {'predicted':>10} {'measured':>10} {'ratio':>8}")
     for r in rows:
         ratio = r["predicted_over_measured"]
         print(f"{r['model']:30} {_ms(r['predicted_s']):>10} {_ms(r['default_s']):>10} "
               + (f"{ratio:8.3f}" if ratio is not None else f"{'-':>8}"))
-    if s["cost_model_error_factor"] is not None:
-        print(f"  geomean |log(predicted / measured)| as a factor: "
-              f"x{s['cost_model_error_factor']:.2f}")
+    error = report["summary"]["cost_model_error_factor"]
+    if error is not None:
+        print(f"  geomean |log(predicted / measured)| as a factor: x{error:.2f}")
+
+
+def print_stress(rows: list[dict[str, Any]]) -> None:
+    """The bounded-time table: seconds of Session() per graph and devices."""
+    if not rows:
+        return
+    print("\nb. bounded time: Session() wall seconds (plan + compile, fresh process, no "
+          "compiled-artefact cache)")
+    columns = list(dict.fromkeys(r["devices"] for r in rows))
+    print(f"{'graph':14}" + "".join(f"{c:>16}" for c in columns))
+    for key in dict.fromkeys((r["graph"], r["nodes"]) for r in rows):
+        cells = {r["devices"]: r for r in rows if (r["graph"], r["nodes"]) == key}
+        line = f"{key[0] + '-' + str(key[1]):14}"
+        for c in columns:
+            r = cells.get(c)
+            text = ("" if r is None else "failed" if "failed" in r else
+                    f"{r['seconds']:.2f} ({r['partitions']}p)")
+            line += f"{text:>16}"
+        print(line)
+    for r in rows:
+        if "failed" in r:
+            print(f"  {r['graph']}-{r['nodes']} on {r['devices']}: {r['failed'][:200]}")
+    goal = next((r for r in rows if (r["graph"], r["nodes"], r["devices"])
+                 == ("chain", CHAIN_NODES[-1], "auto")), None)
+    if goal is not None:
+        ok = "failed" not in goal and goal["seconds"] <= CHAIN_GOAL_S
+        print(f"  {CHAIN_NODES[-1]}-node chain under auto: goal <= {CHAIN_GOAL_S:g} s "
+              f"{'PASS' if ok else 'MISS'}" + ("" if "failed" in goal else
+                                               f" (on {', '.join(goal['backends'])})"))
 
 
 def main() -> int:
@@ -682,6 +819,8 @@ def main() -> int:
     parser.add_argument("--keep-data-dir", action="store_true",
                         help="use BACKPLANE_DATA_DIR and BACKPLANE_CACHE_DIR (or the user's "
                              "folders) as they are")
+    parser.add_argument("--planning-only", action="store_true",
+                        help="measure planning time and bounded time (b) alone")
     args = parser.parse_args()
     started, cpu_before = time.perf_counter(), cpu_seconds()
     notes = []
@@ -703,8 +842,8 @@ def main() -> int:
     backends, absent = backends_with_devices()
     notes += [f"backend {b}: {why}, not measured" for b, why in absent.items()]
     report: dict[str, Any] = {
-        "calibration": None if args.no_calibrate else calibration()}
-    zoo = scheduler_zoo(sizes=settings.sizes)
+        "calibration": None if args.no_calibrate or args.planning_only else calibration()}
+    zoo = [] if args.planning_only else scheduler_zoo(sizes=settings.sizes)
     rows = []
     measuring, parent_before = time.perf_counter(), parent_cpu_seconds()
     for index, entry in enumerate(zoo):
@@ -724,6 +863,7 @@ def main() -> int:
         report["planning"] = {"failed": str(exc)}
     finally:
         planner.close()
+    report["stress"] = stress_rows(backends)
     report["meta"] = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(),
                       "cores": os.cpu_count(), "versions": versions(), "backends": backends,
                       "data_dir": ("temporary" if not args.keep_data_dir else str(data_dir())),

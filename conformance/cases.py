@@ -69,6 +69,9 @@ class Case:
     recorded_tolerance: tuple[float, float] | None = None
     """ONNX node tests: the (rtol, atol) ONNX states for its recorded outputs, which were
     computed in the test's own dtype by other formulas; the runner never compares tighter."""
+    signed_zero: bool = False
+    """A special-values case whose outputs must carry the oracle's sign of zero (Abs, Neg,
+    data movement); elsewhere -0.0 equals 0.0."""
 
 
 def case_rng(seed: int, case_id: str) -> np.random.Generator:
@@ -125,27 +128,59 @@ def _raw_values(rng: np.random.Generator, dtype: str, shape: tuple[int, ...], ki
     return rng.integers(lo, hi + 1, shape).astype(dt)
 
 
-_SPECIALS = ("nan", "inf", "-inf", "-0", "denormal", "-denormal", "huge")
+_SPECIALS = ("nan", "inf", "-inf", "-0", "0", "denormal", "-denormal", "huge")
+
+
+def _special_table(dtype: str) -> dict[str, float]:
+    """The value of each special kind in ``dtype``; ``huge`` is a quarter of the largest
+    finite value, so that one operation with an ordinary number stays finite."""
+    import ml_dtypes
+
+    info = ml_dtypes.finfo(_np_dtype(dtype))
+    return {"nan": np.nan, "inf": np.inf, "-inf": -np.inf, "-0": -0.0, "0": 0.0,
+            "denormal": float(info.smallest_normal) / 4,
+            "-denormal": -float(info.smallest_normal) / 4, "huge": float(info.max) / 4}
 
 
 def _special(exclude: Iterable[str] = ()) -> Callable:
-    """Normal data with NaN, +-inf, -0.0, denormals and huge values at random places."""
+    """Normal data with NaN, +-inf, +-0.0, denormals and huge values at random places."""
     chosen = [s for s in _SPECIALS if s not in set(exclude)]
 
     def make(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-        import ml_dtypes
-
         dt = _np_dtype(dtype)
-        info = ml_dtypes.finfo(dt)
-        table = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf, "-0": -0.0,
-                 "denormal": float(info.smallest_normal) / 4,
-                 "-denormal": -float(info.smallest_normal) / 4, "huge": float(info.max) / 4}
+        table = _special_table(dtype)
         out = rng.standard_normal(shape).astype(dt)
         flat = out.reshape(-1)
         where = rng.permutation(flat.size)[:len(chosen)]
         flat[where] = np.array([table[s] for s in chosen[:len(where)]]).astype(dt)
         return out
     return make
+
+
+#: The values of the pairs cases: every special kind and two ordinary numbers.
+_PAIR_VALUES = ("nan", "inf", "-inf", "-0", "0", "denormal", "-denormal", "huge", 1.5, -2.0)
+
+
+def _pairs(first: bool) -> Callable:
+    """One side of every pair of :data:`_PAIR_VALUES` (10 x 10 elements): the first operand
+    repeats each value, the second cycles through them, so that NaN meets NaN, inf meets
+    -inf, and zero meets zero of both signs."""
+    def make(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        table = _special_table(dtype)
+        values = np.array([table[v] if isinstance(v, str) else v for v in _PAIR_VALUES])
+        n = len(values)
+        grid = np.repeat(values, n) if first else np.tile(values, n)
+        return grid.reshape(shape)
+    return make
+
+
+#: The shape of a pairs case's operands.
+PAIRS_SHAPE = (len(_PAIR_VALUES), len(_PAIR_VALUES))
+#: Ops whose special-values cases check the sign of zero: the ones IEEE 754 and ONNX pin it
+#: down for (Abs, Neg) and those that only move or select data.
+SIGNED_ZERO_OPS = frozenset({"Abs", "Neg", "Where", "Cast", "Reshape", "Transpose", "Concat",
+                             "Slice", "Gather", "Squeeze", "Unsqueeze", "Flatten", "Expand",
+                             "Pad"})
 
 
 def _multiples(group: int) -> Callable:
@@ -266,7 +301,9 @@ class _Builder:
         self.cases.append(Case(id=case_id, op=self.op, dtype=dtype, tier=self.tier, model=model,
                                inputs=feeds, expected=expected,
                                tags=tuple(sorted(all_tags, key=_tag_order)),
-                               seed=self.seed, tolerance_key=self.op))
+                               seed=self.seed, tolerance_key=self.op,
+                               signed_zero="special-values" in all_tags
+                               and self.op in SIGNED_ZERO_OPS))
 
 
 def _tag_order(tag: str) -> tuple[int, str]:
@@ -352,11 +389,28 @@ def _binary(kinds: tuple[str, str], special: bool = True) -> Callable:
             if special and _is_float(dt):
                 b.add(dt, "special-values", [_T((4, 8), _special()), _T((4, 8), ky)],
                       tags=["special-values"])
+        _special_pairs(b)
     return gen
+
+
+def _special_pairs(b: _Builder, dtype: str = "float32") -> None:
+    """The ``special-values-pairs`` case of a binary op: every pair of special values."""
+    b.add(dtype, "special-values-pairs", [_T(PAIRS_SHAPE, _pairs(True)),
+                                          _T(PAIRS_SHAPE, _pairs(False))],
+          tags=["special-values"])
+
+
+def _small_integers(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Integer-valued exponents from -2 to 3: a power of a negative base stays real."""
+    return rng.integers(-2, 4, shape)
 
 
 def _pow(b: _Builder, dtypes: list[str]) -> None:
     _binary(("base", "exponent"), special=False)(b, dtypes)
+    # IEEE 754's pow: pow(x, 0) is 1 even for NaN, pow(1, y) is 1 even for NaN, a negative
+    # base to an integer power is real; onnx.reference computes it with numpy's C pow.
+    b.add("float32", "special-values", [_T((4, 8), _special()), _T((4, 8), _small_integers)],
+          tags=["special-values"])
     # The exponent has its own type parameter (T1).
     b.add("float32", "attr-exponent-int64", [_T((3, 4), "base"), _T((3, 4), "exponent", "int64")],
           tags=["attr"])
@@ -376,6 +430,13 @@ _CLIP_VARIANTS = [
     ("max-only", {}, lambda dt: [None, _clip_bounds(dt)[1]]),
     ("no-bounds", {}, lambda dt: []),
 ]
+
+
+def _clip(b: _Builder, dtypes: list[str]) -> None:
+    _unary(variants=_CLIP_VARIANTS, extra=_clip_bounds)(b, dtypes)
+    # Without bounds Clip is the identity: infinities stay infinite, NaN stays NaN.
+    b.add("float32", "special-values-no-bounds", [_T((4, 8), _special())],
+          tags=["special-values"])
 
 
 def _where(b: _Builder, dtypes: list[str]) -> None:
@@ -416,6 +477,10 @@ def _matmul(b: _Builder, dtypes: list[str]) -> None:
     for n in SIZES:
         b.add(main, f"size-{n}-k", [_T((3, n)), _T((n, 5))], tags=[f"size-{n}"])
     b.add(main, "large-512x512@512x512", [_T((512, 512)), _T((512, 512))], tags=["large"])
+    # NaN and infinities propagate through every sum they enter; inf - inf is NaN. No huge
+    # values: a sum of one and other terms may overflow in float32 and not in float64.
+    b.add(main, "special-values", [_T((4, 8), _special(["huge"])), _T((8, 5))],
+          tags=["special-values"])
     for dt in dtypes[1:]:
         b.add(dt, "rank-2-3x4@4x5", [_T((3, 4)), _T((4, 5))])
         b.add(dt, "broadcast-rank-4", [_T((2, 1, 3, 4)), _T((1, 3, 4, 5))], tags=["broadcast"])
@@ -442,6 +507,8 @@ def _gemm(b: _Builder, dtypes: list[str]) -> None:
     for n in SIZES:
         add(f"size-{n}-k", (3, n), (n, 5), (5,), tags=[f"size-{n}", "broadcast"])
     add("large-512x512x512", (512, 512), (512, 512), (512,), tags=["large", "broadcast"])
+    b.add(main, "special-values", [_T((4, 8), _special(["huge"])), _w((8, 5)), _w((5,))],
+          tags=["special-values", "broadcast"])
     for dt in dtypes[1:]:
         add("rank-2-3x4x5", (3, 4), (4, 5), (5,), tags=["broadcast"], dt=dt)
         add("attr-transB", (3, 4), (5, 4), (3, 5), {"transB": 1}, ["attr"], dt=dt)
@@ -519,6 +586,10 @@ def _conv(b: _Builder, dtypes: list[str]) -> None:
     for n in SIZES:
         add(f"size-{n}-1d", (1, 2, n), (3, 2, 3), {"pads": [1, 1]}, tags=[f"size-{n}"])
     add("large-1x16x64x64", IMAGE, (16, 16, 3, 3), {"pads": [1, 1, 1, 1]}, True, ["large"])
+    # A NaN or an infinity reaches exactly the outputs whose windows hold it.
+    b.add(main, "special-values", [_T((1, 2, 6, 6), _special(["huge"])),
+                                   _w((3, 2, 3, 3), _he(18))], {"pads": [1, 1, 1, 1]},
+          tags=["special-values"])
     for dt in dtypes[1:]:
         add("rank-4-2d-k3", (1, 2, 7, 7), (4, 2, 3, 3), dt=dt)
         add("attr-depthwise", (1, 4, 6, 6), (4, 1, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]},
@@ -562,6 +633,9 @@ def _conv_transpose(b: _Builder, dtypes: list[str]) -> None:
     for n in SIZES:
         add(f"size-{n}-1d", (1, 2, n), (2, 3, 3), {"pads": [1, 1]}, tags=[f"size-{n}"])
     add("large-1x16x64x64", IMAGE, (16, 16, 3, 3), {"pads": [1, 1, 1, 1]}, True, ["large"])
+    b.add(main, "special-values", [_T((1, 2, 4, 4), _special(["huge"])),
+                                   _w((2, 3, 3, 3), _he(18))], {"strides": [2, 2]},
+          tags=["special-values"])
     for dt in dtypes[1:]:
         add("rank-4-2d-k3", (1, 2, 4, 4), (2, 3, 3, 3), dt=dt)
         add("attr-strides-2-pads-1", (1, 2, 4, 4), (2, 3, 3, 3),
@@ -577,6 +651,19 @@ def _max_pool_expect(attrs: dict, outputs: int) -> Callable[[list], list]:
     def expect(arrays: list) -> list:
         y, indices = np_pool("max", arrays[0], **attrs)
         return [y, indices][:outputs]
+    return expect
+
+
+def _nan_pool_expect(kind: str, attrs: dict) -> Callable[[list], list]:
+    """A pool by the numpy formula where a window holding NaN gives NaN: onnx.reference
+    (1.23) pads with NaN and leaves NaN out of every window, and the formula's max skips
+    it too (NaN > x is false)."""
+    from backplane.conformance.oracle import np_pool
+
+    def expect(arrays: list) -> list:
+        y = np_pool(kind, arrays[0], **attrs)[0]
+        touched = np_pool("max", np.isnan(arrays[0]).astype(np.float64), **attrs)[0] > 0
+        return [np.where(touched, np.nan, y)]
     return expect
 
 
@@ -633,6 +720,11 @@ def _pool(b: _Builder, dtypes: list[str], extra: dict[str, dict], outputs_varian
         add(f"size-{n}-1d", (1, 2, n), {"kernel_shape": [min(3, n)], "pads": [pad, pad]},
             [f"size-{n}"])
     add("large-1x16x64x64", IMAGE, {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, ["large"])
+    # A window holding NaN gives NaN, as a max or a sum of it does.
+    window = {"kernel_shape": [2, 2], "strides": [2, 2]}
+    b.add(main, "special-values", [_T((1, 2, 6, 6), _special())], window,
+          tags=["special-values"], expect=_nan_pool_expect("max" if outputs_variant else "avg",
+                                                           window))
     for dt in dtypes[1:]:
         add("rank-4-2d-k2-s2", (1, 3, 6, 6), {"kernel_shape": [2, 2], "strides": [2, 2]}, dt=dt)
         add("attr-k3-s1-pads-1", (2, 2, 5, 5),
@@ -649,6 +741,7 @@ def _global_average_pool(b: _Builder, dtypes: list[str]) -> None:
     for n in SIZES:
         b.add(main, f"size-{n}", [_T((1, 2, n))], tags=[f"size-{n}"])
     b.add(main, "large-1x16x64x64", [_T(IMAGE)], tags=["large"])
+    b.add(main, "special-values", [_T((1, 4, 4, 4), _special())], tags=["special-values"])
     for dt in dtypes[1:]:
         b.add(dt, "rank-4-2x3x4x5", [_T((2, 3, 4, 5))])
 
@@ -671,6 +764,9 @@ def _batch_norm(b: _Builder, dtypes: list[str]) -> None:
     for n in SIZES:
         add(f"size-{n}-channels", (2, n, 3), tags=[f"size-{n}"])
     add("large-1x16x64x64", IMAGE, tags=["large"])
+    c = 4
+    b.add(main, "special-values", [_T((2, c, 4), _special(["huge"])), _w((c,)), _w((c,)),
+                                   _w((c,)), _w((c,), "positive")], tags=["special-values"])
     for dt in dtypes[1:]:
         add("rank-4-2x3x4x5", (2, 3, 4, 5), dt=dt)
         add("attr-float32-statistics", (2, 3, 4, 5), tags=["attr"], dt=dt, params="float32")
@@ -698,6 +794,9 @@ def _layer_norm(b: _Builder, dtypes: list[str]) -> None:
     for n in SIZES:
         add(f"size-{n}", (2, n), tags=[f"size-{n}"])
     add("large-1024x1024", LARGE, tags=["large"])
+    # A NaN or an infinity in a row makes the whole row NaN (its mean and variance are).
+    b.add(main, "special-values", [_T((4, 8), _special(["huge"])), _w((8,), "positive"),
+                                   _w((8,))], {"axis": -1}, tags=["special-values"])
     for dt in dtypes[1:]:
         add("rank-3-2x3x4", (2, 3, 4), dt=dt)
         add("size-1025", (2, 1025), tags=["size-1025"], dt=dt)
@@ -720,6 +819,8 @@ def _softmax(b: _Builder, dtypes: list[str]) -> None:
         b.add(main, f"attr-axis-{axis}", [_T((2, 3, 4))], {"axis": axis}, tags=["attr"])
     b.add(main, "large-logits", [_T((3, 8), lambda rng, s, d: rng.standard_normal(s) * 30)])
     b.add(main, "special-values-masked", [_T((3, 8), _masked)], tags=["special-values"])
+    # exp(x - max(x)) / sum: a row with NaN or +inf is NaN throughout (inf - inf).
+    b.add(main, "special-values", [_T((4, 8), _special())], tags=["special-values"])
     b.add(main, "empty-0x4", [_T((0, 4))])
     for n in SIZES:
         b.add(main, f"size-{n}", [_T((2, n))], tags=[f"size-{n}"])
@@ -755,14 +856,15 @@ def _reduce(op: str) -> Callable:
         add("attr-noop-with-empty-axes", (3, 4), [], {"noop_with_empty_axes": 1}, ["attr"])
         add("empty-0x4-axes-1", (0, 4), [1])
         if op != "ReduceMean":  # the mean of nothing is undefined
-            add("empty-reduced-3x0-axes-1", (3, 0), [1])
+            # The max of nothing is -inf, the identity of max: a special value.
+            add("empty-reduced-3x0-axes-1", (3, 0), [1],
+                tags=["special-values"] if op == "ReduceMax" else ())
         for n in SIZES:
             add(f"size-{n}", (2, n), [1], tags=[f"size-{n}"])
         add("large-1024x1024", LARGE, [1], tags=["large"])
-        # NaN through a max is not pinned down (numpy's max propagates it, fmax drops it).
-        special = _special(["nan"] if op == "ReduceMax" else [])
+        # NaN propagates through a max as through a sum (numpy's max, the oracle's, does).
         for dt in (d for d in dtypes if _is_float(d)):
-            b.add(dt, "special-values", [_T((4, 8), special), _c([1])],
+            b.add(dt, "special-values", [_T((4, 8), _special()), _c([1])],
                   tags=["special-values"])
         for dt in dtypes[1:]:
             add("rank-2-axes-1", (3, 4), [1], dt=dt)
@@ -1105,6 +1207,11 @@ def _resize(b: _Builder, dtypes: list[str]) -> None:
     for n in SIZES:
         add(f"size-{n}", (1, 1, 1, n), linear, [1, 1, 2, 2], tags=[f"size-{n}"])
     add("large-1x16x64x64", IMAGE, nearest, [1, 1, 2, 2], tags=["large"])
+    # Nearest only copies: every special value arrives as it is. onnx.reference (1.23)
+    # weighs every input element, 0 x inf spreading NaN: doubling is repeating each twice.
+    b.add(main, "special-values", [_T((1, 1, 4, 8), _special()), None,
+                                   scales([1, 1, 2, 2])], nearest, tags=["special-values"],
+          expect=lambda arrays: [arrays[0].repeat(2, axis=2).repeat(2, axis=3)])
     for dt in dtypes[1:]:
         if dt == "bool":  # onnx.reference cannot resize booleans
             continue
@@ -1150,6 +1257,12 @@ def _quantize(b: _Builder, dtypes: list[str]) -> None:
     for n in SIZES:
         add(f"size-{n}", (2, n), 1 / 32, 128, tags=[f"size-{n}"])
     add("large-1024x1024", LARGE, 1 / 32, 128, tags=["large"])
+    # Saturation: +-inf and huge values go to the ends of the range; NaN is undefined.
+    # onnx.reference (1.23) casts before it saturates (inf becomes 0): the formula instead.
+    b.add(main, "special-values", [_T((4, 8), _special(["nan"])), _c(1 / 32, main),
+                                   _c(128, "uint8")], tags=["special-values"],
+          expect=lambda arrays: [np.clip(np.rint(arrays[0].astype(np.float64) / arrays[1])
+                                         + 128, 0, 255)])
     for dt in dtypes[1:]:
         if dt == "int32":  # integer input: the scale is an int32 too at opset 21
             add("rank-2-per-tensor-uint8", (3, 4), 2, 128, dt=dt)
@@ -1205,19 +1318,20 @@ _GENERATORS: dict[str, Callable[[_Builder, list[str]], None]] = {
     "Erf": _unary(),
     "Abs": _unary(),
     "Neg": _unary(),
-    # NaN through max/min-based ops is not pinned down by the ONNX specification.
-    "Relu": _unary(exclude=["nan"]),
+    # NaN propagates through max and min as through every IEEE 754 operation (numpy's
+    # maximum, the oracle's, does; IEEE 754-2019 maximum does): Relu(NaN) is NaN.
+    "Relu": _unary(),
     "LeakyRelu": _unary(variants=[("alpha-0.2", {"alpha": 0.2}, lambda dt: [])]),
     "Sigmoid": _unary(),
     "Tanh": _unary(),
-    "HardSigmoid": _unary(exclude=["nan"], variants=[
+    "HardSigmoid": _unary(variants=[
         ("alpha-0.5-beta-0.3", {"alpha": 0.5, "beta": 0.3}, lambda dt: [])]),
     # inf * 0 inside the formula: the limits at +-inf are not what a formula computes.
-    "HardSwish": _unary(exclude=["nan", "inf", "-inf"]),
+    "HardSwish": _unary(exclude=["inf", "-inf"]),
     "Gelu": _unary(exclude=["inf", "-inf"], variants=[
         ("approximate-tanh", {"approximate": "tanh"}, lambda dt: []),
         ("approximate-none", {"approximate": "none"}, lambda dt: [])]),
-    "Clip": _unary(exclude=["nan"], variants=_CLIP_VARIANTS, extra=_clip_bounds),
+    "Clip": _clip,
     "MatMul": _matmul,
     "Gemm": _gemm,
     "Conv": _conv,
@@ -1252,11 +1366,38 @@ _GENERATORS: dict[str, Callable[[_Builder, list[str]], None]] = {
 }
 
 
+def _special_only(exclude: Iterable[str] = (), axes: bool = False) -> Callable:
+    """The one special-values case of an op outside the core set (float32)."""
+    def gen(b: _Builder, dtypes: list[str]) -> None:
+        b.add("float32", "special-values", [_T((4, 8), _special(exclude))]
+              + ([_c([1])] if axes else []), tags=["special-values"])
+    return gen
+
+
+#: Ops outside the core set whose results on NaN, infinities and zeros ONNX defines (by
+#: IEEE 754: NaN propagates through max and min and compares false): each has special-values
+#: cases only, in the mandatory tier, so a backend that declares one is checked on them.
+_SPECIAL_ONLY: dict[str, Callable[[_Builder, list[str]], None]] = {
+    **{op: lambda b, dtypes: _special_pairs(b) for op in ("Max", "Min", "Equal", "Less",
+                                                          "Greater")},
+    "ReduceMin": _special_only(axes=True),
+    "Elu": _special_only(),
+    # log(exp(x) + 1) of a huge x overflows in the oracle's float64 too; the limit is x.
+    "Softplus": _special_only(["huge"]),
+    "IsNaN": _special_only(),
+    "IsInf": _special_only(),
+}
+#: The ops :data:`_SPECIAL_ONLY` checks, beside :data:`MANDATORY_OPS`.
+SPECIAL_VALUE_OPS: tuple[str, ...] = tuple(_SPECIAL_ONLY)
+_GENERATORS.update(_SPECIAL_ONLY)
+
+
 def generate(op: str, seed: int, dtypes: Iterable[str] | None = None) -> list[Case]:
-    """The generated cases of one mandatory op, restricted to ``dtypes`` if given."""
+    """The generated cases of one mandatory op (or of one of :data:`SPECIAL_VALUE_OPS`),
+    restricted to ``dtypes`` if given."""
     if op not in _GENERATORS:
         raise ValueError(f"no case generator for op {op!r}; generated ops: "
-                         f"{', '.join(MANDATORY_OPS)}")
+                         f"{', '.join(MANDATORY_OPS + SPECIAL_VALUE_OPS)}")
     wanted = None if dtypes is None else set(dtypes)
     builder = _Builder(op, seed, wanted)
     _GENERATORS[op](builder, admitted_dtypes(op))
@@ -1278,7 +1419,8 @@ def versioned(cases: list[Case]) -> list[Case]:
         return out
     definition = get(cases[0].op)
     here = definition.version_at(OPSET)
-    plain = [c for c in cases if c.expected is None and not {"empty", "large"} & set(c.tags)]
+    plain = [c for c in cases if c.expected is None
+             and not {"empty", "large", "special-values"} & set(c.tags)]
     for version in definition.versions:
         if version == here or version < MIN_OPSET:
             continue
@@ -1299,7 +1441,8 @@ def versioned(cases: list[Case]) -> list[Case]:
 
 def all_cases(seed: int, ops: Iterable[str] | None = None, tier: str = "mandatory", *,
               onnx_node_tests: bool = False, models: bool = False) -> list[Case]:
-    """The generated cases of ``ops`` (default: ``MANDATORY_OPS``) in ``tier``.
+    """The generated cases of ``ops`` (default: ``MANDATORY_OPS``, and the special-values
+    cases of :data:`SPECIAL_VALUE_OPS`) in ``tier``.
 
     ``tier``: ``"mandatory"``, ``"optional"`` or ``"all"``. ``onnx_node_tests`` adds ONNX's
     node tests for ``ops`` (an op without a generator contributes only those); ``models``
@@ -1310,7 +1453,7 @@ def all_cases(seed: int, ops: Iterable[str] | None = None, tier: str = "mandator
         raise ValueError(f"tier must be one of {TIERS + ('all',)}, not {tier!r}")
     names = list(MANDATORY_OPS if ops is None else ops)
     out: list[Case] = []
-    for op in names:
+    for op in names + (list(SPECIAL_VALUE_OPS) if ops is None else []):
         if op in _GENERATORS:
             out += generate(op, seed)
     if onnx_node_tests:

@@ -57,12 +57,17 @@ def run(backend: str, device: str | None, tier: str, pattern: str | None, jobs: 
         _emit_json(report.to_dict())
     else:
         out = _console()
-        bad = [c for c in report.cases
-               if c.status not in ("pass", "skipped", "undeclared-pass", "unsupported")]
+        bad = [c for c in report.cases if c.status not in (
+            "pass", "skipped", "undeclared-pass", "unsupported", "special-values")]
         if bad:
             out.print(_table("cases that did not pass", ["case", "status", "error or reason"],
-                             [[c.id, c.status, (c.error or c.reason or "").splitlines()[0][:120]]
+                             [[c.id, c.status, (c.error or c.reason or "-").splitlines()[0][:120]]
                               for c in bad[:200]]))
+        differ = report.special_values()
+        if differ:
+            out.print(_table("special values: right on ordinary values, different from the "
+                             "oracle on these (passed, listed in the report)", ["op", "what"],
+                             [[op, "; ".join(texts)[:300]] for op, texts in differ.items()]))
         summary = ", ".join(f"{k} {v}" for k, v in report.summary.items())
         out.print(f"{'PASSED' if report.mandatory_passed else 'FAILED'}: {backend} on "
                   f"{report.device['id']} ({report.device.get('hwdb') or 'no hwdb entry'}), "
@@ -103,15 +108,22 @@ def matrix(reports: tuple[str, ...], output: str, as_json: bool) -> None:
               type=click.Path(dir_okay=False), help="The stored per-op results.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
               help="Write the page here (default: print it).")
+@click.option("--special-values", "special_values",
+              default="conformance/special_values.toml", show_default=True,
+              type=click.Path(dir_okay=False), help="The shipped record of the backends' "
+              "special-value behaviour, rewritten from the stored results with --report.")
 @click.option("--write-capabilities", is_flag=True,
               help="First derive the graph compilers' capability tables afresh and write "
                    "the ones the plugins ship (minutes).")
 @json_option
-def ops_table(reports: tuple[str, ...], results: str, output: str | None,
+def ops_table(reports: tuple[str, ...], results: str, special_values: str, output: str | None,
               write_capabilities: bool, as_json: bool) -> None:
     """Every op of the registry against every built-in backend: the versions each declares
-    and its stored conformance results (docs/ops.md)."""
-    from .opsdoc import load_results, merge_reports, render, save_results, write_shipped_tables
+    and its stored conformance results (docs/ops.md); with --report, the stored results
+    and the shipped record of special values are rewritten too."""
+    from .opsdoc import (installed_versions, load_results, merge_reports, render, save_results,
+                         write_shipped_tables)
+    from .specials import render_shipped
 
     if write_capabilities:
         for path in write_shipped_tables():
@@ -120,6 +132,8 @@ def ops_table(reports: tuple[str, ...], results: str, output: str | None,
     if reports:
         stored = merge_reports(stored, [json.loads(Path(r).read_text("utf-8")) for r in reports])
         save_results(results, stored)
+        Path(special_values).parent.mkdir(parents=True, exist_ok=True)
+        Path(special_values).write_text(render_shipped(stored, installed_versions()), "utf-8")
     if as_json:
         return _emit_json(stored)
     page = render(stored)

@@ -24,8 +24,11 @@ BUILTIN = ("reference", "openvino-cpu", "onnxruntime", "opencl", "torch-cpu", "a
            "cuda-tensorrt", "rocm", "npu")
 #: The runtimes whose versions decide the derived capabilities, recorded in the page.
 RUNTIMES = ("onnx", "onnxruntime", "openvino", "torch", "pyopencl")
-#: Cell marks: declared and passed, declared with failures, and not declared.
-PASSED, FAILED, ABSENT = "✓", "✗", "·"
+#: Cell marks: declared and passed, declared with failures, and not declared; passed but
+#: different from the oracle on special values (NaN, infinities, the sign of zero).
+PASSED, FAILED, ABSENT, SPECIAL = "✓", "✗", "·", "⚑"
+#: Statuses counted as passed on the page.
+_PASSED = ("pass", "known-failure", "special-values")
 
 
 def versions_text(declared: Iterable[int] | None, recorded: tuple[int, ...]) -> str:
@@ -47,23 +50,36 @@ def versions_text(declared: Iterable[int] | None, recorded: tuple[int, ...]) -> 
 
 
 def results_of(report: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a conformance report the page keeps: per op, status counts."""
+    """The part of a conformance report the page keeps: per op, status counts, and how the
+    backend differs from the oracle on special values."""
+    from .specials import summarize
+
     ops: dict[str, Counter] = {}
     for case in report.get("cases", []):
         if case.get("op") not in (None, "api", "model"):
             ops.setdefault(case["op"], Counter())[case["status"]] += 1
-    return {"device": report.get("device", {}).get("name"), "seed": report.get("seed"),
+    return {"device": report.get("device", {}).get("name"),
+            "kind": report.get("device", {}).get("kind"), "seed": report.get("seed"),
             "tier": report.get("tier"), "versions": report.get("versions", {}),
             "backend_version": report.get("backend", {}).get("version"),
-            "ops": {op: dict(sorted(c.items())) for op, c in sorted(ops.items())}}
+            "ops": {op: dict(sorted(c.items())) for op, c in sorted(ops.items())},
+            "special_values": summarize(report.get("cases", []))}
 
 
 def merge_reports(results: dict[str, Any], reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """``results`` with each report's results under its backend (a later report of a
-    backend replaces the earlier one)."""
+    backend replaces the earlier one). Special-value differences add up across reports of
+    the same backend version, device and runtime versions (``specials.union``)."""
+    from .specials import union
+
     out = dict(results)
     for report in reports:
-        out[report["backend"]["name"]] = results_of(report)
+        name, new = report["backend"]["name"], results_of(report)
+        old = out.get(name) or {}
+        same = all(old.get(k) == new[k] for k in ("backend_version", "device", "versions"))
+        if same and "special_values" in old:
+            new["special_values"] = union(old["special_values"], new["special_values"])
+        out[name] = new
     return dict(sorted(out.items()))
 
 
@@ -76,11 +92,13 @@ def _cell(support: Any, any_op: bool, domain: str, recorded: tuple[int, ...],
     if result:
         failed = sum(n for s, n in result.items() if s in ("fail", "error", "crash", "hang",
                                                              "invalid"))
-        passed = sum(n for s, n in result.items() if s in ("pass", "known-failure"))
+        passed = sum(n for s, n in result.items() if s in _PASSED)
         if failed:
             text += f" {FAILED}{failed}/{failed + passed}"
         elif passed:
             text += f" {PASSED}{passed}"
+        if result.get("special-values"):
+            text += f" {SPECIAL}{result['special-values']}"
     return text
 
 
@@ -115,7 +133,9 @@ def render(results: Mapping[str, Any], backends: Mapping[str, Any] | None = None
         "operator registry against every built-in backend. A cell gives the versions of the",
         "op the backend declares (`all`, `13+` for 13 and every later version, or a list),",
         f"then, where a stored conformance run covered the op, `{PASSED}N` (N cases passed) or",
-        f"`{FAILED}F/N` (F of N failed); `{ABSENT}` is not declared. Capabilities read on a",
+        f"`{FAILED}F/N` (F of N failed), and `{SPECIAL}S` where S of them passed with the verdict",
+        "special-values (right on ordinary values, different from the oracle on NaN, infinities",
+        f"or the sign of zero: listed below); `{ABSENT}` is not declared. Capabilities read on a",
         "machine with " + ", ".join(f"{k} {v}" for k, v in installed_versions().items())
         + f", backplane {__version__}; graph compilers derive theirs from their runtime, so",
         "another version may declare more or less. Conformance results:",
@@ -132,12 +152,14 @@ def render(results: Mapping[str, Any], backends: Mapping[str, Any] | None = None
         counts = Counter()
         for c in (r or {}).get("ops", {}).values():
             counts.update(c)
-        passed = counts["pass"] + counts["known-failure"]
+        passed = sum(counts[s] for s in _PASSED)
         ran = passed + sum(counts[s] for s in ("fail", "error", "crash", "hang", "invalid"))
+        special = f" ({SPECIAL}{counts['special-values']})" if counts["special-values"] else ""
         lines.append(f"| {b} | {len(declared)} of {len(ops)} | {per_tier['mandatory']} | "
                      f"{per_tier['optional']} | {per_tier['contrib']} | "
-                     + (f"{passed} of {ran} | {r['device']} (seed {r['seed']})" if r else
-                        "- | not run") + " |")
+                     + (f"{passed} of {ran}{special} | {r['device']} (seed {r['seed']})" if r
+                        else "- | not run") + " |")
+    lines += _special_values_section(results, columns)
     lines += ["", "| op | tier | versions | " + " | ".join(columns) + " |",
               "| --- | --- | --- | " + " | ".join("---" for _ in columns) + " |"]
     for d in ops:
@@ -149,6 +171,20 @@ def render(results: Mapping[str, Any], backends: Mapping[str, Any] | None = None
         lines.append(f"| {d.key} | {d.tier} | {', '.join(map(str, recorded))} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _special_values_section(results: Mapping[str, Any], columns: Iterable[str]) -> list[str]:
+    """How each backend differs from the oracle on special values, per op."""
+    rows = [f"| {b} | {op} | {'; '.join(texts)} |" for b in columns
+            for op, texts in ((results.get(b) or {}).get("special_values") or {}).items()]
+    measured = [b for b in columns if "special_values" in (results.get(b) or {})]
+    if not measured:
+        return []
+    clean = [b for b in measured if not (results[b].get("special_values"))]
+    return ["", f"Special values ({SPECIAL}): where a backend's results differ from the oracle's on",
+            "NaN, infinities or the sign of zero, from the same stored runs"
+            + (f"; as the oracle: {', '.join(clean)}" if clean else "") + ".", "",
+            "| backend | op | what differs |", "| --- | --- | --- |", *rows]
 
 
 def load_results(path: str | Path) -> dict[str, Any]:

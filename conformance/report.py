@@ -11,9 +11,15 @@ JSON schema ``backplane-conformance/1``::
      "seed", "tier", "pattern", "started", "seconds",
      "summary": {status: count}, "mandatory_passed": bool,
      "coverage": {"core_ops": 49, "declared": [op], "passed": [op]},
+     "special_values": {op: [what differs, in words]},
      "cases": [{"id", "op", "dtype", "tier", "tags", "status", "seconds", "max_abs_error",
                 "max_rel_error", "rtol", "atol", "oracle_mode", "error", "reason",
-                "tolerance_reason" (why rtol/atol differ from the dtype default, or null)}]}
+                "tolerance_reason" (why rtol/atol differ from the dtype default, or null),
+                "deviations" (status special-values: what differs, in words; else null)}]}
+
+``special_values`` gathers the ``deviations`` of the cases with the verdict
+``special-values`` (right on ordinary values, different from the oracle on NaN, infinities
+or the sign of zero); a report written before the verdict existed has none.
 """
 
 from __future__ import annotations
@@ -74,6 +80,13 @@ class Report:
         return {"core_ops": len(MANDATORY_OPS), "declared": sorted(declared),
                 "passed": sorted(op for op, ok in declared.items() if ok)}
 
+    def special_values(self) -> dict[str, list[str]]:
+        """Per op, how the backend differs from the oracle on special values (the cases
+        with the verdict ``special-values``), each difference once."""
+        from .specials import summarize
+
+        return summarize(self.cases)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data in the versioned schema."""
         return {"schema": SCHEMA, "backend": self.backend, "device": self.device,
@@ -81,6 +94,7 @@ class Report:
                 "tier": self.tier, "pattern": self.pattern, "started": self.started,
                 "seconds": round(self.seconds, 3), "summary": self.summary,
                 "mandatory_passed": self.mandatory_passed, "coverage": self.coverage(),
+                "special_values": self.special_values(),
                 "cases": [c if isinstance(c, dict) else dataclasses.asdict(c)
                           for c in self.cases]}
 
@@ -107,7 +121,9 @@ class Report:
 
 
 def _get(case: Any, key: str) -> Any:
-    return case[key] if isinstance(case, dict) else getattr(case, key)
+    """A case result's field, from a result or its dict (None where an older report has
+    no such field)."""
+    return case.get(key) if isinstance(case, dict) else getattr(case, key, None)
 
 
 def _num(value: Any) -> Any:
@@ -147,6 +163,9 @@ def junit(report: Report) -> str:
             ET.SubElement(case, "skipped", message="unsupported: the backend does not "
                                                    "declare this case's op or type")
             counts["skipped"] += 1
+        elif status == "special-values":  # passed; what differs goes with it
+            ET.SubElement(case, "system-out").text = "special values: " + "; ".join(
+                _get(c, "deviations") or [])
     for k in ("failures", "errors", "skipped"):
         suite.set(k, str(counts[k]))
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
@@ -155,7 +174,7 @@ def junit(report: Report) -> str:
 _STYLE = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}
 .pass,.undeclared-pass,.xpass{background:#d9f2d9}.fail,.error,.crash,.hang,.unsupported{background:#f7d4d4}
-.skipped{background:#eee}.invalid{background:#fbe6b8}code{font-size:12px}
+.skipped{background:#eee}.invalid,.special-values{background:#fbe6b8}code{font-size:12px}
 #filter{margin:.5em 0;padding:3px;width:20em}"""
 
 _FILTER = """<script>
@@ -174,7 +193,7 @@ def render_html(report: Report) -> str:
                       for k, v in report.summary.items())
     rows = []
     for c in report.cases:
-        err = _get(c, "error") or _get(c, "reason") or ""
+        err = _get(c, "error") or _get(c, "reason") or "; ".join(_get(c, "deviations") or [])
         rel, ab = _get(c, "max_rel_error"), _get(c, "max_abs_error")
         rows.append(f"<tr class='{e(_get(c, 'status'))}'><td><code>{e(_get(c, 'id'))}</code></td>"
                     f"<td>{e(_get(c, 'op'))}</td><td>{e(_get(c, 'dtype'))}</td>"
@@ -184,6 +203,13 @@ def render_html(report: Report) -> str:
                     f"<td>{e(err.splitlines()[0] if err else '')}</td></tr>")
     b, d = report.backend, report.device
     cov = report.coverage()
+    differ = report.special_values()
+    special = "".join(f"<tr><td>{e(op)}</td><td>{'<br>'.join(e(t) for t in texts)}</td></tr>"
+                      for op, texts in differ.items())
+    special = (f"<h2>Special values</h2><p>Right on ordinary values, different from the oracle "
+               f"on these (verdict special-values, counted as passed):</p><table id=\"special-"
+               f"values\"><tr><th>op</th><th>what differs</th></tr>{special}</table>"
+               if differ else "")
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>backplane conformance: {e(b['name'])} on {e(d['id'])}</title><style>{_STYLE}</style></head>
 <body><h1 id="verdict">{verdict}: {e(b['name'])} {e(str(b.get('version') or ''))} on {e(d['id'])}</h1>
@@ -192,6 +218,7 @@ seed {report.seed}; {len(report.cases)} cases in {report.seconds:.1f} s; host {e
 ({e(report.host.get('platform', ''))}); started {e(report.started)}</p>
 <p id="coverage">core ops declared: {len(cov['declared'])} of {cov['core_ops']}; passed: {len(cov['passed'])}</p>
 <table id="summary"><tr><th>status</th><th>cases</th></tr>{summary}</table>
+{special}
 <p><input id="filter" placeholder="filter cases"></p>
 <table id="cases"><thead><tr><th>case</th><th>op</th><th>dtype</th><th>tier</th><th>status</th>
 <th>max abs error</th><th>max rel error</th><th>error or reason</th></tr></thead><tbody>{''.join(rows)}</tbody></table>
@@ -200,8 +227,8 @@ seed {report.seed}; {len(report.cases)} cases in {report.seconds:.1f} s; host {e
 
 def matrix(reports: list[Report]) -> dict[str, Any]:
     """Merge reports: columns are backend x device, rows op x dtype, cells the worst status."""
-    order = ["crash", "hang", "error", "fail", "unsupported", "invalid", "skipped", "xpass",
-             "undeclared-pass", "pass"]
+    order = ["crash", "hang", "error", "fail", "unsupported", "invalid", "special-values",
+             "skipped", "xpass", "undeclared-pass", "pass"]
     columns = []
     cells: dict[tuple[str, str], dict[str, str]] = {}
     for r in reports:

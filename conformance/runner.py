@@ -7,7 +7,9 @@ takes its place and the run goes on. Results are compared in this process with t
 expected values (computed in the worker before the backend ran), with the tolerance of the
 output's dtype or a per-op override.
 
-Statuses: ``pass``, ``fail`` (wrong values, shape or dtype), ``error`` (the backend raised),
+Statuses: ``pass``, ``special-values`` (right on ordinary values, different from the oracle
+on NaN, infinities or the sign of zero: counts as passed, and says what differed; see
+``specials.py``), ``fail`` (wrong values, shape or dtype), ``error`` (the backend raised),
 ``crash``, ``hang``, ``unsupported`` (the backend does not declare the op and it did not
 work), ``undeclared-pass`` (it does not declare the op, yet the case passed), ``skipped``
 (a known failure), ``xpass`` (a known failure that now passes, with
@@ -20,18 +22,24 @@ import fnmatch
 import multiprocessing
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
 
 from backplane.errors import ConformanceError
 
+from . import specials
+
 #: Statuses that count as success for the tier verdict. ``unsupported`` is among them: a
 #: backend answers for what it declares (a declared op that fails is a ``fail`` or an
 #: ``error``); the report's coverage says how much of the core op set that is.
-PASSING = frozenset({"pass", "undeclared-pass", "unsupported", "skipped", "xpass"})
+#: ``special-values`` is too: the op is right on ordinary values, and the reports list
+#: what it does differently with NaN, infinities and zeros.
+PASSING = frozenset({"pass", "special-values", "undeclared-pass", "unsupported", "skipped",
+                     "xpass"})
 #: Statuses of cases the backend declared (its capabilities admitted every node).
-DECLARED = frozenset({"pass", "fail", "error", "crash", "hang", "skipped", "xpass"})
+DECLARED = frozenset({"pass", "special-values", "fail", "error", "crash", "hang", "skipped",
+                      "xpass"})
 DEFAULT_TIMEOUT_S = 120.0
 WORKER_START_TIMEOUT_S = 120.0
 
@@ -56,6 +64,9 @@ class CaseResult:
     reason: str | None = None
     tolerance_reason: str | None = None
     """Why this case's tolerance differs from its dtype's default, where it does."""
+    deviations: list[str] | None = None
+    """A special-values case: how the outputs differ from the oracle's on special values,
+    in words (``Relu(NaN) = 0, expected NaN``)."""
 
 
 @dataclass
@@ -196,7 +207,9 @@ def _judge(case: Any, res: dict[str, Any], compare: Any, tolerance_with_reason: 
     expected = case.expected if case.expected is not None else res["expected"]
     outputs = res["outputs"] or {}
     worst = (0.0, 0.0, None, None)
-    problems, reasons = [], set()
+    problems, reasons, deviations = [], set(), []
+    special = specials.TAG in case.tags
+    inputs = specials.node_inputs(case) if special else []
     for name, want in expected.items():
         if name not in outputs:
             problems.append(f"output '{name}' missing")
@@ -208,7 +221,12 @@ def _judge(case: Any, res: dict[str, Any], compare: Any, tolerance_with_reason: 
             why = "; ".join(filter(None, [why, "ONNX's stated tolerance for this node test's "
                                           "recorded outputs"]))
         reasons.add(why)
-        c = compare(outputs[name], want, rtol, atol)
+        if special:
+            c, words = specials.judge(case.op, inputs, outputs[name], want, rtol, atol,
+                                      getattr(case, "signed_zero", False))
+            deviations += [f"{name}: {w}" for w in words] if len(expected) > 1 else words
+        else:
+            c = compare(outputs[name], want, rtol, atol)
         worst = (max(worst[0], c.max_abs_error), max(worst[1], c.max_rel_error), c.rtol, c.atol)
         if not c.ok:
             problems.append(f"output '{name}': max abs error {c.max_abs_error:.3g}, max rel "
@@ -218,6 +236,8 @@ def _judge(case: Any, res: dict[str, Any], compare: Any, tolerance_with_reason: 
           "atol": worst[3], "tolerance_reason": "; ".join(sorted(r for r in reasons if r)) or None}
     if problems:
         return ("fail" if declared else "unsupported"), {**kw, "error": "; ".join(problems)}
+    if deviations:
+        return (specials.STATUS if declared else "unsupported"), {**kw, "deviations": deviations}
     return ("pass" if declared else "undeclared-pass"), kw
 
 

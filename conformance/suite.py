@@ -22,6 +22,7 @@ from backplane.errors import ConformanceError
 from . import knownfail
 from .report import Report
 from .runner import DEFAULT_TIMEOUT_S, CaseResult, run_cases, select
+from .store import store_key
 
 TIERS = ("api", "mandatory", "all")
 
@@ -30,7 +31,8 @@ def collect(tier: str, seed: int, pattern: str | None = None, backend: Any = Non
             ) -> list[Any]:
     """The op and model cases of a tier (the API checks are not cases of this kind).
 
-    ``mandatory``: generated cases of the core ops, the fused ops' cases and the model zoo.
+    ``mandatory``: generated cases of the core ops (and the special-value cases of
+    ``cases.SPECIAL_VALUE_OPS``), the fused ops' cases and the model zoo.
     ``all`` adds ONNX's own node tests for every default-domain op ``backend`` declares
     (every op with node tests for a backend that admits any op; the core ops when no
     backend is given), and plugin-contributed cases of every tier.
@@ -76,7 +78,7 @@ def _device_record(device: Any) -> dict[str, Any]:
         m = None
     return {"id": device.id, "name": device.name, "kind": device.kind,
             "hwdb": m.entry_id if m else None,
-            "fingerprint": f"{device.id}-{m.hardware.fingerprint}" if m else device.id}
+            "fingerprint": store_key(device.id, m.hardware.fingerprint if m else None)}
 
 
 def _versions(backend: Any) -> dict[str, str]:

@@ -43,7 +43,9 @@ from .errors import (
     ModelError,
     PluginDeprecationWarning,
     PluginLoadError,
+    RequestError,
     UnsupportedError,
+    VerificationError,
 )
 from .hookspecs import hookimpl
 from .kerneltable import KernelTable
@@ -72,7 +74,7 @@ __all__ = [
     "BackplaneError", "Candidate", "Capabilities", "CompileError", "CompileOptions", "ConformanceError",
     "Constraints", "Device", "DeviceNotFoundError", "DeviceUnavailable", "Executable", "ExecutionError",
     "Graph", "InputError", "KernelTable", "LazyOps", "ModelError", "OpSupport", "Plan", "PluginDeprecationWarning", "PluginLoadError",
-    "Session", "UnsupportedError", "Verdict", "devices", "diagnose", "hookimpl", "load_model",
+    "RequestError", "Session", "UnsupportedError", "Verdict", "VerificationError", "devices", "diagnose", "hookimpl", "load_model",
     "plan_model",
     "plugin_manager", "plugin_records", "registry",
 ]

@@ -4,6 +4,12 @@ One folder per backend under the cache root: ``CompileOptions.cache_dir`` when t
 sets one, else ``BACKPLANE_CACHE_DIR`` (``off`` disables caching), else the per-user cache
 folder (platformdirs). Keys are hashes of everything the artefact depends on (model bytes,
 options, device, runtime version), so a change in any of them is a miss, never a stale hit.
+
+Nothing read from the cache is trusted without a check: the folders are private to the
+user (created 0700; one another user owns, or others may write, is not used), every
+artefact is written through a unique temporary file and a rename with the SHA-256 of its
+content before it (:func:`write_sealed`), and a file whose content no longer matches is
+deleted and made again (:func:`read_sealed`), never handed to a runtime.
 """
 
 from __future__ import annotations
@@ -40,16 +46,22 @@ def cache_dir(backend: str, options: Any = None) -> Path | None:
     if root is None:
         return None
     folder = root / backend
-    for path in (root, folder):  # the root checked before anything is made inside it
-        try:
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError:
-            return None
-        why = unsafe(path)
-        if why is not None:
-            _warn_once(path, why)
-            return None
-    return folder
+    return folder if private_folder(root) and private_folder(folder) else None
+
+
+def private_folder(path: Path, what: str = "cache") -> Path | None:
+    """``path``, created private (0700) where it is missing, or None when it cannot be
+    created or is not private to this user (:func:`unsafe`; a warning then says which and
+    what to do, once per folder). Check a root before anything inside it."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return None
+    why = unsafe(path)
+    if why is not None:
+        _warn_once(path, why, what)
+        return None
+    return path
 
 
 def unsafe(path: Path) -> str | None:
@@ -73,16 +85,17 @@ def unsafe(path: Path) -> str | None:
 _warned: set[str] = set()
 
 
-def _warn_once(path: Path, why: str) -> None:
+def _warn_once(path: Path, why: str, what: str = "cache") -> None:
     import logging
 
     if str(path) in _warned:
         return
     _warned.add(str(path))
+    variable = "BACKPLANE_CACHE_DIR" if what == "cache" else "BACKPLANE_DATA_DIR"
     logging.getLogger("backplane").warning(
-        "backplane: the cache folder %s is not used: %s. Make it this user's own and private "
-        "(chown, then chmod 700 %s), or set BACKPLANE_CACHE_DIR to a private folder "
-        "('off' disables caching).", path, why, path)
+        "backplane: the %s folder %s is not used: %s. Make it this user's own and private "
+        "(chown, then chmod 700 %s), or set %s to a private folder%s.", what, path, why, path,
+        variable, " ('off' disables caching)" if what == "cache" else "")
 
 
 def cache_key(*parts: Any) -> str:
@@ -118,6 +131,50 @@ def write_atomic(path: Path, data: bytes) -> bool:
         return False
 
 
+#: The first bytes of a sealed artefact; the SHA-256 of the rest follows, then a newline.
+SEAL = b"backplane-sealed-v1 sha256:"
+
+
+def write_sealed(path: Path, data: bytes) -> bool:
+    """:func:`write_atomic` with the SHA-256 of ``data`` recorded before it, so that
+    :func:`read_sealed` can tell a file that changed after it was written (a torn write, a
+    bad disk, a hand edit) and never hands it to a runtime."""
+    return write_atomic(path, SEAL + hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
+
+
+def read_sealed(path: Path) -> bytes | None:
+    """The data :func:`write_sealed` wrote at ``path``, or None when there is no file, or it
+    does not match the hash recorded with it (then it is deleted, and a warning names it
+    once: the caller computes the artefact again and writes it anew)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        return None
+    digest, newline, data = raw[len(SEAL):].partition(b"\n")
+    if not raw.startswith(SEAL) or not newline:
+        why = "it carries no integrity seal (written by another program or an older release)"
+    elif hashlib.sha256(data).hexdigest().encode() != digest:
+        why = "its content does not match the hash recorded when it was written"
+    else:
+        return data
+    _discard(Path(path), why)
+    return None
+
+
+def _discard(path: Path, why: str) -> None:
+    import logging
+
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        logging.getLogger("backplane").warning(
+            "backplane: the cached file %s was not used and is deleted: %s; it is made again",
+            path, why)
+
+
 def cached_json(backend: str, key_parts: tuple[Any, ...],
                 compute: Callable[[], dict[str, Any]], *, name: str = "capabilities",
                 valid: Callable[[dict[str, Any]], bool] | None = None,
@@ -150,23 +207,29 @@ def cached_json(backend: str, key_parts: tuple[Any, ...],
     path = folder / f"{name}-{key}.json" if folder else None
     if path is None:
         return compute()
-    found = _read_json(path, valid)
+    found = read_json(path, valid)
     if found is not None:
         return found
     with _exclusive(path.with_suffix(".lock")):  # one process derives; the others wait
-        found = _read_json(path, valid)
+        found = read_json(path, valid)
         if found is not None:
             return found
         data = compute()
         if keep is None or keep(data):
-            write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())
+            write_sealed(path, json.dumps(data, indent=1, sort_keys=True).encode())
     return data
 
 
-def _read_json(path: Path, valid: Callable[[dict[str, Any]], bool] | None) -> dict | None:
+def read_json(path: Path, valid: Callable[[dict[str, Any]], bool] | None = None
+              ) -> dict | None:
+    """The JSON object :func:`write_sealed` wrote at ``path`` when its seal holds and
+    ``valid`` (if given) accepts it, else None."""
+    raw = read_sealed(path)
+    if raw is None:
+        return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = json.loads(raw)
+    except ValueError:
         return None
     return data if isinstance(data, dict) and (valid is None or valid(data)) else None
 

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from .errors import BackplaneError, InputError
+from .text import shown
 
 
 def _console(stderr: bool = False) -> Any:
@@ -27,12 +28,13 @@ def _console(stderr: bool = False) -> Any:
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Any:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, title_justify="left")
     for c in columns:
         table.add_column(c)
-    for r in rows:
-        table.add_row(*["" if v is None else str(v) for v in r])
+    for r in rows:  # (cells as Text: a "[" in a model's name is no rich markup)
+        table.add_row(*[Text("" if v is None else str(v)) for v in r])
     return table
 
 
@@ -68,11 +70,18 @@ def devices(as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--recheck", is_flag=True, help="Forget the cached verdicts of the checks that "
+              "third-party plugins pass in a child process, and check them again.")
 @json_option
-def plugins(as_json: bool) -> None:
-    """List backend plugins: loaded, without device, failed or disabled, with the reason."""
-    from .registry import plugin_records
+def plugins(recheck: bool, as_json: bool) -> None:
+    """List backend plugins: loaded, without device, failed or disabled, with the reason, and
+    what a third-party plugin changed in the process that checked it."""
+    from .isolation import clear
+    from .registry import plugin_records, registry
 
+    if recheck:
+        clear()
+        registry(refresh=True)
     records = plugin_records()
     if as_json:
         return _emit_json([r.to_dict() for r in records])
@@ -80,8 +89,14 @@ def plugins(as_json: bool) -> None:
              f"{r.distribution or '?'} {r.distribution_version or ''}".strip(),
              f"{r.api_version} (deprecated)" if r.deprecation else r.api_version]
             for r in records]
-    _console().print(_table("backend plugins", ["name", "state", "devices", "reason",
-                                                "distribution", "api"], rows))
+    console = _console()
+    console.print(_table("backend plugins", ["name", "state", "devices", "reason",
+                                             "distribution", "api"], rows))
+    changed = [r for r in records if r.side_effects]
+    if changed:
+        console.print("changes process state when imported (loaded all the same):")
+    for r in changed:
+        console.print(f"  {r.name}: {'; '.join(r.side_effects)}", markup=False, soft_wrap=True)
 
 
 def _session(model: Any, devices: tuple[str, ...], **kwargs: Any) -> Any:
@@ -122,14 +137,19 @@ def planning_options(fn: Any) -> Any:
 @click.argument("model", type=click.Path(dir_okay=False))
 @device_option
 @planning_options
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also each node's device, precision and predicted time, and why every "
+                   "other device does not run it.")
 @json_option
-def plan(model: str, devices: tuple[str, ...], as_json: bool, **planning: Any) -> None:
-    """Show which device runs each node of MODEL, at which precision, predicted cost, and
-    why every other device does not."""
+def plan(model: str, devices: tuple[str, ...], verbose: bool, as_json: bool,
+         **planning: Any) -> None:
+    """Show how MODEL is planned: a summary (partitions, devices, predicted time, the
+    costliest nodes) and each partition; with --verbose every node and why every other
+    device does not run it; with --json all of it as data."""
     session = _session(model, devices, **planning)
     if as_json:
         return _emit_json(session.plan.to_dict())
-    click.echo(session.plan.explain())
+    click.echo(session.plan.explain(verbose=verbose))
 
 
 def _read_inputs(specs: tuple[str, ...]) -> dict[str, Any]:
@@ -168,6 +188,7 @@ def run(model: str, inputs: tuple[str, ...], output_dir: str | None, seed: int,
     import numpy as np
 
     from .intake import load_model
+    from .planner import LINE_LIMIT
     from .samples import random_input_specs
 
     graph = load_model(model)
@@ -179,7 +200,7 @@ def run(model: str, inputs: tuple[str, ...], output_dir: str | None, seed: int,
         con = _console()
         con.print(f"no --input given: random inputs, seed {seed}:")
         for spec in specs:
-            con.print(f"  {spec.describe()}", markup=False)
+            con.print(f"  {shown(spec.describe(), LINE_LIMIT)}", markup=False)
     feeds = _read_inputs(inputs) if inputs else session.random_inputs(seed=seed)
     t0 = time.perf_counter()
     outputs = session.run(feeds)
@@ -187,8 +208,8 @@ def run(model: str, inputs: tuple[str, ...], output_dir: str | None, seed: int,
     written = {}
     if output_dir:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        for name, value in outputs.items():
-            path = Path(output_dir) / f"{name}.npy"
+        for k, (name, value) in enumerate(outputs.items()):
+            path = Path(output_dir) / f"{_file_stem(name, k)}.npy"
             np.save(path, value)
             written[name] = str(path)
     summary = [{"name": k, "dtype": str(v.dtype), "shape": list(v.shape),
@@ -203,8 +224,17 @@ def run(model: str, inputs: tuple[str, ...], output_dir: str | None, seed: int,
     con = _console()
     con.print(f"ran on {', '.join(data['devices'])} in {seconds * 1e3:.2f} ms")
     con.print(_table("outputs", ["name", "dtype", "shape", "min", "max", "mean", "file"],
-                     [[s["name"], s["dtype"], s["shape"], s["min"], s["max"], s["mean"],
-                       s["file"]] for s in summary]))
+                     [[shown(s["name"]), s["dtype"], s["shape"], s["min"], s["max"], s["mean"],
+                       s["file"] and shown(s["file"], LINE_LIMIT)] for s in summary]))
+
+
+def _file_stem(name: str, k: int) -> str:
+    """The output's name as a file name in the output folder, or ``output_K`` where the
+    name would leave the folder, or is no plain file name (a model's names are anything:
+    ``../x``, a control character, ten megabytes)."""
+    plain = (0 < len(name) <= 200 and shown(name, 200) == name and name not in (".", "..")
+             and not any(sep in name for sep in "/\\"))
+    return name if plain else f"output_{k}"
 
 
 def _stat(fn: Any, value: Any) -> float | None:

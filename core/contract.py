@@ -464,6 +464,10 @@ class Backend:
             ``memory_efficiency`` (fractions of the device's peak rate and bandwidth the
             backend reaches on large ops). Missing keys take
             :data:`backplane.costmodel.DEFAULT_HINTS`.
+        max_partition_nodes: the most nodes one ``compile`` is handed, for a graph
+            compiler whose compile time grows faster than the graph: the scheduler cuts
+            longer runs of nodes on it into partitions of at most this many, so compiling
+            stays linear in the model's size. ``None``: no limit.
     """
 
     name: ClassVar[str] = ""
@@ -472,6 +476,7 @@ class Backend:
     priority: ClassVar[int] = 0
     kernels: ClassVar["KernelTable | None"] = None
     cost_hints: ClassVar[Mapping[str, float]] = {}
+    max_partition_nodes: ClassVar[int | None] = None
 
     @property
     def capabilities(self) -> Capabilities:

@@ -411,17 +411,20 @@ def _key(backend: str, version: str, fingerprint: str | None, model_key: str) ->
     return f"{backend}|{version}|{fingerprint or 'unknown'}|{model_key}"
 
 
-def _store_path() -> Any:
-    from .hardware.db import data_dir
+def _store_path(create: bool = False) -> Any:
+    """The learned corrections' file, or None where the data folder is not private."""
+    from .hardware.db import private_data_dir
 
-    return data_dir() / "costmodel.json"
+    folder = private_data_dir(create)
+    return folder / "costmodel.json" if folder is not None else None
 
 
 def _ensure_loaded() -> None:
     if _loaded:
         return
     try:
-        data = json.loads(_store_path().read_text())
+        path = _store_path()
+        data = json.loads(path.read_text()) if path is not None else {}
         entries = data.get("observations", {}) if isinstance(data, dict) else {}
     except (OSError, ValueError):
         entries = {}
@@ -476,5 +479,7 @@ def save() -> None:
         data = {"schema": 1, "observations": {k: [round(v[0], 6), v[1]]
                                               for k, v in sorted(_learned.items())}}
         _dirty.clear()
-    # A read-only data folder loses the learning (write_atomic says False), never the app.
-    write_atomic(_store_path(), json.dumps(data, indent=1).encode())
+    # A read-only or shared data folder loses the learning, never the app.
+    path = _store_path(create=True)
+    if path is not None:
+        write_atomic(path, json.dumps(data, indent=1).encode())

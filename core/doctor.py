@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .isolation import NOT_IMPORTED, child_env, kill_group
+
 PASS, FAIL = "PASS", "FAIL"
 #: The verdict of a plugin without a device, by its registry state.
 STATE_VERDICTS = {"no-device": "NO DEVICE", "disabled": "DISABLED", "failed": "FAILED"}
@@ -85,6 +87,8 @@ class Row:
     """Wall time of the whole trial: child start, discovery, compile and run."""
     distribution: str | None = None
     plugin_version: str | None = None
+    side_effects: list[str] = field(default_factory=list)
+    """What the plugin changed in the process that checked it (``PluginRecord``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
@@ -167,7 +171,8 @@ def diagnose(timeout_s: float = DEFAULT_TIMEOUT_S, jobs: int | None = None) -> R
     records = plugin_records()
     rows, todo = [], []
     for record in records:
-        base = {"distribution": record.distribution, "plugin_version": record.plugin_version}
+        base = {"distribution": record.distribution, "plugin_version": record.plugin_version,
+                "side_effects": list(record.side_effects)}
         if record.state == "ready":
             for device in reg.resolve(record.name):
                 row = Row(record.name, device.id, FAIL, device_name=device.name, **base)
@@ -214,13 +219,10 @@ def run_trial(backend: str, device: str, device_name: str | None = None,
     answer within ``timeout_s`` is killed (with its own children) and is a ``timeout``.
     """
     request = json.dumps({"backend": backend, "device": device, "device_name": device_name})
-    env = dict(os.environ, BACKPLANE_PLUGINS=backend)
+    # The backend is ready here, so it passed its isolation check (or is built in).
+    env = child_env(BACKPLANE_PLUGINS=backend, BACKPLANE_ISOLATE="0")
     env.pop("BACKPLANE_DISABLE_PLUGINS", None)
     env.pop("BACKPLANE_DEVICES", None)
-    # The child imports what this process imports from (an application may have added
-    # folders to sys.path).
-    env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p else os.getcwd()
-                                        for p in sys.path)
     code = "from backplane.doctor import _child_main; _child_main()"
     t0 = time.perf_counter()
     popen = subprocess.Popen([sys.executable, "-c", code, request], stdout=subprocess.PIPE,
@@ -229,7 +231,7 @@ def run_trial(backend: str, device: str, device_name: str | None = None,
     try:
         out, err = popen.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        _kill(popen)
+        kill_group(popen)
         try:
             out, err = popen.communicate(timeout=5)
         except subprocess.TimeoutExpired:  # a grandchild of its own session holds the pipes
@@ -273,14 +275,6 @@ def _during(where: dict[str, Any]) -> str:
     if not stage:
         return ""
     return f" during {stage}" + (f" of '{where['model']}'" if where.get("model") else "")
-
-
-def _kill(popen: subprocess.Popen) -> None:
-    """Kill a trial's child and whatever it started (its own session)."""
-    try:
-        os.killpg(popen.pid, signal.SIGKILL)
-    except (AttributeError, ProcessLookupError, PermissionError):
-        popen.kill()
 
 
 def _last_line(text: str, prefix: str) -> str:
@@ -533,6 +527,10 @@ def derive_hints(rows: list[dict[str, Any]], notes: list[str], facts: dict[str, 
                                        "CPU (for verification, not for inference)", "info"))
     for r in rows:
         name = r["backend"]
+        if r.get("side_effects"):
+            hints.append(Hint(name, f"{name} changes the process that imports it: "
+                                    f"{'; '.join(r['side_effects'])}. It is loaded; a plugin "
+                                    "should leave process state alone (tell its maintainers)"))
         if r["verdict"] == "FAILED":
             hints.append(Hint(name, _failed_hint(name, r.get("reason") or "",
                                                  r.get("distribution"))))
@@ -565,6 +563,10 @@ def _failed_hint(name: str, reason: str, distribution: str | None) -> str:
     if reason.startswith("probe did not return"):
         return (f"{name}{where}: its probe hangs (a wedged driver or device?); {skip}; report "
                 "it to the plugin's maintainers")
+    if NOT_IMPORTED in reason:
+        return (f"{name}{where} {reason.replace(NOT_IMPORTED, '')}, so it is never imported "
+                f"(report it to its maintainers); after an update `backplane plugins "
+                f"--recheck` checks it again; {skip}")
     return (f"{name}{where} failed: {reason}. `BACKPLANE_DEBUG=1 backplane plugins` shows the "
             f"traceback; {skip}")
 

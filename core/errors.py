@@ -10,9 +10,25 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from .text import safe_message, shown
+
 
 class BackplaneError(Exception):
-    """Base of every backplane exception."""
+    """Base of every backplane exception.
+
+    Its message is safe to print wherever it was built: control and format characters
+    (escape sequences, carriage returns, NUL, bidi overrides) are shown as Python escapes,
+    newline and tab excepted, and it holds at most :data:`backplane.text.MESSAGE_LIMIT`
+    (4000) characters, its head and tail kept (:func:`backplane.text.safe_message`). Call
+    sites still format names with :func:`backplane.text.shown`, which also cuts each one
+    short (80 characters), so a message keeps what it says around them.
+    """
+
+    def __init__(self, *args: object):
+        super().__init__(*(safe_message(a) if isinstance(a, str) else a for a in args))
+
+    def __str__(self) -> str:
+        return safe_message(super().__str__())
 
 
 class PluginLoadError(BackplaneError):
@@ -99,15 +115,39 @@ class ExecutionError(BackendError):
     stage = "run"
 
 
+class VerificationError(ExecutionError):
+    """A backend's outputs disagreed with the reference backend's on the same inputs, in the
+    run-time check of a backend not qualified on this device (``Session(verify=...)``).
+    The session excludes that device for the rest of its life."""
+
+    stage = "verification"
+
+
+class RequestError(ExecutionError, InputError):
+    """A request failed on its device and again on the plan the session would fall back
+    to: its inputs (or the model) are at fault, not a device, and no device is excluded.
+
+    Both an :class:`ExecutionError` (it failed while running; ``device`` names the first
+    device that failed) and an :class:`InputError` (what to fix is the request)."""
+
+
 class ConformanceError(BackplaneError):
     """The conformance suite could not run or found a contract violation."""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A ' Did you mean ...?' suffix for an unknown name, or '' when nothing is close."""
-    choices = list(choices)
+    # (Names past a few hundred characters are no typing mistake, and difflib's time grows
+    # with the square of their length.)
+    choices = [c for c in choices if len(c) <= _COMPARED]
+    if len(name) > _COMPARED:
+        return ""
     same_letters = [c for c in choices if c.lower() == name.lower() and c != name]
     close = same_letters or difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
     if not close:
         return ""
-    return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+    return " Did you mean " + " or ".join(f"'{shown(c)}'" for c in close) + "?"
+
+
+#: The longest name :func:`did_you_mean` compares.
+_COMPARED = 256

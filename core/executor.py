@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .graph import Graph, ValueInfo
     from .planner import Partition, Plan
     from .registry import Registry
+    from .runcheck import Verifier
 
 
 # ---------------------------------------------------------------------- the plan runner
@@ -57,6 +58,11 @@ class CompiledPlan:
         devices: the devices by id.
         on_partition_run: called after each successful partition run with the partition
             and the seconds its executable's ``run`` took (a scheduler's measurements).
+        verifier: checks the first run of the partitions in ``verify`` against the
+            reference backend (:class:`backplane.runcheck.Verifier`).
+        verify: the indices of the partitions whose first run is checked.
+        compile_timeout_s: the longest one partition's compile may take (None: no limit);
+            past it the compile is abandoned and a CompileError names the device.
 
     Attributes:
         memory: peak bytes of the values passed between partitions (a property).
@@ -67,12 +73,17 @@ class CompiledPlan:
 
     def __init__(self, graph: "Graph", plan: "Plan", reg: "Registry", options: CompileOptions,
                  devices: dict[str, Device], *,
-                 on_partition_run: "Callable[[Partition, float], None] | None" = None):
+                 on_partition_run: "Callable[[Partition, float], None] | None" = None,
+                 verifier: "Verifier | None" = None, verify: frozenset[int] = frozenset(),
+                 compile_timeout_s: float | None = None):
         self.graph = graph
         self.plan = plan
         self.on_partition_run = on_partition_run
+        self._verifier = verifier
+        self._unverified = verify if verifier is not None else frozenset()
         parts = list(plan.partitions)
-        exes = [_compile(graph, part, reg, options, devices) for part in parts]
+        exes = [_compile(graph, part, reg, options, devices, compile_timeout_s)
+                for part in parts]
         self._outputs = [o.name for o in graph.outputs]
         self._non_tensor = frozenset(n for n, vi in graph.values.items() if not is_tensor(vi))
         self._producer = {name: part for part in parts for name in part.outputs}
@@ -158,6 +169,8 @@ class CompiledPlan:
                 value = _checked(np, part, dlpack, expected, out, self.graph)
                 values[expected[0]] = value
                 live += getattr(value, "nbytes", 0)
+            if self._unverified and part.index in self._unverified:
+                self._verify(part, args, values)
             if live > peak:
                 peak = live
             for name, produced in gone:
@@ -184,6 +197,19 @@ class CompiledPlan:
             shared = name in feeds or name in self.graph.initializers
             result[name] = value.copy() if shared or not value.flags.writeable else value
         return result
+
+    def _verify(self, part: "Partition", args: dict[str, Any], values: dict[str, Any]) -> None:
+        """Check this first run of ``part`` against the reference (raises
+        VerificationError on a mismatch); it is not checked again once it agrees."""
+        notes: list[str] = []
+        self._verifier.check(part, args, {n: values[n] for n in part.outputs if n in values},
+                             notes)
+        with self._counts_lock:
+            self._unverified = self._unverified - {part.index}
+            if not any(n.startswith(f"partition {part.index} on ") for n in notes):
+                notes.append(f"partition {part.index} on {part.device} agreed with the "
+                             "reference backend on its first run (run-time verification)")
+            self.plan.notes.extend(n for n in notes if n not in self.plan.notes)
 
     def _to_host(self, np: Any, name: str, value: Any) -> Any:
         """``value`` as a host numpy array, or an ExecutionError naming its producer."""
@@ -237,7 +263,7 @@ def to_host(np: Any, value: Any) -> Any:
 
 
 def _compile(graph: "Graph", part: "Partition", reg: "Registry", options: CompileOptions,
-             devices: dict[str, Device]) -> Executable:
+             devices: dict[str, Device], timeout_s: float | None = None) -> Executable:
     """Compile one partition at its own precision, wrapping the backend's errors."""
     device = devices[part.device]
     backend = reg.backends[part.backend]
@@ -248,7 +274,7 @@ def _compile(graph: "Graph", part: "Partition", reg: "Registry", options: Compil
         if part.opset:  # nodes this backend runs only at a newer version of their op
             sub = convert_graph(sub, part.opset)
         sub = _fused(sub, backend, part)
-        exe = backend.compile(sub, device, options)
+        exe = _within(timeout_s, part, backend.compile, sub, device, options)
     except BackendError:
         raise
     except Exception as exc:
@@ -260,6 +286,38 @@ def _compile(graph: "Graph", part: "Partition", reg: "Registry", options: Compil
                            backend=part.backend, device=part.device)
     part.path = str(getattr(exe, "path", "") or "")
     return exe
+
+
+def _within(timeout_s: float | None, part: "Partition", compile: Callable[..., Any],
+            *args: Any) -> Any:
+    """``compile(*args)``, given up after ``timeout_s`` seconds with a CompileError.
+
+    The compile runs on a daemon thread so that the caller can stop waiting; a vendor
+    compile cannot be interrupted, so an abandoned one finishes (or not) in the background
+    and its result is dropped."""
+    if not timeout_s:
+        return compile(*args)
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["exe"] = compile(*args)
+        except BaseException as exc:  # handed to the waiting thread
+            box["exc"] = exc
+
+    thread = threading.Thread(target=work, name=f"backplane-compile-{part.device}",
+                              daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise CompileError(
+            f"compile of partition {part.index} ({len(part.nodes)} node(s)) on "
+            f"'{part.device}' did not finish within {timeout_s:g} s; the device is passed "
+            "over. Allow more with Session(compile_timeout_s=...) or "
+            "BACKPLANE_COMPILE_TIMEOUT_S", backend=part.backend, device=part.device)
+    if "exc" in box:
+        raise box["exc"]
+    return box["exe"]
 
 
 def _expected(graph: "Graph", name: str) -> tuple[str, Any, "ValueInfo | None", bool]:

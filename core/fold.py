@@ -64,25 +64,34 @@ def fold_constants(proto: Any, infer: Callable[[Any], Any]) -> tuple[Any, int]:
         folded.append(i)
     if not folded:
         return proto, 0
-    for i in sorted(folded, reverse=True):
-        del g.node[i]
+    # Each repeated field is rebuilt once: deleting or removing entries one by one costs
+    # a pass over the field each, quadratic in a graph of thousands of nodes.
+    gone = set(folded)
+    _keep_only(g.node, [n for i, n in enumerate(g.node) if i not in gone])
     read = {n for node in g.node for n in node.input} | _outer_reads(g) | outputs
     keep = [t for t in consts.values() if t.name in read]
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    _keep_only(g.initializer, keep)
     kept = {t.name for t in keep}
-    for vi in list(g.value_info):
-        if vi.name in kept:
-            g.value_info.remove(vi)
+    _keep_only(g.value_info, [vi for vi in g.value_info if vi.name not in kept])
     dropped = {t for t in consts if t not in kept}
-    for vi in list(g.input):  # an initializer also listed as an input (IR < 4) goes with it
-        if vi.name in dropped:
-            g.input.remove(vi)
+    # an initializer also listed as an input (IR < 4) goes with it
+    _keep_only(g.input, [vi for vi in g.input if vi.name not in dropped])
     # Before IR 4 an initializer had to be a graph input too, and inference types no other;
     # the folded constants are not inputs, so the model is read as IR 4, which allows them
     # and means the same otherwise.
     proto.ir_version = max(proto.ir_version, 4)
     return infer(proto), len(folded)
+
+
+def _keep_only(field: Any, entries: list[Any]) -> None:
+    """Replace a protobuf repeated field's entries by ``entries`` in one pass."""
+    copies = []
+    for entry in entries:  # copied first: clearing the field may release its entries
+        copy = type(entry)()
+        copy.CopyFrom(entry)
+        copies.append(copy)
+    del field[:]
+    field.extend(copies)
 
 
 def _evaluate(node: Any, consts: dict[str, Any], shapes: dict[str, tuple[int, ...]],

@@ -7,12 +7,14 @@ checks and kernel runners use. ``subgraph`` cuts out a partition as a valid ONNX
 
 from __future__ import annotations
 
+from collections import ChainMap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .ops import version_of
+from .text import shown
 
 #: ONNX TensorProto element types by number (fixed by the ONNX spec), as numpy-style names.
 DTYPE_NAMES = {
@@ -73,7 +75,7 @@ class ValueInfo:
 
     def describe(self) -> str:
         """``float32[batch,3,224,224]``."""
-        dims = "?" if self.shape is None else ",".join("?" if d is None else str(d)
+        dims = "?" if self.shape is None else ",".join("?" if d is None else shown(d)
                                                        for d in self.shape)
         return f"{self.dtype}[{dims}]"
 
@@ -187,13 +189,14 @@ def attribute_values(node_proto: Any) -> dict[str, Any]:
 
 
 def values_of(g: Any) -> dict[str, ValueInfo]:
-    """The typed values a GraphProto declares: initializers, then value infos, inputs and
-    outputs (a declaration overrides an initializer of the same name)."""
+    """The typed values a GraphProto declares: initializers, then value infos, outputs and
+    inputs (a declaration overrides an initializer of the same name; an input's, an output's
+    of the same name: what a caller feeds is checked against the input's, found by fuzzing)."""
     values: dict[str, ValueInfo] = {}
     for t in g.initializer:
         values[t.name] = ValueInfo(t.name, DTYPE_NAMES.get(t.data_type, "unknown"),
                                    tuple(int(d) for d in t.dims))
-    for vi in list(g.value_info) + list(g.input) + list(g.output):
+    for vi in list(g.value_info) + list(g.output) + list(g.input):
         info = value_info_from_proto(vi)
         if info is not None:
             values[vi.name] = info
@@ -222,7 +225,9 @@ def nodes_of(node_protos: Any, values: Mapping[str, ValueInfo],
     for n in node_protos:
         body: list[Node] = []
         for g in _subgraphs(n):
-            inner = {**values, **values_of(g)}
+            # a view, not a copy: copying the enclosing scope into every subgraph made
+            # graphs of many If/Loop nodes quadratic to load
+            inner = ChainMap(values_of(g), values)
             scope = constants | {t.name for t in g.initializer}
             for m in nodes_of(g.node, inner, opsets, scope):
                 body += [m, *m.body]
@@ -298,6 +303,8 @@ class Graph:
         self.outputs = [values[o.name] for o in g.output if o.name in values]
         self.nodes = nodes_of(g.node, values, self.opsets, self.initializers)
         self._implicit = [_outer_scope_inputs(n) for n in g.node]
+        self._reader_index: dict[str, list[int]] | None = None
+        self._initializer_at: dict[str, int] | None = None
 
     def node_reads(self, index: int) -> set[str]:
         """Every value node ``index`` reads, its subgraphs' outer-scope reads included."""
@@ -311,19 +318,36 @@ class Graph:
         the graph, or the graph's caller, reads.
         """
         chosen = sorted(set(indices))
+        inside = set(chosen)
         produced: set[str] = set()
+        seen: set[str] = set()
         read: list[str] = []
         for i in chosen:
             for r in sorted(self.node_reads(i)):
-                if r not in produced and r not in read:
+                if r not in produced and r not in seen:
+                    seen.add(r)
                     read.append(r)
             produced.update(o for o in self.nodes[i].outputs if o)
-        needed_outside = {o.name for o in self.outputs}
-        for i in set(range(len(self.nodes))) - set(chosen):
-            needed_outside |= self.node_reads(i)
+        # Only the readers of what these nodes produce are looked at (not every other node),
+        # so cutting a graph into partitions costs time linear in the graph, not quadratic.
+        graph_outputs = {o.name for o in self.outputs}
+        readers = self._readers()
         inputs = [r for r in read if r not in self.initializers]
-        outputs = [o for i in chosen for o in self.nodes[i].outputs if o and o in needed_outside]
+        outputs = [o for i in chosen for o in self.nodes[i].outputs
+                   if o and (o in graph_outputs or any(j not in inside
+                                                       for j in readers.get(o, ())))]
         return inputs, outputs
+
+    def _readers(self) -> dict[str, list[int]]:
+        """Value name -> the indices of the nodes that read it (outer-scope reads of
+        subgraphs included); built once, on first use."""
+        if self._reader_index is None:
+            index: dict[str, list[int]] = {}
+            for i in range(len(self.nodes)):
+                for v in self.node_reads(i):
+                    index.setdefault(v, []).append(i)
+            self._reader_index = index
+        return self._reader_index
 
     def subgraph(self, indices: Iterable[int], name: str | None = None) -> "Graph":
         """The nodes at ``indices`` as a valid ONNX model of their own (see ``boundary``)."""
@@ -338,7 +362,11 @@ class Graph:
             # for them, and the caller's plan feeds only what is read)
             return self
         reads = set().union(*(self.node_reads(i) for i in chosen))
-        consts = [t for t in self.model.graph.initializer if t.name in reads]
+        every = self.model.graph.initializer
+        if self._initializer_at is None:
+            self._initializer_at = {t.name: k for k, t in enumerate(every)}
+        consts = [every[k] for k in sorted(self._initializer_at[r] for r in reads
+                                           if r in self._initializer_at)]
 
         def proto(value: str) -> Any:
             vi = self.values.get(value)
@@ -350,8 +378,9 @@ class Graph:
             dims = None if vi.shape is None else list(vi.shape)
             return helper.make_tensor_value_info(value, DTYPE_CODES[vi.dtype], dims)
 
+        crossing = set(sub_outputs)
         internal = [o for i in chosen for o in self.nodes[i].outputs
-                    if o and o not in sub_outputs and o in self.values]
+                    if o and o not in crossing and o in self.values]
         graph = helper.make_graph(
             [self.model.graph.node[i] for i in chosen], name or f"{self.name}-part",
             [proto(v) for v in sub_inputs], [proto(v) for v in sub_outputs],
@@ -379,5 +408,5 @@ class Graph:
 
     def describe_inputs(self) -> str:
         """``x: float32[batch,3], y: int64[4]``."""
-        return ", ".join(f"{vi.name}: {vi.describe()}" for vi in self.inputs)
+        return ", ".join(f"{shown(vi.name)}: {vi.describe()}" for vi in self.inputs)
 

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, ModelError, did_you_mean
-from .external import INLINE_LIMIT, PROTO_LIMIT, attach, detach, load_external_data
+from .external import (INLINE_LIMIT, PROTO_LIMIT, attach, describe_tensor, detach,
+                       load_external_data, tensor_nbytes, tensors)
 from .fold import fold_constants
 from .graph import NON_TENSOR, Dim, Graph, ValueInfo, numpy_dtype, value_info_from_proto
 from .ops import schemas
+from .text import shown
 from .typefill import complete_types
 
 #: The oldest default-domain opset a model keeps as it is (older ones are upgraded to it):
@@ -92,20 +94,22 @@ def load_model(model: Any, *, base_dir: str | os.PathLike | None = None,
                          "pass a path, the file's bytes, or an onnx.ModelProto")
     if name == "model" and proto.graph.name:
         name = proto.graph.name
+    label = shown(name)  # (the model's name as messages show it)
     notes: list[str] = []
-    _check_opset_versions(proto, name)
+    _check_opset_versions(proto, label)
     if not proto.graph.output:
-        raise ModelError(f"{name}: the model has no outputs, so a run would compute nothing; "
+        raise ModelError(f"{label}: the model has no outputs, so a run would compute nothing; "
                          "list the values it should return in graph.output")
     # External data is confined and read first: the checker would otherwise resolve its
     # locations against the process's working directory, with its own rules and words.
-    external_dir = load_external_data(proto, base_dir, name)
+    external_dir = load_external_data(proto, base_dir, label)
+    _check_raw_data(proto, label)
     if proto.ByteSize() > INLINE_LIMIT:
-        raise ModelError(f"{name}: the model is {proto.ByteSize() / 2**30:.2f} GiB with its "
+        raise ModelError(f"{label}: the model is {proto.ByteSize() / 2**30:.2f} GiB with its "
                          "tensors inline, more than one ONNX message can hold (2 GiB); save "
                          "it with external data (onnx.save(model, path, "
                          "save_as_external_data=True)) and load it from that path")
-    _take_as_inputs(proto, set(as_inputs), name)
+    _take_as_inputs(proto, set(as_inputs), label)
     # Initializers left in their files are graph inputs of their type while the model is
     # checked, inferred and folded: none of those steps reads their bytes.
     kept = detach(proto)
@@ -113,20 +117,23 @@ def load_model(model: Any, *, base_dir: str | os.PathLike | None = None,
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:  # onnx raises ValidationError and, for odd protos, others
-        raise ModelError(f"{name}: the ONNX checker rejected the model: {exc}") from None
-    proto = _check_opset(proto, name, notes)
+        raise ModelError(f"{label}: the ONNX checker rejected the model: {exc}") from None
+    proto = _check_opset(proto, label, notes)
     declared = _strip_output_shapes(proto)
-    proto, strict = _infer(proto, name, notes)
+    proto, strict = _infer(proto, label, notes)
+    _check_node_shapes(proto, label)
 
     def reinfer(p: Any) -> Any:
-        return _reinfer(p, name, strict)
+        return _reinfer(p, label, strict)
 
     proto = complete_types(proto, reinfer)
     proto, folded = fold_constants(proto, reinfer)
     if folded:
         notes.append(f"{folded} node(s) computing constants (Constant nodes, shape "
                      "arithmetic) folded before planning")
-    unconfirmed = _settle_outputs(proto, declared, name, notes)
+    _compute_constant_outputs(proto)
+    _keepdims_as_read(proto)
+    unconfirmed = _settle_outputs(proto, declared, label, notes)
     attach(proto, kept)
     _name_nodes(proto)
     graph = Graph(proto, name)
@@ -180,6 +187,35 @@ def _infer(proto: Any, name: str, notes: list[str]) -> tuple[Any, bool]:
     return proto, False
 
 
+def _check_raw_data(proto: Any, name: str) -> None:
+    """Refuse a stored tensor whose raw data is not the size its shape and type need: the
+    checker does not compare them; ONNX Runtime refuses such a model, OpenVINO read it
+    (found by fuzzing)."""
+    from onnx import TensorProto
+
+    for t in tensors(proto):
+        if t.data_location == TensorProto.EXTERNAL or not t.HasField("raw_data"):
+            continue
+        need = tensor_nbytes(t)
+        if need is not None and len(t.raw_data) != need:
+            raise ModelError(f"{name}: tensor '{shown(t.name)}' ({describe_tensor(t)}) holds "
+                             f"{len(t.raw_data)} bytes of raw data, its shape and type need "
+                             f"{need}; the model is damaged or was written wrongly: export "
+                             "it again")
+
+
+def _check_node_shapes(proto: Any, name: str) -> None:
+    """Refuse a model whose inferred shapes already break a rule of a node that ONNX's
+    inference leaves unchecked (:func:`backplane.shapecheck.contradiction`: a Conv's kernel
+    against its weight, a Reshape's element count ...): no input could run it."""
+    from .shapecheck import contradiction
+
+    why = contradiction(proto)
+    if why:
+        raise ModelError(f"{name}: {why}; no input can run the model as it is: correct the "
+                         "node, its attributes or its weights")
+
+
 def _take_as_inputs(proto: Any, names: set[str], name: str) -> None:
     """Drop the stored values of the initializers ``names``, which the model also lists as
     graph inputs (IR < 4): they become plain inputs."""
@@ -188,9 +224,10 @@ def _take_as_inputs(proto: Any, names: set[str], name: str) -> None:
     listed = {i.name for i in proto.graph.input} & {t.name for t in proto.graph.initializer}
     unknown = sorted(names - listed)
     if unknown:
-        raise ModelError(f"{name}: {', '.join(repr(n) for n in unknown)} are not initializers "
-                         "the model also lists as inputs; only those can be fed "
-                         f"({', '.join(sorted(listed)) or 'this model has none'})")
+        given = ", ".join(f"'{shown(n)}'" for n in unknown)
+        allowed = ", ".join(shown(n) for n in sorted(listed)) or "this model has none"
+        raise ModelError(f"{name}: {given} are not initializers the model also lists as "
+                         f"inputs; only those can be fed ({allowed})")
     detach(proto, names)
 
 
@@ -226,7 +263,7 @@ def _dynamic_negative_dims(proto: Any, notes: list[str]) -> None:
                     param, k = f"{vi.name}_dim{axis}_{k}", k + 1
                 taken.add(param)
                 d.dim_param = param  # (clears dim_value: the two are a oneof)
-                named.append(f"'{vi.name}' dimension {axis} as '{param}'")
+                named.append(f"'{shown(vi.name)}' dimension {axis} as '{shown(param)}'")
     for vi in g.value_info:
         if vi.type.HasField("tensor_type"):
             for d in vi.type.tensor_type.shape.dim:
@@ -284,11 +321,12 @@ def _settle_outputs(proto: Any, declared: dict[str, list[Dim]], name: str,
         got = _dims(o)
         if got is not None and (len(got) != len(want) or any(
                 isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(got, want))):
-            shown, inferred = _shape_text(want), _shape_text(got)
-            notes.append(f"output '{o.name}' is declared {shown}, shape inference gives "
-                         f"{inferred}; the inferred shape is used")
+            declared_text, inferred = _shape_text(want), _shape_text(got)
+            notes.append(f"output '{shown(o.name)}' is declared {declared_text}, shape "
+                         f"inference gives {inferred}; the inferred shape is used")
             log.warning("backplane: %s: output '%s' is declared %s but shape inference gives "
-                        "%s; using the inferred shape", name, o.name, shown, inferred)
+                        "%s; using the inferred shape", name, shown(o.name), declared_text,
+                        inferred)
             continue
         # Inference's own names for what it cannot tell start with "unk__".
         unknown = (lambda d: d is None or (isinstance(d, str) and d.startswith("unk__")))
@@ -302,7 +340,7 @@ def _settle_outputs(proto: Any, declared: dict[str, list[Dim]], name: str,
 
 def _shape_text(dims: list[Dim]) -> str:
     """``[1,seqlen,?]``: inference's own names for what it cannot tell are ``?``."""
-    return "[" + ",".join("?" if d is None or str(d).startswith("unk__") else str(d)
+    return "[" + ",".join("?" if d is None or str(d).startswith("unk__") else shown(d)
                           for d in dims) + "]"
 
 
@@ -310,9 +348,11 @@ def _reinfer(proto: Any, name: str, strict: bool = True) -> Any:
     """Shape inference again, after types or constants were added."""
     import onnx
 
+    from .shapecheck import propagates
+
     try:
         return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=strict,
-                                                 data_prop=True)
+                                                 data_prop=propagates(proto))
     except Exception as exc:
         raise ModelError(f"{name}: shape inference failed, the model is inconsistent: {exc}"
                          ) from None
@@ -355,8 +395,15 @@ def _check_opset_versions(proto: Any, name: str) -> None:
     import onnx
 
     newest = schemas.newest_opsets()
+    seen: dict[str, int] = {}
     for o in proto.opset_import:
         domain = "" if o.domain == "ai.onnx" else o.domain
+        if domain in seen:  # (the checker lets it pass; runtimes pick one or the other)
+            what = "the default domain" if domain == "" else f"domain '{shown(domain)}'"
+            raise ModelError(f"{name}: the model imports {what} twice (opsets {seen[domain]} "
+                             f"and {o.version}), so what its nodes mean cannot be told; keep "
+                             "one opset_import per domain")
+        seen[domain] = o.version
         if domain in ("", "ai.onnx.ml") and o.version > newest[domain]:
             what = "default-domain" if domain == "" else f"'{domain}'"
             raise ModelError(
@@ -383,6 +430,48 @@ def _check_opset(proto: Any, name: str, notes: list[str]) -> Any:
             f"Re-export the model at opset {MIN_OPSET} or newer.") from None
     notes.append(f"upgraded from opset {version} to {MIN_OPSET}")
     return upgraded
+
+
+def _keepdims_as_read(proto: Any) -> None:
+    """A ``keepdims`` of other than 0 or 1 set to 0: ONNX's inference and ONNX Runtime keep
+    the reduced axes only for 1, OpenVINO and opencl kept them for any non-zero value and
+    the outputs had another shape, onnx.reference raised on 2**31 (found by fuzzing)."""
+    for node in _all_nodes(proto.graph.node):
+        if node.domain in ("", "ai.onnx"):
+            for a in node.attribute:
+                if a.name == "keepdims" and a.i not in (0, 1):
+                    a.i = 0
+
+
+def _compute_constant_outputs(proto: Any) -> None:
+    """Give each graph output that is an initializer (no node computes it) an Identity node
+    that does, from the constant renamed: plans place nodes, and an output no node computes
+    was missing from every run (a KeyError, found by fuzzing; ONNX Runtime returns it)."""
+    from onnx import helper
+
+    g = proto.graph
+    if not any(o.domain in ("", "ai.onnx") for o in proto.opset_import):
+        return
+    computed = {o for n in g.node for o in n.output} | {i.name for i in g.input}
+    constants = {t.name: t for t in g.initializer}
+    taken = computed | set(constants) | {o.name for o in g.output}
+    added = []
+    for name in dict.fromkeys(o.name for o in g.output):
+        t = constants.get(name)
+        if t is None or name in computed:
+            continue
+        k, stem = 1, f"{name}__constant"
+        while (renamed := stem if k == 1 else f"{stem}{k}") in taken:
+            k += 1
+        taken.add(renamed)
+        t.name = renamed  # (readers of the constant now read the Identity's output)
+        added.append(helper.make_node("Identity", [renamed], [name]))
+    if added:
+        nodes = [*added, *(type(n)() for n in g.node)]
+        for copy, n in zip(nodes[len(added):], g.node):
+            copy.CopyFrom(n)
+        del g.node[:]
+        g.node.extend(nodes)
 
 
 def _name_nodes(proto: Any) -> None:
@@ -431,14 +520,15 @@ def validate_inputs(graph: Graph, feeds: Any) -> dict[str, Any]:
         problems, hints = [], ""
         if extra:
             problems.append(f"unknown input{'s' if len(extra) > 1 else ''} "
-                            + ", ".join(f"'{n}'" for n in extra))
+                            + ", ".join(f"'{shown(n)}'" for n in extra))
             for n in extra:
                 hint = did_you_mean(str(n), missing or expected)
                 if hint:
-                    hints += (f" For '{n}':" if len(extra) > 1 else "") + hint
+                    hints += (f" For '{shown(n)}':" if len(extra) > 1 else "") + hint
         if missing:
             problems.append(f"missing input{'s' if len(missing) > 1 else ''} "
-                            + ", ".join(f"'{n}' ({expected[n].describe()})" for n in missing))
+                            + ", ".join(f"'{shown(n)}' ({expected[n].describe()})"
+                                        for n in missing))
         raise InputError("; ".join(problems)
                          + f"; the model's inputs are: {graph.describe_inputs()}.{hints}")
     bound: dict[str, tuple[int, str]] = {}
@@ -456,9 +546,9 @@ def _check_one(np: Any, name: str, vi: ValueInfo, value: Any, bound: dict) -> An
     if isinstance(value, np.ma.MaskedArray):
         masked = int(np.ma.count_masked(value))
         if masked:
-            raise InputError(f"input '{name}' is a masked array with {masked} masked "
+            raise InputError(f"input '{shown(name)}' is a masked array with {masked} masked "
                              "element(s); a model reads values, not a mask: pass "
-                             f"{name}.filled(value) with the value the model should see")
+                             f"{shown(name)}.filled(value) with the value the model should see")
         value = np.ma.getdata(value)
     if isinstance(value, np.ndarray):
         arr = value
@@ -466,7 +556,7 @@ def _check_one(np: Any, name: str, vi: ValueInfo, value: Any, bound: dict) -> An
         try:
             arr = np.asarray(value)
         except Exception as exc:
-            raise InputError(f"input '{name}' cannot be read as an array ({exc}); "
+            raise InputError(f"input '{shown(name)}' cannot be read as an array ({exc}); "
                              f"expected {vi.describe()}") from None
         # Python lists and numbers have no dtype of their own: they take the input's where
         # it holds their values. An array of another library (a torch tensor) keeps its
@@ -483,23 +573,25 @@ def _check_one(np: Any, name: str, vi: ValueInfo, value: Any, bound: dict) -> An
         hint = "" if want is None else (
             f"; convert it with .astype(numpy.{vi.dtype})" if isinstance(value, np.ndarray)
             else f"; convert it to {vi.dtype} first (a torch tensor: .to(torch.{vi.dtype}))")
-        raise InputError(f"input '{name}' has dtype {arr.dtype}, the model expects "
+        raise InputError(f"input '{shown(name)}' has dtype {arr.dtype}, the model expects "
                          f"{vi.dtype} ({vi.describe()}){hint}")
     if vi.shape is None:
         return arr
     if arr.ndim != len(vi.shape):
-        raise InputError(f"input '{name}' has shape {tuple(arr.shape)} (rank {arr.ndim}), the "
-                         f"model expects rank {len(vi.shape)}: {vi.describe()}")
+        raise InputError(f"input '{shown(name)}' has shape {tuple(arr.shape)} (rank "
+                         f"{arr.ndim}), the model expects rank {len(vi.shape)}: "
+                         f"{vi.describe()}")
     for axis, (got, dim) in enumerate(zip(arr.shape, vi.shape)):
         if isinstance(dim, int) and got != dim:
-            raise InputError(f"input '{name}' has shape {tuple(arr.shape)}, the model expects "
-                             f"{vi.describe()}: dimension {axis} must be {dim}, got {got}")
+            raise InputError(f"input '{shown(name)}' has shape {tuple(arr.shape)}, the model "
+                             f"expects {vi.describe()}: dimension {axis} must be {dim}, got "
+                             f"{got}")
         if isinstance(dim, str):
             if dim in bound and bound[dim][0] != got:
                 size, other = bound[dim]
-                raise InputError(f"input '{name}' dimension {axis} ('{dim}') is {got}, but input "
-                                 f"'{other}' set '{dim}' = {size}; inputs sharing a dimension "
-                                 f"name must agree")
+                raise InputError(f"input '{shown(name)}' dimension {axis} ('{shown(dim)}') is "
+                                 f"{got}, but input '{shown(other)}' set '{shown(dim)}' = "
+                                 f"{size}; inputs sharing a dimension name must agree")
             bound.setdefault(dim, (got, name))
     return arr
 
@@ -508,18 +600,19 @@ def _check_non_tensor(np: Any, name: str, vi: ValueInfo, value: Any, bound: dict
     """A sequence (a list of arrays, each checked as its element type), an optional (None,
     or its element) or a map (a dict), as ONNX Runtime takes them."""
     inner = vi.dtype[vi.dtype.index("(") + 1:-1]
+    label = shown(name)
     if vi.dtype.startswith("optional("):
         if value is None:
             return None
         return _check_one(np, name, ValueInfo(name, inner, None), value, bound)
     if vi.dtype.startswith("seq("):
         if not isinstance(value, (list, tuple)):
-            raise InputError(f"input '{name}' is a sequence ({vi.dtype}): pass a list of "
+            raise InputError(f"input '{label}' is a sequence ({vi.dtype}): pass a list of "
                              f"arrays, not a {type(value).__name__}")
         return [_check_one(np, f"{name}[{k}]", ValueInfo(f"{name}[{k}]", inner, None), v, {})
                 for k, v in enumerate(value)]
     if not isinstance(value, Mapping):
-        raise InputError(f"input '{name}' is a map ({vi.dtype}): pass a dict, not a "
+        raise InputError(f"input '{label}' is a map ({vi.dtype}): pass a dict, not a "
                          f"{type(value).__name__}")
     return dict(value)
 
@@ -544,6 +637,7 @@ def with_dims(graph: Graph, dims: dict[str, int]) -> Graph:
     from onnx import shape_inference
 
     from .errors import InputError
+    from .shapecheck import propagates
 
     if not dims:
         return graph
@@ -558,14 +652,15 @@ def with_dims(graph: Graph, dims: dict[str, int]) -> Graph:
             if d.HasField("dim_param") and d.dim_param in dims:
                 size = int(dims[d.dim_param])
                 if size < 1:
-                    raise InputError(f"dims: '{d.dim_param}' must be a positive size, "
+                    raise InputError(f"dims: '{shown(d.dim_param)}' must be a positive size, "
                                      f"not {size}")
                 d.dim_value = size
     try:
         proto = shape_inference.infer_shapes(proto, check_type=True, strict_mode=True,
-                                             data_prop=True)
+                                             data_prop=propagates(proto))
     except Exception as exc:
-        raise InputError(f"dims {dims} do not fit the model '{graph.name}': {exc}") from None
+        raise InputError(f"dims {dims} do not fit the model '{shown(graph.name)}': {exc}"
+                         ) from None
     fixed = Graph(proto, graph.name)
     fixed.notes.extend(graph.notes)
     fixed.external_dir = graph.external_dir

@@ -39,8 +39,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .contract import Device
+from .text import MESSAGE_LIMIT, shown
 
 FALLBACK_BACKEND = "reference"
+#: Nodes the summary of :meth:`Plan.explain` names, costliest first.
+COSTLIEST = 10
+#: Partitions the default :meth:`Plan.explain` lists (the costliest, in plan order).
+PARTITIONS_SHOWN = 20
+#: Notes, events, and names of a list (data in from other devices, fallback ops) the
+#: default :meth:`Plan.explain` lists.
+LISTED = 10
+#: Characters per line of the default :meth:`Plan.explain` (verbose: MESSAGE_LIMIT).
+LINE_LIMIT = 500
 
 
 @dataclass(frozen=True)
@@ -180,22 +190,41 @@ class Plan:
         """Plain data, as printed by ``backplane plan --json``."""
         return asdict(self)
 
-    def explain(self) -> str:
-        """A readable account of the plan: partitions, placements, rejections, events."""
-        lines = [f"plan for '{self.model}': policy={self.policy}, precision={self.precision}, "
+    def costliest(self, n: int = COSTLIEST) -> list[Placement]:
+        """The ``n`` placements of highest predicted time, costliest first (in plan order
+        among equals): the nodes :meth:`explain`'s summary names."""
+        return sorted(self.placements, key=lambda p: -p.predicted_s)[:n]
+
+    def explain(self, verbose: bool = False) -> str:
+        """A readable account of the plan, starting with a summary.
+
+        The summary: nodes, partitions and devices, predicted time and energy, the
+        :data:`COSTLIEST` costliest nodes; then notes, fallbacks, tuning, cost bases and
+        precision checks. Then each partition (device, precision, predicted and measured
+        time, data in from other devices, fusion, conversion, how it was compiled), and
+        the events.
+
+        By default the account is bounded whatever the model's size: the
+        :data:`PARTITIONS_SHOWN` costliest partitions, the first :data:`LISTED` notes,
+        events and names of each list, lines of at most :data:`LINE_LIMIT` characters.
+        ``verbose=True`` lists everything, and under each partition every node's
+        placement and, for every device that does not run it, the reason code.
+
+        Names from the model are shown escaped and cut short (:func:`backplane.text.shown`);
+        :meth:`to_dict` has them as they are.
+        """
+        listed = None if verbose else LISTED
+        lines = [f"plan for '{shown(self.model)}': policy={self.policy}, "
+                 f"precision={self.precision}, "
                  f"devices={'explicit' if self.explicit else 'auto'} "
                  f"[{', '.join(self.devices)}]",
-                 f"predicted {_time(self.predicted_s)} per run, "
-                 f"{self.predicted_energy_j * 1e3:.3g} mJ"
-                 + (f", peak {self.predicted_peak_bytes / 2**20:.3g} MiB between partitions"
-                    if self.predicted_peak_bytes else "")
-                 + (f"; measured {_time(self.measured_s)}" if self.measured_s else "")]
-        lines += [f"note: {n}" for n in self.notes]
+                 self._summary(), *self._costliest_lines()]
+        lines += _capped([f"note: {n}" for n in self.notes], listed, "notes")
         slow = sorted({p.op for p in self.placements if p.fallback})
         if slow:
             count = sum(p.fallback for p in self.placements)
             lines.append(f"fallback: {count} node(s) run on the reference backend because no "
-                         f"faster backend admits their op: {', '.join(slow)}")
+                         f"faster backend admits their op: {_listed(slow, listed)}")
         if self.tuned:
             lines.append(f"tuned: {self.tuned}")
         for device, basis in self.cost_basis.items():
@@ -204,29 +233,105 @@ class Plan:
             lines.append(f"precision check: {check['paths']}: max relative error "
                          f"{check['max_rel_error']:.3g} against budget {check['budget']:.3g}"
                          f" -> {'kept' if check['kept'] else 'rejected'}")
-        by_name = {p.node: p for p in self.placements}
+        lines += self._partition_lines(verbose)
+        lines += _capped([f"event: {e}" for e in self.events], listed, "events")
+        if not verbose:
+            lines.append("each node's placement, and why other devices do not run it: "
+                         "explain(verbose=True), backplane plan --verbose")
+        limit = MESSAGE_LIMIT if verbose else LINE_LIMIT
+        return "\n".join(shown(line, limit) for line in lines)
+
+    def _summary(self) -> str:
+        """Nodes, partitions, devices, predicted time: the explanation's second line."""
+        per_device: dict[str, int] = {}
         for part in self.partitions:
+            per_device[part.device] = per_device.get(part.device, 0) + len(part.nodes)
+        where = ", ".join(f"{d} ({_count(n, 'node')})" for d, n in per_device.items())
+        return (f"{_count(len(self.placements), 'node')} in "
+                f"{_count(len(self.partitions), 'partition')} on "
+                f"{_count(len(per_device), 'device')}: {where}; "
+                f"predicted {_time(self.predicted_s)} per run, "
+                f"{self.predicted_energy_j * 1e3:.3g} mJ"
+                + (f", peak {self.predicted_peak_bytes / 2**20:.3g} MiB between partitions"
+                   if self.predicted_peak_bytes else "")
+                + (f"; measured {_time(self.measured_s)}" if self.measured_s else ""))
+
+    def _costliest_lines(self) -> list[str]:
+        """The costliest nodes by predicted time, with their share of the nodes' total."""
+        top = self.costliest()
+        if not top:
+            return []
+        total = sum(p.predicted_s for p in self.placements)
+        share = (f"; {sum(p.predicted_s for p in top) / total:.0%} of the nodes' predicted "
+                 "time" if total > 0 and len(top) < len(self.placements) else "")
+        which = (f"{len(top)} of {len(self.placements)}" if len(top) < len(self.placements)
+                 else f"all {len(top)}")
+        part_of = {name: part.index for part in self.partitions for name in part.nodes}
+        lines = [f"costliest nodes by predicted time ({which}{share}):"]
+        for p in top:
+            lines.append(f"  {shown(p.node)} ({shown(p.op)}) on {p.device}, partition "
+                         f"{part_of.get(p.node, '?')}: {_time(p.predicted_s)}"
+                         + ("  [reference fallback]" if p.fallback else ""))
+        return lines
+
+    def _partition_lines(self, verbose: bool) -> list[str]:
+        """Each partition (by default the costliest, in plan order), with every node's
+        placement when ``verbose``."""
+        listed = None if verbose else LISTED
+        parts = self.partitions
+        if not verbose and len(parts) > PARTITIONS_SHOWN:
+            kept = sorted(parts, key=lambda part: -part.predicted_s)[:PARTITIONS_SHOWN]
+            parts = sorted(kept, key=lambda part: part.index)
+        by_name = {p.node: p for p in self.placements} if verbose else {}
+        lines = []
+        for part in parts:
             lines.append(f"partition {part.index} on {part.device} at {part.precision} "
-                         f"({len(part.nodes)} node{'s' if len(part.nodes) != 1 else ''}), "
+                         f"({_count(len(part.nodes), 'node')}), "
                          f"predicted {_time(part.predicted_s)}"
                          + (f", measured {_time(part.measured_s)}"
                             if part.measured_s is not None else "")
-                         + (f", data in from other devices: {', '.join(part.transfers_in)}"
+                         + (f", data in from other devices: {_listed(part.transfers_in, listed)}"
                             if part.transfers_in else "")
                          + (f", fused for {part.backend}: {part.fused}" if part.fused else ""))
             if part.opset:
                 lines.append(f"  converted to opset {part.opset} for {part.backend}")
             if part.path:
                 lines.append(f"  compiled as: {part.path}")
-            for name in part.nodes:
+            for name in part.nodes if verbose else ():
                 p = by_name[name]
                 flag = "  [reference fallback]" if p.fallback else ""
-                lines.append(f"  {p.node} ({p.op}) -> {p.device} {_time(p.predicted_s)}: "
-                             f"{p.reason}{flag}")
+                lines.append(f"  {shown(p.node)} ({shown(p.op)}) -> {p.device} "
+                             f"{_time(p.predicted_s)}: {p.reason}{flag}")
                 for r in p.rejected:
                     lines.append(f"      not {r.device}: {r.code}: {r.detail}")
-        lines += [f"event: {e}" for e in self.events]
-        return "\n".join(lines)
+        kept_indices = {part.index for part in parts}
+        left = [part for part in self.partitions if part.index not in kept_indices]
+        if left:
+            lines.append(f"... {_count(len(left), 'other partition')}, predicted "
+                         f"{_time(sum(part.predicted_s for part in left))} together: "
+                         "explain(verbose=True) lists every one")
+        return lines
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 node``, ``3 nodes``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _listed(names: list[str], most: int | None) -> str:
+    """Names shown and joined, the first ``most`` of them (all with None) and how many
+    more."""
+    kept = names if most is None else names[:most]
+    more = len(names) - len(kept)
+    return ", ".join(shown(n) for n in kept) + (f" and {more} more" if more else "")
+
+
+def _capped(lines: list[str], most: int | None, what: str) -> list[str]:
+    """The first ``most`` lines (all with None), and a line saying where the rest are."""
+    if most is None or len(lines) <= most:
+        return lines
+    return lines[:most] + [f"... {len(lines) - most} more {what}: explain(verbose=True), "
+                           f"plan.{what}"]
 
 
 def _time(seconds: float | None) -> str:

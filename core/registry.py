@@ -7,9 +7,11 @@ declares an api_version outside the supported window is recorded with its reason
 distribution and version; discovery goes on. One written for an older API version inside
 the window loads with a :class:`~backplane.errors.PluginDeprecationWarning` naming what to
 change (:data:`~backplane.contract.API_CHANGES`), and is held to that version's rules.
-Probing runs each backend's ``probe`` in its own daemon thread, bounded by
-``BACKPLANE_PROBE_TIMEOUT_S``: a probe that raises or hangs marks only its own backend as
-failed.
+A third-party plugin is first imported and probed in a child process
+(:mod:`backplane.isolation`): one that crashes, exits, hangs or exhausts memory there is
+recorded as failed and never imported here. Probing runs each backend's ``probe`` in its own
+daemon thread, bounded by ``BACKPLANE_PROBE_TIMEOUT_S``: a probe that raises or hangs marks
+only its own backend as failed.
 
 Device ids are ``BACKEND:INDEX`` in the order the backend's probe returned them.
 """
@@ -26,6 +28,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import isolation
 from .contract import (API_VERSION, DEVICE_KINDS, MIN_API_VERSION, PRECISIONS, Backend,
                        Capabilities, Device, changes_since)
 from .errors import (DeviceNotFoundError, DeviceUnavailable, PluginDeprecationWarning,
@@ -63,6 +66,10 @@ class PluginRecord:
     probe_seconds: float | None = None
     deprecation: str = ""
     """For a plugin written for a deprecated API version: what to change (also warned)."""
+    isolated: bool = False
+    """Whether it was first imported and probed in a child process (a third-party plugin)."""
+    side_effects: list[str] = field(default_factory=list)
+    """What importing and probing it changed in the check process (it is loaded anyway)."""
     exception: BaseException | None = field(default=None, repr=False)
     traceback: str = field(default="", repr=False)
 
@@ -94,36 +101,62 @@ def plugin_enabled(name: str) -> bool:
 
 
 def _probe_timeout() -> float:
-    raw = os.environ.get("BACKPLANE_PROBE_TIMEOUT_S", "").strip()
+    return env_seconds("BACKPLANE_PROBE_TIMEOUT_S", DEFAULT_PROBE_TIMEOUT_S)  # type: ignore
+
+
+def env_seconds(name: str, default: float, *, none: bool = False) -> float | None:
+    """A positive number of seconds from the environment variable ``name``, else
+    ``default`` (a malformed value warns and uses it). With ``none``, ``0``, ``none`` or
+    ``off`` mean no limit (None)."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_PROBE_TIMEOUT_S
+        return default
+    if none and raw.lower() in ("0", "none", "off"):
+        return None
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
     if not 0 < value < float("inf"):
-        log.warning("backplane: BACKPLANE_PROBE_TIMEOUT_S=%r is not a positive number of "
-                    "seconds; using %g", raw, DEFAULT_PROBE_TIMEOUT_S)
-        return DEFAULT_PROBE_TIMEOUT_S
+        log.warning("backplane: %s=%r is not a positive number of seconds; using %g", name,
+                    raw, default)
+        return default
     return value
 
 
-_dist_index: dict[tuple[str, str], tuple[str, str]] | None = None
+_dist_index: dict[tuple[str, str], isolation.Target] | None = None
+
+
+def _installed() -> dict[tuple[str, str], isolation.Target]:
+    """Every entry point of the group with its distribution, version and install location
+    (the first distribution of a name on the path, as imports see it); read once per
+    discovery, on demand."""
+    global _dist_index
+    if _dist_index is None:
+        from importlib.metadata import entry_points
+
+        index, about = {}, {}
+        for ep in entry_points(group=GROUP):
+            dist = ep.dist
+            path = getattr(dist, "_path", None)  # (relative for a '' on sys.path)
+            where = os.path.abspath(str(path)) if path else None
+            if where not in about:  # (metadata is parsed anew on each read: once per dist)
+                try:
+                    stamp = os.stat(where).st_mtime_ns if where else 0
+                except OSError:
+                    stamp = 0
+                meta = dist.metadata if dist is not None else {}
+                about[where] = (meta.get("Name"), meta.get("Version"), where, stamp)
+            index.setdefault((ep.name, ep.value), isolation.Target(ep.name, ep.value,
+                                                                   *about[where]))
+        _dist_index = index
+    return _dist_index
 
 
 def _distribution_of(name: str, value: str) -> tuple[str | None, str | None]:
-    """The distribution (name, version) declaring an entry point; scanned once, on demand."""
-    global _dist_index
-    if _dist_index is None:
-        from importlib.metadata import distributions
-
-        index = {}
-        for dist in distributions():
-            for ep in dist.entry_points:
-                if ep.group == GROUP:
-                    index.setdefault((ep.name, ep.value), (dist.metadata["Name"], dist.version))
-        _dist_index = index
-    return _dist_index.get((name, value), (None, None))
+    """The distribution (name, version) declaring an entry point."""
+    target = _installed().get((name, value))
+    return (target.distribution, target.version) if target else (None, None)
 
 
 class Registry:
@@ -145,6 +178,8 @@ class Registry:
     def _discover(self) -> None:
         from stevedore import NamedExtensionManager
 
+        global _dist_index
+        _dist_index = None  # (packages may have been installed since the last discovery)
         # A manager asked for no names imports nothing; it only lists the group.
         entry_points = NamedExtensionManager(
             GROUP, names=[], on_missing_entrypoints_callback=None).list_entry_points()
@@ -170,20 +205,45 @@ class Registry:
             if wanted not in self.records:
                 log.warning("backplane: BACKPLANE_PLUGINS names '%s', which no installed package "
                             "provides.%s", wanted, did_you_mean(wanted, self.records))
-
-        def first(ep: Any) -> bool:  # stevedore loads every entry point of a wanted name
-            return self.records[ep.name].entry_point == ep.value
+        names = self._screen(names)
 
         def on_failure(_manager: Any, ep: Any, exc: BaseException) -> None:
-            if first(ep):
-                self._fail(self.records[ep.name], f"import failed: {type(exc).__name__}: {exc}",
-                           exc)
+            self._fail(self.records[ep.name], f"import failed: {type(exc).__name__}: {exc}", exc)
 
-        manager = NamedExtensionManager(GROUP, names=names, on_load_failure_callback=on_failure,
-                                        on_missing_entrypoints_callback=None)
+        keep = {(n, self.records[n].entry_point) for n in names}
+
+        class Chosen(NamedExtensionManager):
+            """Imports only the entry points kept: of a name declared twice, the first (the
+            other is ignored, so it is not imported either)."""
+
+            def _load_one_plugin(self, ep: Any, *args: Any, **kwargs: Any) -> Any:
+                if (ep.name, ep.value) not in keep:
+                    return None
+                return super()._load_one_plugin(ep, *args, **kwargs)
+
+        manager = Chosen(GROUP, names=names, on_load_failure_callback=on_failure,
+                         on_missing_entrypoints_callback=None)
         for ext in manager.extensions:
-            if first(ext.entry_point):
-                self._accept(self.records[ext.name], ext.plugin)
+            self._accept(self.records[ext.name], ext.plugin)
+
+    def _screen(self, names: list[str]) -> list[str]:
+        """Check the plugins about to be imported in child processes first (every one not
+        built in, or per ``BACKPLANE_ISOLATE``); the names still to import."""
+        chosen = isolation.mode()
+        if chosen == "off" or chosen == "third-party" and all(
+                isolation.built_in(self.records[n].entry_point) for n in names):
+            return names  # (nothing to check: no package metadata is read)
+        installed = _installed()
+        targets = [installed.get((n, self.records[n].entry_point)) or isolation.Target(
+            n, self.records[n].entry_point) for n in names
+            if chosen == "all" or not isolation.built_in(self.records[n].entry_point)]
+        found = isolation.verdicts(targets, list(installed.values()), self.probe_timeout_s)
+        for name, verdict in found.items():
+            record = self.records[name]
+            record.isolated, record.side_effects = True, list(verdict.side_effects)
+            if verdict.state != isolation.OK:
+                self._fail(record, verdict.reason, detail=verdict.detail)
+        return [n for n in names if self.records[n].state != FAILED]
 
     def _accept(self, record: PluginRecord, plugin: Any) -> None:
         """Construct and validate one loaded plugin object."""
@@ -240,17 +300,19 @@ class Registry:
             + f"; then set api_version = {API_VERSION}.")
         warnings.warn(record.deprecation, PluginDeprecationWarning, stacklevel=2)
 
-    def _fail(self, record: PluginRecord, reason: str, exc: BaseException | None = None) -> None:
+    def _fail(self, record: PluginRecord, reason: str, exc: BaseException | None = None,
+              detail: str = "") -> None:
         record.state, record.reason, record.exception = FAILED, reason, exc
-        if exc is not None:
-            record.traceback = "".join(traceback.format_exception(exc))
+        record.traceback = "".join(traceback.format_exception(exc)) if exc else detail
         record.distribution, record.distribution_version = _distribution_of(
             record.name, record.entry_point)
         self.backends.pop(record.name, None)
         where = f" (from {record.distribution} {record.distribution_version})" \
             if record.distribution else ""
-        log.warning("backplane: backend plugin '%s'%s is unavailable: %s",
-                    record.name, where, reason, exc_info=exc if _debug() else None)
+        log.warning("backplane: backend plugin '%s'%s is unavailable: %s%s",
+                    record.name, where, reason,
+                    f"\n{detail}" if detail and _debug() else "",
+                    exc_info=exc if _debug() else None)
 
     # -- probing ---------------------------------------------------------------------------
 

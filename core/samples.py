@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
+from .text import shown
 
 if TYPE_CHECKING:  # pragma: no cover
     from .graph import Graph, Node
@@ -77,7 +78,7 @@ class RandomInput:
     def describe(self) -> str:
         """``ids: int64[1,16], integers in [0, 30522) (rows of Gather 'emb' ...)``."""
         dims = ",".join(str(d) for d in self.shape)
-        return f"{self.name}: {self.dtype}[{dims}], {self.values}" + (
+        return f"{shown(self.name)}: {self.dtype}[{dims}], {self.values}" + (
             f" ({self.why})" if self.why else "")
 
     def to_dict(self) -> dict[str, Any]:
@@ -383,17 +384,17 @@ def _bound(graph: "Graph", n: "Node", k: int, sizes: dict[str, int]
         axis = int(n.attributes.get("axis", 0))
         rows = dim(n.inputs[0], axis)
         if rows is not None:
-            return rows, f"indices of {n.op_type} '{n.name}' into a table of {rows}"
+            return rows, f"indices of {n.op_type} '{shown(n.name)}' into a table of {rows}"
     if n.domain == "" and n.op_type == "OneHot" and k == 0 and len(n.inputs) > 1:
         value = _initializer(graph, n.inputs[1])
         if value is not None and value.size == 1 and int(value.reshape(-1)[0]) > 0:
             rows = int(value.reshape(-1)[0])
-            return rows, f"indices of OneHot '{n.name}' of depth {rows}"
+            return rows, f"indices of OneHot '{shown(n.name)}' of depth {rows}"
     if n.domain == "com.microsoft" and n.op_type == "EmbedLayerNormalization" and k in (0, 1):
         table = n.inputs[2 if k == 0 else 4] if len(n.inputs) > (2 if k == 0 else 4) else ""
         rows = dim(table, 0) if table else None
         if rows is not None:
-            return rows, f"rows of the embedding table '{table}' of '{n.name}'"
+            return rows, f"rows of the embedding table '{shown(table)}' of '{shown(n.name)}'"
     return None
 
 

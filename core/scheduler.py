@@ -21,7 +21,12 @@ Planning a graph, in order:
    default first, and may pin another; the assignment is then redone around the pins.
 5. Partitions: nodes are regrouped by a topological order that keeps each device's nodes
    together, and every maximal run on one device x precision becomes one subgraph, the
-   largest a graph compiler is handed.
+   largest a graph compiler is handed, cut into even pieces where it is longer than the
+   backend's ``max_partition_nodes``.
+
+Every step takes time linear in the graph (the topological order's heap: n log n), so that
+planning and compiling a model of 10,000 nodes takes seconds (docs/scheduler.md); only
+memory fitting, which redoes the assignment once per node it moves, may take more.
 
 The ``fixed-order`` policy replaces 2-3 by the first admitting device in priority order
 (the explicit list's order when the caller named devices), as ONNX Runtime assigns nodes
@@ -187,7 +192,7 @@ def schedule(graph: "Graph", devices: list[Device], backends: "Mapping[str, Back
                   else ctx.assign(cands, pinned, objective, policy))
     choice = ctx.fit_memory(cands, choice, pinned, objective, policy, fixed, events)
     placements = ctx.placements(cands, choice, fixed, explicit, overrides, pins or {})
-    parts, back = ctx.partitions(cands, choice)
+    parts, back = ctx.partitions(cands, choice, events)
     plan = Plan(graph.name, policy, precision, explicit,
                 [d.id for d in devices if d.id not in excluded], placements, parts,
                 events, list(graph.notes))
@@ -201,7 +206,18 @@ def schedule(graph: "Graph", devices: list[Device], backends: "Mapping[str, Back
     plan.cost_basis = {d.id: f"{'; '.join(model.profiles[d.id].basis)}; backend: "
                              f"{model.rates[d.id].source}"
                        for d in devices if d.id not in excluded}
+    plan.notes += _special_values(plan)
     return plan
+
+
+def _special_values(plan: Plan) -> list[str]:
+    """Notes on the backends of ``plan`` that differ from the oracle on NaN, infinity or
+    the sign of zero for ops they run (recorded by conformance runs; never raises)."""
+    try:
+        from .conformance.store import special_value_note
+    except ImportError:
+        return []
+    return special_value_note(plan)
 
 
 def _check_required(graph: "Graph", cands: list[_NodeCandidates], constraints: Constraints,
@@ -283,7 +299,7 @@ class _Context:
         self.outputs = {o.name for o in graph.outputs}
         self.dequantized = {o for n in graph.nodes if n.op_type == "DequantizeLinear"
                             for o in n.outputs}
-        self._failed = {d.id: _failed_variants(backends[d.backend], model.profiles[d.id])
+        self._failed = {d.id: _failed_variants(backends[d.backend], model.profiles[d.id], d.id)
                         for d in devices}
         self._ranked = [(rank, d, d.id, model.domain(d.id), backends[d.backend].kernels is None)
                         for rank, d in enumerate(devices)]
@@ -776,12 +792,14 @@ class _Context:
                                  reason, fallback, rejected, o.precision, o.seconds))
         return out
 
-    def partitions(self, cands: list[_NodeCandidates], choice: list[int]
-                   ) -> tuple[list[Partition], float]:
+    def partitions(self, cands: list[_NodeCandidates], choice: list[int],
+                   events: list[str] | None = None) -> tuple[list[Partition], float]:
         """The partitions of an assignment, and the seconds to return outputs to the host.
 
         Nodes are ordered topologically preferring, at each step, a ready node on the
-        current path, so independent branches on one device end up in one partition.
+        current path, so independent branches on one device end up in one partition; a run
+        longer than its backend's ``max_partition_nodes`` is cut into even pieces (an event
+        says so).
         """
         graph = self.graph
         n = len(graph.nodes)
@@ -829,6 +847,7 @@ class _Context:
                     heapq.heappush(ready_by_key.setdefault(chosen[c].key, []), c)
             while ready and done[ready[0]]:
                 heapq.heappop(ready)
+        groups = self._capped(groups, chosen, events if events is not None else [])
         where = [0] * n
         for g, idx in enumerate(groups):
             for i in idx:
@@ -843,9 +862,11 @@ class _Context:
             o = chosen[idx[0]]
             produced: set[str] = set()
             inputs: list[str] = []
+            listed: set[str] = set()
             for i in idx:
                 for v in sorted(graph.node_reads(i)):
-                    if v not in produced and v not in inputs and v not in graph.initializers:
+                    if v not in produced and v not in listed and v not in graph.initializers:
+                        listed.add(v)
                         inputs.append(v)
                 produced.update(x for x in graph.nodes[i].outputs if x)
             outputs = [x for i in idx for x in graph.nodes[i].outputs
@@ -878,6 +899,38 @@ class _Context:
         return parts, back
 
 
+    def _capped(self, groups: list[list[int]], chosen: list[_Option], events: list[str]
+                ) -> list[list[int]]:
+        """``groups`` with each longer than its backend's ``max_partition_nodes`` cut, in
+        its own (topological) order, into the fewest pieces of at most that many nodes, of
+        even size (a node with subgraphs counts its bodies' nodes too)."""
+        out: list[list[int]] = []
+        for idx in groups:
+            backend = chosen[idx[0]].device.backend
+            cap = getattr(self.backends[backend], "max_partition_nodes", None)
+            sizes = [1 + len(self.graph.nodes[i].body) for i in idx]
+            total = sum(sizes)
+            if not cap or total <= cap:
+                out.append(idx)
+                continue
+            k = -(-total // cap)
+            pieces: list[list[int]] = [[]]
+            weight = done = 0
+            for i, size in zip(idx, sizes):
+                # a new piece at each k-th of the run, or where this one would pass the cap
+                if pieces[-1] and (weight + size > cap or done * k >= len(pieces) * total):
+                    pieces.append([])
+                    weight = 0
+                pieces[-1].append(i)
+                weight += size
+                done += size
+            out.extend(pieces)
+            events.append(f"{total} nodes in a row on {chosen[idx[0]].device_id} cut into "
+                          f"{len(pieces)} partitions of at most {cap} nodes: {backend}'s "
+                          "compile time grows faster than the graph it is handed")
+        return out
+
+
 def _runs(cands: list[_NodeCandidates], choice: list[int]) -> list[list[int]]:
     """Maximal runs of consecutive nodes on one path."""
     runs: list[list[int]] = []
@@ -892,16 +945,15 @@ def _runs(cands: list[_NodeCandidates], choice: list[int]) -> list[list[int]]:
     return runs
 
 
-def _failed_variants(backend: "Backend", prof: Any) -> set[tuple[str, str]]:
+def _failed_variants(backend: "Backend", prof: Any, device_id: str) -> set[tuple[str, str]]:
     """Op x dtype variants the stored conformance run marks failed on this device."""
-    if not prof.fingerprint:
-        return set()
     try:
-        from .conformance.store import failed_variants
+        from .conformance.store import failed_variants, store_key
     except ImportError:
         return set()
     try:
-        return failed_variants(backend.name, prof.fingerprint, str(backend.version))
+        return failed_variants(backend.name, store_key(device_id, prof.fingerprint),
+                               str(backend.version))
     except Exception:  # an unreadable store is no result, never a planning failure
         return set()
 

@@ -32,16 +32,21 @@ from .intake import dims_of, load_model, validate_inputs, with_dims
 from .planner import Partition, Plan
 from .samples import RandomInput, draw, random_input_specs
 from .shapecheck import ShapeCheck
-from .registry import Registry, call_hook, devices_from_env, registry
+from .recovery import DEFAULT_COOLDOWN_S, Recovery
+from .registry import Registry, call_hook, devices_from_env, env_seconds, registry
+from .runcheck import VERIFY_MODES, Verifier, unqualified
 from .scheduler import DEFAULT_HEADROOM, Constraints, schedule
 
 #: The accuracy budget of ``precision="auto"`` when none is given.
 DEFAULT_MAX_REL_ERROR = 1e-2
+#: The longest one partition's compile may take, unless ``compile_timeout_s`` or
+#: ``BACKPLANE_COMPILE_TIMEOUT_S`` says otherwise.
+DEFAULT_COMPILE_TIMEOUT_S = 300.0
 
 log = logging.getLogger("backplane")
 
 
-class Session:
+class Session(Recovery):
     """A model, planned and compiled onto this machine's devices, ready to run.
 
     Args:
@@ -73,6 +78,17 @@ class Session:
             compiled model still takes any size. Unset dimensions are priced as 1.
         base_dir: folder of external data for a model given as bytes or ModelProto.
         options: backend-specific options, keyed by backend name.
+        verify: which partitions have their first run checked against the reference
+            backend on the same inputs (:mod:`backplane.runcheck`): ``"unqualified"``
+            (default: those on a backend with no passing conformance run stored on this
+            device for their ops), ``"always"`` or ``"off"``. A mismatch excludes the
+            device for the session's life, with a warning.
+        cooldown_s: how long a device whose run failed (and not the request's fault) is
+            planned without before it is tried again (default 60 s, doubled at each
+            further failure, at most an hour).
+        compile_timeout_s: the longest one partition's compile may take before its device
+            is passed over (default 300 s, or ``BACKPLANE_COMPILE_TIMEOUT_S``; None: no
+            limit).
 
     ``run`` is safe to call from many threads at once.
     """
@@ -85,7 +101,9 @@ class Session:
                  delegate: Callable[..., Any] | None = None, tune: bool = False,
                  sample_inputs: Mapping[str, Any] | None = None,
                  dims: Mapping[str, int] | None = None,
-                 base_dir: Any = None, options: Mapping[str, Any] | None = None):
+                 base_dir: Any = None, options: Mapping[str, Any] | None = None,
+                 verify: str = "unqualified", cooldown_s: float = DEFAULT_COOLDOWN_S,
+                 compile_timeout_s: float | None | str = "default"):
         if policy not in POLICIES:
             raise UnsupportedError(f"unknown policy '{policy}'; choose one of {', '.join(POLICIES)}")
         if precision != "auto" and precision not in PRECISIONS:
@@ -103,6 +121,18 @@ class Session:
         if not 0 <= memory_headroom < 1:
             raise UnsupportedError(f"memory_headroom is a share of memory in [0, 1), not "
                                    f"{memory_headroom!r}")
+        if verify not in VERIFY_MODES:
+            raise UnsupportedError(f"unknown verify mode {verify!r}; choose one of "
+                                   f"{', '.join(VERIFY_MODES)}")
+        if not isinstance(cooldown_s, (int, float)) or not 0 <= cooldown_s < float("inf"):
+            raise UnsupportedError(f"cooldown_s is a number of seconds >= 0, not {cooldown_s!r}")
+        if compile_timeout_s == "default":
+            compile_timeout_s = env_seconds("BACKPLANE_COMPILE_TIMEOUT_S",
+                                            DEFAULT_COMPILE_TIMEOUT_S, none=True)
+        elif compile_timeout_s is not None and not (
+                isinstance(compile_timeout_s, (int, float)) and compile_timeout_s > 0):
+            raise UnsupportedError(f"compile_timeout_s is a positive number of seconds or "
+                                   f"None, not {compile_timeout_s!r}")
         if delegate is not None and not callable(delegate):
             raise UnsupportedError("delegate must be a callable (node, candidates) -> "
                                    "candidate or None")
@@ -127,7 +157,11 @@ class Session:
         self._options = CompileOptions(precision="fp32" if precision == "auto" else precision,
                                        policy=policy, extra=dict(options or {}),
                                        dims=dict(self.dims))
+        self.verify, self.cooldown_s = verify, float(cooldown_s)
+        self.compile_timeout_s = compile_timeout_s
+        self._verifier = Verifier(self.graph, self._registry, self._options)
         self._excluded: dict[str, str] = {}
+        self._recovering()
         self._banned: dict[tuple[str, str], Any] = {}
         self._refused: dict[tuple[str, str], str] = {}
         self._history: list[str] = []
@@ -169,14 +203,23 @@ class Session:
         memory of its executables, and the model is read again from what the session was
         given.
 
+        When a device fails, the request is run again on the plan the session would fall
+        back to. If that answers it, the device was at fault: the session keeps the fallback
+        plan, and tries the device again after a cool-down (``cooldown_s``). If it fails
+        there too, the request was at fault: it fails alone (RequestError) and no device is
+        excluded. A device whose outputs disagree with the reference in the run-time check
+        (``verify``) is excluded for the session's life. ``plan.events`` says which case it
+        was.
+
         Raises:
             InputError: missing, extra, mis-typed or mis-shaped inputs.
+            RequestError: the request failed on its device and on the fallback plan (an
+                InputError and an ExecutionError at once).
             ExecutionError: a backend failed and the session is strict, or the error names
-                no device to re-plan without, or the inputs came from
+                no device to re-plan without, or no other device can run the model to tell
+                the device's fault from the request's, or the inputs came from
                 :meth:`random_inputs` with values the model may refuse (then the message
                 says so, and no device is blamed).
-            UnsupportedError: a backend failed and no remaining device can run the model;
-                the message lists every device's reason, the failures included.
         """
         overridden = self._overridden(inputs)
         if overridden:
@@ -189,6 +232,8 @@ class Session:
             _blame_random(exc, guessed)
             raise
         while True:
+            if self._cooling:
+                self._return_cooled()
             compiled = self._compiled
             try:
                 return compiled.run(feeds)
@@ -198,12 +243,9 @@ class Session:
                     raise
                 if self.strict or exc.device is None:
                     raise
-                with self._lock:
-                    if self._compiled is compiled:  # another thread may have re-planned
-                        if exc.device in self._excluded:
-                            raise  # not the named device's fault: re-planning cannot help
-                        self._exclude(exc.device, str(exc))
-                        self._compiled = self._build()
+                answered = self._after_failure(compiled, exc, feeds)
+                if answered is not None:
+                    return answered
 
     def _overridden(self, inputs: Any) -> frozenset[str]:
         """The initializers ``inputs`` overrides (see :meth:`run`)."""
@@ -240,7 +282,8 @@ class Session:
                 exclude=set(self.constraints.exclude) | set(self._excluded),
                 memory_headroom=self.constraints.memory_headroom, delegate=self._delegate,
                 tune=self._tune, sample_inputs=samples, dims=self.dims or None,
-                options=self._options.extra)
+                options=self._options.extra, verify=self.verify, cooldown_s=self.cooldown_s,
+                compile_timeout_s=self.compile_timeout_s)
             self._overriding[names] = session
             return session
 
@@ -322,7 +365,9 @@ class Session:
     def _compile(self, plan: Plan) -> CompiledPlan:
         by_id = {d.id: d for d in self._devices}
         return CompiledPlan(self.graph, plan, self._registry, self._options, by_id,
-                            on_partition_run=self._timing.record)
+                            on_partition_run=self._timing.record, verifier=self._verifier,
+                            verify=unqualified(self.graph, plan, self.verify),
+                            compile_timeout_s=self.compile_timeout_s)
 
     def _build(self) -> CompiledPlan:
         """Plan and compile, excluding each device whose compile fails, until one holds;
@@ -440,3 +485,4 @@ def _blame_random(exc: Exception, guessed: list[str]) -> None:
         exc.args = (f"{exc}. The inputs were random and the model may refuse them: "
                     f"{'; '.join(guessed)}. Pass real inputs (Session.run({{name: array}}); "
                     "backplane run --input NAME=FILE.npy)",)
+

@@ -64,7 +64,7 @@ def pins_of(plan: "Plan") -> dict[str, tuple[str, str]]:
 
 def tuned(session: "Session") -> "CompiledPlan":
     """The tuned, compiled plan of a session: from the cache, or measured now."""
-    from .cache import write_atomic
+    from .cache import write_sealed
 
     k = key(session)
     path = _path(session, k)
@@ -92,7 +92,7 @@ def tuned(session: "Session") -> "CompiledPlan":
                          f"median of {ROUNDS}: {summary}; kept the fastest"
                          + "".join(f"; {n}" for n in notes))
     if path is not None:
-        write_atomic(path, json.dumps({
+        write_sealed(path, json.dumps({
             "schema": CACHE_SCHEMA, "pins": pins_of(winner.plan), "best_s": times[best],
             "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             "candidates": [{"plan": _describe(c.plan), "median_s": t}
@@ -142,13 +142,14 @@ def _describe(plan: "Plan") -> str:
 
 
 def _read(path: Any) -> dict[str, Any] | None:
+    from .cache import read_json
+
     if path is None:
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("schema") != CACHE_SCHEMA or \
-            not isinstance(data.get("pins"), dict):
-        return None
-    return data
+    return read_json(path, lambda data: data.get("schema") == CACHE_SCHEMA
+                     and isinstance(data.get("pins"), dict)
+                     and all(isinstance(v, list) and len(v) == 2
+                             and all(isinstance(x, str) for x in v)
+                             for v in data["pins"].values())
+                     and isinstance(data.get("best_s"), (int, float))
+                     and isinstance(data.get("measured_at"), str))

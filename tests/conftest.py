@@ -3,7 +3,8 @@
 ``example_site`` holds the third-party example plugin; the whole test process imports from
 it (so in-process sessions see ``example-numpy``). ``broken_site`` adds the deliberately
 broken plugins; only subprocesses see it, through PYTHONPATH, so discovery meets them
-through real distributions and entry points.
+through real distributions and entry points. ``isolation_site`` holds the plugins that take
+their process down or change it at import or in probe (tests/test_isolation.py), likewise.
 """
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with the example plugin and every deliberately broken plugin installed."""
     work = tmp_path_factory.mktemp("broken-src")
     return pip_install([EXAMPLE, *BROKEN], tmp_path_factory.mktemp("broken-site"), work)
+
+
+@pytest.fixture(scope="session")
+def isolation_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the example plugin and the plugins that crash, exit, hang, exhaust
+    memory or change process state at import or in probe (tests/plugins/isolation)."""
+    work = tmp_path_factory.mktemp("isolation-src")
+    return pip_install([EXAMPLE, ROOT / "tests" / "plugins" / "isolation"],
+                       tmp_path_factory.mktemp("isolation-site"), work)
 
 
 @pytest.fixture(scope="session")

@@ -453,7 +453,8 @@ def test_the_mandatory_tier_passes_under_qemu(tmp_path, neon_cache):
     assert len(coverage["passed"]) >= CORE_OPS_DECLARED, coverage
     assert set(coverage["passed"]) <= set(MANDATORY_OPS)
     statuses = {c["status"] for c in report["cases"]}
-    assert statuses <= {"pass", "unsupported", "undeclared-pass", "skipped"}, statuses
+    assert statuses <= {"pass", "unsupported", "undeclared-pass", "skipped",
+                        "special-values"}, statuses  # deviations on NaN/inf are listed
     outcome: dict[str, set[str]] = {}
     for c in report["cases"]:
         if c["op"] in ("FusedConvRelu", "FusedMatMulBiasGelu") or c["op"].startswith("model:"):

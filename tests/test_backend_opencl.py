@@ -149,7 +149,8 @@ def test_pip_installed_drivers_are_registered_next_to_the_system_ones(tmp_path):
 def _vendors_folder_seen_by_a_child(cache: Path) -> tuple[Path, dict[str, str], int]:
     """OCL_ICD_VENDORS in a child that imports the plugin with ``cache`` as its cache, the
     files in it and its mode, read before the child exits (and removes it)."""
-    code = ("import json, os, backplane.plugins.opencl; d = os.environ['OCL_ICD_VENDORS']; "
+    code = ("import json, os, backplane.plugins.opencl as p; "
+            "d = p.use_pip_installed_drivers()['OCL_ICD_VENDORS']; "
             "print(json.dumps([d, {n: open(os.path.join(d, n)).read() for n in os.listdir(d)}, "
             "os.stat(d).st_mode & 0o777]))")
     env = {k: v for k, v in os.environ.items() if k != "OCL_ICD_VENDORS"}
@@ -179,6 +180,31 @@ def test_an_icd_file_planted_in_the_cache_is_never_read(tmp_path):
     folder, files, mode = _vendors_folder_seen_by_a_child(tmp_path)
     assert folder != planted and not folder.is_relative_to(tmp_path)
     assert files == icds and mode == 0o700
+
+
+def test_the_driver_environment_is_seen_by_the_icd_loader_only():
+    """OCL_ICD_VENDORS is set around the plugin's first OpenCL call and nowhere else: the
+    application's environment, and its child processes', stay as they were."""
+    code = textwrap.dedent("""
+        import os, json, backplane as bp
+        from backplane.plugins import opencl
+        devices = [d for d in bp.registry().devices() if d.backend == 'opencl']
+        if devices:
+            from backplane.plugins.opencl import runtime
+            runtime.state_for(devices[0])  # the first OpenCL call of this process
+        print(json.dumps([bool(opencl.use_pip_installed_drivers()), len(devices),
+                          os.environ.get('OCL_ICD_VENDORS'),
+                          os.environ.get('CL_CONFIG_CPU_TARGET_ARCH')]))
+    """)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OCL_ICD_VENDORS", "CL_CONFIG_CPU_TARGET_ARCH")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "BACKPLANE_PLUGINS": "opencl"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    added, listed, vendors, target = json.loads(out.stdout.strip().splitlines()[-1])
+    if not added:
+        pytest.skip("no pip-installed OpenCL driver: the plugin changes nothing to scope")
+    assert (vendors, target) == (None, None) and listed >= 0
 
 
 def test_a_users_own_ocl_icd_vendors_is_left_alone(tmp_path):

@@ -224,6 +224,20 @@ def test_a_second_compile_in_a_fresh_process_is_a_disk_cache_hit(tmp_path):
         assert len(list(blobs.glob("*.blob"))) == 2
 
 
+def test_a_corrupted_blob_is_never_imported_and_is_compiled_again(tmp_path):
+    def run() -> str:
+        return subprocess.run([sys.executable, "-c", CACHE_SCRIPT, str(tmp_path), "fp32"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    assert run() == "fp32 1 0"
+    [blob] = (tmp_path / "openvino-cpu" / "compiled").glob("*.blob")
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit of the compiled model, flipped on disk
+    blob.write_bytes(bytes(data))
+    assert run() == "fp32 1 0"  # compiled again, not read back
+    assert run() == "fp32 0 1"  # and the fresh blob is used
+
+
 def test_caching_is_off_when_cache_dir_is_off(tmp_path, monkeypatch):
     monkeypatch.setenv("BACKPLANE_CACHE_DIR", "off")
     exe = compile_model(zoo.mlp(0).model, CompileOptions())

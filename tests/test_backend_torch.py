@@ -294,7 +294,8 @@ def test_the_mandatory_tier_passes_on_torchs_cpu_device(tmp_path):
     assert len(coverage["passed"]) >= CORE_OPS_DECLARED, coverage
     assert set(coverage["passed"]) <= set(MANDATORY_OPS)
     statuses = {c["status"] for c in report["cases"]}
-    assert statuses <= {"pass", "unsupported", "undeclared-pass", "skipped"}, statuses
+    assert statuses <= {"pass", "unsupported", "undeclared-pass", "skipped",
+                        "special-values"}, statuses  # deviations on NaN/inf are listed
     fused: dict[str, set[str]] = {}
     for c in report["cases"]:
         if c["op"] in ("FusedConvRelu", "FusedMatMulBiasGelu", "Attention"):

@@ -63,10 +63,11 @@ def test_cached_json_computes_once_then_reads_the_file_back(tmp_path, monkeypatc
     assert cache.cached_json("x", key, compute) == {"ops": {"Add": ["float32"]}}
     [path] = (tmp_path / "x").glob("capabilities-*.json")
     assert path.name == f"capabilities-{cache.cache_key(*key)}.json"
-    path.write_text('{"ops": {"Add": ["float16"]}}')  # a planted change is read back
-    assert cache.cached_json("x", key, compute)["ops"]["Add"] == ["float16"] and len(calls) == 1
+    assert cache.cached_json("x", key, compute) and len(calls) == 1  # read back
+    path.write_text('{"ops": {"Add": ["float16"]}}')  # a file without its seal is not read
+    assert cache.cached_json("x", key, compute)["ops"]["Add"] == ["float32"] and len(calls) == 2
     cache.cached_json("x", ("runtime 1.1", "0.1.0", 1), compute)  # another key: a miss
-    assert len(calls) == 2
+    assert len(calls) == 3
 
 
 def test_cached_json_recomputes_a_corrupt_or_rejected_file(tmp_path, monkeypatch):
@@ -78,7 +79,24 @@ def test_cached_json_recomputes_a_corrupt_or_rejected_file(tmp_path, monkeypatch
         path.write_text(planted)
         assert cache.cached_json("x", ("k",), lambda: {"ops": {"Relu": []}}, valid=valid) == {
             "ops": {"Relu": []}}
-        assert json.loads(path.read_text()) == {"ops": {"Relu": []}}, planted
+        assert cache.read_json(path) == {"ops": {"Relu": []}}, planted
+
+
+def test_a_sealed_file_whose_content_changed_is_deleted_never_returned(tmp_path, caplog):
+    path = tmp_path / "blob.bin"
+    assert cache.write_sealed(path, b"compiled code")
+    assert path.read_bytes().startswith(cache.SEAL)
+    assert cache.read_sealed(path) == b"compiled code"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x20  # a flipped bit, as a bad disk or a torn copy leaves it
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="backplane"):
+        assert cache.read_sealed(path) is None
+    assert not path.exists()
+    assert "does not match the hash recorded when it was written" in caplog.text
+    path.write_bytes(b"written by someone else")
+    assert cache.read_sealed(path) is None and not path.exists()
+    assert cache.read_sealed(tmp_path / "missing") is None
 
 
 def test_cached_json_with_caching_off_computes_and_writes_nothing(tmp_path, monkeypatch):
@@ -161,3 +179,32 @@ def test_a_cache_that_is_a_link_to_another_users_folder_is_not_used(tmp_path, mo
         {"x": np.array([-1.0, 2.0], np.float32)})
     assert out["y"].tolist() == [0.0, 2.0]
     assert not any(p.name != "unit" for p in theirs.iterdir())
+
+
+def test_a_data_folder_others_may_write_is_neither_read_nor_written(tmp_path, monkeypatch,
+                                                                       caplog):
+    """Stored conformance results decide what a plan may use, and calibrations what it
+    predicts: in a data folder others may write, none is read, and nothing is stored."""
+    from backplane.conformance import store
+    from backplane.hardware import calibrate
+    from backplane.hardware.db import private_data_dir
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("BACKPLANE_DATA_DIR", str(data))
+    assert private_data_dir() is None and not data.exists()  # nothing to read: not made
+    assert private_data_dir(create=True) == data and data.stat().st_mode & 0o777 == 0o700
+    record = data / "conformance" / "onnxruntime" / "fp.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"version": "1", "variants": {"Relu|float32": "passed"}}))
+    (data / "calibration.json").write_text(json.dumps(
+        {"schema": calibrate.OVERLAY_SCHEMA, "records": [{"fingerprint": "fp"}]}))
+    assert store.passed_variants("onnxruntime", "fp") == {("Relu", "float32")}
+    assert calibrate.read_overlay() == [{"fingerprint": "fp"}]
+    os.chmod(data, 0o777)
+    with caplog.at_level("WARNING", logger="backplane"):
+        assert store.passed_variants("onnxruntime", "fp") == set()
+        assert calibrate.read_overlay() == []
+    assert "data folder" in caplog.text and "BACKPLANE_DATA_DIR" in caplog.text
+    record.write_text('{"variants": {"Relu|float32": "maybe"}}')  # and a malformed record
+    os.chmod(data, 0o700)
+    assert store.passed_variants("onnxruntime", "fp") == set()

@@ -189,7 +189,12 @@ def test_the_mandatory_tier_passes_on_the_reference_backend(tmp_path):
     result, report, cases = _cli_report(None, tmp_path, "ref", "--backend", "reference",
                                         "--tier", "mandatory", "-j", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert set(report["summary"]) == {"pass"}, report["summary"]
+    assert set(report["summary"]) <= {"pass", "special-values"}, report["summary"]
+    # onnx.reference's own kernels, where a NaN or an infinity sits in a window: MaxPool and
+    # AveragePool leave NaN out, Resize weighs every element (0 x inf is NaN), QuantizeLinear
+    # casts inf before it saturates (docs/conformance.md, "Special values").
+    assert set(report["special_values"]) <= {"MaxPool", "AveragePool", "Resize",
+                                             "QuantizeLinear"}, report["special_values"]
     assert report["coverage"]["passed"] == sorted(MANDATORY_OPS)
     ops = {c["op"] for c in cases.values()}
     assert {"FusedConvRelu", "FusedMatMulBiasGelu", "Attention"} <= ops

@@ -69,3 +69,22 @@ def test_the_calibration_overlay_is_written_privately_through_a_unique_temporary
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
     assert sorted(p.name for p in target.parent.iterdir()) == ["calibration.json",
                                                                 "calibration.tmp"]
+
+
+@pytest.mark.parametrize("backend", ["openvino-cpu", "onnxruntime", "opencl", "reference"])
+def test_a_batch_of_zero_gives_empty_outputs_on_every_backend(backend):
+    """An empty batch is a valid request: every backend answers it with empty outputs of the
+    right shape, as the reference does (openvino-cpu once failed where the rest ran)."""
+    from backplane.conformance import zoo
+
+    if not [d for d in bp.registry().devices() if d.backend == backend]:
+        pytest.skip(f"{backend} has no device here")
+    for model in zoo.models():
+        if model.name not in ("mlp", "resnet", "transformer-encoder"):
+            continue
+        session = bp.Session(model.model, devices=[backend])
+        shapes = {k: [0, *v[1:]] for k, v in model.input_shapes[0].items()}
+        feeds = {i.name: np.zeros(shapes[i.name], dtype=i.dtype) for i in session.inputs}
+        out = session.run(feeds)
+        assert [v.shape[0] for v in out.values()] == [0] * len(out), model.name
+        assert all(v.dtype == np.float32 for v in out.values())

@@ -47,8 +47,8 @@ def test_split_plan_matches_an_independent_numpy_computation():
                                    err_msg=f"seed {SEED + trial}")
 
 
-def test_explain_names_every_node_its_device_and_the_rejections():
-    text = bp.Session(relu_conv_relu()).plan.explain()
+def test_verbose_explain_names_every_node_its_device_and_the_rejections():
+    text = bp.Session(relu_conv_relu()).plan.explain(verbose=True)
     for expected in ("partition 0 on example-numpy:0", "relu_in (Relu) -> example-numpy:0",
                      "conv (Conv) -> reference:0", "[reference fallback]",
                      "not example-numpy:0: capability:op: op Conv is not implemented",

@@ -88,7 +88,12 @@ def overlay_path() -> Path:
 
 
 def read_overlay() -> list[dict[str, Any]]:
-    """Every stored calibration record (an unreadable overlay reads as empty)."""
+    """Every stored calibration record (an unreadable overlay, or one in a data folder
+    that is not private to this user, reads as empty)."""
+    from .db import private_data_dir
+
+    if private_data_dir() is None:
+        return []
     path = overlay_path()
     try:
         data = json.loads(path.read_text())
@@ -102,8 +107,12 @@ def read_overlay() -> list[dict[str, Any]]:
 def _write_overlay(records: list[dict[str, Any]]) -> None:
     from ..cache import write_atomic
 
+    from .db import private_data_dir
+
+    if private_data_dir(create=True) is None:
+        raise OSError(f"the data folder {overlay_path().parent} is not private to this user "
+                      "(see the warning); the calibration is not stored")
     path = overlay_path()
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     data = json.dumps({"schema": OVERLAY_SCHEMA, "records": records}, indent=1).encode()
     # a unique temporary file (0600, mkstemp's), renamed: a concurrent reader sees the old or
     # the new file, and two writers never share a temporary name

@@ -100,6 +100,20 @@ def data_dir() -> Path:
     return Path(platformdirs.user_data_dir("backplane", appauthor=False))
 
 
+def private_data_dir(create: bool = False) -> Path | None:
+    """:func:`data_dir` when it is private to this user, else None (owned by another user,
+    or writable by others: a warning says so, once). With ``create``, a missing folder is
+    made (0700); without, a missing one is None (nothing to read). What backplane learns
+    and stores there (conformance results, calibrations, cost corrections, hwdb entries) is
+    read and written only through this."""
+    from ..cache import private_folder
+
+    root = data_dir()
+    if not create and not root.is_dir():
+        return None
+    return private_folder(root, "data")
+
+
 def shipped_dir() -> Path:
     """The folder of the shipped entries."""
     from .. import hwdb
@@ -189,8 +203,9 @@ def _load() -> HardwareDB:
     layers: list[tuple[str, list[tuple[str, Entry | None, list[Problem]]]]] = []
     layers.append(("shipped", [(str(p), e, pr) for p, e, pr in _folder_entries(shipped_dir())]))
     layers.append(("plugin", _plugin_entries()))
-    layers.append(("user", [(str(p), e, pr)
-                            for p, e, pr in _folder_entries(data_dir() / "hwdb")]))
+    private = private_data_dir()
+    layers.append(("user", [(str(p), e, pr) for p, e, pr in
+                            (_folder_entries(private / "hwdb") if private else [])]))
     folders = [Path(p) for p in os.environ.get("BACKPLANE_HWDB_PATH", "").split(os.pathsep)
                if p.strip()]
     path_layer = []

@@ -340,13 +340,12 @@ def probe_intel_npu(accel: str = "/sys/class/accel") -> tuple[list[Hardware], st
 def probe_opencl() -> tuple[list[Hardware], str | None]:
     """Every OpenCL device of every platform, through pyopencl when installed.
 
-    Unless this process has loaded pyopencl already, the platforms are listed in a short
-    child process: loading an OpenCL driver starts its worker threads (which contend with
-    other runtimes for the cores) and some print warnings, and a process that only plans
-    must not pay for that.
+    The platforms are listed in a short child process: loading an OpenCL driver starts its
+    worker threads (which contend with other runtimes for the cores) and some print
+    warnings, and a process that only plans must not pay for that; and a process's first
+    OpenCL call fixes which drivers its ICD loader sees, which is the opencl plugin's call
+    to make (with the drivers pip installed beside the system's).
     """
-    if "pyopencl" in sys.modules:
-        return opencl_records()
     code = ("import json; from backplane.hardware.probe import opencl_records; "
             "found, note = opencl_records(); "
             "print(json.dumps([[h.kind, h.name, h.vendor, h.source, h.facts] for h in found]"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from backplane import CompileOptions, Device, Executable
-from backplane.cache import cache_dir, cache_key, write_atomic
+from backplane.cache import cache_dir, cache_key, read_sealed, write_sealed
 from backplane.errors import CompileError, ExecutionError
 
 BACKEND = "cuda-tensorrt"
@@ -202,13 +202,14 @@ class TensorRTExecutable(Executable):
         logger = _Logger(trt)
         runtime = trt.Runtime(logger)
         engine = None
-        if path is not None and path.is_file():
-            engine = runtime.deserialize_cuda_engine(path.read_bytes())
-            self.cached = engine is not None  # a corrupt or foreign file is rebuilt
+        blob = read_sealed(path) if path is not None else None  # checked against its hash
+        if blob is not None:
+            engine = runtime.deserialize_cuda_engine(blob)
+            self.cached = engine is not None  # a foreign file is rebuilt
         if engine is None:
             blob = _build(trt, self._model, self._options, profile, self._parsed)
             if path is not None:
-                write_atomic(Path(path), blob)
+                write_sealed(Path(path), blob)
             engine = runtime.deserialize_cuda_engine(blob)
         if engine is None:
             raise CompileError("TensorRT could not load the engine it built: "

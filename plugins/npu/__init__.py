@@ -340,16 +340,17 @@ class _OpenVINOBuild(_Build):
         self._base: Any = None
 
     def __call__(self, shapes: dict[str, tuple[int, ...]]) -> tuple[Callable, str]:
-        from backplane.cache import write_atomic
+        from backplane.cache import read_sealed, write_sealed
         from backplane.plugins.openvino_cpu import ov_core
 
         core = ov_core()
         key = prepare.blob_key(self._onnx, shapes, self._precision, self._calibration_key,
                                self._quantization, self._device_key, self._config)
         path = self._folder / f"{key}.blob" if self._folder is not None else None
-        if path is not None and path.is_file():
+        blob = read_sealed(path) if path is not None else None  # checked against its hash
+        if blob is not None:
             try:
-                compiled = core.import_model(path.read_bytes(), self._ov_device, self._config)
+                compiled = core.import_model(blob, self._ov_device, self._config)
                 path.touch()
                 return self._runner(compiled), self._how(shapes, "from the blob cache")
             except Exception:  # a blob of another driver or a broken write: compile again
@@ -362,7 +363,7 @@ class _OpenVINOBuild(_Build):
             raise _ov_error(exc, self._device) from exc
         if path is not None:
             try:
-                if write_atomic(path, compiled.export_model().getvalue()):
+                if write_sealed(path, compiled.export_model().getvalue()):
                     prune(self._folder, "*.blob", MAX_CACHED_BLOBS)
             except Exception:  # caching is an optimisation
                 pass

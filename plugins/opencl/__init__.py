@@ -5,8 +5,9 @@ devices (``probe``), how it compiles (the default node-by-node runner of ``Kerne
 with device arrays moved by ``upload``/``download`` hooks), and its kernels, registered
 with their constraints. The kernel sources are ``kernels/opencl/*.cl``; the host side of
 each kernel is in ``ops.py``, device state (context, buffer pool, program cache) in
-``runtime.py``. Importing this module imports neither pyopencl nor numpy; it does make the
-OpenCL drivers that pip installed visible to this process (``use_pip_installed_drivers``).
+``runtime.py``. Importing this module imports neither pyopencl nor numpy; it writes the
+list of the OpenCL drivers that pip installed into a private folder, which the ICD loader is
+shown at the plugin's first OpenCL call only (``use_pip_installed_drivers``, ``start_loader``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import tempfile
 import warnings
 from pathlib import Path
@@ -139,6 +141,7 @@ def _list_devices() -> "list[dict[str, Any]] | str":
     except ImportError as exc:
         return (f"pyopencl is not installed ({exc}); pip install 'backplane-hal[opencl]' "
                 f"(pyopencl and a CPU driver)")
+    start_loader()
     try:
         platforms = cl.get_platforms()
     except cl.Error as exc:
@@ -281,24 +284,29 @@ def _describe(cl: Any, platform: Any, d: Any, pi: int, di: int) -> dict[str, Any
 # --------------------------------------------------------------------------- drivers
 
 _vendors_folder: str | None = None
+_driver_env: dict[str, str] = {}
+_loader_lock = threading.Lock()
+_loader_started = False
 
 
-def use_pip_installed_drivers() -> str | None:
-    """Make the OpenCL drivers that pip installed visible to this process's ICD loader, and
-    return the vendors folder now in ``OCL_ICD_VENDORS`` (None when nothing was changed).
+def use_pip_installed_drivers() -> dict[str, str]:
+    """The environment this process's ICD loader must see to load the OpenCL drivers that
+    pip installed: ``OCL_ICD_VENDORS`` (and ``CL_CONFIG_CPU_TARGET_ARCH`` for Intel's
+    runtime on another vendor's CPU), or nothing when there is nothing to add.
 
     pyopencl's loader (ocl-icd) reads the drivers named in ``OCL_ICD_VENDORS`` (else in
     /etc/OpenCL/vendors) and in pyopencl's own ``.libs`` once, at the process's first
-    OpenCL call; this runs when the plugin is imported, before any. The folder holds a copy
-    of every system ``.icd`` file (which the variable would otherwise hide) and one per
-    driver of ``PIP_DRIVERS`` that is installed, naming its library by absolute path, in a
-    private folder this process writes (:func:`_write_vendors`; nothing is read back from
-    the cache). Child processes inherit the variable. A user's own ``OCL_ICD_VENDORS`` is left
-    alone: it decides which drivers load.
+    OpenCL call. The folder holds a copy of every system ``.icd`` file (which the variable
+    would otherwise hide) and one per driver of ``PIP_DRIVERS`` that is installed, naming
+    its library by absolute path, in a private folder this process writes
+    (:func:`_write_vendors`; nothing is read back from the cache). The environment is set
+    only around that first call (:func:`start_loader`): the application and its child
+    processes never see it. A user's own ``OCL_ICD_VENDORS`` is left alone: it decides
+    which drivers load.
     """
     global _vendors_folder
     if _vendors_folder is not None or os.environ.get("OCL_ICD_VENDORS"):
-        return _vendors_folder
+        return dict(_driver_env)
     icds = {f"{dist}.icd": f"{library}\n" for dist, library in _pip_driver_libraries()}
     if not icds:
         return None
@@ -310,11 +318,36 @@ def use_pip_installed_drivers() -> str | None:
                 continue
     folder = _write_vendors(icds)
     _vendors_folder = str(folder)
-    os.environ["OCL_ICD_VENDORS"] = _vendors_folder
+    _driver_env["OCL_ICD_VENDORS"] = _vendors_folder
     target = _intel_cpu_target() if "intel-opencl-rt.icd" in icds else None
     if target and not os.environ.get("CL_CONFIG_CPU_TARGET_ARCH"):
-        os.environ["CL_CONFIG_CPU_TARGET_ARCH"] = target
-    return _vendors_folder
+        _driver_env["CL_CONFIG_CPU_TARGET_ARCH"] = target
+    return dict(_driver_env)
+
+
+def start_loader() -> None:
+    """Make this process's first OpenCL call (which loads the drivers) with the
+    environment of :func:`use_pip_installed_drivers` set, then put the environment back as
+    it was. Called before the plugin's first OpenCL call; once per process."""
+    global _loader_started
+    with _loader_lock:
+        if _loader_started:
+            return
+        _loader_started = True
+        import pyopencl as cl
+
+        saved = {k: os.environ.get(k) for k in _driver_env}
+        os.environ.update(_driver_env)
+        try:
+            cl.get_platforms()
+        except cl.Error:
+            pass  # no platform: the caller's own call says so
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def _pip_driver_libraries() -> list[tuple[str, str]]:

@@ -29,7 +29,7 @@ import pyopencl as cl
 import pyopencl.array as cla
 import pyopencl.tools as cltools
 
-from backplane.cache import cache_dir, cache_key, write_atomic
+from backplane.cache import cache_dir, cache_key, read_sealed, write_sealed
 from backplane.errors import DeviceNotFoundError
 from backplane.kernels import source
 
@@ -57,6 +57,9 @@ def cl_device(platform_index: int, device_index: int, platform: str | None = Non
     """The pyopencl device at (platform, device) index; with ``platform`` and ``name``
     given, it must carry them (this process's loader may see other drivers than the one
     that listed the device, e.g. when OpenCL was used before the plugin was imported)."""
+    from . import start_loader
+
+    start_loader()
     try:
         d = cl.get_platforms()[platform_index].get_devices()[device_index]
     except (IndexError, cl.Error) as exc:
@@ -155,11 +158,12 @@ class DeviceState:
         if self.disk is not None:
             path = self.disk / f"{cache_key(*self.identity, options, digest)}.bin"
         prg = None
-        if path is not None and path.is_file():
+        binary = read_sealed(path) if path is not None else None  # checked against its hash
+        if binary is not None:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", cl.CompilerWarning)
-                    prg = cl.Program(self.ctx, [self.device], [path.read_bytes()]).build(options)
+                    prg = cl.Program(self.ctx, [self.device], [binary]).build(options)
                 self.stats["disk_hits"] += 1
             except (cl.Error, OSError):
                 prg = None  # a stale or foreign binary: build from source and overwrite it
@@ -175,7 +179,7 @@ class DeviceState:
             if path is not None:
                 binaries = prg.get_info(cl.program_info.BINARIES)
                 if binaries and binaries[0]:
-                    write_atomic(path, bytes(binaries[0]))
+                    write_sealed(path, bytes(binaries[0]))
         self._programs[key] = prg
         return prg
 
@@ -320,6 +324,9 @@ def gemm_width_of(pi: int, di: int, in_child: bool = False) -> int | None:
     child process that leaves by ``os._exit``, else in a child of its own (a failed build
     may abort the process that made it); None when that child gives no answer."""
     if in_child:
+        from . import start_loader
+
+        start_loader()  # the drivers the parent listed, at the same indices
         return gemm_width(cl.get_platforms()[pi].get_devices()[di])
     import json
     import subprocess

@@ -1,8 +1,11 @@
 """openvino-cpu: runs a (sub)graph as one OpenVINO model on OpenVINO's CPU plugin.
 
-A graph compiler: ``compile`` reads the partition's ONNX model with OpenVINO's ONNX frontend,
-asks ``query_model`` whether the CPU plugin takes every node (a partial model is a
-``CompileError`` naming the nodes, never a silent partial run), and compiles it.
+A graph compiler: ``compile`` reads the partition's ONNX model with OpenVINO's ONNX frontend
+and compiles it; where the compile fails (or waits for run-time shapes), ``query_model``
+says which nodes the CPU plugin does not take (a ``CompileError`` naming them, never a
+silent partial run). Partitions hold at most :data:`MAX_PARTITION_NODES` nodes, and long
+element-wise trees are compiled without snippets: OpenVINO's compile time grows faster
+than the model.
 
 - Capabilities are derived, not written by hand: each core op, in each dtype its schema
   admits, is built as one-node models (:mod:`backplane.ops.probes`, shared with the other
@@ -55,6 +58,15 @@ DERIVATION_VERSION = 16
 #: The derived table for the OpenVINO this release was checked with, shipped so that a
 #: first Session does not wait minutes for the survey (used only where its key matches).
 SHIPPED = Path(__file__).with_name("capabilities.json")
+#: The most nodes one compiled model holds (``Backend.max_partition_nodes``): OpenVINO's
+#: compile time per node grows with the model (benchmarks/bench_scheduler.py, planning time).
+MAX_PARTITION_NODES = 4096
+#: The size of fusable element-wise tree (:func:`largest_elementwise_tree`) beyond which
+#: the CPU plugin's snippets are turned off for a compile: their fusion costs the square of
+#: the tree (a chain of 1,000 Relu/Neg took 4.3 s of CPU with them, 0.27 s without; a chain
+#: of 64, 1 ms a node), where real models have trees of a few (an unfused Gelu: 5; the zoo's
+#: models 1 to 3, a 40-layer transformer 2).
+SNIPPETS_TREE_LIMIT = 64
 #: Compiled models kept per executable, one per input-shape signature.
 SHAPE_CACHE_SIZE = 16
 #: Compiled blobs kept on disk; the least recently used beyond this are deleted.
@@ -102,6 +114,9 @@ class OpenVINOBackend(Backend):
     cost_hints = {"launch_us": 15.0, "node_us": 0.5, "compute_efficiency": 0.9,
                   "memory_efficiency": 0.6}
     known_failures = str(Path(__file__).with_name("known_failures.toml"))
+    # OpenVINO's compile (and query_model) grow faster than the model: a transformer of
+    # 4,640 nodes took 1.7 ms a node, one of 290 nodes 0.9 ms (docs/performance.md).
+    max_partition_nodes = MAX_PARTITION_NODES
 
     def __init__(self) -> None:
         self._capabilities = Capabilities(ops=LazyOps(derived_ops, lambda: derive()["refused"]),
@@ -142,7 +157,11 @@ class OpenVINOBackend(Backend):
         if options.precision not in self.capabilities.precisions:
             raise fail(f"this CPU cannot compute at {options.precision} with OpenVINO; it "
                        f"admits {sorted(self.capabilities.precisions)}")
-        config = compile_config(options, (options.extra or {}).get(self.name, {}))
+        extra = (options.extra or {}).get(self.name, {})
+        config = compile_config(options, extra)
+        if "SNIPPETS_MODE" not in extra and \
+                largest_elementwise_tree(graph) > SNIPPETS_TREE_LIMIT:
+            config["SNIPPETS_MODE"] = "DISABLE"
         # A model over 2 GiB keeps its big initializers in their files: they come as
         # constants sharing the mapped files' memory, not through the serialised model.
         model, consts = graph.split_external(_patched(_inlined(graph.model), graph))
@@ -151,29 +170,73 @@ class OpenVINOBackend(Backend):
         try:
             ov_model = core.read_model(data)
             _constants(ov_model, consts)
-            placed = core.query_model(ov_model, OV_DEVICE, config)
         except Exception as exc:
             raise _wrap(CompileError, exc, device, graph) from exc
-        missing = [op for op in ov_model.get_ops() if op.get_friendly_name() not in placed]
-        if missing:
-            names = ", ".join(f"{op.get_friendly_name()} ({op.get_type_name()})"
-                              for op in missing[:10])
-            nodes = _onnx_nodes_of(missing, graph)
-            labels = ", ".join(f"'{n.name or n.outputs[0]}' ({n.op_type})" for n in nodes)
-            raise fail(f"OpenVINO's query_model leaves {len(missing)} operation(s) off the CPU "
-                       f"device: {names}" + (f"; they come from ONNX nodes {labels}" if nodes
-                                             else "") + "; the graph is not run partially",
-                       op=nodes[0].op_type if nodes else None,
-                       vendor_message=f"query_model: unsupported {names}",
-                       nodes=tuple(n.name for n in nodes if n.name))
         # (No disk cache for a model with its weights in files: the blob would copy them.)
         folder = None if consts else subfolder(OpenVINOBackend.name, "compiled", options)
         key = (hashlib.sha256(data).hexdigest(), options.precision, options.policy,
                sorted(config.items()), ov_version(), _backplane_version, device.name)
         exe = OpenVINOExecutable(ov_model, graph, device, config, options.precision, folder, key)
-        if exe.static_signature is not None:
+        if exe.static_signature is None:  # compiled per shape at run time: ask now
+            _refuse_unplaced(core, ov_model, config, graph, device, fail)
+            return exe
+        # query_model runs the CPU plugin's transformations and asks its node factory for
+        # each operation; compile_model runs the same and fails on any operation the
+        # factory refuses. So a compile that succeeds has every operation on the CPU, and
+        # only a failed one pays for the query (as long again), to name what it left off.
+        try:
             exe.compiled_for(exe.static_signature)  # fail here, not at the first run
+        except CompileError:
+            _refuse_unplaced(core, ov_model, config, graph, device, fail)
+            raise
         return exe
+
+
+def _refuse_unplaced(core: Any, ov_model: Any, config: dict[str, Any], graph: Any,
+                     device: Device, fail: Any) -> None:
+    """A CompileError naming the operations ``query_model`` leaves off the CPU, and the
+    ONNX nodes they come from (the session plans those elsewhere), if there are any."""
+    try:
+        placed = core.query_model(ov_model, OV_DEVICE, config)
+    except Exception as exc:
+        raise _wrap(CompileError, exc, device, graph) from exc
+    missing = [op for op in ov_model.get_ops() if op.get_friendly_name() not in placed]
+    if not missing:
+        return
+    names = ", ".join(f"{op.get_friendly_name()} ({op.get_type_name()})" for op in missing[:10])
+    nodes = _onnx_nodes_of(missing, graph)
+    labels = ", ".join(f"'{n.name or n.outputs[0]}' ({n.op_type})" for n in nodes)
+    raise fail(f"OpenVINO's query_model leaves {len(missing)} operation(s) off the CPU "
+               f"device: {names}" + (f"; they come from ONNX nodes {labels}" if nodes
+                                     else "") + "; the graph is not run partially",
+               op=nodes[0].op_type if nodes else None,
+               vendor_message=f"query_model: unsupported {names}",
+               nodes=tuple(n.name for n in nodes if n.name))
+
+
+def largest_elementwise_tree(graph: Any) -> int:
+    """The most element-wise operations the CPU plugin's snippets could fuse into one
+    kernel: the largest tree of element-wise nodes in which each value feeds only the next
+    node (a value with two readers, as a residual stream's, starts a new tree), a variadic
+    node (Sum, Max, Min, Mean of k inputs) counting as the k - 1 binary operations OpenVINO
+    makes of it. Snippets' cost grows with the square of that number."""
+    from backplane.ops.costs import family_of
+
+    readers: collections.Counter[str] = collections.Counter(
+        v for node in graph.nodes for v in node.inputs if v)
+    readers.update(vi.name for vi in graph.outputs)
+    tree: dict[str, int] = {}
+    largest = 0
+    for node in graph.nodes:
+        if family_of(node.op_type) != "elementwise":
+            continue
+        ins = [v for v in node.inputs if v]
+        here = max(1, len(ins) - 1) + sum(tree.get(v, 0) for v in set(ins)
+                                          if readers[v] == 1)
+        for v in node.outputs:
+            tree[v] = here
+        largest = max(largest, here)
+    return largest
 
 
 _probe_lock = threading.Lock()
@@ -407,14 +470,15 @@ class OpenVINOExecutable(Executable):
                     backend=OpenVINOBackend.name, device=self._device.id)
 
     def _compile(self, signature: tuple) -> _Compiled:
-        from backplane.cache import cache_key, write_atomic
+        from backplane.cache import cache_key, read_sealed, write_sealed
 
         core, ov = ov_core(), _ov()
         path = (self._folder / f"{cache_key(*self._key, signature)}.blob"
                 if self._folder is not None else None)
-        if path is not None and path.is_file():
+        blob = read_sealed(path) if path is not None else None  # checked against its hash
+        if blob is not None:
             try:
-                compiled = core.import_model(path.read_bytes(), OV_DEVICE, self._config)
+                compiled = core.import_model(blob, OV_DEVICE, self._config)
                 os.utime(path)  # least recently used goes first when the folder is pruned
                 self.disk_hits += 1
                 return _Compiled(self._checked(compiled), from_cache=True)
@@ -439,7 +503,7 @@ class OpenVINOExecutable(Executable):
         self._checked(compiled)
         if path is not None:
             try:
-                if write_atomic(path, compiled.export_model().getvalue()):
+                if write_sealed(path, compiled.export_model().getvalue()):
                     prune(self._folder, "*.blob", MAX_CACHED_BLOBS)
             except Exception:  # caching is an optimisation; a failed export loses nothing
                 pass
@@ -729,22 +793,21 @@ def _onnx_nodes_of(ov_ops: list[Any], graph: Any) -> list[Any]:
     operation after the ONNX output it computes (``/suffix`` for the inner operations of a
     decomposition); operations it made up (``Multiply_12``) are traced through their users."""
     by_output = {o: n for n in getattr(graph, "nodes", []) for o in n.outputs if o}
-    found: list[Any] = []
+    found: dict[int, Any] = {}
     seen: set[int] = set()
-    todo = list(ov_ops)
+    todo = collections.deque(ov_ops)
     while todo:
-        op = todo.pop(0)
+        op = todo.popleft()
         if id(op) in seen:
             continue
         seen.add(id(op))
         name = op.get_friendly_name()
         node = by_output.get(name) or by_output.get(name.split("/")[0])
         if node is not None:
-            if node not in found:
-                found.append(node)
+            found.setdefault(id(node), node)
             continue
         todo += [t.get_node() for out in op.outputs() for t in out.get_target_inputs()]
-    return found
+    return list(found.values())
 
 
 # ---------------------------------------------------------------------- capabilities

@@ -357,11 +357,7 @@ def probe_providers() -> tuple[str, list[str], dict[str, tuple[bool, str]]]:
     import sys
     import tempfile
 
-    try:  # within the registry's own deadline for all probes, however long it was set to
-        budget = 0.9 * float(os.environ["BACKPLANE_PROBE_TIMEOUT_S"])
-    except (KeyError, ValueError):
-        budget = PROBE_BUDGET_S
-    budget = budget if budget > 0 else PROBE_BUDGET_S
+    budget = _probe_budget()
     code = "from backplane.plugins.ort import _probe_child; _probe_child()"
     try:
         child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -387,6 +383,16 @@ def probe_providers() -> tuple[str, list[str], dict[str, tuple[bool, str]]]:
         return _probed
 
 
+def _probe_budget() -> float:
+    """Seconds the probe child may take: 90% of the registry's deadline for all probes
+    (BACKPLANE_PROBE_TIMEOUT_S), however long it was set to, else PROBE_BUDGET_S."""
+    try:
+        budget = 0.9 * float(os.environ["BACKPLANE_PROBE_TIMEOUT_S"])
+    except (KeyError, ValueError):
+        budget = PROBE_BUDGET_S
+    return budget if budget > 0 else PROBE_BUDGET_S
+
+
 def _probe_child() -> None:
     """The child's side of :func:`probe_providers`: JSON lines on stdout."""
     def emit(row: dict[str, Any]) -> None:
@@ -406,13 +412,13 @@ def _probe_child() -> None:
     except (KeyError, ValueError):
         each = READINESS_TIMEOUT_S
 
-    def check(p: str) -> None:
-        ready, reason = provider_readiness(p, timeout_s=each)
+    def check(p: str, timeout_s: float) -> None:
+        ready, reason = provider_readiness(p, timeout_s=timeout_s)
         emit({"provider": p, "ready": ready, "reason": reason})
 
-    if CPU in compute:
-        check(CPU)
-    threads = [threading.Thread(target=check, args=(p,), daemon=True)
+    if CPU in compute:  # built into every ORT: slow to answer is a loaded machine, not a
+        check(CPU, _probe_budget())  # provider that cannot run, so it has the whole budget
+    threads = [threading.Thread(target=check, args=(p, each), daemon=True)
                for p in compute if p != CPU]
     for t in threads:
         t.start()

@@ -2,6 +2,7 @@
 session on a Relu model would pick it first if it worked."""
 
 import os
+import time
 
 from backplane import (API_VERSION, Backend, Capabilities, Device, DeviceUnavailable,
                        Executable, OpSupport)
@@ -90,7 +91,9 @@ class InjectedFaults(Backend):
     - ``run-after:N``: every executable fails from its (N+1)-th run on;
     - ``wrong-shape:OP``: a subgraph with an OP node returns outputs of the wrong shape;
     - ``wrong-values:OP``: a subgraph with an OP node returns its outputs plus one;
-    - ``crash:OP``: running a subgraph with an OP node kills the process (SIGABRT).
+    - ``crash:OP``: running a subgraph with an OP node kills the process (SIGABRT);
+    - ``slow-compile:S``: every compile takes S seconds more;
+    - ``flaky:N``: the N-th run of each executable fails (a transient device fault).
     """
 
     name = "injected-faults"
@@ -122,6 +125,8 @@ class InjectedFaults(Backend):
         for op in faults.get("compile", ()):
             if op in ops:
                 raise RuntimeError(f"injected: vendor compiler crashed on {op}")
+        for seconds in faults.get("slow-compile", ()):
+            time.sleep(float(seconds))
         return _Injected(self._reference.compile(graph, device, options), ops, faults)
 
 
@@ -146,6 +151,9 @@ class _Injected(Executable):
         for op in self._faults.get("run", ()):
             if op in self._ops:
                 raise MemoryError(f"injected: device out of memory running {op}")
+        for n in self._faults.get("flaky", ()):
+            if self._runs == int(n):
+                raise RuntimeError(f"injected: transient device fault on run {n}")
         for n in self._faults.get("run-after", ()):
             if self._runs > int(n):
                 raise RuntimeError(f"injected: device lost after {n} runs")
