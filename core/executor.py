@@ -187,7 +187,7 @@ class CompiledPlan:
                 self._counts["host"] += by_host
         result = {}
         for name in self._outputs:
-            value = values[name]
+            value = values[name] if name in values else self._stored(name)
             if name in self._non_tensor:
                 result[name] = _fresh(np, value)
                 continue
@@ -210,6 +210,17 @@ class CompiledPlan:
                 notes.append(f"partition {part.index} on {part.device} agreed with the "
                              "reference backend on its first run (run-time verification)")
             self.plan.notes.extend(n for n in notes if n not in self.plan.notes)
+
+    def _stored(self, name: str) -> Any:
+        """An output no node computes and the run was not given: an initializer the model
+        also lists as a graph input (IR < 4) and as an output, returned as stored."""
+        from onnx import numpy_helper
+
+        for t in self.graph.model.graph.initializer:
+            if t.name == name:
+                return numpy_helper.to_array(t, base_dir=str(self.graph.external_dir or ""))
+        raise ExecutionError(f"output '{name}' was computed by no partition and is no "
+                             "initializer", backend="backplane")
 
     def _to_host(self, np: Any, name: str, value: Any) -> Any:
         """``value`` as a host numpy array, or an ExecutionError naming its producer."""

@@ -88,3 +88,22 @@ def test_a_batch_of_zero_gives_empty_outputs_on_every_backend(backend):
         out = session.run(feeds)
         assert [v.shape[0] for v in out.values()] == [0] * len(out), model.name
         assert all(v.dtype == np.float32 for v in out.values())
+
+
+def test_an_overridable_initializer_that_is_also_an_output_comes_back_stored_or_given():
+    """IR < 4: an initializer listed as a graph input (a default the caller may override)
+    and as a graph output is returned as stored, or as given (a KeyError before; found by
+    fuzzing)."""
+    from onnx import numpy_helper
+
+    vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [2])  # noqa: E731
+    w = numpy_helper.from_array(np.array([1.5, 2.5], np.float32), "w")
+    g = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                          [vi("x"), vi("w")], [vi("y"), vi("w")], [w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=3)
+    session = bp.Session(model, devices=["reference"])
+    x = np.ones(2, np.float32)
+    out = session.run({"x": x})
+    assert out["w"].tolist() == [1.5, 2.5] and out["y"].tolist() == [2.5, 3.5]
+    given = session.run({"x": x, "w": np.zeros(2, np.float32)})
+    assert given["w"].tolist() == [0.0, 0.0] and given["y"].tolist() == [1.0, 1.0]
