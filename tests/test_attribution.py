@@ -188,23 +188,23 @@ def test_a_stored_conformance_run_qualifies_its_ops_and_keeps_failed_ones_off(tm
 
 
 def test_a_fallback_that_changes_special_values_says_so_in_its_event(site):
-    """The reference backend drops a NaN in MaxPool (recorded by its conformance run); the
-    injected accelerator, as far as anyone recorded, does not: moving MaxPool there is
-    announced."""
+    """The reference backend gives a finite AveragePool where a window holds NaN (recorded
+    by its conformance run); the injected accelerator, as far as anyone recorded, does not:
+    moving AveragePool there is announced."""
     code = """
 import json, numpy as np, backplane as bp
 from onnx import TensorProto, helper
-g = helper.make_graph([helper.make_node('MaxPool', ['x'], ['y'], kernel_shape=[2, 2])], 'pool',
+g = helper.make_graph([helper.make_node('AveragePool', ['x'], ['y'], kernel_shape=[2, 2])], 'pool',
     [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1, 1, 4, 4])],
     [helper.make_tensor_value_info('y', TensorProto.FLOAT, [1, 1, 3, 3])])
 s = bp.Session(helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)]))
 s.run({'x': np.random.default_rng(0).standard_normal((1, 1, 4, 4)).astype(np.float32)})
 print(json.dumps(s.plan.events))
 """
-    result = run_python(code, site=site, BP_INJECT="run:MaxPool",
+    result = run_python(code, site=site, BP_INJECT="run:AveragePool",
                         BACKPLANE_DISABLE_PLUGINS=ONLY)
     assert result.returncode == 0, result.stderr
     events = json.loads(result.stdout.splitlines()[-1])
     assert any(e.startswith("re-planned without injected-faults:0") for e in events), events
     [change] = [e for e in events if "special values" in e]
-    assert "MaxPool" in change and "reference:0" in change
+    assert "AveragePool" in change and "reference:0" in change

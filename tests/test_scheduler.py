@@ -224,7 +224,7 @@ def test_failed_conformance_variant_is_not_planned_on_that_device():
     devices = [device("fast-cpu", "cpu"), device("slow-cpu", "cpu")]
     fingerprint = costmodel.profile(devices[0]).fingerprint
     assert fingerprint, "the host CPU has a hardware fingerprint"
-    path = store._path("fast-cpu", fingerprint)
+    path = store._path("fast-cpu", store.store_key("fast-cpu:0", fingerprint))  # as saved
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"backend": "fast-cpu", "version": "1",
                                 "variants": {"Relu|float32": "failed",
