@@ -108,6 +108,7 @@ class CompiledPlan:
                                                graph.values))
         self._counts_lock = threading.Lock()
         self._counts = {"dlpack": 0, "host": 0}
+        self._constants: dict[str, Any] = {}  # outputs no node computes (see _constant)
 
     @property
     def memory(self) -> MemoryStats:
@@ -187,7 +188,7 @@ class CompiledPlan:
                 self._counts["host"] += by_host
         result = {}
         for name in self._outputs:
-            value = values[name] if name in values else self._stored(name)
+            value = values[name] if name in values else self._constant(name)
             if name in self._non_tensor:
                 result[name] = _fresh(np, value)
                 continue
@@ -211,16 +212,21 @@ class CompiledPlan:
                              "reference backend on its first run (run-time verification)")
             self.plan.notes.extend(n for n in notes if n not in self.plan.notes)
 
-    def _stored(self, name: str) -> Any:
+    def _constant(self, name: str) -> Any:
         """An output no node computes and the run was not given: an initializer the model
-        also lists as a graph input (IR < 4) and as an output, returned as stored."""
-        from onnx import numpy_helper
+        lists as an output (and, IR < 4, perhaps as an overridable input), as stored; read
+        once (the run hands out a copy)."""
+        value = self._constants.get(name)
+        if value is None:
+            from onnx import numpy_helper
 
-        for t in self.graph.model.graph.initializer:
-            if t.name == name:
-                return numpy_helper.to_array(t, base_dir=str(self.graph.external_dir or ""))
-        raise ExecutionError(f"output '{name}' was computed by no partition and is no "
-                             "initializer", backend="backplane")
+            t = next((t for t in self.graph.model.graph.initializer if t.name == name), None)
+            if t is None:
+                raise ExecutionError(f"output '{name}' was computed by no partition and is no "
+                                     "initializer", backend="backplane")
+            value = numpy_helper.to_array(t, base_dir=str(self.graph.external_dir or ""))
+            self._constants[name] = value
+        return value
 
     def _to_host(self, np: Any, name: str, value: Any) -> Any:
         """``value`` as a host numpy array, or an ExecutionError naming its producer."""

@@ -131,7 +131,6 @@ def load_model(model: Any, *, base_dir: str | os.PathLike | None = None,
     if folded:
         notes.append(f"{folded} node(s) computing constants (Constant nodes, shape "
                      "arithmetic) folded before planning")
-    _compute_constant_outputs(proto)
     _keepdims_as_read(proto)
     unconfirmed = _settle_outputs(proto, declared, label, notes)
     attach(proto, kept)
@@ -441,37 +440,6 @@ def _keepdims_as_read(proto: Any) -> None:
             for a in node.attribute:
                 if a.name == "keepdims" and a.i not in (0, 1):
                     a.i = 0
-
-
-def _compute_constant_outputs(proto: Any) -> None:
-    """Give each graph output that is an initializer (no node computes it) an Identity node
-    that does, from the constant renamed: plans place nodes, and an output no node computes
-    was missing from every run (a KeyError, found by fuzzing; ONNX Runtime returns it)."""
-    from onnx import helper
-
-    g = proto.graph
-    if not any(o.domain in ("", "ai.onnx") for o in proto.opset_import):
-        return
-    computed = {o for n in g.node for o in n.output} | {i.name for i in g.input}
-    constants = {t.name: t for t in g.initializer}
-    taken = computed | set(constants) | {o.name for o in g.output}
-    added = []
-    for name in dict.fromkeys(o.name for o in g.output):
-        t = constants.get(name)
-        if t is None or name in computed:
-            continue
-        k, stem = 1, f"{name}__constant"
-        while (renamed := stem if k == 1 else f"{stem}{k}") in taken:
-            k += 1
-        taken.add(renamed)
-        t.name = renamed  # (readers of the constant now read the Identity's output)
-        added.append(helper.make_node("Identity", [renamed], [name]))
-    if added:
-        nodes = [*added, *(type(n)() for n in g.node)]
-        for copy, n in zip(nodes[len(added):], g.node):
-            copy.CopyFrom(n)
-        del g.node[:]
-        g.node.extend(nodes)
 
 
 def _name_nodes(proto: Any) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import BackendError, RequestError, UnsupportedError, VerificationError
+from .text import first_line
 
 #: How long a device that failed at run time is planned without, at first; each further
 #: failure of the same device doubles it, up to :data:`MAX_COOLDOWN_S`.
@@ -134,7 +135,7 @@ class Recovery:
                 seconds = self._cooling.pop(device)[1]
                 why = self._excluded.pop(device, "")
                 self._history.append(f"retried {device} after its {seconds:g} s cool-down "
-                                     f"(it had failed: {_first_line(why)})")
+                                     f"(it had failed: {first_line(why)})")
             if not due:
                 return
             kept = self._before.pop(due[0], None) if len(due) == 1 else None
@@ -153,7 +154,7 @@ class Recovery:
         the fallback plan; record it in the plan's events (the first few)."""
         elsewhere = again.device or f"backend '{again.backend}'"
         event = (f"request failure, no device excluded: the request failed on {exc.device} "
-                 f"and again on {elsewhere} (the plan without it): {_first_line(exc)}")
+                 f"and again on {elsewhere} (the plan without it): {first_line(exc)}")
         self._request_failures += 1
         if self._request_failures <= REQUEST_EVENTS:
             self._history.append(event)
@@ -187,10 +188,3 @@ class Recovery:
         """What a plan of this session depends on besides the model: the devices excluded,
         the precisions banned and the nodes refused."""
         return (frozenset(self._excluded), frozenset(self._banned), frozenset(self._refused))
-
-
-def _first_line(text: Any) -> str:
-    """The first line of an error or reason, at most 300 characters."""
-    lines = str(text).splitlines()
-    return lines[0][:300] if lines else ""
-

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .contract import CompileOptions, Device, op_key
 from .errors import BackplaneError, VerificationError
 from .planner import FALLBACK_BACKEND
+from .text import first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from .graph import Graph
@@ -116,12 +117,12 @@ class Verifier:
                             for k, v in args.items()})
         except BackplaneError as exc:
             notes.append(f"partition {part.index} on {part.device} was not verified: the "
-                         f"reference backend cannot run it ({_first_line(exc)})")
+                         f"reference backend cannot run it ({first_line(exc)})")
             return
         except Exception as exc:
             notes.append(f"partition {part.index} on {part.device} was not verified: the "
                          f"reference backend failed ({type(exc).__name__}: "
-                         f"{_first_line(exc)})")
+                         f"{first_line(exc)})")
             return
         floor = QUANTIZED_TOLERANCE if any(
             self.graph.nodes[i].op_type in QUANTIZING for i in part.node_indices) else 0.0
@@ -205,8 +206,3 @@ def _reference_device(reg: "Registry") -> Device:
         if d.backend == FALLBACK_BACKEND:
             return d
     raise VerificationError("the reference backend has no device", backend=FALLBACK_BACKEND)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:300]

@@ -109,3 +109,12 @@ def safe_message(text: str, limit: int = MESSAGE_LIMIT) -> str:
                               "\n\t")
     cut = len(text) - head_count - tail_count
     return "".join(head) + f"…({cut} chars cut)…" + "".join(reversed(tail))
+
+
+def first_line(text: object, limit: int = 300) -> str:
+    """The first line of an error or reason (an exception with no message: its type's
+    name), at most ``limit`` characters: what an event or a note quotes of it."""
+    lines = str(text).splitlines()
+    if not lines and isinstance(text, BaseException):
+        return type(text).__name__
+    return lines[0][:limit] if lines else ""
