@@ -36,11 +36,13 @@ from .errors import (
     BackplaneError,
     CompileError,
     ConformanceError,
+    DeadlineError,
     DeviceNotFoundError,
     DeviceUnavailable,
     ExecutionError,
     InputError,
     ModelError,
+    OverloadError,
     PluginDeprecationWarning,
     PluginLoadError,
     RequestError,
@@ -55,7 +57,7 @@ __version__ = "0.1.0"
 
 _LAZY = {"Session": ".session", "load_model": ".intake", "Plan": ".planner",
          "Candidate": ".planner", "Graph": ".graph", "Constraints": ".scheduler",
-         "plan_model": ".scheduler", "diagnose": ".doctor"}
+         "plan_model": ".scheduler", "diagnose": ".doctor", "Batcher": ".batcher"}
 
 
 def __getattr__(name: str) -> Any:
@@ -71,6 +73,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "API_CHANGES", "API_VERSION", "DEVICE_KINDS", "MIN_API_VERSION", "PRECISIONS", "AttributeRule", "Backend", "BackendError",
+    "Batcher", "DeadlineError", "OverloadError",
     "BackplaneError", "Candidate", "Capabilities", "CompileError", "CompileOptions", "ConformanceError",
     "Constraints", "Device", "DeviceNotFoundError", "DeviceUnavailable", "Executable", "ExecutionError",
     "Graph", "InputError", "KernelTable", "LazyOps", "ModelError", "OpSupport", "Plan", "PluginDeprecationWarning", "PluginLoadError",

@@ -131,6 +131,23 @@ class RequestError(ExecutionError, InputError):
     device that failed) and an :class:`InputError` (what to fix is the request)."""
 
 
+class OverloadError(BackplaneError):
+    """A request was refused at once because it could not be accepted now: the batcher's
+    queue is full, or it is closing. Nothing was run; sending it again later may succeed.
+
+    ``retry_after_s`` is a suggested wait in seconds (None when the batcher is closing and
+    will not accept again); a server answers 503 with a ``Retry-After`` header."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineError(BackplaneError, TimeoutError):
+    """A request's deadline passed before it could be run; it was not run. Also a
+    :class:`TimeoutError`."""
+
+
 class ConformanceError(BackplaneError):
     """The conformance suite could not run or found a contract violation."""
 
