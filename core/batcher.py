@@ -2,7 +2,7 @@
 
 ::
 
-    b = backplane.Batcher(session, max_batch_size=8, max_delay_ms=2)
+    b = backplane.Batcher(session, max_batch_size=8)
     out = b.infer({"x": x})                 # from any thread
     out = await b.run({"x": x})             # from asyncio
     b.close()                               # answers every accepted request, then stops
@@ -11,17 +11,22 @@ How a batch forms. Requests wait in one bounded queue. A worker takes the oldest
 and waits at most ``max_delay_ms`` from its arrival for batch-mates: requests whose inputs
 agree in everything but the first (batch) dimension. It runs as soon as the batch is full
 or the delay is over; the batch's arrays are concatenated along the first dimension, run
-once and split back. With ``preferred_batch_sizes`` a batch is padded (the last request's
-rows repeated, their outputs dropped) up to the smallest size listed that holds it, so
-that only those sizes ever reach the session; without them every size from 1 to
-``max_batch_size`` may. Each size that can be formed is run once at construction
-(``warmup``), so no request pays a first-seen-size compile.
+once and split back. Only a few batch sizes ever reach the session:
+``preferred_batch_sizes``, by default the powers of two up to ``max_batch_size`` and
+``max_batch_size`` itself. A batch takes the waiting requests that fill the largest of
+those sizes they can (the rest wait for the next batch, which forms as soon as this one
+is running); one that still falls between two sizes (requests of several rows) is padded
+up, the last request's rows repeated and their outputs dropped. Each size is run once at
+construction (``warmup``), so no request pays a first-seen-size compile: graph compilers
+that compile per shape (OpenVINO, TensorRT, NPUs) keep a handful of shapes, and a few sizes
+fit where every size from 1 to 32 would not (``preferred_batch_sizes=range(1, 33)`` asks
+for exactly that).
 
-When a model is batched. Every input's first dimension must be symbolic (the same symbol,
-or unknown), and every output's too. That is checked by running: two different random
-requests, alone and then concatenated, must give the same rows (within the run-time
-check's tolerance, :func:`backplane.runcheck.compare`). Otherwise requests run one by one
-and :attr:`Batcher.why` says why.
+When a model is batched. No input's or output's first dimension may be fixed (exporters
+name the outputs' as they like, so the names need not agree). Then it is checked by
+running: two different random requests, alone and then concatenated, must give the same
+rows (within the run-time check's tolerance, :func:`backplane.runcheck.compare`).
+Otherwise requests run one by one and :attr:`Batcher.why` says why.
 
 What a request can get back. Its outputs; or its own error, never a batch-mate's: it is
 checked alone before it is queued (:class:`InputError`), and a batch that fails is run
@@ -44,8 +49,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .errors import BackplaneError, DeadlineError, InputError, OverloadError, UnsupportedError
-from .intake import validate_inputs
+from .intake import dims_of, validate_inputs
+from .runcheck import QUANTIZED_TOLERANCE, compare
 from .text import first_line, shown
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,26 +107,31 @@ class Batcher:
     Args:
         session: the session every batch runs on (its ``run`` is thread-safe).
         max_batch_size: the most rows one batch holds; 1 runs requests one by one.
-        max_delay_ms: the longest a request waits for batch-mates.
+        max_delay_ms: the longest a request waits for batch-mates (default 0, as in Triton:
+            no wait; batches still form from what queues while the previous batch runs,
+            and a request alone pays no delay).
         preferred_batch_sizes: the only batch sizes run (a batch is padded up to the
-            smallest that holds it); ``max_batch_size`` is always one of them.
+            smallest that holds it; default: the powers of two below ``max_batch_size``);
+            ``max_batch_size`` is always one of them.
         max_queue_size: the most requests waiting at once (default ``4 * max_batch_size``);
             one more is refused with :class:`OverloadError`.
         timeout_s: the default deadline of a request, in seconds from its arrival (None:
             none); a request still queued at its deadline gets :class:`DeadlineError`.
-        warmup: run each batch size that can form once, now, so that none compiles later
-            (and check that the model's rows are independent; without warm-up the check is
-            skipped and the declared shapes decide).
+        warmup: run each batch size that can form once, now, so that none compiles later,
+            and check that the model's rows are independent (``False``: neither; the
+            declared shapes decide). The rows are random inputs at the sizes of the
+            session's ``dims``; give a request (a dict of arrays) instead to warm its other
+            dimensions (an image's sides, a sequence's length).
         observer: called with a :class:`BatchRecord` after every batch, from a worker
             thread; its errors are logged and ignored.
         workers: the batches run at once (each on its own thread).
     """
 
     def __init__(self, session: "Session", *, max_batch_size: int = 8,
-                 max_delay_ms: float = 2.0,
+                 max_delay_ms: float = 0.0,
                  preferred_batch_sizes: Iterable[int] | None = None,
                  max_queue_size: int | None = None, timeout_s: float | None = None,
-                 warmup: bool = True,
+                 warmup: bool | Mapping[str, Any] = True,
                  observer: Callable[[BatchRecord], Any] | None = None, workers: int = 1):
         _positive_int("max_batch_size", max_batch_size)
         _positive_int("workers", workers)
@@ -143,15 +156,16 @@ class Batcher:
         self.preferred_batch_sizes = tuple(preferred)
         self.max_queue_size, self.timeout_s = max_queue_size, timeout_s
         self.observer, self.workers = observer, workers
-        self._symbol, self.why = _batch_dimension(session)
-        self.batching = self._symbol is not None and max_batch_size > 1
-        if self._symbol is not None and max_batch_size == 1:
+        self._symbols, self.why = _batch_dimension(session)
+        self.batching = self._symbols is not None and max_batch_size > 1
+        if self._symbols is not None and max_batch_size == 1:
             self.why = "max_batch_size is 1: requests run one by one"
+        if not preferred:
+            preferred = [1 << k for k in range(max_batch_size.bit_length())]
         self.sizes: tuple[int, ...] = ((1,) if not self.batching else
-                                       tuple(sorted(set(preferred) | {max_batch_size}))
-                                       if preferred else tuple(range(1, max_batch_size + 1)))
-        if self.batching and warmup:
-            self._warm_up()
+                                       tuple(sorted(set(preferred) | {max_batch_size})))
+        if self.batching and warmup is not False:
+            self._warm_up(warmup if isinstance(warmup, Mapping) else None)
         self._queue: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -299,6 +313,9 @@ class Batcher:
                     if r.key == first.key and rows + r.rows <= self.max_batch_size:
                         batch.append(r)
                         rows += r.rows
+            sizes_under = [s for s in self.sizes if s <= rows]
+            while len(batch) > 1 and sizes_under and rows > sizes_under[-1]:
+                rows -= batch.pop().rows  # the newest wait for the next batch
             for r in batch:
                 self._queue.remove(r)
             self._queued -= len(batch)
@@ -344,8 +361,6 @@ class Batcher:
 
     def _run_together(self, batch: list[_Request]) -> tuple[int, int, int]:
         """Run ``batch`` as one: (rows run, rows padded, requests failed)."""
-        import numpy as np
-
         rows = sum(r.rows for r in batch)
         size = next((s for s in self.sizes if s >= rows), rows)
         names = list(batch[0].feeds)
@@ -384,14 +399,13 @@ class Batcher:
         except Exception:  # noqa: BLE001 - a broken observer never breaks batching
             log.warning("backplane: the batcher's observer failed", exc_info=True)
 
-    def _warm_up(self) -> None:
-        """Check that rows are independent (else batching goes off), then run each size."""
-        import numpy as np
-
-        from .runcheck import QUANTIZED_TOLERANCE, compare
-
-        dims = {self._symbol: 1} if isinstance(self._symbol, str) else {}
+    def _warm_up(self, like: Mapping[str, Any] | None) -> None:
+        """Check that rows are independent (else batching goes off), then run each size,
+        on random rows of the sizes of ``like`` (a request) or of the session's ``dims``."""
         try:
+            dims = dims_of(self.session.graph, validate_inputs(self.session.graph, like)) \
+                if like is not None else {}
+            dims.update(dict.fromkeys(self._symbols or (), 1))
             one = [self.session.random_inputs(seed, dims) for seed in (0, 1)]
             alone = [self.session.run(x) for x in one]
             both = self.session.run({n: np.concatenate([one[0][n], one[1][n]])
@@ -423,8 +437,10 @@ class _NotBatched(Exception):
     pass
 
 
-def _batch_dimension(session: "Session") -> tuple[str | bool | None, str]:
-    """(the batch dimension's symbol, True when it is unnamed, or None; why)."""
+def _batch_dimension(session: "Session") -> tuple[frozenset[str] | None, str]:
+    """(the inputs' symbols of their first dimension, or None when nothing can be batched;
+    why). Outputs need only a first dimension that is not fixed: exporters name it as they
+    like (``Addlast_hidden_state_dim_0``), and the check by running decides."""
     symbols = set()
     for kind, values in (("input", session.inputs), ("output", session.outputs)):
         for vi in values:
@@ -434,14 +450,11 @@ def _batch_dimension(session: "Session") -> tuple[str | bool | None, str]:
             if isinstance(vi.shape[0], int):
                 return None, (f"{kind} '{shown(vi.name)}' has a fixed first dimension "
                               f"({vi.describe()}): requests run one by one")
-            if isinstance(vi.shape[0], str):
+            if kind == "input" and isinstance(vi.shape[0], str):
                 symbols.add(vi.shape[0])
-    if len(symbols) > 1:
-        return None, (f"the first dimensions are named differently ({', '.join(sorted(symbols))}"
-                      f"): requests run one by one")
-    symbol = symbols.pop() if symbols else True
-    named = f"'{symbol}'" if isinstance(symbol, str) else "unnamed"
-    return symbol, f"every input and output has a symbolic first dimension ({named}): batched"
+    named = ", ".join(f"'{shown(s)}'" for s in sorted(symbols)) or "unnamed"
+    return frozenset(symbols), (f"every input and output has a first dimension that is not "
+                                f"fixed ({named}): batched")
 
 
 def _answer(request: _Request, run: Callable[[Any], Any], feeds: Any) -> int:
