@@ -61,8 +61,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("backplane")
 
-#: Requests the queue holds per unit of ``max_batch_size``, unless ``max_queue_size`` is set.
+#: Requests the queue holds, unless ``max_queue_size`` is set: this many batches' worth,
+#: and at least :data:`MIN_QUEUE` (a queue sized for batches of 1 would refuse a burst of 8).
 QUEUE_BATCHES = 4
+MIN_QUEUE = 128
 #: The shortest wait an OverloadError suggests, in seconds.
 MIN_RETRY_S = 0.05
 
@@ -113,8 +115,8 @@ class Batcher:
         preferred_batch_sizes: the only batch sizes run (a batch is padded up to the
             smallest that holds it; default: the powers of two below ``max_batch_size``);
             ``max_batch_size`` is always one of them.
-        max_queue_size: the most requests waiting at once (default ``4 * max_batch_size``);
-            one more is refused with :class:`OverloadError`.
+        max_queue_size: the most requests waiting at once (default ``4 * max_batch_size``,
+            at least 128); one more is refused with :class:`OverloadError`.
         timeout_s: the default deadline of a request, in seconds from its arrival (None:
             none); a request still queued at its deadline gets :class:`DeadlineError`.
         warmup: run each batch size that can form once, now, so that none compiles later,
@@ -143,7 +145,7 @@ class Batcher:
             raise UnsupportedError(f"timeout_s is a positive number of seconds or None, not "
                                    f"{timeout_s!r}")
         if max_queue_size is None:
-            max_queue_size = QUEUE_BATCHES * max_batch_size
+            max_queue_size = max(MIN_QUEUE, QUEUE_BATCHES * max_batch_size)
         _positive_int("max_queue_size", max_queue_size)
         preferred = sorted(set(preferred_batch_sizes or ()))
         for size in preferred:
@@ -245,9 +247,10 @@ class Batcher:
                 self._queued = 0
             self._cond.notify_all()
         for r in dropped:
-            r.future.set_exception(OverloadError(
-                "the batcher closed before this request ran; send it again elsewhere",
-                retry_after_s=None))
+            if r.future.set_running_or_notify_cancel():
+                r.future.set_exception(OverloadError(
+                    "the batcher closed before this request ran; send it again elsewhere",
+                    retry_after_s=None))
         end = None if timeout_s is None else time.monotonic() + timeout_s
         for t in self._threads:
             t.join(None if end is None else max(0.0, end - time.monotonic()))
@@ -319,6 +322,9 @@ class Batcher:
             for r in batch:
                 self._queue.remove(r)
             self._queued -= len(batch)
+            # A request its caller cancelled while queued (an asyncio task cancelled, a
+            # client gone) is dropped; the rest can no longer be cancelled.
+            batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
             self._running += len(batch)
         return batch
 

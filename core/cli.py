@@ -311,6 +311,55 @@ def new_plugin(name: str, directory: str, force: bool, as_json: bool) -> None:
     click.echo(made.summary())
 
 
+@cli.command()
+@click.argument("repository", metavar="MODEL_OR_REPOSITORY", type=click.Path(exists=True))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
+@click.option("--device", "--devices", "-d", "devices", multiple=True, metavar="D",
+              help="Device ids or backend names, in order (repeatable, or comma-separated); "
+                   "overrides every config.toml's devices.")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=None,
+              help="Most rows in one batch; 1 runs requests one by one (default: config.toml, "
+                   "else the batcher's default).")
+@click.option("--max-delay-ms", type=click.FloatRange(min=0), default=None,
+              help="Longest a request waits for batch-mates (default: config.toml, else the "
+                   "batcher's default).")
+@click.option("--max-queue-size", type=click.IntRange(min=1), default=None,
+              help="Requests waiting at most; more get 503 (default: config.toml, else the "
+                   "batcher's default).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
+              default=None, help="Default deadline of a request in seconds; a request still "
+                                 "queued then gets 504 (default: config.toml, else none).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--access-log", is_flag=True, help="Log a line per request (off: /metrics "
+                                                 "counts them).")
+def serve(repository: str, host: str, port: int, devices: tuple[str, ...],
+          max_batch_size: int | None, max_delay_ms: float | None, max_queue_size: int | None,
+          timeout_s: float | None, log_level: str, access_log: bool) -> None:
+    """Serve a model (a .onnx file) or a model repository (a folder of NAME/model.onnx or
+    NAME/1/model.onnx, each with an optional config.toml) over the KServe Open Inference
+    Protocol v2 at /v2, with Prometheus metrics at /metrics; options override every
+    config.toml. SIGTERM answers every accepted request, then exits (docs/serving.md)."""
+    from .serving import require
+
+    require()
+    from .serving.server import serve as run_server
+
+    def loaded(m: Any) -> None:
+        b = m.batcher
+        click.echo(f"loaded {m.name} version {m.version} on {', '.join(m.devices())}: "
+                   f"{'batching up to ' + str(b.max_batch_size) if b.batching else 'no batching'}"
+                   f" ({b.why})")
+
+    named = [d.strip() for spec in devices for d in spec.split(",") if d.strip()]
+    run_server(repository, host=host, port=port, log_level=log_level, access_log=access_log,
+               on_loaded=loaded,
+               session={"devices": named or None},
+               batching={"max_batch_size": max_batch_size, "max_delay_ms": max_delay_ms,
+                         "max_queue_size": max_queue_size, "timeout_s": timeout_s})
+
+
 def main() -> None:
     """Entry point of the ``backplane`` command."""
     try:

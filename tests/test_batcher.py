@@ -215,6 +215,19 @@ def test_many_threads_and_asyncio_share_one_batcher(dense):
         _same(dense, x, out)
 
 
+def test_a_caller_that_gives_up_while_queued_harms_no_later_request(dense):
+    async def scenario(b: Batcher) -> dict:
+        waiting = asyncio.ensure_future(b.run({"x": _rows(1)[0]}))
+        await asyncio.sleep(0)
+        waiting.cancel()  # an asyncio caller gone while its request waits for batch-mates
+        return await b.run({"x": x})
+
+    x = _rows(2)[1]
+    with Batcher(dense, max_batch_size=4, max_delay_ms=200) as b:
+        _same(dense, x, asyncio.run(scenario(b)))
+        _same(dense, x, b.infer({"x": x}))
+
+
 def test_close_answers_every_accepted_request_then_refuses(dense):
     b = Batcher(dense, max_batch_size=4, max_delay_ms=50)
     xs = _rows(10)

@@ -1,0 +1,278 @@
+"""Serving: `backplane serve` under load, batching on and off, against an in-process Session.
+
+For each model (real ones from the corpus: an image CNN shipped in a PyPI package and a
+BERT encoder exported with random weights), the server runs in its own process
+(`backplane serve REPOSITORY`, devices="auto") and the load comes from another process:
+closed-loop clients, each sending the next request when the last is answered, over HTTP
+with the Open Inference Protocol's binary-data extension (aiohttp). Per concurrency (1, 8,
+32) and batching off (--max-batch-size 1) and on (--max-batch-size 32): requests per
+second, p50 and p99 latency, errors. The overhead row compares the server's p50 at
+concurrency 1 with the p50 of `Session.run` in this process on the same inputs.
+
+Goals (issue 21, on a 2-core machine): batching gives at least 1.3x the QPS at
+concurrency 32 with a p99 no worse than unbatched; the overhead at concurrency 1 is at most
+10% or 0.5 ms, whichever is larger. On 2 cores the load generator shares the CPU with the
+server, as a client on the same machine would.
+
+    python benchmarks/bench_serving.py [--duration 5] [--json] [MODEL ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+MODELS = ["ppocr-mobile-cls", "bert-ts14"]
+CONCURRENCY = [1, 8, 32]
+MAX_BATCH = 32
+#: Plans that do not read live load: the load generator's own CPU use would otherwise move
+#: a plan between runs, and batching on and off must run the same plan.
+ENV = {**os.environ, "BACKPLANE_LOAD": "off"}
+DTYPES = {"float32": "FP32", "int64": "INT64", "int32": "INT32", "float16": "FP16",
+          "uint8": "UINT8", "bool": "BOOL", "float64": "FP64"}
+
+
+# -- the load generator (its own process) ---------------------------------------------
+
+def _body(feeds: dict[str, np.ndarray]) -> tuple[bytes, int]:
+    """An infer request with every tensor as binary data: (body, JSON header length)."""
+    inputs, blobs = [], []
+    for name, a in feeds.items():
+        raw = np.ascontiguousarray(a).tobytes()
+        inputs.append({"name": name, "shape": list(a.shape), "datatype": DTYPES[str(a.dtype)],
+                       "parameters": {"binary_data_size": len(raw)}})
+        blobs.append(raw)
+    head = json.dumps({"inputs": inputs,
+                       "parameters": {"binary_data_output": True}}).encode()
+    return head + b"".join(blobs), len(head)
+
+
+async def _load(url: str, body: bytes, head: int, concurrency: int, duration: float) -> dict:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    headers = {"Inference-Header-Content-Length": str(head),
+               "Content-Type": "application/octet-stream"}
+    end = time.perf_counter() + duration
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as r:
+                await r.read()
+                if r.status == 200:
+                    latencies.append(time.perf_counter() - t)
+                else:
+                    errors[str(r.status)] = errors.get(str(r.status), 0) + 1
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(3):  # warm the connection and the server's first request
+            async with session.post(url, data=body, headers=headers) as r:
+                await r.read()
+        started = time.perf_counter()
+        await asyncio.gather(*[client(session) for _ in range(concurrency)])
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {"requests": len(latencies), "qps": len(latencies) / elapsed, "errors": errors,
+            "p50_ms": _pct(latencies, 50) * 1e3, "p99_ms": _pct(latencies, 99) * 1e3}
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def load_main(args: argparse.Namespace) -> None:
+    feeds = dict(np.load(args.inputs))
+    body, head = _body(feeds)
+    print(json.dumps(asyncio.run(_load(args.url, body, head, args.concurrency,
+                                       args.duration))))
+
+
+# -- the driver -----------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(repo: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+    """`backplane serve` in its own process (its log in REPO.log), once ready."""
+    port = _free_port()
+    cmd = [str(Path(sys.executable).with_name("backplane")), "serve", str(repo), "--port",
+           str(port), "--max-batch-size", str(max_batch)]
+    log = open(repo.with_suffix(".log"), "ab")  # a file, never a pipe the server could fill
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    log.close()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"backplane serve exited: "
+                               f"{repo.with_suffix('.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(base + "/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    return proc, base
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("backplane serve was not ready in 300 s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _check(base: str, name: str, feeds: dict[str, np.ndarray],
+           want: dict[str, np.ndarray]) -> float:
+    """One request over plain JSON; the largest error relative to Session.run's output."""
+    body = {"inputs": [{"name": k, "shape": list(v.shape), "datatype": DTYPES[str(v.dtype)],
+                        "data": v.reshape(-1).tolist()} for k, v in feeds.items()]}
+    req = urllib.request.Request(f"{base}/v2/models/{name}/infer",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        got = {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in
+               json.loads(r.read())["outputs"]}
+    worst = 0.0
+    for k, v in want.items():
+        scale = float(np.max(np.abs(v))) or 1.0
+        worst = max(worst, float(np.max(np.abs(got[k] - v))) / scale)
+    return worst
+
+
+def _in_process(path: Path, feeds: dict[str, np.ndarray], seconds: float) -> tuple[float, dict]:
+    import backplane as bp
+
+    s = bp.Session(str(path))
+    out = s.run(feeds)
+    for _ in range(5):
+        s.run(feeds)
+    times = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        s.run(feeds)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3, out
+
+
+def _generate(url: str, inputs: Path, concurrency: int, duration: float) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--load", url, "--inputs", str(inputs),
+                           "--concurrency", str(concurrency), "--duration", str(duration)],
+                          capture_output=True, text=True, timeout=duration + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench(name: str, duration: float, work: Path) -> dict:
+    from backplane.conformance import corpus
+
+    path = corpus.materialize(name)
+    feeds = corpus.sample_inputs(name, 0)
+    repo = work / name
+    (repo / name).mkdir(parents=True)
+    shutil.copy(path, repo / name / "model.onnx")
+    inputs = work / f"{name}.npz"
+    np.savez(inputs, **feeds)
+    inproc_ms, want = _in_process(path, feeds, duration)
+    result = {"model": name, "in_process_p50_ms": inproc_ms, "runs": {}}
+    for label, max_batch in (("off", 1), ("on", MAX_BATCH)):
+        proc, base = _serve(repo, max_batch)
+        try:
+            result[f"rel_error_{label}"] = _check(base, name, feeds, want)
+            with urllib.request.urlopen(f"{base}/v2/models/{name}/config", timeout=60) as r:
+                config = json.loads(r.read())
+            result[f"plan_{label}"] = config["explain"].splitlines()[1]
+            result[f"batcher_{label}"] = config["batcher"]["why"]
+            url = f"{base}/v2/models/{name}/infer"
+            for c in CONCURRENCY:
+                result["runs"][f"{label}/{c}"] = _generate(url, inputs, c, duration)
+        finally:
+            _stop(proc)
+    return result
+
+
+def report(results: list[dict]) -> str:
+    from machine import cpu_name, versions
+
+    lines = [f"bench_serving {time.strftime('%Y-%m-%d')} on {cpu_name()}, "
+             f"{os.cpu_count()} CPUs; " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+             ""]
+    for r in results:
+        lines += [f"{r['model']}: in-process Session.run p50 {r['in_process_p50_ms']:.3f} ms; "
+                  f"server output error vs Session.run "
+                  f"{max(r['rel_error_off'], r['rel_error_on']):.2g}",
+                  f"plan: {r['plan_on']}" + ("" if r["plan_on"] == r["plan_off"] else
+                                             f" (batching off: {r['plan_off']})"),
+                  f"batching: {r['batcher_on']}", "",
+                  "| batching | concurrency | QPS | p50 ms | p99 ms | errors |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for key, run in r["runs"].items():
+            label, c = key.split("/")
+            lines.append(f"| {label} | {c} | {run['qps']:.0f} | {run['p50_ms']:.2f} | "
+                         f"{run['p99_ms']:.2f} | {sum(run['errors'].values()) or 0} |")
+        off, on = r["runs"][f"off/{CONCURRENCY[-1]}"], r["runs"][f"on/{CONCURRENCY[-1]}"]
+        gain = on["qps"] / off["qps"]
+        overhead = r["runs"]["off/1"]["p50_ms"] - r["in_process_p50_ms"]
+        budget = max(0.5, 0.1 * r["in_process_p50_ms"])
+        lines += ["", f"- batching at concurrency {CONCURRENCY[-1]}: {gain:.2f}x QPS "
+                  f"(goal 1.3x: {'met' if gain >= 1.3 else 'NOT met'}), p99 {on['p99_ms']:.2f} "
+                  f"vs {off['p99_ms']:.2f} ms unbatched "
+                  f"({'met' if on['p99_ms'] <= off['p99_ms'] else 'NOT met'})",
+                  f"- overhead at concurrency 1 (batching off): {overhead:+.3f} ms over "
+                  f"in-process (budget {budget:.2f} ms: "
+                  f"{'met' if overhead <= budget else 'NOT met'}); batching on: "
+                  f"{r['runs']['on/1']['p50_ms'] - r['in_process_p50_ms']:+.3f} ms", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", default=MODELS)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per load run")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--load", help=argparse.SUPPRESS)
+    parser.add_argument("--inputs", help=argparse.SUPPRESS)
+    parser.add_argument("--concurrency", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.load:
+        args.url = args.load
+        load_main(args)
+        return 0
+    os.environ.update(ENV)  # the in-process session plans as the servers do
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    try:
+        results = [bench(name, args.duration, work) for name in args.models]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(results, indent=1) if args.json else report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
