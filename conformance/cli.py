@@ -1,4 +1,5 @@
-"""``backplane conformance run`` and ``backplane conformance matrix``."""
+"""``backplane conformance run``, ``matrix``, ``fleet`` (on a Ray cluster), ``ops`` and
+``onnx-suite``."""
 
 from __future__ import annotations
 
@@ -99,6 +100,73 @@ def matrix(reports: tuple[str, ...], output: str, as_json: bool) -> None:
         return _emit_json(m)
     _console().print(f"wrote {output}: {len(m['columns'])} columns, {len(m['rows'])} rows",
                      markup=False)
+
+
+@conformance.command()
+@click.option("--ray", "address", required=True, metavar="ADDRESS",
+              help="The Ray cluster: auto, local (start one here, to try it), ray://HOST:PORT "
+                   "or HOST:PORT (the head's GCS address).")
+@click.option("--backend", "-b", "backends", multiple=True,
+              help="Only this backend (repeatable; default: every ready one on each node).")
+@click.option("--tier", type=click.Choice(["api", "mandatory", "all"]), default="mandatory",
+              show_default=True)
+@click.option("-k", "pattern", metavar="PATTERN",
+              help="Only cases whose id matches (glob or substring).")
+@click.option("-j", "jobs", default=1, show_default=True, help="Worker processes per run.")
+@click.option("--seed", type=int, help="Replay the random inputs of an earlier fleet run.")
+@click.option("--timeout", "timeout_s", default=120.0, show_default=True,
+              help="Seconds a case may take before it is recorded as a hang.")
+@click.option("--shared", is_flag=True, help="Reserve no CPU or accelerator on the nodes: run "
+              "beside the work already there instead of waiting for it.")
+@click.option("--deadline", "deadline_s", type=float, metavar="SECONDS",
+              help="Stop waiting for nodes after this long (they are cancelled and reported).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False),
+              help="Write DIR/HOST/BACKEND-INDEX/ (report.json, junit.xml, report.html) per "
+                   "node and device class, and matrix.json, matrix.html, fleet.json.")
+@click.option("--also-run-known-failures", is_flag=True,
+              help="Run declared known failures too, to see which now pass.")
+@json_option
+def fleet(address: str, backends: tuple[str, ...], tier: str, pattern: str | None, jobs: int,
+          seed: int | None, timeout_s: float, shared: bool, deadline_s: float | None,
+          report_dir: str | None, also_run_known_failures: bool, as_json: bool) -> None:
+    """Run a tier on every node of a Ray cluster, once per backend and device class, and
+    merge the reports into one matrix; exit 0 only if every run passed."""
+    from .fleet import fleet as run_fleet
+
+    con = _console(stderr=True)
+
+    def tick(node):
+        said = node.get("error") or node.get("note") or f"{node['runs']} run(s) done"
+        con.print(f"node {node['hostname']} ({node['ip']}): {said}", markup=False)
+
+    result = run_fleet(address, tier=tier, backends=backends, pattern=pattern, jobs=jobs,
+                       seed=seed, timeout_s=timeout_s, shared=shared, deadline_s=deadline_s,
+                       also_run_known_failures=also_run_known_failures,
+                       report_dir=report_dir, progress=None if as_json else tick)
+    if as_json:
+        _emit_json(result.to_dict())
+    else:
+        out = _console()
+        out.print(_table(f"conformance fleet: tier {tier}, seed {result.seed}",
+                         ["node", "backend", "device", "class", "verdict", "summary"],
+                         [[r.hostname, r.backend, r.devices[0] + (
+                             f" (+{len(r.devices) - 1})" if len(r.devices) > 1 else ""),
+                           r.device_class, "PASSED" if r.passed else "FAILED",
+                           r.error or ", ".join(f"{k} {v}" for k, v in
+                                                (r.report or {}).get("summary", {}).items())]
+                          for r in result.runs]))
+        for n in result.nodes:
+            if n.get("error") or n.get("note"):
+                out.print(f"node {n['hostname']} ({n['ip']}): {n.get('error') or n['note']}",
+                          markup=False)
+        m = result.matrix
+        out.print(f"{'PASSED' if result.passed else 'FAILED'}: {len(result.runs)} runs on "
+                  f"{len(result.nodes)} nodes in {result.seconds:.1f} s; matrix "
+                  f"{len(m['columns'])} columns x {len(m['rows'])} rows", markup=False)
+        if report_dir:
+            out.print(f"reports in {Path(report_dir).resolve()}", markup=False)
+    if not result.passed:
+        sys.exit(1)
 
 
 @conformance.command("ops")

@@ -61,3 +61,15 @@ def gemm(trans_a: int, seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, a_shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5])], initializer=[w, c])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def batched_mlp(seed: int = 0) -> onnx.ModelProto:
+    """x[batch,16] -> MatMul(16x8, standard normal from ``seed``) -> Relu -> y[batch,8]:
+    a model the batcher, the server and Ray batch."""
+    w = np.random.default_rng(seed).standard_normal((16, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"])],
+        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        initializer=[numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import backplane as bp
 from backplane.batcher import Batcher
+from tests.models import batched_mlp
 
 SEED = int(np.random.SeedSequence().entropy % 2**32)
 
@@ -23,13 +24,7 @@ def _model(nodes, inputs, outputs, inits=()):
 
 
 def _dense() -> bytes:
-    """x[batch,16] @ W -> Relu -> y[batch,8]."""
-    w = np.random.default_rng(SEED).standard_normal((16, 8)).astype(np.float32)
-    return _model([helper.make_node("MatMul", ["x", "W"], ["h"]),
-                   helper.make_node("Relu", ["h"], ["y"])],
-                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
-                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
-                  [numpy_helper.from_array(w, "W")])
+    return batched_mlp(SEED).SerializeToString()
 
 
 @pytest.fixture(scope="module")

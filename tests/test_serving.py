@@ -35,23 +35,13 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from backplane.serving import protocol  # noqa: E402
 from backplane.serving.repository import Repository, RepositoryError  # noqa: E402
 from conftest import clean_env  # noqa: E402
+from models import batched_mlp as mlp  # noqa: E402
 
 SEED = 2100
 RTOL, ATOL = 1e-5, 1e-6
 
 
 # --- models and the server -------------------------------------------------------------
-
-def mlp(seed: int = 0) -> onnx.ModelProto:
-    """x[batch,16] -> MatMul(16x8) -> Relu -> y[batch,8]: batched by the server."""
-    w = np.random.default_rng(seed).standard_normal((16, 8)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"])],
-        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
-        initializer=[numpy_helper.from_array(w, "w")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
 
 def fixed(scale: float) -> onnx.ModelProto:
     """a FP32[2,3], n INT64[2,3] -> s = a * scale, k = n + 1: fixed shapes, two dtypes."""
