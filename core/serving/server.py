@@ -34,7 +34,6 @@ then stops and exits with status 0. A second Ctrl-C stops at once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -165,12 +164,13 @@ def create_app(repository: Repository | str | Path | Mapping[str, Mapping[str, S
 
     model = "/v2/models/{name}"
     version = "/v2/models/{name}/versions/{version}"
-    routes = [Route("/v2", _server_metadata), Route("/v2/health/live", _live),
-              Route("/v2/health/ready", _ready), Route("/metrics", _metrics)]
+    # (inference first: Starlette tries the routes in order, on every request)
+    routes = [Route(base + "/infer", _infer, methods=["POST"]) for base in (model, version)]
+    routes += [Route("/v2", _server_metadata), Route("/v2/health/live", _live),
+               Route("/v2/health/ready", _ready), Route("/metrics", _metrics)]
     for base in (model, version):
         routes += [Route(base, _model_metadata), Route(base + "/ready", _model_ready),
-                   Route(base + "/config", _model_config),
-                   Route(base + "/infer", _infer, methods=["POST"])]
+                   Route(base + "/config", _model_config)]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error})
     app.state.server = state
@@ -274,10 +274,9 @@ async def _infer(request: Request) -> Response:
         decoded = (await run_in_threadpool(decode_request, body, header) if big
                    else decode_request(body, header))
         _check_request(m, decoded)
-        # (shielded: a handler cancelled by its ASGI server, at a shutdown timeout or a
-        # client's hang-up, must not cancel the request the batcher holds)
-        outputs = await asyncio.shield(m.batcher.run(decoded.inputs,
-                                                     timeout_s=decoded.timeout_s))
+        # (a handler cancelled (a client's hang-up) cancels its request if still queued;
+        # one already running is answered into the void, and the batcher goes on)
+        outputs = await m.batcher.run(decoded.inputs, timeout_s=decoded.timeout_s)
         payload, headers = (await run_in_threadpool(encode_response, m.name, m.version,
                                                     decoded, outputs) if big
                             else encode_response(m.name, m.version, decoded, outputs))
