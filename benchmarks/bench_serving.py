@@ -42,6 +42,7 @@ import numpy as np
 MODELS = ["ppocr-mobile-cls", "bert-ts14"]
 CONCURRENCY = [1, 8, 32]
 MAX_BATCH = 32
+MAX_DELAY_MS: float | None = None  # the batcher's default unless --max-delay-ms
 #: Plans that do not read live load: the load generator's own CPU use would otherwise move
 #: a plan between runs, and batching on and off must run the same plan.
 ENV = {**os.environ, "BACKPLANE_LOAD": "off"}
@@ -122,6 +123,8 @@ def _serve(repo: Path, max_batch: int, devices: list[str]) -> tuple[subprocess.P
     port = _free_port()
     cmd = [str(Path(sys.executable).with_name("backplane")), "serve", str(repo), "--port",
            str(port), "--max-batch-size", str(max_batch), "--log-level", "warning"]
+    if max_batch > 1 and MAX_DELAY_MS is not None:
+        cmd += ["--max-delay-ms", str(MAX_DELAY_MS)]
     cmd += [a for d in devices for a in ("--device", d)]
     log_path = repo.with_name(f"{repo.name}-{max_batch}.log")
     log = open(log_path, "ab")  # a file, never a pipe the server could fill
@@ -303,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6,
                         help="interleaved rounds at concurrency 1 (half as many load rounds)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--max-delay-ms", type=float, help="the batching server's delay")
     parser.add_argument("--load", help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=1, help=argparse.SUPPRESS)
@@ -311,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         args.url = args.load
         load_main(args)
         return 0
+    global MAX_DELAY_MS
+    MAX_DELAY_MS = args.max_delay_ms
     os.environ.update(ENV)  # the in-process session plans as the servers do
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     try:
