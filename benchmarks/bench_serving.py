@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from backplane.serving.protocol import datatype_of
+
 MODELS = ["ppocr-mobile-cls", "bert-ts14"]
 CONCURRENCY = [1, 8, 32]
 MAX_BATCH = 32
@@ -46,8 +48,6 @@ MAX_DELAY_MS: float | None = None  # the batcher's default unless --max-delay-ms
 #: Plans that do not read live load: the load generator's own CPU use would otherwise move
 #: a plan between runs, and batching on and off must run the same plan.
 ENV = {**os.environ, "BACKPLANE_LOAD": "off"}
-DTYPES = {"float32": "FP32", "int64": "INT64", "int32": "INT32", "float16": "FP16",
-          "uint8": "UINT8", "bool": "BOOL", "float64": "FP64"}
 
 
 # -- the load generator (its own process) ---------------------------------------------
@@ -57,7 +57,7 @@ def _body(feeds: dict[str, np.ndarray]) -> tuple[bytes, int]:
     inputs, blobs = [], []
     for name, a in feeds.items():
         raw = np.ascontiguousarray(a).tobytes()
-        inputs.append({"name": name, "shape": list(a.shape), "datatype": DTYPES[str(a.dtype)],
+        inputs.append({"name": name, "shape": list(a.shape), "datatype": datatype_of(str(a.dtype)),
                        "parameters": {"binary_data_size": len(raw)}})
         blobs.append(raw)
     head = json.dumps({"inputs": inputs,
@@ -157,7 +157,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def _check(base: str, name: str, feeds: dict[str, np.ndarray],
            want: dict[str, np.ndarray]) -> float:
     """One request over plain JSON; the largest error relative to Session.run's output."""
-    body = {"inputs": [{"name": k, "shape": list(v.shape), "datatype": DTYPES[str(v.dtype)],
+    body = {"inputs": [{"name": k, "shape": list(v.shape), "datatype": datatype_of(str(v.dtype)),
                         "data": v.reshape(-1).tolist()} for k, v in feeds.items()]}
     req = urllib.request.Request(f"{base}/v2/models/{name}/infer",
                                  data=json.dumps(body).encode(),

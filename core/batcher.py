@@ -140,8 +140,7 @@ class Batcher:
         if not isinstance(max_delay_ms, (int, float)) or not 0 <= max_delay_ms < math.inf:
             raise UnsupportedError(f"max_delay_ms is a number of milliseconds >= 0, not "
                                    f"{max_delay_ms!r}")
-        if timeout_s is not None and not (isinstance(timeout_s, (int, float))
-                                          and 0 < timeout_s < math.inf):
+        if not _deadline_ok(timeout_s):
             raise UnsupportedError(f"timeout_s is a positive number of seconds or None, not "
                                    f"{timeout_s!r}")
         if max_queue_size is None:
@@ -262,8 +261,7 @@ class Batcher:
         self.close()
 
     def _request(self, inputs: Mapping[str, Any], timeout_s: float | None) -> _Request:
-        if timeout_s is not None and not (isinstance(timeout_s, (int, float))
-                                          and 0 < timeout_s < math.inf):
+        if not _deadline_ok(timeout_s):
             raise InputError(f"timeout_s is a positive number of seconds or None, not "
                              f"{timeout_s!r}")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -362,8 +360,9 @@ class Batcher:
                 self._running -= len(batch)
                 self._run_s_per_batch = (run_s if not self._run_s_per_batch
                                          else 0.8 * self._run_s_per_batch + 0.2 * run_s)
-        self._observe(BatchRecord(len(live), rows, padded, queue_s, run_s,
-                                  failed + len(batch) - len(live), self._devices()))
+        if self.observer is not None:
+            self._observe(BatchRecord(len(live), rows, padded, queue_s, run_s,
+                                      failed + len(batch) - len(live), self._devices()))
 
     def _run_together(self, batch: list[_Request]) -> tuple[int, int, int]:
         """Run ``batch`` as one: (rows run, rows padded, requests failed)."""
@@ -393,13 +392,11 @@ class Batcher:
 
     def _devices(self) -> tuple[str, ...]:
         try:
-            return tuple(sorted({p.device for p in self.session.plan.partitions}))
+            return tuple(self.session.plan.devices_used)
         except Exception:  # noqa: BLE001 - a record never fails a batch
             return ()
 
     def _observe(self, record: BatchRecord) -> None:
-        if self.observer is None:
-            return
         try:
             self.observer(record)
         except Exception:  # noqa: BLE001 - a broken observer never breaks batching
@@ -477,6 +474,12 @@ def _failed(exc: BaseException) -> concurrent.futures.Future:
     future: concurrent.futures.Future = concurrent.futures.Future()
     future.set_exception(exc)
     return future
+
+
+def _deadline_ok(timeout_s: Any) -> bool:
+    """Whether ``timeout_s`` is a deadline: None, or a positive finite number of seconds."""
+    return timeout_s is None or (isinstance(timeout_s, (int, float))
+                                 and 0 < timeout_s < math.inf)
 
 
 def _positive_int(what: str, value: Any) -> None:

@@ -217,7 +217,7 @@ def run(model: str, inputs: tuple[str, ...], output_dir: str | None, seed: int,
                 "file": written.get(k)} for k, v in outputs.items()]
     data = {"model": model, "random_inputs": not inputs, "seed": seed if not inputs else None,
             "random_input_specs": [s.to_dict() for s in specs] if specs is not None else None,
-            "devices": sorted({p.device for p in session.plan.partitions}),
+            "devices": session.plan.devices_used,
             "seconds": seconds, "outputs": summary, "plan": session.plan.to_dict()}
     if as_json:
         return _emit_json(data)

@@ -125,7 +125,7 @@ def run_demo(devices: list[str] | None = None, batch: int = 8, repeats: int = 10
             result.rows.append(DemoRow(target, [], "ERROR", error=str(exc)))
             continue
         cmp = compare(out, expected)
-        used = sorted({p.device for p in session.plan.partitions})
+        used = session.plan.devices_used
         result.events += [f"{target}: {e}" for e in session.plan.events]
         result.rows.append(DemoRow(
             target, used, "PASS" if cmp.ok else "FAIL", round(statistics.median(times) * 1e3, 4),

@@ -182,6 +182,12 @@ class Plan:
         """Whether any node runs on the reference backend as a last resort."""
         return any(p.fallback for p in self.placements)
 
+    @property
+    def devices_used(self) -> list[str]:
+        """The ids of the devices the partitions run on, sorted (``devices`` is every
+        device planned over)."""
+        return sorted({p.device for p in self.partitions})
+
     def device_of(self, node: str) -> str:
         """The device id a node runs on."""
         return next(p.device for p in self.placements if p.node == node)

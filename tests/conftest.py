@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,13 @@ def without_cpu_backends():
         finally:
             _INHERITED = ()
     backplane.registry(refresh=True)
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def clean_env(site: Path | str | None = None, **extra: str) -> dict[str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -22,7 +21,7 @@ import pytest
 import backplane
 from backplane.serving.ray import deployment, node_resources, ray_resources
 
-from tests.conftest import clean_env, run_cli, run_python
+from tests.conftest import clean_env, free_port, run_cli, run_python
 from tests.models import batched_mlp as mlp
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
@@ -33,12 +32,6 @@ MAX_BATCH = 8
 MAX_DELAY_MS = 100.0
 #: A quick selection of conformance cases for the fleet: a few ops, one backend.
 FLEET_PATTERN = "Relu/float32/rank|Add/float32/rank-2"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

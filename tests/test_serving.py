@@ -13,7 +13,6 @@ import gzip
 import http.client
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,7 +33,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from backplane.serving import protocol  # noqa: E402
 from backplane.serving.repository import Repository, RepositoryError  # noqa: E402
-from conftest import clean_env  # noqa: E402
+from conftest import clean_env, free_port  # noqa: E402
 from models import batched_mlp as mlp  # noqa: E402
 
 SEED = 2100
@@ -76,12 +75,6 @@ def repo(tmp_path_factory) -> Path:
     write(mlp(), root / "tight" / "model.onnx", "[batching]\nmax_batch_size = 2\n"
                                                  "max_delay_ms = 1500\nmax_queue_size = 1\n")
     return root
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Running:

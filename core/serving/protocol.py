@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import DeadlineError, InputError, OverloadError
 from ..text import shown
 
 #: The request header that gives the length of the JSON part of a body with binary data.
@@ -65,6 +65,22 @@ class ProtocolError(InputError):
     """A request that is no valid Open Inference Protocol v2 request: malformed JSON or
     body, an unknown datatype, a shape that does not match the data. A server answers
     400; the message names the input and what is wrong."""
+
+
+def error_status(exc: BaseException) -> tuple[int, dict[str, str]]:
+    """(HTTP status, headers) of a backplane error answered to a request: 400 for the
+    request's fault (InputError, ProtocolError and RequestError too), 503 for an
+    OverloadError (with ``Retry-After`` in whole seconds when it says when to retry), 504
+    for a DeadlineError, 500 for anything else."""
+    if isinstance(exc, InputError):
+        return 400, {}
+    if isinstance(exc, OverloadError):
+        retry = exc.retry_after_s
+        return 503, ({"Retry-After": str(max(1, math.ceil(retry)))} if retry is not None
+                     else {})
+    if isinstance(exc, DeadlineError):
+        return 504, {}
+    return 500, {}
 
 
 def datatype_of(dtype: str) -> str | None:

@@ -39,21 +39,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import threading
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import (
-    BackplaneError,
-    DeadlineError,
-    DeviceNotFoundError,
-    InputError,
-    OverloadError,
-    UnsupportedError,
-)
+from ..errors import BackplaneError, DeviceNotFoundError, InputError, UnsupportedError
+from .protocol import error_status
 
 log = logging.getLogger("backplane")
 
@@ -230,7 +223,7 @@ class BackplaneReplica:
             status, data, headers = 200, {"outputs": {k: _plain(v) for k, v in
                                                       outputs.items()}}, {}
         except BackplaneError as exc:
-            status, headers = _status(exc)
+            status, headers = error_status(exc)
             data = {"error": str(exc), "type": type(exc).__name__}
         return Response(json.dumps(data), status_code=status, headers=headers,
                         media_type="application/json")
@@ -263,7 +256,7 @@ class BackplaneReplica:
                     "recent": [dataclasses.asdict(r) for r in self._recent],
                     "config": self.batcher.config(),
                     "queued": self.batcher.queued, "in_flight": self.batcher.in_flight,
-                    "devices": sorted({p.device for p in self.session.plan.partitions})}
+                    "devices": self.session.plan.devices_used}
 
     def plan(self) -> dict[str, Any]:
         """The session's plan as plain data (what runs where, and why)."""
@@ -279,17 +272,6 @@ class BackplaneReplica:
 def _plain(value: Any) -> Any:
     tolist = getattr(value, "tolist", None)
     return tolist() if callable(tolist) else value
-
-
-def _status(exc: BackplaneError) -> tuple[int, dict[str, str]]:
-    if isinstance(exc, InputError):
-        return 400, {}
-    if isinstance(exc, OverloadError):
-        retry = exc.retry_after_s
-        return 503, ({"Retry-After": str(max(1, math.ceil(retry)))} if retry else {})
-    if isinstance(exc, DeadlineError):
-        return 504, {}
-    return 500, {}
 
 
 # -- the deployment -----------------------------------------------------------------------

@@ -312,4 +312,4 @@ class ServedModel:
 
     def devices(self) -> list[str]:
         """The device ids the current plan runs on."""
-        return sorted({p.device for p in self.session.plan.partitions})
+        return self.session.plan.devices_used

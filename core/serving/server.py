@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import signal
 import threading
 import time
@@ -55,11 +54,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..errors import BackplaneError, DeadlineError, InputError, OverloadError, did_you_mean
+from ..errors import BackplaneError, OverloadError, did_you_mean
 from ..text import shown
 from .metrics import Metrics
 from .protocol import (HEADER_LENGTH, InferRequest, ProtocolError, datatype_of, decode_request,
-                       encode_response)
+                       encode_response, error_status)
 from .repository import ModelNotFoundError, Repository, ServedModel
 
 log = logging.getLogger("backplane.serving")
@@ -68,6 +67,10 @@ log = logging.getLogger("backplane.serving")
 DEFAULT_MAX_BODY_BYTES = 256 * 2**20
 #: Bodies from this size on are decoded and encoded on a worker thread, not the event loop.
 OFFLOAD_BYTES = 1 << 20
+
+
+#: The metrics' outcome of each error status (others: "error").
+_OUTCOMES = {400: "bad_request", 503: "overload", 504: "deadline"}
 
 
 class BodyTooLarge(ProtocolError):
@@ -283,17 +286,14 @@ async def _infer(request: Request) -> Response:
         outcome, response = "success", Response(payload, headers=headers)
     except BodyTooLarge as exc:
         outcome, response = "bad_request", _error(str(exc), 413)
-    except InputError as exc:  # ProtocolError, and RequestError: the request is at fault
-        outcome, response = "bad_request", _error(str(exc), 400)
-    except OverloadError as exc:
-        headers = ({"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
-                   if exc.retry_after_s is not None else {"Connection": "close"})
-        outcome, response = "overload", _error(str(exc), 503, headers,
-                                               retry_after_s=exc.retry_after_s)
-    except DeadlineError as exc:
-        outcome, response = "deadline", _error(str(exc), 504)
-    except BackplaneError as exc:
-        response = _error(f"{type(exc).__name__}: {exc}", 500)
+    except BackplaneError as exc:  # ProtocolError and RequestError are InputErrors: 400
+        status, headers = error_status(exc)
+        outcome = _OUTCOMES.get(status, "error")
+        extra = {"retry_after_s": exc.retry_after_s} if isinstance(exc, OverloadError) else {}
+        if status == 503 and not headers:
+            headers = {"Connection": "close"}  # closing: no retry here, send it elsewhere
+        response = _error(str(exc) if status != 500 else f"{type(exc).__name__}: {exc}",
+                          status, headers, **extra)
     except Exception as exc:  # noqa: BLE001 - a bug answers 500 and is logged, never hangs
         log.exception("backplane serve: inference on %s failed", m.name)
         response = _error(f"internal error: {type(exc).__name__}: {exc}", 500)
