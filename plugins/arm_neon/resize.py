@@ -12,21 +12,21 @@ import numpy as np
 
 from backplane.ops import resize as resize_math
 
-from .ops import _dense, _dt, _ints
+from .ops.common import dense, dt, ints
 
 
 def _resize_axis(rt: Any, x: Any, t: Any, axis: int, nearest: bool) -> Any:
     """Resample one axis of ``x`` by the taps ``t`` of :func:`backplane.ops.resize.taps`."""
     if nearest:  # a selection: exact in every type
         return np.take(x, t.nearest(), axis=axis)
-    x = _dense(x)
+    x = dense(x)
     n_out, taps = t.index.shape
     outer = int(np.prod(x.shape[:axis], dtype=np.int64))
     inner = int(np.prod(x.shape[axis + 1:], dtype=np.int64))
     out = np.empty(x.shape[:axis] + (n_out,) + x.shape[axis + 1:], x.dtype)
     if out.size:
-        rt.call("resample", [x, _dense(t.index), _dense(t.weight.astype(np.float32))], [out],
-                (_dt(x), outer, x.shape[axis], inner, n_out, taps))
+        rt.call("resample", [x, dense(t.index), dense(t.weight.astype(np.float32))], [out],
+                (dt(x), outer, x.shape[axis], inner, n_out, taps))
     return out
 
 
@@ -42,7 +42,7 @@ def resize(rt: Any, x: Any, roi: Any = None, scales: Any = None, sizes: Any = No
 
     planned = resize_math.plan(x.shape, [int(a) for a in axes] if axes is not None else None,
                                values(roi), values(scales),
-                               _ints(sizes) if sizes is not None else None,
+                               ints(sizes) if sizes is not None else None,
                                keep_aspect_ratio_policy)
     work, outside_masks = x, []
     for ax in planned:
