@@ -65,9 +65,9 @@ def tolerance_with_reason(dtype: str, op: str | None = None, backend: str | None
     return float(entry["rtol"]), float(entry["atol"]), ""
 
 
-def _is_float(dtype: Any) -> bool:
-    """numpy floats and complex, and the ml_dtypes floats (bfloat16, float8) that numpy
-    reports as kind 'V'."""
+def is_float_dtype(dtype: Any) -> bool:
+    """Whether ``dtype`` is a float type: numpy floats and complex, and the ml_dtypes floats
+    (bfloat16, float8) that numpy reports as kind 'V'."""
     import numpy as np
 
     if dtype.kind in "fc":
@@ -114,7 +114,7 @@ def compare(actual: Any, expected: Any, rtol: float | None = None, atol: float |
                           f"expected {expected.dtype}{list(expected.shape)}")
     if expected.size == 0:
         return Comparison(True, 0.0, 0.0, rtol, atol)
-    if not _is_float(expected.dtype):
+    if not is_float_dtype(expected.dtype):
         # Integers, booleans, strings: exactly equal, unless an override grants integers an
         # atol (a quantizer off by one step at a rounding tie, with its reason).
         numeric = expected.dtype.kind in "iu"

@@ -175,7 +175,7 @@ def run_node(tier: str = "mandatory", backends: Iterable[str] = (), pattern: str
     from backplane.hardware.match import device_records
     from backplane.registry import devices, plugin_records
 
-    from .report import _num
+    from .report import json_default
     from .suite import run
 
     node_id = None
@@ -194,7 +194,7 @@ def run_node(tier: str = "mandatory", backends: Iterable[str] = (), pattern: str
                          jobs=jobs, seed=seed, timeout_s=timeout_s,
                          also_run_known_failures=also_run_known_failures)
             # JSON, not pickled objects: the driver may run another backplane version.
-            entry["report"] = json.loads(json.dumps(report.to_dict(), default=_num))
+            entry["report"] = json.loads(json.dumps(report.to_dict(), default=json_default))
         except BackplaneError as exc:
             entry["error"] = f"{type(exc).__name__}: {exc}"
         runs.append(entry)

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from backplane.graph import DTYPE_CODES
 
-from .cases import OPSET, Case, case_rng
+from .casedef import OPSET, Case, case_rng
 
 DOMAIN = "backplane"
 _FLOAT = {"float32": np.float32, "float16": np.float16}

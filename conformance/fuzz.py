@@ -63,7 +63,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .runner import _Pool
+from .runner import WorkerPool
 
 #: The campaign seed of CI (``BACKPLANE_FUZZ_SEED`` overrides it in the test).
 DEFAULT_SEED = 20240618
@@ -435,7 +435,7 @@ def _quiet_and_memoryless() -> None:
     costmodel.observe = lambda *args, **kwargs: None
 
 
-class _Workers(_Pool):
+class _Workers(WorkerPool):
     """The conformance runner's pool of worker processes (started, replaced after a crash
     or a hang, stopped), serving fuzz cases; a worker's ``case`` is the index in flight."""
 

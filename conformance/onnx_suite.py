@@ -64,7 +64,7 @@ from backplane.session import Session
 
 from .onnx_suite_report import (ATOL, AUTO, CAUSES, DIRECT, MISSING, ORT_DIRECT, OV_DIRECT,
                                 RTOL, CaseResult, Outcome, cause_of, compare)
-from .runner import _Pool, _Worker
+from .runner import Worker, WorkerPool
 from .worker import serve_tasks
 
 SETS = ("node", "simple", "pytorch-converted", "pytorch-operator", "light")
@@ -82,7 +82,7 @@ TASKS_PER_WORKER = 1000
 
 __all__ = ["AUTO", "CAUSES", "DEFAULT_PINNED", "DIRECT", "ORT_DIRECT", "OV_DIRECT", "SETS",
            "SAMPLE_SIZE", "SuiteCase", "Outcome", "CaseResult", "columns_for", "load_cases",
-           "sample", "run", "run_column", "judge", "compare", "cause_of"]
+           "sample", "run", "run_column", "judge", "compare", "cause_of", "read_value"]
 
 
 @dataclass(eq=False)
@@ -203,7 +203,7 @@ def _light_cases(data: Path) -> list[SuiteCase]:
                           for d in vi.type.tensor_type.shape.dim)
             n = int(np.prod(shape))
             inputs.append((np.arange(n).reshape(shape) / n).astype(np.float32))
-        outputs = [_read_value(path.with_name(f"{path.stem}_output_{i}.pb"), vi.type)
+        outputs = [read_value(path.with_name(f"{path.stem}_output_{i}.pb"), vi.type)
                    for i, vi in enumerate(model.graph.output)]
         out.append(_case(f"light/{p.name}", "light", info.get("model_name", p.name), model,
                          inputs, outputs, float(info.get("rtol", RTOL)),
@@ -219,14 +219,14 @@ def _read_folder(p: Path) -> tuple[Any, list[Any], list[Any], tuple[float, float
         tol = (float(info.get("rtol", RTOL)), float(info.get("atol", ATOL)))
     data = p / "test_data_set_0"
     # As ONNX's runner: input_i is read with the type of graph input i.
-    inputs = [_read_value(data / f"input_{i}.pb", model.graph.input[i].type)
+    inputs = [read_value(data / f"input_{i}.pb", model.graph.input[i].type)
               for i in range(len(list(data.glob("input_*.pb"))))]
-    outputs = [_read_value(data / f"output_{i}.pb", model.graph.output[i].type)
+    outputs = [read_value(data / f"output_{i}.pb", model.graph.output[i].type)
                for i in range(len(list(data.glob("output_*.pb"))))]
     return model, inputs, outputs, tol
 
 
-def _read_value(path: Path, type_proto: Any) -> Any:
+def read_value(path: Path, type_proto: Any) -> Any:
     """A recorded value, parsed as the proto its graph type says it is."""
     kind = type_proto.WhichOneof("value")
     proto = {"sequence_type": SequenceProto, "optional_type": OptionalProto,
@@ -461,7 +461,7 @@ def warm(pinned: tuple[str, ...] = (), timeout_s: float = WARM_TIMEOUT_S) -> lis
     return found
 
 
-class Pool(_Pool):
+class Pool(WorkerPool):
     """The conformance runner's pool of worker processes (started, replaced after a crash
     or a hang, stopped), serving this suite's tasks. Each worker makes sure the
     ``expected`` backends have their devices before it says it is ready."""
@@ -491,7 +491,7 @@ def run(cases: list[SuiteCase], columns: list[str], *, jobs: int = 1,
         if progress:
             progress(len(done), len(tasks))
 
-    def release(w: _Worker, restart: bool) -> None:
+    def release(w: Worker, restart: bool) -> None:
         w.case, w.served = None, getattr(w, "served", 0) + 1
         if restart or w.served >= TASKS_PER_WORKER:
             pool.replace(w)

@@ -15,8 +15,7 @@ from typing import Any
 
 from backplane.ops import RANDOM_OPS
 
-from .onnx_suite import generated_node_tests
-from .onnx_suite import _read_value as _read
+from .onnx_suite import generated_node_tests, read_value
 
 #: Converted tests per untested op version (``--old-versions``).
 PER_OLD_VERSION = 2
@@ -79,8 +78,9 @@ def _from_files(folder: Path) -> list[tuple[str, Any, list, list]]:
     for test in sorted(p for p in folder.iterdir() if (p / "model.onnx").is_file()):
         model = onnx.load(str(test / "model.onnx"))
         data = test / "test_data_set_0"
-        inputs = [_read(data / f"input_{i}.pb", vi.type) for i, vi in enumerate(model.graph.input)]
-        outputs = [_read(data / f"output_{i}.pb", vi.type)
+        inputs = [read_value(data / f"input_{i}.pb", vi.type)
+                  for i, vi in enumerate(model.graph.input)]
+        outputs = [read_value(data / f"output_{i}.pb", vi.type)
                    for i, vi in enumerate(model.graph.output)]
         out.append((test.name, model, inputs, outputs))
     return out

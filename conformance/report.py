@@ -56,15 +56,15 @@ class Report:
     @property
     def summary(self) -> dict[str, int]:
         """How many cases ended in each status."""
-        return dict(sorted(Counter(_get(c, "status") for c in self.cases).items()))
+        return dict(sorted(Counter(field_of(c, "status") for c in self.cases).items()))
 
     @property
     def mandatory_passed(self) -> bool:
         """Whether every case of the api and mandatory tiers passed (or is a known failure)."""
         from .runner import PASSING
 
-        return all(_get(c, "status") in PASSING for c in self.cases
-                   if _get(c, "tier") in ("api", "mandatory"))
+        return all(field_of(c, "status") in PASSING for c in self.cases
+                   if field_of(c, "tier") in ("api", "mandatory"))
 
     def coverage(self) -> dict[str, Any]:
         """Which of the core ops the backend declared (some case of the op was admitted by
@@ -74,7 +74,7 @@ class Report:
 
         declared: dict[str, bool] = {}
         for c in self.cases:
-            op, status = _get(c, "op"), _get(c, "status")
+            op, status = field_of(c, "op"), field_of(c, "status")
             if op in MANDATORY_OPS and status in DECLARED:
                 declared[op] = declared.get(op, True) and status in PASSING
         return {"core_ops": len(MANDATORY_OPS), "declared": sorted(declared),
@@ -114,19 +114,20 @@ class Report:
         folder.mkdir(parents=True, exist_ok=True)
         paths = {"json": folder / "report.json", "junit": folder / "junit.xml",
                  "html": folder / "report.html"}
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=1, default=_num))
+        paths["json"].write_text(json.dumps(self.to_dict(), indent=1, default=json_default))
         paths["junit"].write_text(junit(self))
         paths["html"].write_text(render_html(self))
         return paths
 
 
-def _get(case: Any, key: str) -> Any:
+def field_of(case: Any, key: str) -> Any:
     """A case result's field, from a result or its dict (None where an older report has
     no such field)."""
     return case.get(key) if isinstance(case, dict) else getattr(case, key, None)
 
 
-def _num(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps``'s ``default``: a value JSON has no type for (a numpy number) as a float."""
     return float(value)
 
 
@@ -146,18 +147,18 @@ def junit(report: Report) -> str:
                        tests=str(len(report.cases)), time=f"{report.seconds:.3f}")
     counts = Counter()
     for c in report.cases:
-        status = _get(c, "status")
+        status = field_of(c, "status")
         case = ET.SubElement(suite, "testcase", classname=f"{report.backend['name']}."
-                             f"{_get(c, 'op')}", name=_get(c, "id"),
-                             time=f"{_get(c, 'seconds') or 0:.4f}")
+                             f"{field_of(c, 'op')}", name=field_of(c, "id"),
+                             time=f"{field_of(c, 'seconds') or 0:.4f}")
         if status == "fail":
-            ET.SubElement(case, "failure", message=status).text = _get(c, "error") or ""
+            ET.SubElement(case, "failure", message=status).text = field_of(c, "error") or ""
             counts["failures"] += 1
         elif status in ("error", "crash", "hang", "invalid"):
-            ET.SubElement(case, "error", message=status).text = _get(c, "error") or ""
+            ET.SubElement(case, "error", message=status).text = field_of(c, "error") or ""
             counts["errors"] += 1
         elif status == "skipped":
-            ET.SubElement(case, "skipped", message=_get(c, "reason") or "known failure")
+            ET.SubElement(case, "skipped", message=field_of(c, "reason") or "known failure")
             counts["skipped"] += 1
         elif status == "unsupported":
             ET.SubElement(case, "skipped", message="unsupported: the backend does not "
@@ -165,7 +166,7 @@ def junit(report: Report) -> str:
             counts["skipped"] += 1
         elif status == "special-values":  # passed; what differs goes with it
             ET.SubElement(case, "system-out").text = "special values: " + "; ".join(
-                _get(c, "deviations") or [])
+                field_of(c, "deviations") or [])
     for k in ("failures", "errors", "skipped"):
         suite.set(k, str(counts[k]))
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
@@ -193,11 +194,13 @@ def render_html(report: Report) -> str:
                       for k, v in report.summary.items())
     rows = []
     for c in report.cases:
-        err = _get(c, "error") or _get(c, "reason") or "; ".join(_get(c, "deviations") or [])
-        rel, ab = _get(c, "max_rel_error"), _get(c, "max_abs_error")
-        rows.append(f"<tr class='{e(_get(c, 'status'))}'><td><code>{e(_get(c, 'id'))}</code></td>"
-                    f"<td>{e(_get(c, 'op'))}</td><td>{e(_get(c, 'dtype'))}</td>"
-                    f"<td>{e(_get(c, 'tier'))}</td><td>{e(_get(c, 'status'))}</td>"
+        err = (field_of(c, "error") or field_of(c, "reason")
+               or "; ".join(field_of(c, "deviations") or []))
+        rel, ab = field_of(c, "max_rel_error"), field_of(c, "max_abs_error")
+        rows.append(f"<tr class='{e(field_of(c, 'status'))}'>"
+                    f"<td><code>{e(field_of(c, 'id'))}</code></td>"
+                    f"<td>{e(field_of(c, 'op'))}</td><td>{e(field_of(c, 'dtype'))}</td>"
+                    f"<td>{e(field_of(c, 'tier'))}</td><td>{e(field_of(c, 'status'))}</td>"
                     f"<td>{'' if ab is None else f'{ab:.2e}'}</td>"
                     f"<td>{'' if rel is None else f'{rel:.2e}'}</td>"
                     f"<td>{e(err.splitlines()[0] if err else '')}</td></tr>")
@@ -237,8 +240,8 @@ def matrix(reports: list[Report]) -> dict[str, Any]:
         if col not in columns:
             columns.append(col)
         for c in r.cases:
-            row = cells.setdefault((_get(c, "op"), _get(c, "dtype")), {})
-            status = _get(c, "status")
+            row = cells.setdefault((field_of(c, "op"), field_of(c, "dtype")), {})
+            status = field_of(c, "status")
             old = row.get(col)
             if old is None or order.index(status) < order.index(old):
                 row[col] = status

@@ -70,15 +70,20 @@ class CaseResult:
 
 
 @dataclass
-class _Worker:
+class Worker:
+    """One worker process of a :class:`WorkerPool`: its pipe, and the case in flight there."""
+
     process: Any
     conn: Any
     case: Any = None
     started: float = 0.0
 
 
-class _Pool:
-    """N worker processes, restarted after a crash or a hang."""
+class WorkerPool:
+    """N worker processes, restarted after a crash or a hang.
+
+    Subclasses serve other work: they set ``_ctx``, ``_target`` (the worker's entry point)
+    and ``_args`` before starting their workers with ``_start``."""
 
     def __init__(self, jobs: int, backend: str, device: str):
         from . import worker
@@ -87,7 +92,7 @@ class _Pool:
         self._target, self._args = worker.main, (backend, device)
         self.workers = [self._start() for _ in range(max(1, jobs))]
 
-    def _start(self) -> _Worker:
+    def _start(self) -> Worker:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(target=self._target, args=(child, *self._args), daemon=True)
         process.start()
@@ -104,9 +109,10 @@ class _Pool:
         if error:
             process.kill()
             raise ConformanceError(f"a conformance worker could not load the backend: {error}")
-        return _Worker(process, parent)
+        return Worker(process, parent)
 
-    def replace(self, w: _Worker) -> None:
+    def replace(self, w: Worker) -> None:
+        """Stop ``w`` (killed if it is still running) and start a fresh worker in its place."""
         if w.process.is_alive():
             w.process.kill()
         w.process.join(5)
@@ -114,6 +120,7 @@ class _Pool:
         self.workers[self.workers.index(w)] = self._start()
 
     def close(self) -> None:
+        """Ask every worker to stop; kill any still running two seconds later."""
         for w in self.workers:
             try:
                 w.conn.send(("stop",))
@@ -143,7 +150,7 @@ def run_cases(cases: list[Any], backend: str, device: str, *, jobs: int = 1,
         else:
             todo.append((case, k))
     pending = list(reversed(todo))
-    pool = _Pool(min(jobs, max(1, len(todo))), backend, device) if todo else None
+    pool = WorkerPool(min(jobs, max(1, len(todo))), backend, device) if todo else None
 
     def finish(case: Any, k: Any, status: str, **kw: Any) -> None:
         if k is not None:

@@ -71,10 +71,10 @@ def _floats(x: Any) -> Any:
     """``x`` as float64 if it holds floats (numpy's or ml_dtypes'), else None."""
     import numpy as np
 
-    from . import _is_float
+    from . import is_float_dtype
 
     x = np.asarray(x)
-    return x.astype(np.float64) if _is_float(x.dtype) else None
+    return x.astype(np.float64) if is_float_dtype(x.dtype) else None
 
 
 def _special_values(x: Any) -> Any:
@@ -214,14 +214,14 @@ def summarize(cases: Sequence[Any]) -> dict[str, list[str]]:
     case results as objects or dicts."""
     import re
 
-    from .report import _get
+    from .report import field_of
 
     out: dict[str, list[str]] = {}
     for c in cases:
-        if _get(c, "status") != STATUS:
+        if field_of(c, "status") != STATUS:
             continue
-        seen = out.setdefault(_get(c, "op"), [])
-        for text in _get(c, "deviations") or []:
+        seen = out.setdefault(field_of(c, "op"), [])
+        for text in field_of(c, "deviations") or []:
             text = re.sub(r" \(e\.g\. [^)]*\)| \(\d+ of \d+ outputs\)", "", text)
             if text not in seen and not text.startswith("and "):
                 seen.append(text)

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from backplane.conformance.cases import OPSET, Case, case_rng
+from backplane.conformance.casedef import OPSET, Case, case_rng
 
 
 @dataclass

@@ -23,7 +23,7 @@ import onnx
 import pytest
 
 import backplane as bp
-from backplane.conformance import corpus
+from backplane.conformance import corpus, corpus_check
 
 ENTRIES = corpus.entries()
 CI = [e for e in ENTRIES if e.ci]
@@ -125,17 +125,17 @@ def test_a_run_over_the_budget_agrees_when_no_farther_from_the_float64_oracle(tm
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
     x = np.random.default_rng().standard_normal((2, 8)).astype(np.float32)
-    truth = corpus._Oracle(path, {"x": x})
+    truth = corpus_check._Oracle(path, {"x": x})
     exact = truth.outputs()["y"]
     scale = float(np.abs(exact).max())
     runtime = {"y": exact + np.float32(2e-4 * scale)}
     rec = corpus.Record("m", "f", "o", 13, "pass", 1e-4)
     closer = {"y": exact - np.float32(1e-4 * scale)}
     farther = {"y": exact - np.float32(3e-4 * scale)}
-    assert corpus._rel_error(closer, runtime) > rec.rtol
-    assert corpus._arbitrated(rec, "auto", closer, (runtime, "onnxruntime", truth))
+    assert corpus_check._rel_error(closer, runtime) > rec.rtol
+    assert corpus_check._arbitrated(rec, "auto", closer, (runtime, "onnxruntime", truth))
     assert rec.rel_error["oracle:direct:onnxruntime"] > rec.rel_error["oracle:auto"]
-    assert not corpus._arbitrated(rec, "auto", farther, (runtime, "onnxruntime", truth))
+    assert not corpus_check._arbitrated(rec, "auto", farther, (runtime, "onnxruntime", truth))
 
 
 @pytest.mark.slow

@@ -148,7 +148,7 @@ def _models(domains: tuple[str, ...], checked: set[tuple[str, int]]
         have = {v for v, _ in per} | {v for k, v in checked if k == definition.key}
         seeds = _seeds(definition, per)
         for version in sorted(set(definition.versions) - have):
-            converted = next((c for c in (_converted(m, version) for m in seeds)
+            converted = next((c for c in (at_version(m, version) for m in seeds)
                               if c is not None), None)
             if converted is None:
                 continue
@@ -254,7 +254,7 @@ def relabeled(model: Any, opset: int) -> Any:
     return copy
 
 
-def _converted(model: Any, version: int) -> Any:
+def at_version(model: Any, version: int) -> Any:
     """``model`` at opset ``version``: the same node where it is valid there (a newer
     version's node that leaves the attributes and inputs it added unset), else converted by
     onnx.version_converter; checked, or None."""
