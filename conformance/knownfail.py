@@ -94,7 +94,7 @@ def parse(entries: Any, where: str) -> list[KnownFailure]:
 
 def for_backend(backend: Any, device: Any) -> list[KnownFailure]:
     """Every known failure the backend declares, from its attribute and from the hook."""
-    from backplane.registry import call_hook
+    from backplane.registry import plugin_manager
 
     found: list[KnownFailure] = []
     declared = getattr(backend, "known_failures", None)
@@ -112,7 +112,8 @@ def for_backend(backend: Any, device: Any) -> list[KnownFailure]:
         found += parse(data.get("known_failure", []), str(path))
     elif declared:
         found += parse(list(declared), f"{backend.name}.known_failures")
-    for contributed in call_hook("backplane_known_failures", backend=backend.name, device=device):
+    for contributed in plugin_manager().hook.backplane_known_failures(backend=backend.name,
+                                                                      device=device):
         found += parse(contributed, "backplane_known_failures hook")
     return found
 

@@ -44,13 +44,13 @@ def collect(tier: str, seed: int, pattern: str | None = None, backend: Any = Non
     from . import cases, zoo
     from .fused_cases import fused_cases
 
-    from backplane.registry import call_hook
+    from backplane.registry import plugin_manager
 
     found = (list(cases.all_cases(seed, tier="mandatory")) + fused_cases(seed)
              + list(zoo.zoo_cases(seed)))
     if tier == "all":
         found += cases.onnx_node_cases(_declared_ops(backend))
-    for contributed in call_hook("backplane_conformance_cases"):
+    for contributed in plugin_manager().hook.backplane_conformance_cases():
         found += [c for c in contributed if tier == "all" or c.tier in ("api", "mandatory")]
     return select(found, pattern)
 

@@ -19,16 +19,20 @@ Device ids are ``BACKEND:INDEX`` in the order the backend's probe returned them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import threading
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import isolation
+import pluggy
+
+from . import hookspecs, isolation
 from .contract import (API_VERSION, DEVICE_KINDS, MIN_API_VERSION, PRECISIONS, Backend,
                        Capabilities, Device, changes_since)
 from .errors import (DeviceNotFoundError, DeviceUnavailable, PluginDeprecationWarning,
@@ -478,26 +482,64 @@ def devices_from_env() -> list[str] | None:
 
 # -- hooks ---------------------------------------------------------------------------------
 
-_pm: Any = None
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's PluginManager, with every implementation guarded as it is registered.
+
+    Hooks are called through pluggy (``pm.hook.backplane_NAME(...)``), which stops a whole
+    call at the first implementation that raises. Here each plain implementation is wrapped
+    when registered: one that raises is logged as a warning (traceback under
+    ``BACKPLANE_DEBUG``) and counts as having returned None, so the others still run and keep
+    their results, and the application goes on. Wrappers (``wrapper=True`` or
+    ``hookwrapper=True``) are left as pluggy runs them: they wrap the call, errors included.
+    (A historic spec would replay its calls inside ``super().register``, before the guard:
+    see hookspecs for why none is historic.)
+    """
+
+    def register(self, plugin: Any, name: str | None = None) -> str | None:
+        """Register ``plugin`` as pluggy does, then guard its implementations."""
+        plugin_name = super().register(plugin, name)
+        if plugin_name is not None:
+            for caller in self.get_hookcallers(plugin) or ():
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
+                        impl.function = _guarded(caller.name, impl.plugin_name, impl.function)
+        return plugin_name
+
+
+def _guarded(hook: str, plugin_name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function``, reporting what it raises and returning None instead."""
+
+    @functools.wraps(function)
+    def guarded(*args: Any) -> Any:
+        try:
+            return function(*args)
+        except Exception as exc:  # a broken hook implementation is its plugin's fault only
+            log.warning("backplane: %s hook of '%s' raised %s: %s", hook, plugin_name,
+                        type(exc).__name__, exc, exc_info=exc if _debug() else None)
+            return None
+
+    return guarded
+
+
+_pm: pluggy.PluginManager | None = None
 _pm_lock = threading.Lock()
 
 
-def plugin_manager() -> Any:
-    """The pluggy PluginManager carrying the ``backplane_*`` hooks.
+def plugin_manager() -> pluggy.PluginManager:
+    """The pluggy PluginManager carrying the ``backplane_*`` hooks (:mod:`backplane.hookspecs`).
 
     It holds every loaded backend that implements hooks, and every object named by an
     entry point in the group ``backplane.hooks`` (loaded with the same isolation as
-    backends: one that fails to import is logged and skipped).
+    backends: one that fails to import is logged and skipped). Call hooks through it,
+    ``plugin_manager().hook.backplane_NAME(arg=...)``: an implementation that raises is
+    logged and skipped, the others' results are kept.
     """
     global _pm
     with _pm_lock:
         if _pm is None:
-            import pluggy
             from stevedore import ExtensionManager
 
-            from . import hookspecs
-
-            pm = pluggy.PluginManager(hookspecs.PROJECT)
+            pm = _PluginManager(hookspecs.PROJECT)
             pm.add_hookspecs(hookspecs)
 
             def on_failure(_m: Any, ep: Any, exc: BaseException) -> None:
@@ -511,7 +553,7 @@ def plugin_manager() -> Any:
         return _pm
 
 
-def _register(pm: Any, obj: Any, name: str) -> None:
+def _register(pm: pluggy.PluginManager, obj: Any, name: str) -> None:
     try:
         if not pm.is_registered(obj):
             pm.register(obj, name=name)
@@ -527,26 +569,4 @@ def _notify_loaded(reg: Registry, old: Registry | None = None) -> None:
     for name, backend in reg.backends.items():
         _register(pm, backend, f"backend:{name}")
     for record in reg.records.values():
-        call_hook("backplane_plugin_loaded", record=record)
-
-
-def call_hook(name: str, firstresult: bool = False, **kwargs: Any) -> Any:
-    """Call every implementation of a hook, each isolated from the others.
-
-    An implementation that raises is logged and skipped; the caller goes on. With
-    ``firstresult`` the first non-None result is returned (None if there is none);
-    otherwise the list of results.
-    """
-    results = []
-    for impl in reversed(getattr(plugin_manager().hook, name).get_hookimpls()):
-        try:
-            result = impl.function(*[kwargs[a] for a in impl.argnames])
-        except Exception as exc:
-            log.warning("backplane: %s hook of '%s' raised %s: %s", name, impl.plugin_name,
-                        type(exc).__name__, exc, exc_info=exc if _debug() else None)
-            continue
-        if result is not None:
-            if firstresult:
-                return result
-            results.append(result)
-    return None if firstresult else results
+        pm.hook.backplane_plugin_loaded(record=record)

@@ -47,7 +47,7 @@ from .ops.costs import nbytes
 from .contract import Device, Verdict, op_key
 from .errors import UnsupportedError
 from .planner import (FALLBACK_BACKEND, Candidate, Partition, Placement, Plan, Rejection)
-from .registry import call_hook
+from .registry import plugin_manager
 
 if TYPE_CHECKING:  # pragma: no cover
     from .contract import Backend
@@ -264,8 +264,8 @@ def _delegate(graph: "Graph", cands: list[_NodeCandidates], choice: list[int],
             _candidate(o, False) for k, o in enumerate(options) if k != choice[i]]
         try:
             picked = (delegate(node, list(offered)) if delegate is not None else
-                      call_hook("backplane_select_device", firstresult=True, node=node,
-                                candidates=list(offered)))
+                      plugin_manager().hook.backplane_select_device(
+                          node=node, candidates=list(offered)))
         except Exception as exc:  # a broken delegate never breaks planning
             events.append(f"selection delegate raised {type(exc).__name__}: {exc} for node "
                           f"'{node.name}'; the default was kept")

@@ -33,7 +33,7 @@ from .planner import Partition, Plan
 from .samples import RandomInput, draw, random_input_specs
 from .shapecheck import ShapeCheck
 from .recovery import DEFAULT_COOLDOWN_S, Recovery
-from .registry import Registry, call_hook, devices_from_env, env_seconds, registry
+from .registry import Registry, devices_from_env, env_seconds, plugin_manager, registry
 from .runcheck import VERIFY_MODES, Verifier, unqualified
 from .scheduler import DEFAULT_HEADROOM, Constraints, schedule
 
@@ -168,7 +168,7 @@ class Session(Recovery):
         self._lock = threading.Lock()
         self._timing = _Timing()
         self._compiled = self._build()
-        call_hook("backplane_session_created", session=self)
+        plugin_manager().hook.backplane_session_created(session=self)
 
     @property
     def plan(self) -> Plan:
@@ -384,7 +384,7 @@ class Session(Recovery):
                     compiled = accuracy.checked(self, compiled)
                 compiled.plan.predicted_peak_bytes = compiled.memory.predicted_peak_bytes
                 self._timing.reset(compiled.plan)
-                call_hook("backplane_plan_ready", plan=compiled.plan, graph=self.graph)
+                plugin_manager().hook.backplane_plan_ready(plan=compiled.plan, graph=self.graph)
                 return compiled
             except BackendError as exc:  # CompileError, or a plugin's own BackendError
                 if self.strict or exc.device is None or exc.device in self._excluded:

@@ -242,10 +242,10 @@ def _load() -> HardwareDB:
 
 
 def _plugin_entries() -> list[tuple[str, Entry | None, list[Problem]]]:
-    from ..registry import call_hook
+    from ..registry import plugin_manager
 
     out: list[tuple[str, Entry | None, list[Problem]]] = []
-    for contributed in call_hook("backplane_hwdb_entries"):
+    for contributed in plugin_manager().hook.backplane_hwdb_entries():
         for i, item in enumerate(contributed if isinstance(contributed, list) else [contributed]):
             if isinstance(item, (str, os.PathLike)):
                 out.append((str(item), *read_file(item)))
