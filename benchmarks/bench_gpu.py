@@ -17,7 +17,7 @@ b. each fused kernel against the unfused torch sequence it replaces (FusedMatMul
 c. a backplane Session on the GPU (``Session(model, devices=["cuda-tensorrt"])``: the path
    the backend picks, TensorRT when installed; and forced onto the kernel path) against the
    same ONNX model run by torch eager, node by node with the torch op table's kernels
-   (``backplane.plugins.torch_ops.kernels``: the kernel path without backplane's executor,
+   (``backplane.runtimes.torch.kernels``: the kernel path without backplane's executor,
    fusion or custom kernels), on the scheduler zoo's large models at batch 1 and 32. Both
    take host numpy inputs and return host numpy outputs; wall-clock time per call.
 
@@ -219,7 +219,7 @@ class EagerRunner:
         from onnx import numpy_helper
 
         from backplane.contract import op_key
-        from backplane.plugins.torch_ops import kernels as table
+        from backplane.runtimes.torch import kernels as table
 
         self.graph = bp.load_model(model)
         self.steps = []
@@ -228,7 +228,7 @@ class EagerRunner:
             if kernel is None:
                 raise RuntimeError(f"the torch op table has no kernel for {node.op_type}")
             self.steps.append((node, kernel.fn, kernel.support.layout == "contiguous"))
-        from backplane.plugins.torch_ops.runner import to_device
+        from backplane.runtimes.torch import to_device
 
         self.upload = lambda a: to_device(a, torch.device(device), torch.float32)
         self.consts = {t.name: self.upload(numpy_helper.to_array(t).copy())

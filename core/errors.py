@@ -69,6 +69,12 @@ class UnsupportedError(BackplaneError):
 class BackendError(BackplaneError):
     """An error raised inside a backend, with its context.
 
+    The message is rendered from the fields: an error made by :meth:`wrap`, or with
+    ``located=True``, starts with where it happened (:meth:`where`: the stage, the backend,
+    the device and the op), then ``detail``. So code that raises on behalf of another
+    backend (a shared runtime adapter's executable) names that backend by passing it, and
+    no caller rewrites the text afterwards.
+
     Attributes:
         backend: the backend's name.
         device: the device id, or None.
@@ -76,31 +82,39 @@ class BackendError(BackplaneError):
         vendor_message: the message of the original exception.
         nodes: the graph nodes the backend refused, when it can tell (a session then plans
             those nodes elsewhere and keeps the device for the rest).
+        detail: what happened, without the place (the message given).
+        located: whether the message starts with :meth:`where`.
     """
 
     stage = "backend"
 
     def __init__(self, message: str, *, backend: str, device: str | None = None,
                  op: str | None = None, vendor_message: str | None = None,
-                 nodes: tuple[str, ...] = ()):
-        super().__init__(message)
+                 nodes: tuple[str, ...] = (), located: bool = False):
+        super().__init__(f"{self.where(backend, device, op)}: {message}" if located
+                         else message)
         self.backend = backend
         self.device = device
         self.op = op
         self.vendor_message = vendor_message
         self.nodes = tuple(nodes)
+        self.detail = message
+        self.located = located
+
+    @classmethod
+    def where(cls, backend: str, device: str | None = None, op: str | None = None) -> str:
+        """``"compile failed in backend 'B' on device 'D' for op O"``, from what is known
+        (the stage is the class's)."""
+        return (f"{cls.stage} failed in backend '{backend}'"
+                + (f" on device '{device}'" if device else "") + (f" for op {op}" if op else ""))
 
     @classmethod
     def wrap(cls, exc: BaseException, *, backend: str, device: str | None = None,
              op: str | None = None, advice: str = "") -> "BackendError":
         """Translate a vendor exception into this backplane error, keeping its message."""
         vendor = f"{type(exc).__name__}: {exc}"
-        where = f"backend '{backend}'" + (f" on device '{device}'" if device else "")
-        what = f" for op {op}" if op else ""
-        message = f"{cls.stage} failed in {where}{what}: {vendor}"
-        if advice:
-            message += f". {advice}"
-        return cls(message, backend=backend, device=device, op=op, vendor_message=vendor)
+        return cls(vendor + (f". {advice}" if advice else ""), backend=backend, device=device,
+                   op=op, vendor_message=vendor, located=True)
 
 
 class CompileError(BackendError):

@@ -40,8 +40,8 @@ from backplane.conformance import zoo  # noqa: E402
 from backplane.errors import CompileError, DeviceUnavailable  # noqa: E402
 from backplane.intake import load_model  # noqa: E402
 from backplane.plugins.npu import DECLARED_OPS, NpuBackend, devices, prepare  # noqa: E402
-from backplane.plugins.openvino_cpu import ov_core  # noqa: E402
 from backplane.plugins.reference import ReferenceBackend  # noqa: E402
+from backplane.runtimes.openvino import ov_core  # noqa: E402
 
 SEED = int(os.environ.get("BACKPLANE_TEST_SEED", time.time_ns() % 2**31))
 #: fp16: the default accuracy budget of precision="auto" (and the conformance suite's
@@ -525,6 +525,37 @@ def test_the_plugins_ort_path_prepares_static_int8_sessions():
     error = rel_rms([exe.run(x) for x in inputs], reference(graph, inputs))
     assert error <= INT8_TOLERANCE, seeded(f"ORT path: {error:.3g}")
 
+
+
+def test_the_ort_paths_run_errors_name_this_backend_and_its_device():
+    """The ONNX Runtime adapter's executable runs for npu: its errors say so as they are."""
+    from backplane.errors import ExecutionError
+
+    device = Device("ORT path on the CPU provider", kind="npu", backend="npu", index=0,
+                    properties={"path": "onnxruntime", "provider": "CPUExecutionProvider",
+                                "precisions": ["fp16", "int8"]})
+    exe = NpuBackend().compile(load_model(zoo.mlp().model), device, options(dims={"batch": 1}))
+    with pytest.raises(ExecutionError) as err:
+        exe.run({"x": np.ones((1, 64), np.float64)})  # the graph declares float32
+    assert (err.value.backend, err.value.device) == ("npu", "npu:0")
+    assert str(err.value).startswith("run failed in backend 'npu' on device 'npu:0': ")
+
+
+def test_openvino_refusals_name_this_backend_and_its_device():
+    """The OpenVINO adapter translates OpenVINO's errors for npu: no text is rewritten."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Pad", ["x", "pads"], ["y"], mode="wrap")], "pad-wrap",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 6])],
+        [helper.make_tensor("pads", TensorProto.INT64, [4], [1, 1, 1, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    with pytest.raises(CompileError) as err:
+        NpuBackend().compile(load_model(model), emulated_npu(), options())
+    assert (err.value.backend, err.value.device) == ("npu", "npu:0")
+    assert str(err.value).startswith("compile failed in backend 'npu' on device 'npu:0'")
+    assert "openvino-cpu" not in str(err.value)
 
 # ---------------------------------------------------------------------- measurements
 

@@ -24,6 +24,7 @@ from backplane import CompileOptions, Device  # noqa: E402
 from backplane.errors import CompileError, ExecutionError  # noqa: E402
 from backplane.intake import load_model  # noqa: E402
 from backplane.plugins import ort as ortb  # noqa: E402
+from backplane.runtimes import onnxruntime as ort_rt  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
 SEED = int(os.environ.get("BACKPLANE_TEST_SEED", time.time_ns() % 2**31))
@@ -69,13 +70,13 @@ def test_device_0_is_the_cpu_execution_provider():
 
 
 def test_the_cpu_provider_passes_its_readiness_check():
-    assert ortb.provider_readiness(CPU) == (True, "")
+    assert ort_rt.provider_readiness(CPU) == (True, "")
 
 
 def test_a_provider_this_build_lacks_is_not_ready_with_the_reason():
     absent = next(p for p in ort.get_all_providers()
                   if p not in ort.get_available_providers())
-    ready, reason = ortb.provider_readiness(absent)
+    ready, reason = ort_rt.provider_readiness(absent)
     assert not ready
     assert f"{absent} is not in this onnxruntime build" in reason
 
@@ -85,21 +86,21 @@ def test_a_built_in_provider_that_takes_no_node_is_not_ready():
     # ORT refuses the session instead of running it on the CPU.
     if "AzureExecutionProvider" not in ort.get_available_providers():
         pytest.skip("this onnxruntime build has no AzureExecutionProvider")
-    ready, reason = ortb.provider_readiness("AzureExecutionProvider")
+    ready, reason = ort_rt.provider_readiness("AzureExecutionProvider")
     assert not ready
     assert "fallback to CPU EP has been explicitly disabled" in reason
 
 
 def test_a_readiness_check_that_hangs_is_not_ready_in_bounded_time(monkeypatch):
-    monkeypatch.setattr(ortb, "_check_provider", lambda p: time.sleep(5) or (True, ""))
+    monkeypatch.setattr(ort_rt, "_check_provider", lambda p: time.sleep(5) or (True, ""))
     name = f"SlowTestExecutionProvider{SEED}"
     try:
         t0 = time.perf_counter()
-        ready, reason = ortb.provider_readiness(name, timeout_s=0.2)
+        ready, reason = ort_rt.provider_readiness(name, timeout_s=0.2)
         assert time.perf_counter() - t0 < 1.0
         assert not ready and "did not finish within 0.2 s" in reason
     finally:
-        ortb._readiness.pop(name, None)
+        ort_rt._readiness.pop(name, None)
 
 
 def test_probe_writes_no_file_and_changes_no_environment(tmp_path, monkeypatch):
@@ -193,9 +194,9 @@ def test_listing_plugins_imports_neither_onnxruntime_nor_numpy():
 @pytest.mark.parametrize("policy, threads, thread_safe", [
     ("latency", 0, False),  # 0: ORT's default, a pinned thread per physical core
     ("throughput", 1, True),
-    ("efficiency", max(1, ortb._physical_cores() // 2), False)])
+    ("efficiency", max(1, ort_rt.physical_cores() // 2), False)])
 def test_the_policy_sets_threads_and_concurrency(policy, threads, thread_safe):
-    so = ortb.session_options(ort, policy, CPU, {})
+    so = ort_rt.session_options(ort, policy, CPU, {})
     assert so.intra_op_num_threads == threads
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert so.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
@@ -345,7 +346,7 @@ def test_a_gpu_provider_that_a_gpu_backend_runs_is_listed_there_not_here(monkeyp
     backend is disabled. The probe's answer is injected: this machine has no GPU provider."""
     answer = ("1.0", [ortb.CPU, "CUDAExecutionProvider"],
               {ortb.CPU: (True, ""), "CUDAExecutionProvider": (True, "")})
-    monkeypatch.setattr(ortb, "_probed", answer)
+    monkeypatch.setattr(ort_rt, "_probed", answer)
     monkeypatch.delenv("BACKPLANE_DISABLE_PLUGINS", raising=False)
     monkeypatch.delenv("BACKPLANE_PLUGINS", raising=False)
     [cpu] = ortb.ORTBackend().probe()

@@ -149,7 +149,8 @@ def test_pip_installed_drivers_are_registered_next_to_the_system_ones(tmp_path):
 def _vendors_folder_seen_by_a_child(cache: Path) -> tuple[Path, dict[str, str], int]:
     """OCL_ICD_VENDORS in a child that imports the plugin with ``cache`` as its cache, the
     files in it and its mode, read before the child exits (and removes it)."""
-    code = ("import json, os, backplane.plugins.opencl as p; "
+    code = ("import json, os, backplane.plugins.opencl; "
+            "from backplane.runtimes import opencl_drivers as p; "
             "d = p.use_pip_installed_drivers()['OCL_ICD_VENDORS']; "
             "print(json.dumps([d, {n: open(os.path.join(d, n)).read() for n in os.listdir(d)}, "
             "os.stat(d).st_mode & 0o777]))")
@@ -166,10 +167,10 @@ def test_an_icd_file_planted_in_the_cache_is_never_read(tmp_path):
     is written by the process, private, and holds exactly the drivers backplane chose,
     whatever a cache folder (here, the one an earlier version reused) holds."""
     from backplane.cache import cache_key
-    from backplane.plugins import opencl
+    from backplane.runtimes import opencl_drivers
 
-    icds = {f"{d}.icd": f"{lib}\n" for d, lib in opencl._pip_driver_libraries()}
-    system = opencl.SYSTEM_VENDORS
+    icds = {f"{d}.icd": f"{lib}\n" for d, lib in opencl_drivers._pip_driver_libraries()}
+    system = opencl_drivers.SYSTEM_VENDORS
     for f in sorted(system.glob("*.icd")) if system.is_dir() else ():
         icds.setdefault(f.name, f.read_text())
     planted = tmp_path / "opencl" / f"icd-vendors-{cache_key(sorted(icds.items()))}"
@@ -187,12 +188,12 @@ def test_the_driver_environment_is_seen_by_the_icd_loader_only():
     application's environment, and its child processes', stay as they were."""
     code = textwrap.dedent("""
         import os, json, backplane as bp
-        from backplane.plugins import opencl
+        from backplane.runtimes import opencl_drivers
         devices = [d for d in bp.registry().devices() if d.backend == 'opencl']
         if devices:
             from backplane.plugins.opencl import runtime
             runtime.state_for(devices[0])  # the first OpenCL call of this process
-        print(json.dumps([bool(opencl.use_pip_installed_drivers()), len(devices),
+        print(json.dumps([bool(opencl_drivers.use_pip_installed_drivers()), len(devices),
                           os.environ.get('OCL_ICD_VENDORS'),
                           os.environ.get('CL_CONFIG_CPU_TARGET_ARCH')]))
     """)
@@ -227,7 +228,7 @@ def test_a_users_own_ocl_icd_vendors_is_left_alone(tmp_path):
 ])
 def test_intels_cpu_runtime_is_told_the_instruction_set_of_a_cpu_it_may_not_know(
         tmp_path, vendor, flags, target):
-    from backplane.plugins.opencl import _intel_cpu_target
+    from backplane.runtimes.opencl_drivers import _intel_cpu_target
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: 26\n"
@@ -280,8 +281,8 @@ def test_a_fresh_process_loads_program_binaries_from_the_disk_cache(tmp_path):
         from backplane.conformance.zoo import mlp
         s = bp.Session(mlp().model, devices=["opencl"])
         s.run({"x": np.ones((2, 64), np.float32)})
-        from backplane.plugins.opencl import runtime
-        [st] = runtime._states.values()
+        from backplane.runtimes import opencl
+        [st] = opencl._states.values()
         print(json.dumps(st.stats))
     """)
     env = {**os.environ, "BACKPLANE_CACHE_DIR": str(tmp_path)}

@@ -335,8 +335,8 @@ def test_a_node_the_frontend_cannot_convert_is_a_compile_error_with_openvinos_me
 
 def test_operations_query_model_leaves_off_the_cpu_are_a_compile_error(monkeypatch):
     # A Gemm with an empty C name converts to a NullNode the CPU plugin refuses; the backend
-    # normally drops that input (ovb._patched). Undo it to see query_model's answer used.
-    monkeypatch.setattr(ovb, "_patched", lambda model, graph: model)
+    # normally drops that input (ovb.patched). Undo it to see query_model's answer used.
+    monkeypatch.setattr(ovb, "patched", lambda model, graph: model)
     model = one_node("Gemm", [("a", TensorProto.FLOAT, [2, 3])], [("y", TensorProto.FLOAT, [2, 4])],
                      [numpy_helper.from_array(np.ones((3, 4), np.float32), "b")])
     model.graph.node[0].input.append("")

@@ -544,3 +544,23 @@ def test_the_torch_path_hands_the_graph_to_the_torch_op_table_on_cuda_n(opencl_a
     assert exe.path.startswith("OpenCL kernels on ")
     assert "torch path passed over: failed at compile: " in exe.path
     assert "Torch not compiled with CUDA enabled" in exe.path
+
+
+def test_the_graph_paths_run_errors_name_this_backend_and_its_device():
+    # ORT's CPU provider stands in for MIGraphX: the path runs the ONNX Runtime adapter's
+    # executable, whose errors name the backend it runs for (rocm), not onnxruntime.
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    from backplane.errors import ExecutionError
+    from backplane.intake import load_model
+
+    graph = {**GRAPH_READY, "provider": "CPUExecutionProvider", "onnxruntime": ort.__version__}
+    device = Device(name="AMD GPU gfx942", kind="gpu", vendor="AMD", backend="rocm", index=0,
+                    properties={"paths": {"migraphx": graph, "torch": NO_TORCH,
+                                          "opencl": NO_OPENCL}})
+    exe = RocmBackend().compile(load_model(_model()), device, CompileOptions())
+    with pytest.raises(ExecutionError) as err:
+        exe.run({"x": np.ones((2, 8), np.float32)})  # the graph declares 3 rows
+    assert (err.value.backend, err.value.device) == ("rocm", "rocm:0")
+    assert str(err.value).startswith("run failed in backend 'rocm' on device 'rocm:0': ")

@@ -6,7 +6,7 @@ What it is: one backend, three ways to compile a partition, tried in this order:
    (``tensorrt.py``), when the ``tensorrt`` package is installed;
 2. ``onnxruntime``: an ONNX Runtime session on its CUDA provider (fp32, TF32 off), when
    onnxruntime-gpu is installed and its CUDA provider passes a readiness check;
-3. ``kernels``: the torch op table shared with rocm (``backplane.plugins.torch_ops``) on
+3. ``kernels``: the torch op table shared with rocm (:mod:`backplane.runtimes.torch`) on
    the torch CUDA device, with custom CUDA kernels from ``kernels/cuda/*.cu`` compiled at
    run time by NVRTC (``nvrtc.py``, ``cudakernels.py``) for the fused ops and the ops
    listed in ``custom_kernels``.
@@ -39,8 +39,9 @@ from backplane import (API_VERSION, Backend, Capabilities, CompileOptions, Devic
                        LazyOps)
 from backplane import __version__ as _backplane_version
 from backplane.errors import CompileError, DeviceUnavailable, did_you_mean
-from backplane.plugins.torch_ops import kernels as torch_kernels
-from backplane.plugins.torch_ops import torch_build
+from backplane.runtimes import onnxruntime as ort_rt
+from backplane.runtimes.torch import compile_on, torch_build
+from backplane.runtimes.torch import kernels as torch_kernels
 
 from . import driver
 
@@ -207,25 +208,16 @@ def _static_shapes(graph: Any, dims: Mapping[str, int]) -> dict[str, tuple[int, 
 
 def _compile_onnxruntime(graph: Any, device: Device, options: CompileOptions,
                          extra: Mapping[str, Any]) -> Executable:
-    from backplane.plugins import ort as ortp
-
-    ort = ortp._ort()
-    so = ortp.session_options(ort, options.policy, CUDA_PROVIDER,
-                              dict(extra.get("onnxruntime", {})))
+    ort = ort_rt.runtime()
+    so = ort_rt.session_options(ort, options.policy, CUDA_PROVIDER,
+                                dict(extra.get("onnxruntime", {})))
     ordinal = int(device.properties.get("ordinal", 0))
     # ORT's CUDA provider computes fp32 MatMul and Conv in TF32 unless told otherwise.
     provider_options = {"device_id": str(ordinal), "use_tf32": "0"}
-    try:
-        session = ort.InferenceSession(graph.model.SerializeToString(), so,
-                                       providers=[(CUDA_PROVIDER, provider_options)])
-    except Exception as exc:
-        raise CompileError.wrap(exc, backend=NAME, device=device.id,
-                                advice="the CUDA provider does not take every node; CPU "
-                                       "fallback is off") from exc
-    if session.get_providers()[0] != CUDA_PROVIDER:
-        raise CompileError(f"ORT placed the partition on {session.get_providers()}, not the "
-                           f"CUDA provider", backend=NAME, device=device.id)
-    exe = ortp.ORTExecutable(session, graph, device, thread_safe=options.policy == "throughput")
+    session = ort_rt.open_session(graph.model.SerializeToString(), so, CUDA_PROVIDER,
+                                  provider_options, backend=NAME, device=device.id, graph=graph)
+    exe = ort_rt.ORTExecutable(session, graph, device, backend=NAME,
+                               thread_safe=options.policy == "throughput")
     exe.path = (f"ONNX Runtime {ort.__version__} CUDAExecutionProvider on GPU {ordinal}, "
                 "fp32 with TF32 off")
     return exe
@@ -233,8 +225,6 @@ def _compile_onnxruntime(graph: Any, device: Device, options: CompileOptions,
 
 def _compile_kernels(graph: Any, device: Device, options: CompileOptions,
                      extra: Mapping[str, Any]) -> Executable:
-    from backplane.plugins.torch_ops import compile_on
-
     from .cudakernels import DEFAULT_CUSTOM
 
     wanted = extra.get("custom_kernels", DEFAULT_CUSTOM)
@@ -243,7 +233,7 @@ def _compile_kernels(graph: Any, device: Device, options: CompileOptions,
     if options.precision == "fp32" and torch_device.startswith("cuda"):
         # torch lets cuDNN convolutions use TF32 by default: fp32 must mean fp32. The flags
         # are process-wide (docs/backends/cuda-tensorrt.md).
-        import torch
+        import torch  # defers the vendor runtime to the kernel path's compile
 
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -416,7 +406,8 @@ def torch_cuda_missing(driver_cuda: str | None = None) -> str:
     if not build["installed"]:
         return "torch is not installed"
     if build["build"] != "cuda":
-        return f"torch {build['version']} is a {build['build']} build; install a CUDA build of torch"
+        return (f"torch {build['version']} is a {build['build']} build; install a CUDA build "
+                "of torch")
     return driver_too_old(build["accelerator_version"], driver_cuda) or ""
 
 
@@ -442,9 +433,7 @@ def ort_cuda_missing() -> str:
     if version is None:
         return "onnxruntime-gpu is not installed"
     try:
-        from backplane.plugins.ort import probe_providers
-
-        _, available, checks = probe_providers()
+        _, available, checks = ort_rt.probe_providers()
     except Exception as exc:
         return f"onnxruntime-gpu {version} is not usable: {exc}"
     ready, reason = checks.get(CUDA_PROVIDER, (False, f"{CUDA_PROVIDER} is not in this build "

@@ -34,10 +34,8 @@ CPU emulation of the preparation and what awaits real hardware: ``docs/backends/
 
 from __future__ import annotations
 
-import collections
 import logging
 import sys
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,6 +44,10 @@ from backplane import (API_VERSION, Backend, Capabilities, CompileOptions, Devic
 from backplane import __version__ as _backplane_version
 from backplane.cache import prune, subfolder
 from backplane.errors import BackendError, CompileError, DeviceUnavailable, ExecutionError
+from backplane.runtimes import onnxruntime as ort_rt
+from backplane.runtimes.openvino import (infer, onnx_nodes_of, outputs_of, ov_core, query,
+                                         valid_survey, wrap)
+from backplane.runtimes.shapecache import ShapeCache
 
 from . import devices as found
 from . import prepare
@@ -259,8 +261,7 @@ class NpuExecutable(Executable):
     def __init__(self, graph: Any, device: Device, build: _Build):
         self._graph, self._device, self._build = graph, device, build
         self._names = [vi.name for vi in graph.inputs]
-        self._lock = threading.Lock()
-        self._compiled: collections.OrderedDict[tuple, Callable] = collections.OrderedDict()
+        self._compiled = ShapeCache(SHAPE_CACHE_SIZE)
         self.path = ""
 
     def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -270,47 +271,33 @@ class NpuExecutable(Executable):
         runner = self.compiled_for(tuple(tuple(np.shape(inputs[n])) for n in self._names))
         try:
             return runner(inputs)
-        except BackendError as exc:  # the ORT path's executable names its own backend
-            if exc.backend == NpuBackend.name:
-                raise
-            raise ExecutionError(str(exc).replace(f"backend '{exc.backend}'", "backend 'npu'"),
-                                 backend=NpuBackend.name, device=self._device.id, op=exc.op,
-                                 vendor_message=exc.vendor_message) from exc
+        except BackendError:  # the ORT path's executable runs for this backend: it says so
+            raise
         except Exception as exc:
             raise ExecutionError.wrap(exc, backend=NpuBackend.name,
                                       device=self._device.id) from exc
 
     def compiled_for(self, signature: tuple, at_compile: bool = False) -> Callable:
         """The runner for one signature: from the LRU, else compiled now."""
-        with self._lock:
-            runner = self._compiled.get(signature)
-            if runner is not None:
-                self._compiled.move_to_end(signature)
-                return runner
-            shapes = dict(zip(self._names, signature))
+        def build(signature: tuple) -> Callable:
             try:
-                runner, how = self._build(shapes)
+                runner, how = self._build(dict(zip(self._names, signature)))
             except BackendError as exc:  # at run time, a new signature that fails is a
                 # run failure of this device (the session re-plans without it)
                 raise _located(CompileError if at_compile else ExecutionError, exc,
                                self._device) from None
-            self._compiled[signature] = runner
-            while len(self._compiled) > SHAPE_CACHE_SIZE:
-                self._compiled.popitem(last=False)
             if at_compile:
                 self.path = how
             return runner
 
+        return self._compiled.get(signature, build)
+
 
 def _located(cls: type, exc: BackendError, device: Device) -> BackendError:
-    """``exc`` as ``cls`` carrying the device (a refusal from ``prepare`` has none yet)."""
-    text = str(exc)
-    for stage in ("compile failed in backend 'npu': ", "backend failed in backend 'npu': "):
-        text = text.removeprefix(stage)
-    if not text.startswith(f"{cls.stage} failed"):
-        text = f"{cls.stage} failed in backend 'npu' on device '{device.id}': {text}"
-    return cls(text, backend=NpuBackend.name, device=device.id, op=exc.op,
-               vendor_message=exc.vendor_message)
+    """``exc`` as ``cls`` carrying the device (a refusal from ``prepare`` has none yet), its
+    message rendered for this stage and device."""
+    return cls(exc.detail, backend=NpuBackend.name, device=device.id, op=exc.op,
+               vendor_message=exc.vendor_message, located=True)
 
 
 # ---------------------------------------------------------------------- OpenVINO path
@@ -341,7 +328,6 @@ class _OpenVINOBuild(_Build):
 
     def __call__(self, shapes: dict[str, tuple[int, ...]]) -> tuple[Callable, str]:
         from backplane.cache import read_sealed, write_sealed
-        from backplane.plugins.openvino_cpu import ov_core
 
         core = ov_core()
         key = prepare.blob_key(self._onnx, shapes, self._precision, self._calibration_key,
@@ -385,8 +371,6 @@ class _OpenVINOBuild(_Build):
 
     def _check_placement(self, core: Any, model: Any) -> None:
         """Every operation on the NPU, or a refusal naming the ONNX nodes it leaves off."""
-        from backplane.plugins.openvino_cpu import _onnx_nodes_of
-
         try:
             placed = core.query_model(model, self._ov_device, self._config)
         except Exception as exc:
@@ -395,39 +379,26 @@ class _OpenVINOBuild(_Build):
         if missing:
             names = ", ".join(f"{op.get_friendly_name()} ({op.get_type_name()})"
                               for op in missing[:10])
-            nodes = _onnx_nodes_of(missing, self._graph)
+            nodes = onnx_nodes_of(missing, self._graph)
             raise CompileError(
-                f"compile failed in backend 'npu' on device '{self._device.id}': OpenVINO's "
-                f"query_model leaves {len(missing)} operation(s) off the NPU: {names}"
+                f"OpenVINO's query_model leaves {len(missing)} operation(s) off the NPU: {names}"
                 + (" (ONNX nodes " + ", ".join(f"'{n.name}' ({n.op_type})" for n in nodes)
                    + ")" if nodes else "") + "; the graph is not run partially",
-                backend=NpuBackend.name, device=self._device.id,
+                backend=NpuBackend.name, device=self._device.id, located=True,
                 op=nodes[0].op_type if nodes else None, vendor_message=f"query_model: {names}")
 
     def _runner(self, compiled: Any) -> Callable:
         import numpy as np
 
-        from backplane.plugins.openvino_cpu import _from_tensor, _to_tensor
-
         request = compiled.create_infer_request()
         declared = {vi.name: vi.dtype for vi in self._graph.inputs}
-        ports = [(p.get_any_name(), declared.get(p.get_any_name())) for p in compiled.inputs]
-        wanted = {vi.name: vi.dtype for vi in self._graph.outputs}
-        outs = []
-        for name in [o.name for o in self._graph.model.graph.output]:
-            index = next((i for i, p in enumerate(compiled.outputs) if name in p.get_names()),
-                         None)
-            if index is None:
-                raise CompileError(f"OpenVINO's NPU model has no output named {name!r}",
-                                   backend=NpuBackend.name, device=self._device.id)
-            outs.append((name, index, wanted.get(name)))
+        names = [p.get_any_name() for p in compiled.inputs]
+        dtypes = [declared.get(name) for name in names]
+        outs = outputs_of(compiled.outputs, self._graph, backend=NpuBackend.name,
+                          device=self._device.id)
 
         def run(inputs: Mapping[str, Any]) -> dict[str, Any]:
-            for i, (name, dtype) in enumerate(ports):
-                request.set_input_tensor(i, _to_tensor(np, np.asarray(inputs[name]), dtype))
-            request.infer()
-            return {name: _from_tensor(np, request.get_output_tensor(i), dtype)
-                    for name, i, dtype in outs}
+            return infer(request, [np.asarray(inputs[name]) for name in names], dtypes, outs)
 
         return run
 
@@ -438,11 +409,7 @@ class _OpenVINOBuild(_Build):
 
 
 def _ov_error(exc: BaseException, device: Device) -> CompileError:
-    from backplane.plugins.openvino_cpu import _wrap
-
-    err = _wrap(CompileError, exc, device, None)
-    return CompileError(str(err).replace("'openvino-cpu'", "'npu'"), backend=NpuBackend.name,
-                        device=device.id, op=err.op, vendor_message=err.vendor_message)
+    return wrap(CompileError, exc, None, backend=NpuBackend.name, device=device.id)
 
 
 # ---------------------------------------------------------------------- ONNX Runtime path
@@ -462,7 +429,6 @@ class _ORTBuild(_Build):
     def __call__(self, shapes: dict[str, tuple[int, ...]]) -> tuple[Callable, str]:
         from backplane.cache import cache_dir, cache_key, model_bytes
         from backplane.graph import Graph
-        from backplane.plugins.ort import ORTExecutable, _ort, session_options
 
         if self._prepared is None:
             model = self._graph.model
@@ -471,9 +437,8 @@ class _ORTBuild(_Build):
             self._prepared = Graph(model, self._graph.name)
         dims = _dims_for(self._prepared, shapes)
         static = prepare.static_graph(self._prepared, dims)
-        ort = _ort()
-        so = session_options(ort, self._options.policy, self._provider,
-                             dict(self._extra.get("session") or {}))
+        so = ort_rt.session_options(ort_rt.runtime(), self._options.policy, self._provider,
+                                    dict(self._extra.get("session") or {}))
         options = dict(found.PROVIDER_OPTIONS.get(self._provider, {}))
         if self._provider == "QNNExecutionProvider":
             options["enable_htp_fp16_precision"] = "1" if self._options.precision == "fp16" \
@@ -496,19 +461,11 @@ class _ORTBuild(_Build):
             options.update({"cache_dir": str(folder), "cache_key": key})
         options.update({str(k): str(v) for k, v in
                         dict(self._extra.get("provider_options") or {}).items()})
-        try:
-            session = ort.InferenceSession(source, so, providers=[(self._provider, options)])
-        except Exception as exc:
-            raise CompileError.wrap(
-                exc, backend=NpuBackend.name, device=self._device.id,
-                advice=f"ONNX Runtime's {self._provider} does not take the whole partition "
-                       "(CPU fallback is disabled so that no node runs elsewhere quietly)"
-            ) from exc
-        if session.get_providers()[0] != self._provider:
-            raise CompileError(f"ORT session runs on {session.get_providers()}, not "
-                               f"{self._provider}", backend=NpuBackend.name,
-                               device=self._device.id)
-        exe = ORTExecutable(session, static, self._device, thread_safe=False)
+        session = ort_rt.open_session(source, so, self._provider, options,
+                                      backend=NpuBackend.name, device=self._device.id,
+                                      graph=static)
+        exe = ort_rt.ORTExecutable(session, static, self._device, thread_safe=False,
+                                   backend=NpuBackend.name)
         shape_text = ", ".join(f"{k}{list(v)}" for k, v in shapes.items())
         how = (f"ONNX Runtime {self._provider}, "
                + ("int8 QDQ (ORT quantizer)" if self._options.precision == "int8" else "fp16")
@@ -537,7 +494,6 @@ def derived_ops(info: Mapping[str, Any]) -> dict[str, OpSupport]:
     from backplane.ops import probes
     from backplane.ops.registrations import op_supports
     from backplane.ops.survey import survey
-    from backplane.plugins.openvino_cpu import query, valid_survey
 
     key = (info.get("openvino"), info.get("driver_version"), info.get("compiler_version"),
            info.get("name"), _backplane_version, DERIVATION_VERSION, probes.VERSION)

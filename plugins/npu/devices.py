@@ -19,6 +19,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from backplane.runtimes.onnxruntime import session_options
+
 #: Where the kernel lists accelerator device nodes (/dev/accel/accelN).
 SYS_ACCEL = "/sys/class/accel"
 #: Kernel drivers of NPU nodes -> the vendor whose NPU it is.
@@ -263,8 +265,6 @@ def provider_ready(ort: Any, provider: str) -> tuple[bool, str]:
     a session with CPU fallback disabled (the onnxruntime backend's session options) on
     the provider's NPU options."""
     import numpy as np
-
-    from backplane.plugins.ort import session_options
 
     try:
         model, feeds, want = readiness_model(provider)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backplane.errors import CompileError
+from backplane.runtimes.openvino import inlined, ov_core, patched
 
 #: Bump when the preparation changes what it produces, so cached blobs are not reused.
 PREPARATION_VERSION = 1
@@ -225,10 +226,8 @@ class Prepared:
 
 def onnx_bytes(graph: Any) -> bytes:
     """The partition as ONNX bytes the way OpenVINO reads it (model-local functions
-    inlined, the frontend's Gemm defect worked around: the openvino-cpu backend's fixes)."""
-    from backplane.plugins.openvino_cpu import _inlined, _patched
-
-    return _patched(_inlined(graph.model), graph).SerializeToString(deterministic=True)
+    inlined, the frontend's Gemm defect worked around: :mod:`backplane.runtimes.openvino`)."""
+    return patched(inlined(graph.model), graph).SerializeToString(deterministic=True)
 
 
 def prepare_openvino(graph: Any, shapes: Mapping[str, Sequence[int]], precision: str,
@@ -237,8 +236,6 @@ def prepare_openvino(graph: Any, shapes: Mapping[str, Sequence[int]], precision:
                      core: Any = None) -> Prepared:
     """Read ``graph`` into OpenVINO, quantize it (int8, with ``calibration``), fix its
     shapes to ``shapes`` and store its weights in fp16. Raises :class:`PrepareError`."""
-    from backplane.plugins.openvino_cpu import ov_core
-
     if precision not in ("fp16", "int8"):
         raise PrepareError(f"an NPU computes at fp16 or int8, not {precision}", backend="npu")
     core = core or ov_core()

@@ -33,11 +33,9 @@ nor onnx. Behaviour, measurements and known failures: ``docs/backends/openvino-c
 from __future__ import annotations
 
 import collections
-import functools
 import hashlib
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -49,6 +47,10 @@ from backplane import (API_VERSION, AttributeRule, Backend, Capabilities, Compil
 from backplane import __version__ as _backplane_version
 from backplane.cache import prune, subfolder
 from backplane.errors import CompileError, DeviceUnavailable, ExecutionError
+from backplane.runtimes.openvino import (from_tensor, infer, inlined, onnx_nodes_of,
+                                         outputs_of, ov, ov_core, ov_version, patched, query,
+                                         to_tensor, valid_survey, wrap)
+from backplane.runtimes.shapecache import ShapeCache
 
 #: OpenVINO's name of the device this backend drives.
 OV_DEVICE = "CPU"
@@ -82,25 +84,6 @@ PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 _PRECISION_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16", "avx_ne_convert"),
                     "fp16": ("avx512_fp16", "amx_fp16", "avx_ne_convert")}
 _OPTIMIZATION_NAMES = {"bf16": "BF16", "fp16": "FP16"}
-
-_core_lock = threading.Lock()
-_core: Any = None
-
-
-def _ov() -> Any:
-    import openvino
-
-    return openvino
-
-
-def ov_core() -> Any:
-    """The process's one ``openvino.Core`` (thread-safe; created on first use)."""
-    global _core
-    with _core_lock:
-        if _core is None:
-            _core = _ov().Core()
-        return _core
-
 
 class OpenVINOBackend(Backend):
     """OpenVINO's CPU plugin: a whole partition per compiled model."""
@@ -152,8 +135,7 @@ class OpenVINOBackend(Backend):
         """Read, check with ``query_model``, and compile the partition (at once when its
         input shapes are static, else once per input-shape signature at run time)."""
         fail = lambda msg, **kw: CompileError(  # noqa: E731
-            f"compile failed in backend '{self.name}' on device '{device.id}': {msg}",
-            backend=self.name, device=device.id, **kw)
+            msg, backend=self.name, device=device.id, located=True, **kw)
         if options.precision not in self.capabilities.precisions:
             raise fail(f"this CPU cannot compute at {options.precision} with OpenVINO; it "
                        f"admits {sorted(self.capabilities.precisions)}")
@@ -164,14 +146,14 @@ class OpenVINOBackend(Backend):
             config["SNIPPETS_MODE"] = "DISABLE"
         # A model over 2 GiB keeps its big initializers in their files: they come as
         # constants sharing the mapped files' memory, not through the serialised model.
-        model, consts = graph.split_external(_patched(_inlined(graph.model), graph))
+        model, consts = graph.split_external(patched(inlined(graph.model), graph))
         data = model.SerializeToString(deterministic=True)
         core = ov_core()
         try:
             ov_model = core.read_model(data)
             _constants(ov_model, consts)
         except Exception as exc:
-            raise _wrap(CompileError, exc, device, graph) from exc
+            raise wrap(CompileError, exc, graph, backend=self.name, device=device.id) from exc
         # (No disk cache for a model with its weights in files: the blob would copy them.)
         folder = None if consts else subfolder(OpenVINOBackend.name, "compiled", options)
         key = (hashlib.sha256(data).hexdigest(), options.precision, options.policy,
@@ -199,12 +181,13 @@ def _refuse_unplaced(core: Any, ov_model: Any, config: dict[str, Any], graph: An
     try:
         placed = core.query_model(ov_model, OV_DEVICE, config)
     except Exception as exc:
-        raise _wrap(CompileError, exc, device, graph) from exc
+        raise wrap(CompileError, exc, graph, backend=OpenVINOBackend.name,
+                   device=device.id) from exc
     missing = [op for op in ov_model.get_ops() if op.get_friendly_name() not in placed]
     if not missing:
         return
     names = ", ".join(f"{op.get_friendly_name()} ({op.get_type_name()})" for op in missing[:10])
-    nodes = _onnx_nodes_of(missing, graph)
+    nodes = onnx_nodes_of(missing, graph)
     labels = ", ".join(f"'{n.name or n.outputs[0]}' ({n.op_type})" for n in nodes)
     raise fail(f"OpenVINO's query_model leaves {len(missing)} operation(s) off the CPU "
                f"device: {names}" + (f"; they come from ONNX nodes {labels}" if nodes
@@ -285,16 +268,16 @@ def probe_info() -> dict[str, Any]:
 def _probe_child() -> None:
     """The probe's child process: print OpenVINO's answer as one JSON line."""
     try:
-        ov = _ov()
-        core = ov.Core()
+        openvino = ov()
+        core = openvino.Core()
         available = list(core.available_devices)
         if OV_DEVICE not in available:
-            answer = {"ok": False, "reason": f"OpenVINO {ov.get_version()} lists no CPU "
+            answer = {"ok": False, "reason": f"OpenVINO {openvino.get_version()} lists no CPU "
                                              f"device (it lists {available or 'none'})"}
         else:
             prop = lambda key: core.get_property(OV_DEVICE, key)  # noqa: E731
             answer = {"ok": True, "name": str(prop("FULL_DEVICE_NAME")),
-                      "openvino": ov.get_version(),
+                      "openvino": openvino.get_version(),
                       "architecture": str(prop("DEVICE_ARCHITECTURE")),
                       "optimization_capabilities": [str(c) for c in
                                                     prop("OPTIMIZATION_CAPABILITIES")],
@@ -351,16 +334,6 @@ def host_precisions() -> frozenset[str]:
     return frozenset({"fp32"} | {p for p, need in _PRECISION_FLAGS.items() if flags & set(need)})
 
 
-def ov_version() -> str:
-    """The installed OpenVINO version, from package metadata (no import) when possible."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("openvino")
-    except metadata.PackageNotFoundError:
-        return _ov().get_version()
-
-
 def _vendor(name: str) -> str:
     return next((v for v in ("Intel", "AMD", "ARM", "Apple") if v.lower() in name.lower()), "")
 
@@ -398,25 +371,18 @@ class OpenVINOExecutable(Executable):
                  precision: str, folder: Path | None, key: tuple):
         self._model, self._graph, self._device = ov_model, graph, device
         self._config, self._precision, self._folder, self._key = config, precision, folder, key
-        self._lock = threading.Lock()
-        self._cache: collections.OrderedDict[tuple, _Compiled] = collections.OrderedDict()
+        self._cache = ShapeCache(SHAPE_CACHE_SIZE)
         self.compiles = self.disk_hits = 0
         declared = {vi.name: vi for vi in graph.inputs}
         self._inputs = [(p.get_any_name(), declared.get(p.get_any_name())) for p in ov_model.inputs]
         self._dtypes = [declared[n].dtype if declared.get(n) else None for n, _ in self._inputs]
-        wanted = {vi.name: vi.dtype for vi in graph.outputs}
-        self._outputs = []  # (ONNX output name, index in OpenVINO's outputs, declared dtype)
-        for name in [o.name for o in graph.model.graph.output]:
-            index = next((i for i, p in enumerate(ov_model.outputs) if name in p.get_names()),
-                         None)
-            if index is None:
-                raise CompileError(f"OpenVINO's model has no output named {name!r}",
-                                   backend=OpenVINOBackend.name, device=device.id)
-            self._outputs.append((name, index, wanted.get(name)))
+        self._outputs = outputs_of(ov_model.outputs, graph, backend=OpenVINOBackend.name,
+                                   device=device.id)
         self._gather_checks = _gather_checks(graph, device)
         shapes = [vi.shape if vi is not None else None for _, vi in self._inputs]
         static = all(s is not None and all(isinstance(d, int) for d in s) for s in shapes)
-        self.static_signature = tuple(tuple(s) for s in shapes) if static else None  # type: ignore[arg-type]
+        self.static_signature = (tuple(tuple(s) for s in shapes)  # type: ignore[arg-type]
+                                 if static else None)
 
     def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Run once; outputs are fresh arrays in exactly the dtypes the graph declares."""
@@ -433,30 +399,17 @@ class OpenVINOExecutable(Executable):
         except IndexError:  # every request is busy in another thread: one more
             request = entry.model.create_infer_request()
         try:
-            for i, (arr, dtype) in enumerate(zip(arrays, self._dtypes)):
-                request.set_input_tensor(i, _to_tensor(np, arr, dtype))
-            request.infer()
-            out = {name: _from_tensor(np, request.get_output_tensor(i), dtype)
-                   for name, i, dtype in self._outputs}
+            out = infer(request, arrays, self._dtypes, self._outputs)
         except Exception as exc:
-            raise _wrap(ExecutionError, exc, self._device, self._graph) from exc
+            raise wrap(ExecutionError, exc, self._graph, backend=OpenVINOBackend.name,
+                       device=self._device.id) from exc
         entry.idle.append(request)
         return out
 
     def compiled_for(self, signature: tuple) -> _Compiled:
         """The compiled model for one input-shape signature: from the LRU, from the disk
         cache, or compiled now (then kept in both)."""
-        with self._lock:
-            entry = self._cache.get(signature)
-            if entry is not None:
-                self._cache.move_to_end(signature)
-                return entry
-            self._check_signature(signature)
-            entry = self._compile(signature)
-            self._cache[signature] = entry
-            while len(self._cache) > SHAPE_CACHE_SIZE:
-                self._cache.popitem(last=False)
-            return entry
+        return self._cache.get(signature, self._compile)
 
     def _check_signature(self, signature: tuple) -> None:
         for (name, vi), shape in zip(self._inputs, signature):
@@ -465,14 +418,15 @@ class OpenVINOExecutable(Executable):
             if len(vi.shape) != len(shape) or any(isinstance(d, int) and d != g
                                                   for d, g in zip(vi.shape, shape)):
                 raise ExecutionError(
-                    f"run failed in backend 'openvino-cpu' on device '{self._device.id}': input "
-                    f"{name!r} has shape {tuple(shape)}, the graph declares {vi.describe()}",
-                    backend=OpenVINOBackend.name, device=self._device.id)
+                    f"input {name!r} has shape {tuple(shape)}, the graph declares "
+                    f"{vi.describe()}", backend=OpenVINOBackend.name, device=self._device.id,
+                    located=True)
 
     def _compile(self, signature: tuple) -> _Compiled:
         from backplane.cache import cache_key, read_sealed, write_sealed
 
-        core, ov = ov_core(), _ov()
+        self._check_signature(signature)
+        core = ov_core()
         path = (self._folder / f"{cache_key(*self._key, signature)}.blob"
                 if self._folder is not None else None)
         blob = read_sealed(path) if path is not None else None  # checked against its hash
@@ -490,7 +444,7 @@ class OpenVINOExecutable(Executable):
         if self.static_signature is None:
             model = self._model.clone()
             try:
-                model.reshape({i: ov.PartialShape(list(s)) for i, s in enumerate(signature)})
+                model.reshape({i: ov().PartialShape(list(s)) for i, s in enumerate(signature)})
             except Exception:  # the graph pins a shape reshape cannot change: stay dynamic
                 model = self._model
         self._refuse_empty(model)
@@ -498,7 +452,8 @@ class OpenVINOExecutable(Executable):
             compiled = core.compile_model(model, OV_DEVICE, self._config)
         except Exception as exc:
             err = CompileError if self.compiles == 0 and not self._cache else ExecutionError
-            raise _wrap(err, exc, self._device, self._graph) from exc
+            raise wrap(err, exc, self._graph, backend=OpenVINOBackend.name,
+                       device=self._device.id) from exc
         self.compiles += 1
         self._checked(compiled)
         if path is not None:
@@ -530,62 +485,10 @@ class OpenVINOExecutable(Executable):
         got = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         want = PRECISION_HINTS[self._precision]
         if got != want:
-            raise CompileError(
-                f"compile failed in backend 'openvino-cpu' on device '{self._device.id}': "
-                f"OpenVINO compiled at {got}, not the {want} asked for",
-                backend=OpenVINOBackend.name, device=self._device.id)
+            raise CompileError(f"OpenVINO compiled at {got}, not the {want} asked for",
+                               backend=OpenVINOBackend.name, device=self._device.id,
+                               located=True)
         return compiled
-
-
-def _to_tensor(np: Any, arr: Any, dtype: str | None) -> Any:
-    """A host array as an OpenVINO tensor in the graph's dtype (bfloat16 through its bits:
-    OpenVINO's Python API has no numpy type for it)."""
-    ov = _ov()
-    plain = _plain().get(arr.dtype)
-    if plain is not None and arr.flags.c_contiguous and arr.ndim \
-            and (dtype is None or plain == dtype):
-        return ov.Tensor(arr, shared_memory=False)  # the common case, without checks below
-    if dtype == "bfloat16" or arr.dtype.name == "bfloat16":
-        tensor = ov.Tensor(ov.Type.bf16, list(arr.shape))
-        if arr.size:
-            tensor.data.view(np.uint16)[...] = arr.view(np.uint16)
-        return tensor
-    if dtype is not None and dtype != arr.dtype.name:
-        arr = arr.astype(dtype)
-    if not arr.flags.c_contiguous:  # (np.ascontiguousarray would turn rank 0 into rank 1)
-        arr = arr.copy(order="C")
-    return ov.Tensor(arr, shared_memory=False)
-
-
-def _from_tensor(np: Any, tensor: Any, dtype: str | None) -> Any:
-    """A copy of an output tensor in the dtype the ONNX graph declares."""
-    data = tensor.data
-    if data.ndim and dtype is not None and _plain().get(data.dtype) == dtype:
-        return data.copy()  # the common case: already the graph's dtype and shape
-    if tensor.element_type == _ov().Type.bf16:
-        import ml_dtypes
-
-        data = np.array(tensor.data, copy=True).view(np.uint16).view(ml_dtypes.bfloat16)
-    else:
-        data = np.array(tensor.data, copy=True)
-    data = data.reshape(tuple(tensor.shape))
-    if dtype and dtype != data.dtype.name:
-        if dtype == "bfloat16":
-            import ml_dtypes
-
-            return data.astype(ml_dtypes.bfloat16)
-        return data.astype(dtype)
-    return data
-
-
-@functools.lru_cache(maxsize=None)
-def _plain() -> dict[Any, str]:
-    """numpy dtype -> name for the types OpenVINO tensors hold as they are (built on first
-    use: this module must not import numpy at load)."""
-    import numpy as np
-
-    return {np.dtype(n): n for n in ("float32", "float16", "float64", "int8", "uint8", "int16",
-                                     "uint16", "int32", "uint32", "int64", "uint64")}
 
 
 #: OpenVINO operations whose CPU kernels crash on an empty input or output, and the ONNX
@@ -630,184 +533,23 @@ def _check_indices(np: Any, indices: Any, dim: int, device: Device,
     if indices.size and (indices.min() < -dim or indices.max() >= dim):
         bad = indices[(indices < -dim) | (indices >= dim)].reshape(-1)[0]
         cls = CompileError if at_compile else ExecutionError
-        raise cls(f"{cls.stage} failed in backend 'openvino-cpu' on device '{device.id}' for op "
-                  f"Gather: index {int(bad)} is out of range for an axis of size {dim} (ONNX "
-                  "makes it an error; OpenVINO would return zeros)",
-                  backend=OpenVINOBackend.name, device=device.id, op="Gather")
-
-
-def _patched(model: Any, graph: Any) -> Any:
-    """Work around OpenVINO frontend bugs by equivalent ONNX:
-
-    - a Gemm whose C is given as "" (absent) loses that trailing empty input (the frontend
-      otherwise leaves a NullNode the CPU plugin cannot compile; a Gemm of two inputs
-      converts fine);
-    - Softmax, LogSoftmax and Hardmax before version 13 flatten their input to 2-D at
-      ``axis``, and OpenVINO computes them over that one axis instead: where ``axis`` is
-      not the last axis, the node becomes Flatten, the op over the last axis, Reshape back;
-    - ReduceMax over a float slice that is all -inf gives the lowest finite value, not
-      -inf (ReduceMin over +inf the highest): a fully masked attention row then yields NaN
-      where the model replaces -inf. Each float ReduceMax (ReduceMin) keeps its answer
-      where the slice holds anything but -inf (+inf), and takes the other reduction, which
-      OpenVINO gets right there, elsewhere.
-    """
-    gemms = [i for i, n in enumerate(model.graph.node) if n.op_type == "Gemm"
-             and n.domain in ("", "ai.onnx") and len(n.input) > 2 and not n.input[2]]
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    flat = [i for i, n in enumerate(model.graph.node) if opset < 13
-            and n.op_type in _COERCED_2D and n.domain in ("", "ai.onnx")
-            and not _last_axis(n, graph)]
-    extremes = any(_float_extreme(n, graph) for n in model.graph.node)
-    if not gemms and not flat and not extremes:
-        return model
-    import onnx
-    from onnx import helper
-
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for i in gemms:
-        del out.graph.node[i].input[2:]
-    for i in sorted(flat, reverse=True):
-        n = out.graph.node[i]
-        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
-        x, y, tag = n.input[0], n.output[0], f"{n.name or n.output[0]}/bp_2d"
-        out.graph.node.remove(n)
-        for k, new in enumerate([
-                helper.make_node("Flatten", [x], [f"{tag}/flat"], axis=axis, name=f"{tag}/flat"),
-                helper.make_node(n.op_type, [f"{tag}/flat"], [f"{tag}/op"], axis=1, name=y),
-                helper.make_node("Shape", [x], [f"{tag}/shape"], name=f"{tag}/shape"),
-                helper.make_node("Reshape", [f"{tag}/op", f"{tag}/shape"], [y],
-                                 name=f"{tag}/back")]):
-            out.graph.node.insert(i + k, new)
-    for i in reversed([j for j, n in enumerate(out.graph.node) if _float_extreme(n, graph)]):
-        n = out.graph.node[i]
-        other, positive = _EXTREMES[n.op_type]
-        x, y, tag = n.input[0], n.output[0], f"{n.name or n.output[0]}/bp_inf"
-        reduce = functools.partial(_reduction_like, n)
-        out.graph.node.remove(n)
-        for k, new in enumerate([
-                reduce(n.op_type, x, f"{tag}/own", y),
-                helper.make_node("IsInf", [x], [f"{tag}/inf"], name=f"{tag}/inf",
-                                 detect_positive=int(positive), detect_negative=int(not positive)),
-                helper.make_node("Not", [f"{tag}/inf"], [f"{tag}/other"], name=f"{tag}/other"),
-                helper.make_node("Cast", [f"{tag}/other"], [f"{tag}/otherf"], to=1,
-                                 name=f"{tag}/otherf"),
-                reduce("ReduceMax", f"{tag}/otherf", f"{tag}/any", f"{tag}/any"),
-                helper.make_node("Cast", [f"{tag}/any"], [f"{tag}/anyb"], to=9,
-                                 name=f"{tag}/anyb"),
-                reduce(other, x, f"{tag}/all", f"{tag}/all"),
-                helper.make_node("Where", [f"{tag}/anyb", f"{tag}/own", f"{tag}/all"], [y],
-                                 name=f"{tag}/where")]):
-            out.graph.node.insert(i + k, new)
-    return out
-
-
-def _reduction_like(node: Any, op: str, data: str, result: str, name: str) -> Any:
-    """Reduction ``op`` of ``data`` over what ``node`` reduces (its axes input or
-    attribute, keepdims ...)."""
-    from onnx import helper
-
-    out = helper.make_node(op, [data, *node.input[1:]], [result], name=name)
-    out.attribute.extend(node.attribute)
-    return out
-
-
-#: ReduceMax and ReduceMin: the other reduction, and whether the slice to repair is +inf.
-_EXTREMES = {"ReduceMax": ("ReduceMin", False), "ReduceMin": ("ReduceMax", True)}
-
-
-def _float_extreme(node: Any, graph: Any) -> bool:
-    """Whether ``node`` is a ReduceMax or ReduceMin of a float input."""
-    if node.op_type not in _EXTREMES or node.domain not in ("", "ai.onnx") or graph is None:
-        return False
-    vi = graph.values.get(node.input[0])
-    return vi is not None and vi.dtype in ("float16", "float32", "float64", "bfloat16")
-
-
-#: Ops that, before version 13, coerce their input to 2-D at ``axis``.
-_COERCED_2D = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
-
-
-def _last_axis(node: Any, graph: Any) -> bool:
-    """Whether a 2-D-coercing node's ``axis`` is the last axis of its input (then the
-    coercion changes nothing)."""
-    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-    vi = graph.values.get(node.input[0]) if graph is not None else None
-    rank = len(vi.shape) if vi is not None and vi.shape is not None else None
-    return rank is not None and axis in (-1, rank - 1)
-
-
-# ---------------------------------------------------------------------- errors
-
-def _wrap(cls: type, exc: BaseException, device: Device, graph: Any) -> Any:
-    """``cls.wrap`` with OpenVINO's message cleaned of its source-location lines."""
-    text = " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
-    text = re.sub(r"Exception from src/[\w/.]+:\d+:\s*", "", text)
-    text = re.sub(r"Check '.*?' failed at [\w/.]+:\d+:\s*", "", text)
-    return cls.wrap(type(exc)(text), backend=OpenVINOBackend.name, device=device.id,
-                    op=_op_named(exc, graph))
+        raise cls(f"index {int(bad)} is out of range for an axis of size {dim} (ONNX makes it "
+                  "an error; OpenVINO would return zeros)", backend=OpenVINOBackend.name,
+                  device=device.id, op="Gather", located=True)
 
 
 def _constants(ov_model: Any, arrays: Mapping[str, Any]) -> None:
     """Replace the parameters named in ``arrays`` by constants sharing the arrays' memory."""
     if not arrays:
         return
-    ov = _ov()
+    openvino = ov()
     for param in list(ov_model.get_parameters()):
         array = arrays.get(param.get_friendly_name())
         if array is not None:
-            const = ov.opset13.constant(array, shared_memory=True)
+            const = openvino.opset13.constant(array, shared_memory=True)
             param.output(0).replace(const.output(0))
             ov_model.remove_parameter(param)
     ov_model.validate_nodes_and_infer_types()
-
-
-def _inlined(model: Any) -> Any:
-    """The model with its model-local functions inlined: OpenVINO's ONNX frontend has no
-    conversion for a call to one (a ``backplane`` fused op carrying its decomposition)."""
-    if not model.functions:
-        return model
-    import onnx.inliner
-
-    return onnx.inliner.inline_local_functions(model)
-
-
-def _op_named(exc: BaseException, graph: Any) -> str | None:
-    """The op of the ONNX node an OpenVINO message names, else the graph's only op type."""
-    text = str(exc)
-    nodes = list(getattr(graph, "nodes", []))
-    for n in nodes:
-        for name in [n.name, *n.outputs]:
-            if name and len(name) > 2 and re.search(
-                    rf"(?<![\w/.-]){re.escape(name)}(?![\w.-])", text):
-                return n.op_type
-    found = re.search(r"ONNX operations?:?\s*([\w.]+)", text)
-    if found:
-        return found.group(1).split(".")[-1]
-    ops = {n.op_type for n in nodes}
-    return ops.pop() if len(ops) == 1 else None
-
-
-def _onnx_nodes_of(ov_ops: list[Any], graph: Any) -> list[Any]:
-    """The ONNX nodes the OpenVINO operations come from. OpenVINO's ONNX frontend names an
-    operation after the ONNX output it computes (``/suffix`` for the inner operations of a
-    decomposition); operations it made up (``Multiply_12``) are traced through their users."""
-    by_output = {o: n for n in getattr(graph, "nodes", []) for o in n.outputs if o}
-    found: dict[int, Any] = {}
-    seen: set[int] = set()
-    todo = collections.deque(ov_ops)
-    while todo:
-        op = todo.popleft()
-        if id(op) in seen:
-            continue
-        seen.add(id(op))
-        name = op.get_friendly_name()
-        node = by_output.get(name) or by_output.get(name.split("/")[0])
-        if node is not None:
-            found.setdefault(id(node), node)
-            continue
-        todo += [t.get_node() for out in op.outputs() for t in out.get_target_inputs()]
-    return list(found.values())
 
 
 # ---------------------------------------------------------------------- capabilities
@@ -865,7 +607,7 @@ QUANTIZATION_STEPS = {"QuantizeLinear": 1, "DynamicQuantizeLinear": 1}
 #: Op versions OpenVINO reads but computes wrong, where no ONNX node test is recorded (so
 #: the derivation's check cannot see it); found by the oracle audit's tests moved to those
 #: versions (``python -m backplane.conformance.oracle_audit --old-versions``). (Softmax,
-#: LogSoftmax and Hardmax 1 and 11, also computed wrong, are rewritten instead: _patched.)
+#: LogSoftmax and Hardmax 1 and 11, also computed wrong, are rewritten instead: patched.)
 REFUSED_VERSIONS: dict[str, dict[int, str]] = {
     **{op: {1: "the `axes` attribute is ignored: every axis is reduced",
             11: "the same, at version 11", 13: "the same, at version 13"}
@@ -899,16 +641,6 @@ def derivation_key() -> tuple[Any, ...]:
             platform.machine())
 
 
-def valid_survey(data: Any) -> bool:
-    """A cached survey is read back only in the shape :func:`derive` writes."""
-    from backplane.ops.verify import valid_rules
-
-    ops = data.get("ops") if isinstance(data, dict) else None
-    return isinstance(ops, dict) and valid_rules(data) and all(
-        isinstance(v, dict) and all(str(ver).isdigit() and isinstance(d, list)
-                                    for ver, d in v.items()) for v in ops.values())
-
-
 def _derive_now() -> dict[str, Any]:
     """Every op of the registry surveyed (:mod:`backplane.ops.survey`): the core ops
     compiled and run in every dtype, the others asked of ``query_model``; then every op
@@ -931,20 +663,6 @@ def _derive_now() -> dict[str, Any]:
             "ops": narrowed(found["ops"], wrong), "rules": rules, "refused": found["refused"]}
 
 
-def query(model: Any, device: str = OV_DEVICE) -> str:
-    """'' when ``query_model`` on ``device`` takes every operation of ``model`` (read by
-    OpenVINO's ONNX frontend), else the reason."""
-    core = ov_core()
-    try:
-        ov_model = core.read_model(_inlined(model).SerializeToString())
-        placed = core.query_model(ov_model, device)
-    except Exception as exc:
-        return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-    missing = [f"{o.get_friendly_name()} ({o.get_type_name()})"
-               for o in ov_model.get_ops() if o.get_friendly_name() not in placed]
-    return f"query_model leaves off {device}: " + ", ".join(missing[:5]) if missing else ""
-
-
 def try_op(op: str, dtype: str, domain: str = "") -> str:
     """'' when every probe model of ``op`` in ``dtype`` is taken whole by ``query_model``,
     compiles and runs on the CPU plugin (f32 precision, one thread); else OpenVINO's reason."""
@@ -957,7 +675,7 @@ def try_op(op: str, dtype: str, domain: str = "") -> str:
               "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1}
     for model, feeds in models(op, dtype, domain):
         try:
-            ov_model = core.read_model(_inlined(model).SerializeToString())
+            ov_model = core.read_model(inlined(model).SerializeToString())
             placed = core.query_model(ov_model, OV_DEVICE, config)
             missing = [f"{o.get_friendly_name()} ({o.get_type_name()})"
                        for o in ov_model.get_ops() if o.get_friendly_name() not in placed]
@@ -965,10 +683,11 @@ def try_op(op: str, dtype: str, domain: str = "") -> str:
                 return "query_model leaves off the CPU: " + ", ".join(missing)
             request = core.compile_model(ov_model, OV_DEVICE, config).create_infer_request()
             for i, port in enumerate(ov_model.inputs):
-                request.set_input_tensor(i, _to_tensor(np, feeds[port.get_any_name()], None))
+                request.set_input_tensor(i, to_tensor(np, feeds[port.get_any_name()], None))
             request.infer()
             for i in range(len(ov_model.outputs)):
-                _from_tensor(np, request.get_output_tensor(i), None)
+                from_tensor(np, request.get_output_tensor(i), None)
         except Exception as exc:
-            return str(_wrap(CompileError, exc, Device("probe"), None).vendor_message)[:400]
+            return str(wrap(CompileError, exc, None, backend=OpenVINOBackend.name,
+                            device=None).vendor_message)[:400]
     return ""

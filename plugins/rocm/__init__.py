@@ -2,8 +2,8 @@
 
 What it is: a backend whose devices are the GPUs of the amdgpu driver's KFD topology, and
 whose capabilities are data read without importing a runtime: the torch op table's
-(``backplane.plugins.torch_ops``) when the installed torch is a ROCm build by its package
-metadata, else the opencl plugin's kernel table.
+(:mod:`backplane.runtimes.torch`) when the installed torch is a ROCm build by its package
+metadata, else the OpenCL kernel table (:mod:`backplane.runtimes.opencl`).
 
 How it finds devices (``probe``): the KFD topology and DRM cards in sysfs (``sysfs.py``:
 gfx target, PCI ids and address, compute units, VRAM, driver version, the hwdb entry),
@@ -14,9 +14,10 @@ GPU; a GPU without amdgpu's KFD (or without /dev/kfd, or without access to it); 
 with no ROCm runtime package, and what to install.
 
 How it compiles: the graph path first (ONNX Runtime's MIGraphX or ROCm provider, CPU
-fallback disabled, through the onnxruntime plugin's session options), else the torch op
-table on HIP (``torch_ops.compile_on(..., torch_device="cuda:N")``: ROCm builds of torch
-call HIP GPUs "cuda"), else the opencl plugin's kernels on ROCm's OpenCL device.
+fallback disabled, through the ONNX Runtime adapter), else the torch op table on HIP
+(``compile_on(..., torch_device="cuda:N")``: ROCm builds of torch call HIP GPUs "cuda"),
+else the OpenCL kernels on ROCm's OpenCL device. Every path runs for this backend: its
+errors name ``rocm`` and the device.
 ``Executable.path`` says which path ran and why the ones before it were passed over;
 ``options={"rocm": {"path": "migraphx" | "torch" | "opencl"}}`` forces one. A path that
 fails to compile (a node the graph compiler refuses) hands over to the next one unless it
@@ -26,39 +27,29 @@ trees; the runtimes and the vendor tools can be injected the same way.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 from backplane import (API_VERSION, Backend, Capabilities, CompileOptions, Device, Executable,
                        LazyOps)
 from backplane import __version__ as _backplane_version
-from backplane.errors import BackendError, CompileError, DeviceUnavailable, ExecutionError
+from backplane.errors import BackendError, CompileError, DeviceUnavailable
+from backplane.runtimes import onnxruntime as ort_rt
+from backplane.runtimes import opencl as cl_rt
+from backplane.runtimes import torch as torch_rt
 
 from . import runtimes as rt
 from . import sysfs
-
-log = logging.getLogger("backplane")
 
 __all__ = ["RocmBackend"]
 
 
 def _table() -> Any:
     """The kernel table the capabilities come from: torch's op table when torch is a ROCm
-    build (package metadata only), else the opencl plugin's."""
-    if rt.torch_build()["rocm"]:
-        try:
-            from backplane.plugins import torch_ops
-
-            return torch_ops.kernels
-        except (ImportError, AttributeError) as exc:
-            log.debug("backplane: rocm: torch op table unavailable (%s); OpenCL table used", exc)
-    from backplane.plugins import opencl
-
-    return opencl.kernels
+    build (package metadata only), else the OpenCL kernels'."""
+    return torch_rt.kernels if rt.torch_build()["rocm"] else cl_rt.kernels
 
 
 def graph_path_ops(table: Any) -> dict[str, Any]:
@@ -200,9 +191,7 @@ class RocmBackend(Backend):
                        status: dict[str, Any], extra: dict[str, Any]) -> Executable:
         """One ORT session over the partition on the MIGraphX (or ROCm) provider."""
         try:
-            import onnxruntime as ort
-
-            from backplane.plugins.ort import ORTExecutable, _op_named, session_options
+            ort = ort_rt.runtime()
         except Exception as exc:
             raise CompileError.wrap(exc, backend=self.name, device=device.id) from exc
         provider = status["provider"]
@@ -210,34 +199,21 @@ class RocmBackend(Backend):
                             **{str(k): str(v) for k, v in
                                dict(extra.get("provider_options") or {}).items()}}
         try:
-            so = session_options(ort, options.policy, provider, extra)
-            with warnings.catch_warnings():
-                # ORT only warns when the provider is missing from its build; the check of
-                # the providers it placed the session on below makes that a CompileError.
-                warnings.simplefilter("ignore", UserWarning)
-                session = ort.InferenceSession(graph.model.SerializeToString(), so,
-                                               providers=[(provider, provider_options)])
+            so = ort_rt.session_options(ort, options.policy, provider, extra)
         except Exception as exc:
-            raise CompileError.wrap(
-                exc, backend=self.name, device=device.id, op=_op_named(exc, graph),
-                advice=f"ORT execution provider {provider} does not take every node it was "
-                       "given; CPU fallback is disabled so that no node runs elsewhere "
-                       "quietly") from exc
-        if session.get_providers()[0] != provider:
-            raise CompileError(f"compile failed in backend '{self.name}' on device "
-                               f"'{device.id}': ORT session runs on {session.get_providers()}"
-                               f", not {provider}", backend=self.name, device=device.id)
-        inner = ORTExecutable(session, graph, device, thread_safe=options.policy == "throughput")
-        return _Renamed(inner, self.name)
+            raise CompileError.wrap(exc, backend=self.name, device=device.id) from exc
+        session = ort_rt.open_session(graph.model.SerializeToString(), so, provider,
+                                      provider_options, backend=self.name, device=device.id,
+                                      graph=graph)
+        return ort_rt.ORTExecutable(session, graph, device, backend=self.name,
+                                    thread_safe=options.policy == "throughput")
 
     def _compile_torch(self, graph: Any, device: Device, options: CompileOptions,
                        status: dict[str, Any], extra: dict[str, Any]) -> Executable:
         """The torch op table, node by node, on HIP device ``cuda:N``."""
         try:
-            from backplane.plugins import torch_ops
-
-            return torch_ops.compile_on(graph, device, options,
-                                        torch_device=f"cuda:{int(status['hip_index'])}")
+            return torch_rt.compile_on(graph, device, options,
+                                       torch_device=f"cuda:{int(status['hip_index'])}")
         except BackendError:
             raise
         except Exception as exc:
@@ -245,29 +221,25 @@ class RocmBackend(Backend):
 
     def _compile_opencl(self, graph: Any, device: Device, options: CompileOptions,
                         status: dict[str, Any], extra: dict[str, Any]) -> Executable:
-        """The opencl plugin's kernels on ROCm's OpenCL device, through that plugin's device
+        """The OpenCL kernels on ROCm's OpenCL device, through the OpenCL adapter's device
         state (context, buffer pool, program cache) and its upload/download."""
         try:
-            from backplane.plugins.opencl import OpenCLExecutable
-            from backplane.plugins.opencl import kernels as opencl_kernels
-            from backplane.plugins.opencl.runtime import state_for
-
             cl_device = opencl_device(status)
-            state = state_for(cl_device)
+            state = cl_rt.state_for(cl_device)
         except Exception as exc:
             raise CompileError.wrap(exc, backend=self.name, device=device.id,
                                     advice="run 'backplane devices' to list what is there "
                                            "now") from exc
         with state.lock:
             state.use_cache_dir(options)
-            inner = opencl_kernels.compile(graph, device, options, upload=state.upload,
-                                           download=state.download)
-        return OpenCLExecutable(inner, state)
+            inner = cl_rt.kernels.compile(graph, device, options, upload=state.upload,
+                                          download=state.download)
+        return cl_rt.OpenCLExecutable(inner, state)
 
 
 def opencl_device(status: dict[str, Any]) -> Device:
-    """The opencl plugin's view of a ready OpenCL path: a Device whose name and properties
-    (platform, platform_index, device_index) are what its ``state_for`` reads."""
+    """The OpenCL view of a ready OpenCL path: a Device whose name and properties
+    (platform, platform_index, device_index) are what ``state_for`` reads."""
     return Device(name=str(status["name"]), kind="gpu",
                   properties={"platform": status.get("platform"),
                               "platform_index": int(status["platform_index"]),
@@ -277,22 +249,6 @@ def opencl_device(status: dict[str, Any]) -> Device:
 _COMPILERS: dict[str, Callable[..., Executable]] = {
     "migraphx": RocmBackend._compile_graph, "torch": RocmBackend._compile_torch,
     "opencl": RocmBackend._compile_opencl}
-
-
-class _Renamed(Executable):
-    """An executable of another plugin's making whose run errors name this backend."""
-
-    def __init__(self, inner: Executable, backend: str):
-        self._inner, self._backend = inner, backend
-        self.thread_safe = inner.thread_safe  # type: ignore[misc]
-
-    def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return self._inner.run(inputs)
-        except ExecutionError as exc:
-            cause = exc.__cause__ or exc
-            raise ExecutionError.wrap(cause, backend=self._backend, device=exc.device,
-                                      op=exc.op) from cause
 
 
 def _no_runtime_reason(unready: list[tuple[sysfs.Gpu, dict[str, dict[str, Any]]]]) -> str:

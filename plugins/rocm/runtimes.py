@@ -4,13 +4,13 @@ which one a compile takes.
 - ``migraphx``, the graph path: ONNX Runtime's MIGraphXExecutionProvider (or its older
   ROCMExecutionProvider) runs the whole partition, CPU fallback disabled;
 - ``torch``: the torch op table on HIP, where torch is a ROCm build;
-- ``opencl``: the opencl plugin's kernels on ROCm's OpenCL platform ("AMD Accelerated
-  Parallel Processing").
+- ``opencl``: the OpenCL kernels on ROCm's OpenCL platform ("AMD Accelerated Parallel
+  Processing").
 
 :func:`detect` finds out what this machine has (host-level facts: a :class:`Runtimes`),
-asking torch and pyopencl in short child processes and ORT through the onnxruntime plugin's
-provider check, all bounded by one time budget; :func:`device_paths` turns those facts
-into each GPU's paths, and :func:`choose_path` picks one and says why the others were
+asking torch and pyopencl in short child processes and ORT through the ONNX Runtime
+adapter's provider check, all bounded by one time budget; :func:`device_paths` turns those
+facts into each GPU's paths, and :func:`choose_path` picks one and says why the others were
 passed over. The last two are pure functions of data, so their logic is tested with the
 runtimes' availability injected.
 """
@@ -27,6 +27,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from backplane.errors import DeviceUnavailable
+from backplane.runtimes.onnxruntime import probe_providers
+from backplane.runtimes.opencl import cannot_run
+from backplane.runtimes.torch import torch_build as _installed_torch
 
 #: The paths in the order a compile tries them.
 PATHS = ("migraphx", "torch", "opencl")
@@ -79,9 +84,7 @@ def torch_build() -> dict[str, Any]:
     """The installed torch, from package metadata (torch is not imported), through the torch
     op table's ``torch_build``: ``{"version": "2.5.1+rocm6.2", "rocm": "6.2"}``; rocm is
     None for CPU and CUDA builds, version None when torch is not installed."""
-    from backplane.plugins.torch_ops import torch_build as build
-
-    found = build()
+    found = _installed_torch()
     return {"version": found.get("version"),
             "rocm": found.get("accelerator_version") if found.get("build") == "rocm" else None}
 
@@ -135,11 +138,9 @@ def _unverified(build: dict[str, Any], why: str) -> dict[str, Any]:
 
 def opencl_child() -> None:
     """The child's side of the OpenCL check: ROCm's platform, its GPUs, and whether each
-    builds and runs the opencl plugin's probe kernel; one JSON line on stdout."""
+    builds and runs the OpenCL probe kernel; one JSON line on stdout."""
     try:
-        from backplane.plugins import opencl as ocl  # registers pip drivers as the plugin does
-
-        import pyopencl as cl
+        import pyopencl as cl  # defers the vendor runtime to this child
     except Exception as exc:
         print(json.dumps({"error": f"pyopencl is not usable: {type(exc).__name__}: {exc}"}))
         return
@@ -165,7 +166,7 @@ def opencl_child() -> None:
                 board = d.board_name_amd.strip()
             except Exception:
                 board = None
-            why = ocl.cannot_run(cl, d)
+            why = cannot_run(cl, d)
             devices.append({"device_index": di, "name": d.name.strip(), "board": board,
                             "pci_bus_id": bus, "memory_bytes": int(d.global_mem_size),
                             "ready": why is None, "why": why or ""})
@@ -192,9 +193,6 @@ def _opencl(budget_s: float) -> dict[str, Any]:
 
 def _ort(budget_s: float) -> dict[str, Any]:
     try:
-        from backplane.errors import DeviceUnavailable
-        from backplane.plugins.ort import probe_providers
-
         version, available, checks = probe_providers()
     except DeviceUnavailable as exc:
         return {"error": str(exc)}

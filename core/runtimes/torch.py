@@ -1,26 +1,124 @@
-"""The default runner of the torch op table: values kept as torch tensors on one device.
+"""torch, as the torch-cpu, cuda-tensorrt and rocm backends use it: the torch op table.
 
-``compile_on(graph, device, options, torch_device)`` is what the torch-based plugins
-(``torch-cpu`` here, ``cuda-tensorrt`` and ``rocm`` for what their graph compilers leave
-over) return from ``compile``: backplane's node-by-node runner (``KernelTable.compile``)
-with an upload that puts host arrays and DLPack tensors on ``torch_device`` and a run
-under ``torch.inference_mode()``. ``torch_build()`` reads torch's version and build from
-package metadata, for probes that must not import torch.
+:data:`kernels` is a ``KernelTable`` of torch implementations of the 49 core ONNX ops
+(opsets 13 to 21) and the three fused ops of the ``backplane`` domain, written once,
+device-agnostic, for ``cuda-tensorrt`` and ``rocm`` to run on a torch ``cuda`` device (CUDA
+and ROCm builds of torch both call their GPU that) wherever their graph compilers leave a
+node over, and for ``torch-cpu`` to verify on torch's CPU device.
+``compile_on(graph, device, options, torch_device)`` is their compile: backplane's
+node-by-node runner (``KernelTable.compile``) with an upload that puts host arrays and
+DLPack tensors on ``torch_device`` and a run under ``torch.inference_mode()``.
+``torch_build()`` reads torch's version and build from package metadata, for probes that
+must not import torch.
 
-Importing this module imports neither torch nor numpy.
+The kernels' implementations are in :data:`OPS`, imported on a kernel's first call (as
+:class:`~backplane.kerneltable.LazyKernel` does for every table); the runner shares with
+them the run's float type and the host copies of constants. Importing this module imports
+neither torch nor numpy.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from backplane import CompileOptions, Device, Executable, KernelTable
+from backplane.contract import AttributeRule, CompileOptions, Device, Executable
 from backplane.errors import CompileError
+from backplane.kerneltable import KernelTable, LazyKernel
 
 if TYPE_CHECKING:  # pragma: no cover
     from backplane.graph import Graph
+
+#: The module holding the table's kernels, named here and imported on first call. (They
+#: live with the torch-cpu plugin, which verifies them; nothing imports that plugin.)
+OPS = "backplane.plugins.torch_ops.ops"
+
+F = ("float32", "float16", "bfloat16")
+F16 = ("float32", "float16")  # ops whose ONNX schema (opset 21) has no bfloat16
+INTS = ("int8", "uint8", "int32", "int64")
+SIGNED = ("int8", "int32", "int64")
+#: Data movement copies elements whatever their type.
+ANY = F + INTS + ("bool",)
+#: ONNX TensorProto codes Cast converts to: float, uint8, int8, int32, int64, bool, float16,
+#: bfloat16.
+CAST_TO = (1, 2, 3, 6, 7, 9, 10, 16)
+
+kernels = KernelTable(precisions=frozenset({"fp32", "fp16", "bf16"}), thread_safe=True)
+
+
+# --------------------------------------------------------------------------- kernels
+# Each registration names the op, the element types of its first input, and what the
+# kernel does not handle; the implementations are in OPS, imported on first call.
+
+def _reg(op: str, impl: str, dtypes: Any = F, domain: str = "", **limits: Any) -> None:
+    kernels.register(op, domain=domain, dtypes=dtypes, **limits)(
+        LazyKernel(OPS, impl))  # OPS, and with it torch, on first call
+
+
+_ONLY_0 = AttributeRule(allowed=(0,))
+_GELU = {"approximate": AttributeRule(allowed=("none", "tanh"))}
+
+# Element-wise.
+for _op, _impl in (("Add", "add"), ("Sub", "sub"), ("Mul", "mul"), ("Div", "div")):
+    _reg(_op, _impl, F + INTS)
+_reg("Pow", "pow_", F + ("int32", "int64"))
+for _op, _impl in (("Sqrt", "sqrt"), ("Exp", "exp"), ("Log", "log"), ("Erf", "erf"),
+                   ("Sigmoid", "sigmoid"), ("Tanh", "tanh"), ("LeakyRelu", "leaky_relu")):
+    _reg(_op, _impl)
+_reg("HardSigmoid", "hard_sigmoid", F16)
+_reg("HardSwish", "hard_swish", F16)
+_reg("Gelu", "gelu", attributes=_GELU)
+_reg("Abs", "abs_", F + INTS)
+_reg("Neg", "neg", F + SIGNED)
+_reg("Relu", "relu", F + SIGNED)
+_reg("Clip", "clip", F + INTS)
+_reg("Where", "where", ("bool",))  # the condition is the first input
+_reg("Cast", "cast", ANY, attributes={"to": AttributeRule(allowed=CAST_TO)})
+
+# Linear algebra and convolutions.
+_reg("MatMul", "matmul", F + ("int32", "int64"))
+_reg("Gemm", "gemm", F + ("int32", "int64"))
+_reg("MatMulInteger", "matmul_integer", ("int8", "uint8"))
+_CONV = {"min_rank": 1, "max_rank": 5}  # 1-D to 3-D windows (the bias is rank 1)
+_reg("Conv", "conv", F16, **_CONV)
+_reg("ConvTranspose", "conv_transpose", F16, **_CONV)
+
+# Pooling, normalisation, reductions.
+_POOL = {"min_rank": 3, "max_rank": 5}
+_reg("MaxPool", "max_pool", F16 + ("int8", "uint8"), **_POOL)
+_reg("AveragePool", "average_pool", F16, **_POOL)
+_reg("GlobalAveragePool", "global_average_pool", F16, min_rank=3)
+_reg("BatchNormalization", "batch_norm", attributes={"training_mode": _ONLY_0})
+_reg("LayerNormalization", "layer_norm", attributes={"stash_type": AttributeRule(allowed=(1,))})
+_reg("Softmax", "softmax")
+_reg("ReduceSum", "reduce_sum", F + ("int32", "int64"))
+_reg("ReduceMean", "reduce_mean", F + ("int32", "int64"))
+_reg("ReduceMax", "reduce_max", ANY)
+
+# Shapes and data movement.
+for _op, _impl in (("Reshape", "reshape"), ("Flatten", "flatten"), ("Squeeze", "squeeze"),
+                   ("Unsqueeze", "unsqueeze"), ("Transpose", "transpose"),
+                   ("Expand", "expand"), ("Shape", "shape_of"), ("Concat", "concat"),
+                   ("Slice", "slice_"), ("Gather", "gather")):
+    _reg(_op, _impl, ANY)
+_reg("Pad", "pad", ANY,
+     attributes={"mode": AttributeRule(allowed=("constant", "reflect", "edge", "wrap"))})
+_reg("Resize", "resize", F + INTS)  # bool: onnx.reference (the oracle) cannot resize it
+
+# Quantization.
+_reg("QuantizeLinear", "quantize_linear", F + ("int32",),
+     attributes={"output_dtype": AttributeRule(allowed=(0, 2, 3, 4, 5))})
+_reg("DequantizeLinear", "dequantize_linear", ("int8", "uint8", "int32"))
+
+# Fused ops of the backplane domain.
+_reg("FusedConvRelu", "fused_conv_relu", F16, domain="backplane", **_CONV)
+_reg("FusedMatMulBiasGelu", "fused_matmul_bias_gelu", domain="backplane", attributes=_GELU)
+_reg("Attention", "attention", domain="backplane")
+
+
+# --------------------------------------------------------------------------- the runner
 
 #: Compute precisions the table runs at: ONNX float computed as this torch dtype.
 PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -99,7 +197,7 @@ def compile_on(graph: "Graph", device: Device, options: CompileOptions, torch_de
             float32 inputs and constants are computed in that type, and graph outputs the
             graph declares float32 come back as float32.
         torch_device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
-        table: the kernels; default this package's :data:`kernels`. A GPU plugin passes
+        table: the kernels; default this module's :data:`kernels`. A GPU plugin passes
             ``kernels.copy()`` with its own kernels registered on top.
         path: how the partition was compiled, in words (``Executable.path``).
 
@@ -108,15 +206,14 @@ def compile_on(graph: "Graph", device: Device, options: CompileOptions, torch_de
             not admit (from ``KernelTable.compile``).
     """
     if table is None:
-        from . import kernels as table
+        table = kernels
     if options.precision not in PRECISION_DTYPES or options.precision not in table.precisions:
         raise CompileError(
             f"backend '{device.backend}' computes at {', '.join(sorted(table.precisions))}, "
             f"not {options.precision}", backend=device.backend, device=device.id)
-    import torch
+    import torch  # defers the vendor runtime to the first compile
 
-    from .ops import HOST_COPY_ELEMENTS, remember
-
+    ops = _implementations()
     target = torch.device(torch_device)
     compute = getattr(torch, PRECISION_DTYPES[options.precision])
     constants: list[Any] = []
@@ -127,8 +224,8 @@ def compile_on(graph: "Graph", device: Device, options: CompileOptions, torch_de
         if compiling[0]:
             constants.append(tensor)
             # Shape-like constants (shapes, axes, pads, starts, scales) keep a host copy.
-            if value.size <= HOST_COPY_ELEMENTS and value.dtype.name in _HOST_COPIED:
-                remember(tensor, value.reshape(-1).tolist())
+            if value.size <= ops.HOST_COPY_ELEMENTS and value.dtype.name in _HOST_COPIED:
+                ops.remember(tensor, value.reshape(-1).tolist())
         return tensor
 
     inner = table.compile(graph, device, options, upload=upload, download=_keep)
@@ -153,11 +250,12 @@ class TorchExecutable(Executable):
 
     def __init__(self, inner: Any, graph: "Graph", compute: Any, constants: list[Any],
                  path: str):
-        import torch
+        import torch  # defers the vendor runtime (compile_on imported it already)
 
         self._inner = inner
         self._compute = compute
         self._torch = torch
+        self._float = _implementations().FLOAT  # the run's float type, read by the kernels
         self._outputs = [(o.name, o.dtype == "float32") for o in graph.outputs]
         self._const_storage = {c.untyped_storage().data_ptr() for c in constants
                                if c.numel()}
@@ -171,17 +269,15 @@ class TorchExecutable(Executable):
 
     def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Run the graph once; outputs as described in the class docstring."""
-        from .ops import FLOAT
-
         torch = self._torch
-        token = FLOAT.set(self._compute)
+        token = self._float.set(self._compute)
         try:
             with torch.inference_mode():
                 out = self._inner.run(inputs)
                 return {name: self._finish(out[name], as_float32)
                         for name, as_float32 in self._outputs}
         finally:
-            FLOAT.reset(token)
+            self._float.reset(token)
 
     def _finish(self, value: Any, as_float32: bool) -> Any:
         torch = self._torch
@@ -205,7 +301,7 @@ def to_device(value: Any, target: Any, compute: Any) -> Any:
     executor hands partitions read-only views) is copied, since torch tensors cannot be
     read-only. bfloat16 arrays (ml_dtypes) cross as their 16-bit patterns.
     """
-    import torch
+    import torch  # defers the vendor runtime to the first upload
 
     if not isinstance(value, torch.Tensor):
         import numpy as np
@@ -233,10 +329,15 @@ def _from_numpy(np: Any, torch: Any, array: Any) -> Any:
 def bfloat16_to_host(tensor: Any) -> Any:
     """A torch bfloat16 tensor as a host ``ml_dtypes.bfloat16`` array (its bit patterns)."""
     import ml_dtypes
-    import torch
+    import torch  # defers the vendor runtime (loaded by whoever made the tensor)
 
     return tensor.detach().cpu().contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
 
 
 def _keep(value: Any) -> Any:
     return value
+
+
+def _implementations() -> Any:
+    """:data:`OPS`, the kernels' module (importing it imports torch)."""
+    return importlib.import_module(OPS)
