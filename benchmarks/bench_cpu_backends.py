@@ -190,7 +190,7 @@ def fused_models() -> dict[str, tuple[Any, dict[str, np.ndarray]]]:
 
 def fused_rows(calls: int) -> list[dict]:
     from backplane.ops.fusion import fuse
-    from backplane.registry import registry
+    from backplane.engine.registry import registry
 
     reg = registry()
     backend = reg.backends["opencl"]

@@ -218,7 +218,7 @@ class EagerRunner:
         import torch
         from onnx import numpy_helper
 
-        from backplane.contract import op_key
+        from backplane.sdk.contract import op_key
         from backplane.runtimes.torch import kernels as table
 
         self.graph = bp.load_model(model)

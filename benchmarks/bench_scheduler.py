@@ -11,7 +11,7 @@ a. selection regret: per zoo model (five families x small, large x batch 1, 32),
    (the winner of the candidate plans measured on the sample inputs, read back from the
    tuning cache by a fresh session). Goals for the default plan: geometric mean <= 1.05,
    worst <= 1.25.
-b. planning time: ``backplane.scheduler.plan_model`` on a loaded graph of 1,000 nodes
+b. planning time: ``backplane.engine.scheduler.plan_model`` on a loaded graph of 1,000 nodes
    (MatMul, Add, Relu, Softmax, LayerNormalization; branches, joins and long skips), no
    compile; median of 10 after one warm-up. Goal <= 50 ms. Then bounded time (issue 18,
    point 6): the wall seconds of ``Session(model)`` (plan and compile, no compiled-artefact
@@ -164,7 +164,7 @@ def session_child(conn: Any, model: bytes, kwargs: dict[str, Any],
     child's timed calls. Without ``keep_learning`` the child leaves the learned corrections
     it gathered unsaved.
     """
-    from backplane import costmodel
+    from backplane.engine import costmodel
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends us
     try:
@@ -532,8 +532,8 @@ def synthetic_graph(blocks: int = PLANNING_NODES // 8, width: int = 64, rows: in
 
 def planning_row(runs: int) -> dict[str, Any]:
     """Median seconds of ``plan_model`` on the loaded synthetic graph, over ``runs``."""
-    from backplane.intake import load_model
-    from backplane.scheduler import plan_model
+    from backplane.model.intake import load_model
+    from backplane.engine.scheduler import plan_model
 
     graph = load_model(synthetic_graph())
     assert len(graph.nodes) == PLANNING_NODES, len(graph.nodes)

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 import backplane as bp
-from backplane.accuracy import max_rel_error
+from backplane.engine.accuracy import max_rel_error
 from backplane.conformance import zoo
 
 from machine import cpu_name, versions

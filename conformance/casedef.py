@@ -21,7 +21,7 @@ class Case:
     op: str
     domain: str = ""
     dtype: str
-    """The element type of the op's main input, as in ``backplane.graph.DTYPE_NAMES``."""
+    """The element type of the op's main input, as in ``backplane.model.graph.DTYPE_NAMES``."""
     tier: str
     model: onnx.ModelProto = field(repr=False)
     inputs: dict[str, np.ndarray] = field(repr=False)

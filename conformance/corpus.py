@@ -5,7 +5,7 @@ Each entry says where its model comes from: an ``.onnx`` file shipped inside a P
 torch/transformers config with random weights and exported by one of torch's two exporters
 (TorchScript-based ``dynamo=False``, or ``dynamo=True``), or a float entry quantized to QDQ
 int8 by ``onnxruntime.quantization``. :func:`materialize` makes the file under the user cache
-folder (``backplane.cache.cache_root()``, ``BACKPLANE_CACHE_DIR``) and checks every file's
+folder (``backplane.sdk.cache.cache_root()``, ``BACKPLANE_CACHE_DIR``) and checks every file's
 sha256 each time it is read back; :func:`sample_inputs` gives inputs the model accepts;
 :func:`check` runs it through backplane and through the runtimes directly::
 
@@ -23,8 +23,7 @@ from __future__ import annotations
 from backplane.conformance.corpus_check import PINNED, Record, check
 from backplane.conformance.corpus_materialize import materialize
 from backplane.conformance.corpus_recipe import (LAYOUT, MANIFEST, MODEL_FILE, RECIPE, RTOL,
-                                                 CorpusError, Entry, entries, entry,
-                                                 sample_inputs)
+                                                 CorpusError, Entry, entries, entry, sample_inputs)
 
 __all__ = ["LAYOUT", "MANIFEST", "MODEL_FILE", "PINNED", "RECIPE", "RTOL", "CorpusError",
            "Entry", "Record", "check", "entries", "entry", "materialize", "sample_inputs"]

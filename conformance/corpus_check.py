@@ -14,7 +14,7 @@ import numpy as np
 
 from backplane.conformance.corpus_materialize import materialize
 from backplane.conformance.corpus_recipe import Entry, entry, sample_inputs
-from backplane.errors import BackplaneError
+from backplane.sdk.errors import BackplaneError
 
 #: The backends a pinned run names, with the runtime each wraps (its direct run is the
 #: pinned run's own reference).

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from backplane.cache import cache_dir, cache_key
+from backplane.sdk.cache import cache_dir, cache_key
 from backplane.conformance.corpus_recipe import (LAYOUT, MANIFEST, MODEL_FILE, RECIPE, CorpusError,
                                                  Entry, entry, sample_inputs)
 

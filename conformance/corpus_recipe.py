@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from backplane.conformance import tomllib
-from backplane.errors import ConformanceError, did_you_mean
+from backplane.sdk.errors import ConformanceError, did_you_mean
 
 RECIPE = Path(__file__).with_name("corpus.toml")
 #: The default accuracy budget: max|a-b| / max|b| per output, against ORT called directly.

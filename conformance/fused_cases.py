@@ -20,9 +20,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from backplane.graph import DTYPE_CODES
+from backplane.model.graph import DTYPE_CODES
 
-from .casedef import OPSET, Case, case_rng
+from backplane.conformance.casedef import OPSET, Case, case_rng
 
 DOMAIN = "backplane"
 _FLOAT = {"float32": np.float32, "float16": np.float16}
@@ -59,7 +59,7 @@ def _case(seed: int, op: str, dt: str, label: str, tags: tuple[str, ...],
     """``make(rng)`` -> (fused node, unfused nodes, inputs, initializers)."""
     from backplane.ops.fused import add_decompositions
 
-    from .oracle import expected
+    from backplane.conformance.oracle import expected
 
     case_id = f"{op}/{dt}/{label}"
     fused_node, plain_nodes, inputs, inits = make(case_rng(seed, case_id))

@@ -63,7 +63,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .runner import WorkerPool
+from backplane.conformance.runner import WorkerPool
 
 #: The campaign seed of CI (``BACKPLANE_FUZZ_SEED`` overrides it in the test).
 DEFAULT_SEED = 20240618
@@ -149,8 +149,8 @@ def make_case(seed: int, index: int) -> Case:
     """Case ``index`` of campaign ``seed``."""
     import numpy as np
 
-    from .fuzz_mutations import mutate
-    from .fuzz_seeds import SEEDS
+    from backplane.conformance.fuzz_mutations import mutate
+    from backplane.conformance.fuzz_seeds import SEEDS
 
     rng = np.random.default_rng([seed, index])
     name = sorted(SEEDS)[int(rng.integers(len(SEEDS)))]
@@ -183,7 +183,7 @@ def run_case(seed: int, index: int) -> dict[str, Any]:
         outputs: dict[str, Any] = {}
         if loaded is not None:
             rng = np.random.default_rng([seed, index, 1])
-            from .fuzz_seeds import draw_feeds, mutate_feeds
+            from backplane.conformance.fuzz_seeds import draw_feeds, mutate_feeds
 
             feeds: Any = draw_feeds(loaded.inputs, rng)
             if case.mutate_feeds:
@@ -243,7 +243,7 @@ def _session(model: Any, devices: Any, root: Path) -> Any:
 
 def _attempt(fn: Callable[..., Any], *args: Any) -> tuple[Any, dict[str, Any] | None]:
     """(fn(*args), None), or (None, what it raised: ``type``, ``unexpected``, ``text``)."""
-    from backplane.errors import BackplaneError
+    from backplane.sdk.errors import BackplaneError
 
     try:
         return fn(*args), None
@@ -308,7 +308,7 @@ def _compare(actual: dict[str, Any], expected: dict[str, Any], session: Any) -> 
     step: its outputs are compared in dtype, shape and the places of NaN only."""
     import numpy as np
 
-    from . import tolerance
+    from backplane.conformance import tolerance
 
     if set(actual) != set(expected):
         return [f"outputs {sorted(actual)}, the reference's {sorted(expected)}"]
@@ -352,7 +352,7 @@ def compare_value(got: Any, want: Any, op: str | None = None, backend: str | Non
     are skipped; a non-finite value where the reference is finite is a problem."""
     import numpy as np
 
-    from . import compare, tolerance
+    from backplane.conformance import compare, tolerance
 
     if isinstance(want, (list, tuple)) or isinstance(got, (list, tuple)):
         if not isinstance(got, (list, tuple)) or not isinstance(want, (list, tuple)) \
@@ -403,7 +403,7 @@ def _worker(conn: Any, env: dict[str, str], memory_limit: int | None,
         except (ImportError, ValueError, OSError):
             pass
     _quiet_and_memoryless()
-    from .worker import serve_tasks
+    from backplane.conformance.worker import serve_tasks
 
     conn.send(("ready", None))
     serve_tasks(conn, "case", lambda message: ("done", message[2],
@@ -428,7 +428,7 @@ def _quiet_and_memoryless() -> None:
     import logging
     import warnings
 
-    from backplane import costmodel
+    from backplane.engine import costmodel
 
     warnings.simplefilter("ignore")
     logging.getLogger("backplane").setLevel(logging.CRITICAL)

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .fuzz_mutant import Mutant, all_nodes, elem_name, value_infos, value_names
-from .fuzz_seeds import pick
+from backplane.conformance.fuzz_mutant import Mutant, all_nodes, elem_name, value_infos, value_names
+from backplane.conformance.fuzz_seeds import pick
 
 F = TensorProto.FLOAT
 

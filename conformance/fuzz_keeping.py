@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .fuzz_mutant import Mutant, all_nodes, elem_name
-from .fuzz_seeds import pick
+from backplane.conformance.fuzz_mutant import Mutant, all_nodes, elem_name
+from backplane.conformance.fuzz_seeds import pick
 
 _FLOAT_TYPES = [TensorProto.DOUBLE, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.FLOAT16,
                 TensorProto.BFLOAT16]

@@ -17,11 +17,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .fuzz_breaking import (m_attribute, m_bytes, m_dim, m_dtype, m_external, m_initializer,
+from backplane.conformance.fuzz_breaking import (m_attribute, m_bytes, m_dim, m_dtype, m_external, m_initializer,
                             m_op, m_version, m_wiring)
-from .fuzz_keeping import s_attribute, s_retype, s_swap, s_symbolic, s_values
-from .fuzz_mutant import Mutant
-from .fuzz_seeds import SEEDS
+from backplane.conformance.fuzz_keeping import s_attribute, s_retype, s_swap, s_symbolic, s_values
+from backplane.conformance.fuzz_mutant import Mutant
+from backplane.conformance.fuzz_seeds import SEEDS
 
 __all__ = ["KEEPING", "KEEPING_RATE", "MUTATIONS", "Mutant", "mutate"]
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backplane.errors import ConformanceError
+from backplane.sdk.errors import ConformanceError
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def parse(entries: Any, where: str) -> list[KnownFailure]:
 
 def for_backend(backend: Any, device: Any) -> list[KnownFailure]:
     """Every known failure the backend declares, from its attribute and from the hook."""
-    from backplane.registry import plugin_manager
+    from backplane.engine.registry import plugin_manager
 
     found: list[KnownFailure] = []
     declared = getattr(backend, "known_failures", None)

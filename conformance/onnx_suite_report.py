@@ -205,7 +205,7 @@ def cause_of(column: str, stage: str | None, error_type: str, message: str) -> s
     """The cause (a key of :data:`CAUSES`) of an exception raised in ``column`` at
     ``stage`` (``load``: the model read and compiled, ``compile``, ``run``).
 
-    backplane's errors (``backplane.errors``) say their cause by type, the message telling
+    backplane's errors (``backplane.sdk.errors``) say their cause by type, the message telling
     apart the cases of one type; a runtime's are matched on their message, falling back on
     the stage they were raised at."""
     text = f"{error_type}: {message}"

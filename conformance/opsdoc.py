@@ -52,7 +52,7 @@ def versions_text(declared: Iterable[int] | None, recorded: tuple[int, ...]) -> 
 def results_of(report: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a conformance report the page keeps: per op, status counts, and how the
     backend differs from the oracle on special values."""
-    from .specials import summarize
+    from backplane.conformance.specials import summarize
 
     ops: dict[str, Counter] = {}
     for case in report.get("cases", []):
@@ -70,7 +70,7 @@ def merge_reports(results: dict[str, Any], reports: Iterable[Mapping[str, Any]])
     """``results`` with each report's results under its backend (a later report of a
     backend replaces the earlier one). Special-value differences add up across reports of
     the same backend version, device and runtime versions (``specials.union``)."""
-    from .specials import union
+    from backplane.conformance.specials import union
 
     out = dict(results)
     for report in reports:
@@ -119,7 +119,7 @@ def render(results: Mapping[str, Any], backends: Mapping[str, Any] | None = None
     """The page: a summary per backend, then a row per op."""
     from backplane import __version__
     from backplane.ops import all_ops
-    from backplane.registry import registry
+    from backplane.engine.registry import registry
 
     backends = dict(backends if backends is not None else registry().backends)
     columns = [b for b in BUILTIN if b in backends]
@@ -207,8 +207,8 @@ def write_shipped_tables(backends: Iterable[str] = ("onnxruntime", "openvino-cpu
     does not wait for the derivation. Returns the files written."""
     import sys
 
-    from backplane.cache import write_shipped
-    from backplane.registry import registry
+    from backplane.sdk.cache import write_shipped
+    from backplane.engine.registry import registry
 
     written = []
     for name in backends:

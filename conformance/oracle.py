@@ -388,7 +388,7 @@ def _pool_formula(kind: str) -> Callable[[list, dict], np.ndarray]:
 
 #: Independent float64 formulas by op name, each taking (inputs, attributes) -> output.
 #: ``inputs`` lists the node's inputs in order (None for an omitted optional one);
-#: ``attributes`` holds python values as ``backplane.graph.attribute_values`` gives them.
+#: ``attributes`` holds python values as ``backplane.model.graph.attribute_values`` gives them.
 FORMULAS: dict[str, Callable[[list, dict], np.ndarray]] = {
     "MatMul": lambda inputs, attrs: np_matmul(inputs[0], inputs[1]),
     "Conv": _conv_formula,

@@ -53,9 +53,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
-from .onnx_suite_report import environment
-from .oracle_audit_cases import AuditCase, node_tests
-from .oracle_audit_runners import serve
+from backplane.conformance.onnx_suite_report import environment
+from backplane.conformance.oracle_audit_cases import AuditCase, node_tests
+from backplane.conformance.oracle_audit_runners import serve
 
 __all__ = ["AuditCase", "CaseAudit", "Outcome", "agree", "audit", "counts", "main", "node_tests"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from backplane.ops import RANDOM_OPS
 
-from .onnx_suite import generated_node_tests, read_value
+from backplane.conformance.onnx_suite import generated_node_tests, read_value
 
 #: Converted tests per untested op version (``--old-versions``).
 PER_OLD_VERSION = 2

@@ -11,7 +11,7 @@ import time
 import warnings
 from typing import Any
 
-from .worker import serve_tasks
+from backplane.conformance.worker import serve_tasks
 
 
 def run_reference(model: bytes, feeds: dict[str, Any]) -> list[Any]:
@@ -29,7 +29,7 @@ def run_oracle(model: bytes, feeds: dict[str, Any]) -> list[Any]:
     """The conformance oracle: the same evaluator, in float64 where the model admits it."""
     import onnx
 
-    from .oracle import expected
+    from backplane.conformance.oracle import expected
 
     proto = onnx.load_from_string(model)
     got = expected(proto, feeds)

@@ -45,11 +45,11 @@ class _Suite:
         self._ids: list[str] | None = None
 
     def ids(self) -> list[str]:
-        from .apitier import CHECKS
-        from .suite import collect
+        from backplane.conformance.apitier import CHECKS
+        from backplane.conformance.suite import collect
 
         if self._ids is None:
-            from backplane.registry import registry
+            from backplane.engine.registry import registry
 
             try:
                 backend = registry().backend(self.backend)
@@ -61,7 +61,7 @@ class _Suite:
 
     def result(self, case_id: str, selected: list[str]) -> Any:
         if self.results is None:
-            from .suite import run
+            from backplane.conformance.suite import run
 
             pattern = None if len(selected) == len(self.ids()) else "|".join(
                 s for s in selected if not s.startswith("api/"))

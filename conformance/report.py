@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from backplane.errors import ConformanceError
+from backplane.sdk.errors import ConformanceError
 
 SCHEMA = "backplane-conformance/1"
 
@@ -61,7 +61,7 @@ class Report:
     @property
     def mandatory_passed(self) -> bool:
         """Whether every case of the api and mandatory tiers passed (or is a known failure)."""
-        from .runner import PASSING
+        from backplane.conformance.runner import PASSING
 
         return all(field_of(c, "status") in PASSING for c in self.cases
                    if field_of(c, "tier") in ("api", "mandatory"))
@@ -69,8 +69,8 @@ class Report:
     def coverage(self) -> dict[str, Any]:
         """Which of the core ops the backend declared (some case of the op was admitted by
         its capabilities) and which of those passed every declared case."""
-        from .cases import MANDATORY_OPS
-        from .runner import DECLARED, PASSING
+        from backplane.conformance.cases import MANDATORY_OPS
+        from backplane.conformance.runner import DECLARED, PASSING
 
         declared: dict[str, bool] = {}
         for c in self.cases:
@@ -83,7 +83,7 @@ class Report:
     def special_values(self) -> dict[str, list[str]]:
         """Per op, how the backend differs from the oracle on special values (the cases
         with the verdict ``special-values``), each difference once."""
-        from .specials import summarize
+        from backplane.conformance.specials import summarize
 
         return summarize(self.cases)
 

@@ -56,7 +56,7 @@ def judge(op: str, inputs: Sequence[tuple[Any, bool]], actual: Any, expected: An
     elements in words). An empty list: the special elements agree."""
     import numpy as np
 
-    from . import compare
+    from backplane.conformance import compare
 
     a, e = np.asarray(actual), np.asarray(expected)
     if a.shape != e.shape or a.dtype != e.dtype or e.size == 0:
@@ -71,7 +71,7 @@ def _floats(x: Any) -> Any:
     """``x`` as float64 if it holds floats (numpy's or ml_dtypes'), else None."""
     import numpy as np
 
-    from . import is_float_dtype
+    from backplane.conformance import is_float_dtype
 
     x = np.asarray(x)
     return x.astype(np.float64) if is_float_dtype(x.dtype) else None
@@ -214,7 +214,7 @@ def summarize(cases: Sequence[Any]) -> dict[str, list[str]]:
     case results as objects or dicts."""
     import re
 
-    from .report import field_of
+    from backplane.conformance.report import field_of
 
     out: dict[str, list[str]] = {}
     for c in cases:

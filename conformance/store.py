@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .runner import PASSING
+from backplane.conformance.runner import PASSING
 
 
 def _folder() -> Path:
@@ -56,11 +56,11 @@ def save(report: Any) -> Path | None:
             "versions": report.versions}
     before = _load(data["backend"], report.device.get("fingerprint") or report.device["id"])
     if before and all(before.get(k) == data[k] for k in ("version", "versions")):
-        from .specials import union  # runs of one version add up what they met
+        from backplane.conformance.specials import union  # runs of one version add up what they met
 
         data["special_values"] = union(before.get("special_values") or {},
                                        data["special_values"])
-    from backplane.cache import write_atomic
+    from backplane.sdk.cache import write_atomic
     from backplane.hardware.db import private_data_dir
 
     path = _path(report.backend["name"], report.device.get("fingerprint") or report.device["id"])
@@ -110,7 +110,7 @@ def failed_variants(backend: str, fingerprint: str, version: str | None = None
 def passed_variants(backend: str, fingerprint: str, version: str | None = None
                     ) -> set[tuple[str, str]]:
     """Every (op, dtype) that passed in the stored run of a backend on a device (what
-    qualifies it there: :mod:`backplane.runcheck`)."""
+    qualifies it there: :mod:`backplane.engine.runcheck`)."""
     return _variants(backend, fingerprint, version, "passed")
 
 
@@ -162,9 +162,9 @@ def _special_record(backend: str, device: str | None) -> tuple[dict[str, list[st
     """(op -> differences, where they were measured) for a backend on a device: its stored
     run there, else the shipped record (for a device of the record's kind, when ``device``
     is a kind); ({}, "") when nothing is known."""
-    from backplane.contract import DEVICE_KINDS
+    from backplane.sdk.contract import DEVICE_KINDS
 
-    from .specials import shipped
+    from backplane.conformance.specials import shipped
 
     if device and device not in DEVICE_KINDS:
         data = _recorded(backend, device)

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backplane.errors import ConformanceError
+from backplane.sdk.errors import ConformanceError
 
-from . import knownfail
-from .report import Report
-from .runner import DEFAULT_TIMEOUT_S, CaseResult, run_cases, select
-from .store import store_key
+from backplane.conformance import knownfail
+from backplane.conformance.report import Report
+from backplane.conformance.runner import DEFAULT_TIMEOUT_S, CaseResult, run_cases, select
+from backplane.conformance.store import store_key
 
 TIERS = ("api", "mandatory", "all")
 
@@ -41,10 +41,10 @@ def collect(tier: str, seed: int, pattern: str | None = None, backend: Any = Non
         raise ConformanceError(f"unknown tier '{tier}'; choose one of {', '.join(TIERS)}")
     if tier == "api":
         return []
-    from . import cases, zoo
-    from .fused_cases import fused_cases
+    from backplane.conformance import cases, zoo
+    from backplane.conformance.fused_cases import fused_cases
 
-    from backplane.registry import plugin_manager
+    from backplane.engine.registry import plugin_manager
 
     found = (list(cases.all_cases(seed, tier="mandatory")) + fused_cases(seed)
              + list(zoo.zoo_cases(seed)))
@@ -57,7 +57,7 @@ def collect(tier: str, seed: int, pattern: str | None = None, backend: Any = Non
 
 def _declared_ops(backend: Any) -> list[str]:
     """Default-domain ops whose ONNX node tests the ``all`` tier runs for ``backend``."""
-    from .cases import MANDATORY_OPS
+    from backplane.conformance.cases import MANDATORY_OPS
 
     caps = getattr(backend, "capabilities", None)
     if caps is None:
@@ -107,10 +107,10 @@ def run(backend: str, device: str | None = None, *, tier: str = "mandatory",
 
     ``progress(result, total)`` is called after every case.
     """
-    from backplane.registry import registry
+    from backplane.engine.registry import registry
 
-    from .apitier import CHECKS, run_api_tier
-    from .store import save
+    from backplane.conformance.apitier import CHECKS, run_api_tier
+    from backplane.conformance.store import save
 
     if tier not in TIERS:
         raise ConformanceError(f"unknown tier '{tier}'; choose one of {', '.join(TIERS)}")

@@ -29,9 +29,9 @@ def main(conn: Any, backend_name: str, device_id: str) -> None:
     try:
         import warnings
 
-        from backplane.contract import CompileOptions
-        from backplane.errors import PluginDeprecationWarning
-        from backplane.registry import registry
+        from backplane.sdk.contract import CompileOptions
+        from backplane.sdk.errors import PluginDeprecationWarning
+        from backplane.engine.registry import registry
 
         warnings.simplefilter("ignore", PluginDeprecationWarning)  # the runner has shown it
 
@@ -66,9 +66,9 @@ def run_case(backend: Any, device: Any, options: Any, model_bytes: bytes,
     """The oracle's answer, then the backend's compile and run; every exception becomes data."""
     import numpy as np
 
-    from backplane.errors import BackplaneError
-    from backplane.executor import to_host
-    from backplane.intake import load_model
+    from backplane.sdk.errors import BackplaneError
+    from backplane.engine.executor import to_host
+    from backplane.model.intake import load_model
 
     result: dict[str, Any] = {"outputs": None, "expected": None, "oracle_mode": None,
                               "declared": None, "error_type": None, "error": None,
@@ -78,7 +78,7 @@ def run_case(backend: Any, device: Any, options: Any, model_bytes: bytes,
         if want_expected:
             import onnx
 
-            from .oracle import expected_with_mode
+            from backplane.conformance.oracle import expected_with_mode
 
             model = onnx.load_from_string(model_bytes)
             result["expected"], result["oracle_mode"] = expected_with_mode(model, dict(inputs))

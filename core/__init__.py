@@ -15,49 +15,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from .contract import (
-    API_CHANGES,
-    API_VERSION,
-    DEVICE_KINDS,
-    MIN_API_VERSION,
-    PRECISIONS,
-    AttributeRule,
-    Backend,
-    Capabilities,
-    CompileOptions,
-    Device,
-    Executable,
-    LazyOps,
-    OpSupport,
-    Verdict,
-)
-from .errors import (
-    BackendError,
-    BackplaneError,
-    CompileError,
-    ConformanceError,
-    DeadlineError,
-    DeviceNotFoundError,
-    DeviceUnavailable,
-    ExecutionError,
-    InputError,
-    ModelError,
-    OverloadError,
-    PluginDeprecationWarning,
-    PluginLoadError,
-    RequestError,
-    UnsupportedError,
-    VerificationError,
-)
-from .hookspecs import hookimpl
-from .kerneltable import KernelTable
-from .registry import devices, plugin_manager, plugin_records, registry
+from backplane.sdk.contract import (API_CHANGES, API_VERSION, DEVICE_KINDS, MIN_API_VERSION,
+                                    PRECISIONS, AttributeRule, Backend, Capabilities,
+                                    CompileOptions, Device, Executable, LazyOps, OpSupport, Verdict)
+from backplane.sdk.errors import (BackendError, BackplaneError, CompileError, ConformanceError,
+                                  DeadlineError, DeviceNotFoundError, DeviceUnavailable,
+                                  ExecutionError, InputError, ModelError, OverloadError,
+                                  PluginDeprecationWarning, PluginLoadError, RequestError,
+                                  UnsupportedError, VerificationError)
+from backplane.sdk.hookspecs import hookimpl
+from backplane.sdk.kerneltable import KernelTable
+from backplane.engine.registry import devices, plugin_manager, plugin_records, registry
 
 __version__ = "0.1.0"
 
-_LAZY = {"Session": ".session", "load_model": ".intake", "Plan": ".planner",
-         "Candidate": ".planner", "Graph": ".graph", "Constraints": ".scheduler",
-         "plan_model": ".scheduler", "diagnose": ".doctor", "Batcher": ".batcher"}
+_LAZY = {"Session": ".engine.session", "load_model": ".model.intake",
+         "Plan": ".engine.plan", "Candidate": ".engine.plan",
+         "Graph": ".model.graph", "Constraints": ".engine.scheduler",
+         "plan_model": ".engine.scheduler", "diagnose": ".cli.doctor",
+         "Batcher": ".engine.batcher"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,5 @@
 """``python -m backplane`` is the ``backplane`` command."""
 
-from .cli import main
+from backplane.cli import main
 
 main()

@@ -17,8 +17,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from backplane import CompileOptions, Device
-from backplane.errors import CompileError
-from backplane.intake import load_model
+from backplane.sdk.errors import CompileError
+from backplane.model.intake import load_model
 from backplane.plugins import cuda_tensorrt as cuda
 from backplane.plugins.cuda_tensorrt import driver
 from backplane.plugins.cuda_tensorrt import tensorrt as trtpath

@@ -26,8 +26,8 @@ from onnx import TensorProto, helper
 
 from backplane import CompileOptions, Device
 from backplane.conformance.cases import MANDATORY_OPS
-from backplane.errors import CompileError, ExecutionError
-from backplane.intake import load_model
+from backplane.sdk.errors import CompileError, ExecutionError
+from backplane.model.intake import load_model
 from conftest import ROOT, run_cli, run_python
 
 HAVE_TOOLS = bool(shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64"))

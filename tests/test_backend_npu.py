@@ -13,7 +13,7 @@ CPU provider. Sysfs trees with NPU nodes are built in ``tmp_path``; OpenVINO's a
 Runtime's answers are injected as data where a test needs an NPU this machine lacks.
 
 Tolerances (each error relative to the reference backend, onnx.reference):
-- fp16: ``max |y - y_ref| / max |y_ref|`` (backplane.accuracy.max_rel_error, the measure of
+- fp16: ``max |y - y_ref| / max |y_ref|`` (backplane.engine.accuracy.max_rel_error, the measure of
   ``precision="auto"``) at most :data:`FP16_TOLERANCE`, the default accuracy budget;
 - int8: the relative RMS error ``||y - y_ref|| / ||y_ref||`` at most :data:`INT8_TOLERANCE`
   (see there). The int8 test also shows that a wrong preparation exceeds it.
@@ -35,10 +35,10 @@ ov = pytest.importorskip("openvino", reason="openvino is not installed")
 from conftest import run_cli, run_python  # noqa: E402
 
 from backplane import CompileOptions, Device  # noqa: E402
-from backplane.accuracy import max_rel_error  # noqa: E402
+from backplane.engine.accuracy import max_rel_error  # noqa: E402
 from backplane.conformance import zoo  # noqa: E402
-from backplane.errors import CompileError, DeviceUnavailable  # noqa: E402
-from backplane.intake import load_model  # noqa: E402
+from backplane.sdk.errors import CompileError, DeviceUnavailable  # noqa: E402
+from backplane.model.intake import load_model  # noqa: E402
 from backplane.plugins.npu import DECLARED_OPS, NpuBackend, devices, prepare  # noqa: E402
 from backplane.plugins.reference import ReferenceBackend  # noqa: E402
 from backplane.runtimes.openvino import ov_core  # noqa: E402
@@ -196,7 +196,7 @@ def test_limits_are_static_shapes_and_fp16_int8(tmp_path):
     dynamic = load_model(zoo.mlp().model)  # x[batch, 64]
     verdict = caps.check(dynamic.nodes[0])
     assert (verdict.ok, verdict.code) == (False, "capability:dynamic-shape")
-    from backplane.intake import with_dims
+    from backplane.model.intake import with_dims
 
     assert caps.check(with_dims(dynamic, {"batch": 4}).nodes[0]).ok
 
@@ -529,7 +529,7 @@ def test_the_plugins_ort_path_prepares_static_int8_sessions():
 
 def test_the_ort_paths_run_errors_name_this_backend_and_its_device():
     """The ONNX Runtime adapter's executable runs for npu: its errors say so as they are."""
-    from backplane.errors import ExecutionError
+    from backplane.sdk.errors import ExecutionError
 
     device = Device("ORT path on the CPU provider", kind="npu", backend="npu", index=0,
                     properties={"path": "onnxruntime", "provider": "CPUExecutionProvider",

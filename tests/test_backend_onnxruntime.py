@@ -21,8 +21,8 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
 
 import backplane as bp  # noqa: E402
 from backplane import CompileOptions, Device  # noqa: E402
-from backplane.errors import CompileError, ExecutionError  # noqa: E402
-from backplane.intake import load_model  # noqa: E402
+from backplane.sdk.errors import CompileError, ExecutionError  # noqa: E402
+from backplane.model.intake import load_model  # noqa: E402
 from backplane.plugins import ort as ortb  # noqa: E402
 from backplane.runtimes import onnxruntime as ort_rt  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
@@ -159,7 +159,7 @@ def test_capabilities_follow_ort_s_kernel_registrations_per_version_and_type():
 
 
 def test_an_op_version_without_a_kernel_is_refused_naming_the_versions():
-    from backplane.graph import Node, ValueInfo
+    from backplane.model.graph import Node, ValueInfo
 
     x = ValueInfo("x", "float32", (2,))
     old = Node("n", "Upsample", "", ("x", "s"), ("y",), {}, (x, None), (x,), opset=9, version=9)
@@ -171,7 +171,7 @@ def test_an_op_version_without_a_kernel_is_refused_naming_the_versions():
 
 
 def test_the_shipped_table_is_read_without_deriving(monkeypatch):
-    from backplane.cache import cache_key
+    from backplane.sdk.cache import cache_key
 
     shipped = json.loads(ortb.SHIPPED.read_text())
     if shipped.pop("key") != cache_key(*ortb.derivation_key()):
@@ -181,7 +181,7 @@ def test_the_shipped_table_is_read_without_deriving(monkeypatch):
 
 
 def test_listing_plugins_imports_neither_onnxruntime_nor_numpy():
-    code = ("import sys; from backplane.registry import registry; r = registry(); "
+    code = ("import sys; from backplane.engine.registry import registry; r = registry(); "
             "caps = r.backends['onnxruntime'].capabilities; "
             "print('onnxruntime' in sys.modules, 'numpy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -359,7 +359,7 @@ def test_a_gpu_provider_that_a_gpu_backend_runs_is_listed_there_not_here(monkeyp
 def test_the_shipped_table_is_a_fresh_derivation_where_the_versions_match():
     """The table the plugin ships (`backplane conformance ops --write-capabilities`) is
     what a derivation here gives, and is read instead of deriving again."""
-    from backplane.cache import cache_key
+    from backplane.sdk.cache import cache_key
 
     shipped = json.loads(ortb.SHIPPED.read_text())
     if shipped.pop("key") != cache_key(*ortb.derivation_key()):

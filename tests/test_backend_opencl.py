@@ -24,8 +24,8 @@ cl = pytest.importorskip("pyopencl", reason="pyopencl is not installed")
 
 import backplane as bp  # noqa: E402
 from backplane import CompileOptions  # noqa: E402
-from backplane.errors import DeviceUnavailable, ExecutionError  # noqa: E402
-from backplane.intake import load_model  # noqa: E402
+from backplane.sdk.errors import DeviceUnavailable, ExecutionError  # noqa: E402
+from backplane.model.intake import load_model  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
 SEED = int(os.environ.get("BACKPLANE_TEST_SEED", time.time_ns() % 2**31))
@@ -166,7 +166,7 @@ def test_an_icd_file_planted_in_the_cache_is_never_read(tmp_path):
     """The ICD loader loads every library an .icd file in OCL_ICD_VENDORS names: the folder
     is written by the process, private, and holds exactly the drivers backplane chose,
     whatever a cache folder (here, the one an earlier version reused) holds."""
-    from backplane.cache import cache_key
+    from backplane.sdk.cache import cache_key
     from backplane.runtimes import opencl_drivers
 
     icds = {f"{d}.icd": f"{lib}\n" for d, lib in opencl_drivers._pip_driver_libraries()}

@@ -25,10 +25,10 @@ import backplane as bp  # noqa: E402
 from backplane import CompileOptions  # noqa: E402
 from backplane.conformance import compare, tolerance, zoo  # noqa: E402
 from backplane.conformance.oracle import expected_with_mode  # noqa: E402
-from backplane.errors import CompileError, ExecutionError  # noqa: E402
+from backplane.sdk.errors import CompileError, ExecutionError  # noqa: E402
 from backplane.ops import MANDATORY  # noqa: E402
 from backplane.ops import get as get_op  # noqa: E402
-from backplane.intake import load_model  # noqa: E402
+from backplane.model.intake import load_model  # noqa: E402
 from backplane.plugins import openvino_cpu as ovb  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
@@ -132,7 +132,7 @@ def test_capabilities_cover_every_op_version_openvino_reads(derived_capabilities
 
 
 def test_capability_table_is_cached_on_disk_keyed_by_versions():
-    from backplane.cache import cache_dir
+    from backplane.sdk.cache import cache_dir
 
     files = list(cache_dir("openvino-cpu").glob("capabilities-*.json"))
     assert files, "no capability cache written"
@@ -196,7 +196,7 @@ import sys
 import backplane as bp
 from backplane import CompileOptions
 from backplane.conformance import zoo
-from backplane.intake import load_model
+from backplane.model.intake import load_model
 backend = bp.registry().backend("openvino-cpu")
 [dev] = bp.registry().resolve("openvino-cpu:0")
 for precision in sys.argv[2:]:
@@ -395,7 +395,7 @@ def test_zoo_model_runs_through_a_session_and_matches_the_oracle(name):
 
 def test_tile_is_declared_only_for_repeats_that_are_constants():
     """OpenVINO's Tile returns uninitialised memory for repeats fed at run time."""
-    from backplane.graph import Node, ValueInfo
+    from backplane.model.graph import Node, ValueInfo
 
     caps = backend().capabilities
     x, r = ValueInfo("x", "float32", (2, 3)), ValueInfo("r", "int64", (2,))
@@ -416,7 +416,7 @@ def test_the_shipped_table_is_used_here_and_agrees_with_a_fresh_survey_of_some_o
     from backplane.ops.verify import narrowed, verify
 
     shipped = json.loads(ovb.SHIPPED.read_text())
-    from backplane.cache import cache_key
+    from backplane.sdk.cache import cache_key
 
     if shipped.pop("key") != cache_key(*ovb.derivation_key()):
         pytest.skip("the shipped table is for other versions (see docs/backends/openvino-cpu.md)")

@@ -23,7 +23,7 @@ import pytest
 
 import backplane as bp
 from backplane import CompileOptions, Device
-from backplane.errors import CompileError, DeviceUnavailable
+from backplane.sdk.errors import CompileError, DeviceUnavailable
 from backplane.hardware import parsers
 from backplane.plugins.rocm import RocmBackend, runtimes as rt, sysfs
 
@@ -475,7 +475,7 @@ def _check_run(exe):
 
 
 def test_the_opencl_path_compiles_and_runs_a_graph_through_the_rocm_plugin(opencl_as_rocm):
-    from backplane.intake import load_model
+    from backplane.model.intake import load_model
 
     exe = RocmBackend().compile(load_model(_model()), opencl_as_rocm, CompileOptions())
     name = opencl_as_rocm.properties["paths"]["opencl"]["name"]
@@ -485,7 +485,7 @@ def test_the_opencl_path_compiles_and_runs_a_graph_through_the_rocm_plugin(openc
 
 
 def test_forcing_the_opencl_path_runs_it(opencl_as_rocm):
-    from backplane.intake import load_model
+    from backplane.model.intake import load_model
 
     options = CompileOptions(extra={"rocm": {"path": "opencl"}})
     exe = RocmBackend().compile(load_model(_model()), opencl_as_rocm, options)
@@ -494,7 +494,7 @@ def test_forcing_the_opencl_path_runs_it(opencl_as_rocm):
 
 
 def test_forcing_a_path_that_is_not_ready_is_a_compile_error(opencl_as_rocm):
-    from backplane.intake import load_model
+    from backplane.model.intake import load_model
 
     options = CompileOptions(extra={"rocm": {"path": "torch"}})
     with pytest.raises(CompileError, match="not a ROCm build") as err:
@@ -506,7 +506,7 @@ def test_a_graph_path_that_fails_to_compile_hands_over_to_the_next_path(opencl_a
     # This machine's onnxruntime has no MIGraphX provider: a session asked for it cannot be
     # made on it, so the compile goes on to the OpenCL path and says what happened.
     pytest.importorskip("onnxruntime")
-    from backplane.intake import load_model
+    from backplane.model.intake import load_model
 
     paths = {**opencl_as_rocm.properties["paths"], "migraphx": GRAPH_READY}
     device = Device(name=opencl_as_rocm.name, kind="gpu", backend="rocm", index=0,
@@ -518,7 +518,7 @@ def test_a_graph_path_that_fails_to_compile_hands_over_to_the_next_path(opencl_a
 
 
 def test_the_opencl_path_cannot_reach_a_device_that_is_gone_is_a_compile_error(opencl_as_rocm):
-    from backplane.intake import load_model
+    from backplane.model.intake import load_model
 
     gone = {**opencl_as_rocm.properties["paths"]["opencl"], "platform_index": 99}
     device = Device(name="AMD GPU", kind="gpu", backend="rocm", index=0,
@@ -535,7 +535,7 @@ def test_the_torch_path_hands_the_graph_to_the_torch_op_table_on_cuda_n(opencl_a
         pytest.skip("torch is not installed")
     if rt.torch_build()["rocm"] is not None or "+cu" in rt.torch_build()["version"]:
         pytest.skip("torch here has a GPU build")
-    from backplane.intake import load_model
+    from backplane.model.intake import load_model
 
     paths = {**opencl_as_rocm.properties["paths"], "torch": TORCH_READY}
     device = Device(name=opencl_as_rocm.name, kind="gpu", backend="rocm", index=0,
@@ -552,8 +552,8 @@ def test_the_graph_paths_run_errors_name_this_backend_and_its_device():
     ort = pytest.importorskip("onnxruntime")
     import numpy as np
 
-    from backplane.errors import ExecutionError
-    from backplane.intake import load_model
+    from backplane.sdk.errors import ExecutionError
+    from backplane.model.intake import load_model
 
     graph = {**GRAPH_READY, "provider": "CPUExecutionProvider", "onnxruntime": ort.__version__}
     device = Device(name="AMD GPU gfx942", kind="gpu", vendor="AMD", backend="rocm", index=0,

@@ -21,8 +21,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from backplane import CompileOptions, Device
 from backplane.conformance.cases import MANDATORY_OPS
-from backplane.errors import CompileError, DeviceUnavailable
-from backplane.intake import load_model
+from backplane.sdk.errors import CompileError, DeviceUnavailable
+from backplane.model.intake import load_model
 from conftest import ROOT, run_python
 
 needs_torch = pytest.mark.skipif(find_spec("torch") is None, reason="torch is not installed")

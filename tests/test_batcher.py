@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import backplane as bp
-from backplane.batcher import Batcher
+from backplane.engine.batcher import Batcher
 from tests.models import batched_mlp
 
 SEED = int(np.random.SeedSequence().entropy % 2**32)

@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import backplane as bp
-from backplane.scheduler import plan_model
+from backplane.engine.scheduler import plan_model
 
 #: Four times the nodes may take at most this many times as long (linear: about 4;
 #: quadratic: 16; before the fix, openvino-cpu took over 20).
@@ -111,7 +111,7 @@ def test_openvino_splits_a_long_chain_and_runs_it_right(no_caches, monkeypatch):
 
 
 def test_an_elementwise_tree_ends_at_a_value_read_twice_and_counts_openvinos_binary_ops():
-    from backplane.intake import load_model
+    from backplane.model.intake import load_model
     from backplane.plugins.openvino_cpu import largest_elementwise_tree
 
     assert largest_elementwise_tree(load_model(relu_neg_chain(30))) == 30

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import backplane as bp
-from backplane import cache
+from backplane.sdk import cache
 
 
 def test_the_session_option_wins_over_the_environment(tmp_path, monkeypatch):
@@ -108,7 +108,7 @@ def test_cached_json_with_caching_off_computes_and_writes_nothing(tmp_path, monk
 
 
 def test_a_shipped_table_is_read_where_its_key_matches_and_ignored_elsewhere(tmp_path, monkeypatch):
-    from backplane.cache import cached_json, write_shipped
+    from backplane.sdk.cache import cached_json, write_shipped
 
     monkeypatch.setenv("BACKPLANE_CACHE_DIR", str(tmp_path / "cache"))
     shipped = tmp_path / "capabilities.json"

@@ -41,7 +41,7 @@ def test_plugins_json_is_the_api_data(example_site):
 def same_costs(tmp_path, monkeypatch):
     """This process and the CLI's child plan alike: no live load, and no corrections that
     earlier tests' runs taught this process's cost model (the child would not have them)."""
-    from backplane import costmodel
+    from backplane.engine import costmodel
 
     monkeypatch.setenv("BACKPLANE_LOAD", "off")
     monkeypatch.setenv("BACKPLANE_DATA_DIR", str(tmp_path / "data"))

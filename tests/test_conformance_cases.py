@@ -21,7 +21,7 @@ from backplane.conformance.cases import (DTYPES, MANDATORY_OPS, TAGS, admitted_d
 from backplane.conformance.oracle import (FORMULAS, expected, expected_with_mode, native_reason,
                                           np_conv)
 from backplane.conformance.zoo import models, zoo_cases
-from backplane.graph import attribute_values
+from backplane.model.graph import attribute_values
 
 SEED = int(os.environ.get("BACKPLANE_TEST_SEED") or secrets.randbelow(2 ** 31))
 WHERE = f"(seed={SEED}; rerun with BACKPLANE_TEST_SEED={SEED})"

@@ -12,7 +12,7 @@ import pytest
 from backplane.conformance import knownfail, store
 from backplane.conformance.report import Report, junit, load, matrix, render_matrix_html
 from backplane.conformance.runner import CaseResult
-from backplane.errors import ConformanceError
+from backplane.sdk.errors import ConformanceError
 
 
 def case(id_, op, dtype, status, **kw):

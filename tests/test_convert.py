@@ -1,4 +1,4 @@
-"""Opset conversion only for the backend that needs it (backplane.convert), checked on
+"""Opset conversion only for the backend that needs it (backplane.engine.convert), checked on
 sample inputs: a kernel backend runs a node at an older version of a changed signature
 converted; a graph compiler gets the model as it is."""
 
@@ -9,8 +9,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import backplane as bp
-from backplane import convert
-from backplane.registry import registry
+from backplane.engine import convert
+from backplane.engine.registry import registry
 
 
 def _opset11(dtype: int = TensorProto.FLOAT) -> object:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backplane.errors import CompileError
+from backplane.sdk.errors import CompileError
 from backplane.plugins.cuda_tensorrt import cudakernels as ck
 from backplane.plugins.cuda_tensorrt import nvrtc
 

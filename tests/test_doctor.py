@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from backplane.doctor import FAIL, PASS, Hint, Report, Row, derive_hints
+from backplane.cli.doctor import FAIL, PASS, Hint, Report, Row, derive_hints
 from conftest import PROBE_TIMEOUT_S, pip_install, run_cli, run_python
 
 #: Seconds a trial may take in the failure run: the hanging plugin costs this much.
@@ -180,13 +180,13 @@ def test_gpu_backends_without_their_gpu_show_no_device_with_the_reason(
 
 @pytest.fixture(scope="module")
 def api_report(example_site) -> Report:
-    from backplane.doctor import diagnose
+    from backplane.cli.doctor import diagnose
 
     return diagnose(timeout_s=60, jobs=2)
 
 
 def test_the_text_form_shows_what_the_json_form_holds(api_report, capsys):
-    from backplane.doctor import print_report
+    from backplane.cli.doctor import print_report
 
     print_report(api_report)
     text = capsys.readouterr().out
@@ -223,7 +223,7 @@ def test_the_data_api_reaches_plugins_on_the_applications_sys_path(api_report):
 
 
 def test_import_backplane_does_not_import_the_doctor():
-    done = run_python("import sys, backplane; print('backplane.doctor' in sys.modules)")
+    done = run_python("import sys, backplane; print('backplane.cli.doctor' in sys.modules)")
     assert done.stdout.strip() == "False", done.stderr
 
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import backplane as bp
-from backplane import load
-from backplane.executor import CompiledPlan, MemoryStats
-from backplane.kerneltable import takes_out
-from backplane.planner import Partition
+from backplane.hardware import liveload as load
+from backplane.engine.executor import CompiledPlan, MemoryStats
+from backplane.sdk.kerneltable import takes_out
+from backplane.engine.plan import Partition
 from models import relu_conv_relu, relu_conv_relu_numpy
 
 SEED = 20261123

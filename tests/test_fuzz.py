@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import backplane as bp
 from backplane.conformance import fuzz
-from backplane.errors import InputError, ModelError
+from backplane.sdk.errors import InputError, ModelError
 
 F = TensorProto.FLOAT
 

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import backplane as bp
-from backplane.errors import InputError, ModelError
+from backplane.sdk.errors import InputError, ModelError
 
 
 def _relu(outputs=True):

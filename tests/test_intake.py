@@ -25,7 +25,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import backplane as bp
-from backplane import intake
+from backplane.model import intake
 
 RTOL, ATOL = 1e-6, 1e-6
 

@@ -54,7 +54,7 @@ DISCOVER = """
 import json, time
 t0 = time.perf_counter()
 import backplane as bp
-from backplane import isolation
+from backplane.engine import isolation
 records = {r.name: r.to_dict() for r in bp.registry().records.values()}
 print(json.dumps({"stats": isolation.stats, "seconds": time.perf_counter() - t0,
                   "records": records}))
@@ -198,7 +198,7 @@ def test_a_corrupt_or_altered_verdict_file_is_ignored_and_the_check_redone(
         isolation_site, tmp_path, damage):
     only = {"BACKPLANE_PLUGINS": "segfault-at-import,signal-handler"}
     discover(isolation_site, tmp_path, **only)
-    from backplane.cache import read_sealed, write_sealed
+    from backplane.sdk.cache import read_sealed, write_sealed
 
     path = verdict_file(tmp_path)
     text = path.read_text()

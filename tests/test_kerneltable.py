@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import backplane as bp
-from backplane.intake import load_model
+from backplane.model.intake import load_model
 from models import single
 
 

@@ -13,9 +13,9 @@ from onnx.reference import ReferenceEvaluator
 
 import backplane
 from backplane import ops
-from backplane.errors import UnsupportedError
-from backplane.graph import Node, ValueInfo
-from backplane.intake import load_model
+from backplane.sdk.errors import UnsupportedError
+from backplane.model.graph import Node, ValueInfo
+from backplane.model.intake import load_model
 from backplane.ops import Cost, costs, fused, schemas
 from conftest import ROOT, run_python
 
@@ -250,7 +250,7 @@ def test_registry_holds_exactly_the_49_mandatory_ops_in_order_with_type_constrai
 def test_type_constraints_use_backplane_dtype_names():
     import re
 
-    from backplane.graph import DTYPE_NAMES
+    from backplane.model.graph import DTYPE_NAMES
 
     names = set(DTYPE_NAMES.values())
     for d in ops.all_ops():
@@ -638,8 +638,8 @@ def test_session_fuses_patterns_for_a_backend_that_declares_the_fused_op(seed):
 
 
 def test_session_leaves_patterns_alone_for_a_backend_without_fused_ops(seed):
-    from backplane.executor import _fused
-    from backplane.planner import Partition
+    from backplane.engine.executor import _fused
+    from backplane.engine.plan import Partition
 
     class Unfused:
         capabilities = backplane.Capabilities(ops={"Conv": backplane.OpSupport(),

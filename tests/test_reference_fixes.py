@@ -52,7 +52,7 @@ def _model(op: str, opset: int, inputs: dict, outputs: int = 1, consts: dict | N
     feeds."""
     from onnx import numpy_helper
 
-    from backplane.graph import DTYPE_CODES
+    from backplane.model.graph import DTYPE_CODES
 
     consts = consts or {}
     node = helper.make_node(op, [*inputs, *consts], [f"y{i}" for i in range(outputs)],

@@ -13,8 +13,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import backplane as bp
-from backplane.planner import LINE_LIMIT, Partition, Placement, Plan, Rejection
-from backplane.text import MESSAGE_LIMIT, NAME_LIMIT, shown
+from backplane.engine.plan import LINE_LIMIT, Partition, Placement, Plan, Rejection
+from backplane.sdk.text import MESSAGE_LIMIT, NAME_LIMIT, shown
 from conftest import run_cli
 from models import save
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import backplane as bp
-from backplane.scaffold import ScaffoldError, check_name, new_plugin
+from backplane.cli.scaffold import ScaffoldError, check_name, new_plugin
 from tests.conftest import clean_env, pip_install, run_cli
 
 pytestmark = pytest.mark.slow

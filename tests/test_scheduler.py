@@ -12,9 +12,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import backplane as bp
-from backplane import costmodel, load
-from backplane.intake import load_model
-from backplane.scheduler import Constraints, schedule
+from backplane.engine import costmodel
+from backplane.hardware import liveload as load
+from backplane.model.intake import load_model
+from backplane.engine.scheduler import Constraints, schedule
 
 REAL_SLOWDOWN = load.slowdown
 
@@ -374,7 +375,7 @@ def test_runs_record_measured_times_beside_predictions_and_teach_the_cost_model(
 
 
 def test_mixing_runtimes_on_one_device_must_pay_for_their_interference():
-    from backplane.scheduler import RUNTIME_INTERFERENCE
+    from backplane.engine.scheduler import RUNTIME_INTERFERENCE
 
     # Two runtimes on the host CPU, each better at one op: a mixed plan would save a
     # little per node, and lose more to the runtimes contending for the same cores.

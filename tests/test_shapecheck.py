@@ -12,8 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import backplane as bp
-from backplane.errors import InputError
-from backplane.shapecheck import ShapeCheck
+from backplane.sdk.errors import InputError
+from backplane.model.shapecheck import ShapeCheck
 
 F = TensorProto.FLOAT
 

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 
 from backplane.conformance import specials, store
-from backplane.conformance.cases import (MANDATORY_OPS, SPECIAL_VALUE_OPS, all_cases,
-                                         generate)
+from backplane.conformance.cases import MANDATORY_OPS, SPECIAL_VALUE_OPS, all_cases, generate
 from backplane.conformance.report import Report
 from backplane.conformance.runner import PASSING, CaseResult, _judge
-from backplane.planner import Partition, Placement, Plan
+from backplane.engine.plan import Partition, Placement, Plan
 
 SEED = int(os.environ.get("BACKPLANE_TEST_SEED") or secrets.randbelow(2 ** 31))
 WHERE = f"(seed={SEED}; rerun with BACKPLANE_TEST_SEED={SEED})"
@@ -164,9 +163,9 @@ def _backend_or_skip(name: str):
 def test_openvino_relu_of_nan_is_reported_as_it_is_on_this_cpu(tmp_path, monkeypatch):
     """OpenVINO's CPU Relu gives 0 for NaN on the machines measured (docs/backends/
     openvino-cpu.md); whatever it gives here, the verdict must say exactly that."""
-    from backplane.contract import CompileOptions
+    from backplane.sdk.contract import CompileOptions
     from backplane.conformance.runner import run_cases
-    from backplane.intake import load_model
+    from backplane.model.intake import load_model
 
     backend, device = _backend_or_skip("openvino-cpu")
     monkeypatch.setenv("BACKPLANE_DATA_DIR", str(tmp_path))

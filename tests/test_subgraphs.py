@@ -43,7 +43,7 @@ def test_the_if_node_carries_its_branches_nodes_typed():
 
 
 def test_a_backend_that_lacks_a_branch_op_does_not_get_the_if():
-    from backplane.contract import Capabilities, OpSupport
+    from backplane.sdk.contract import Capabilities, OpSupport
 
     graph = bp.load_model(if_model())
     branch = next(n for n in graph.nodes if n.op_type == "If")
@@ -81,7 +81,7 @@ def test_the_plan_names_the_ops_no_fast_backend_runs():
                           [helper.make_tensor_value_info("n", TP.STRING, [2]),
                            helper.make_tensor_value_info("y", TP.FLOAT, [2])])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    from backplane.scheduler import Constraints
+    from backplane.engine.scheduler import Constraints
 
     plan = bp.plan_model(model, constraints=Constraints(exclude=frozenset({"onnxruntime"})))
     assert plan.uses_fallback

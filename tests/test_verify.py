@@ -23,8 +23,8 @@ def test_a_failure_explained_by_a_mode_attribute_limits_that_attribute():
 
 
 def test_a_failing_variant_fails_its_node_in_the_capability_check():
-    from backplane.contract import Capabilities
-    from backplane.graph import Node, ValueInfo
+    from backplane.sdk.contract import Capabilities
+    from backplane.model.graph import Node, ValueInfo
     from backplane.ops.registrations import op_supports
     from backplane.ops.verify import attribute_rules
 
@@ -168,8 +168,8 @@ def test_a_wrong_optional_output_with_the_first_not_compared_explains_nothing():
 
 
 def test_a_one_element_input_is_checked_by_its_known_shape():
-    from backplane.contract import Capabilities, LazyOps, OpSupport
-    from backplane.graph import Node, ValueInfo
+    from backplane.sdk.contract import Capabilities, LazyOps, OpSupport
+    from backplane.model.graph import Node, ValueInfo
 
     caps = Capabilities(ops=LazyOps(lambda: {"ConvInteger": OpSupport(
         scalar_inputs=frozenset({3}))}, lambda: {"ConvInteger": {"10/int8": "test_x: wrong"}}))

@@ -17,14 +17,9 @@ import pytest
 
 import backplane as bp
 from backplane.conformance import compare
-from backplane.conformance.zoo import (
-    QDQ_ACTIVATION_SCALE,
-    SCHEDULER_BATCHES,
-    SCHEDULER_SIZES,
-    SchedulerModel,
-    scheduler_zoo,
-)
-from backplane.intake import load_model
+from backplane.conformance.zoo import (QDQ_ACTIVATION_SCALE, SCHEDULER_BATCHES, SCHEDULER_SIZES,
+                                       SchedulerModel, scheduler_zoo)
+from backplane.model.intake import load_model
 
 SEED = int(os.environ.get("BACKPLANE_TEST_SEED", time.time_ns() % 2**31))
 NAMES = [f"{family}-{size}-b{batch}" for family, size in SCHEDULER_SIZES

@@ -18,14 +18,14 @@ import dataclasses
 from collections.abc import Iterable
 
 from backplane.conformance.casedef import OPSET, Case, case_rng
-from backplane.conformance.cases import (contraction, conversion, elementwise, gather,
-                                         movement, normalisation, reduction, resize, window)
+from backplane.conformance.cases import (contraction, conversion, elementwise, gather, movement,
+                                         normalisation, reduction, resize, window)
 from backplane.conformance.cases.build import (DTYPES, IMAGE, LARGE, MAIN_INPUT, MANDATORY_OPS,
                                                RANK_SHAPES, SIZES, TAGS, Builder, CaseGenerator,
                                                admitted_dtypes, tag_order)
 from backplane.conformance.cases.node_tests import onnx_node_cases
 from backplane.conformance.cases.values import PAIRS_SHAPE, SIGNED_ZERO_OPS
-from backplane.intake import MIN_OPSET
+from backplane.model.intake import MIN_OPSET
 
 __all__ = ["DTYPES", "IMAGE", "LARGE", "MANDATORY_OPS", "OPSET", "PAIRS_SHAPE", "PER_VERSION",
            "RANK_SHAPES", "SIGNED_ZERO_OPS", "SIZES", "SPECIAL_VALUE_OPS", "TAGS", "TIERS",

@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 
 from backplane.conformance.casedef import OPSET, Case, case_rng
 from backplane.conformance.cases.values import SIGNED_ZERO_OPS, np_dtype, random_values
-from backplane.graph import DTYPE_CODES, DTYPE_NAMES
+from backplane.model.graph import DTYPE_CODES, DTYPE_NAMES
 from backplane.ops import MANDATORY
 
 #: The core op set: a backend that claims one of these ops must pass its cases.

@@ -7,10 +7,10 @@ from collections.abc import Callable
 import numpy as np
 from onnx import TensorProto
 
-from backplane.conformance.cases.build import (LARGE, RANK_SHAPES, SIZES, Builder, CaseGenerator,
-                                               T, const)
+from backplane.conformance.cases.build import (LARGE, RANK_SHAPES, SIZES, Builder, CaseGenerator, T,
+                                               const)
 from backplane.conformance.cases.values import is_float, special_data
-from backplane.graph import DTYPE_CODES
+from backplane.model.graph import DTYPE_CODES
 
 
 _CAST_RANGE = {"int8": (-100, 100), "uint8": (0, 200), "int32": (-1000, 1000),

@@ -14,8 +14,8 @@ from onnx import TensorProto, numpy_helper
 
 from backplane.conformance.casedef import Case
 from backplane.conformance.cases.build import MANDATORY_OPS
-from backplane.graph import DTYPE_NAMES
-from backplane.intake import MIN_OPSET
+from backplane.model.graph import DTYPE_NAMES
+from backplane.model.intake import MIN_OPSET
 from backplane.ops import RANDOM_OPS
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from onnx import helper
 
-from backplane.graph import DTYPE_CODES
+from backplane.model.graph import DTYPE_CODES
 
 #: The unsigned integer types among the generated ones: their data starts at zero.
 UNSIGNED = {"uint8"}
@@ -19,7 +19,7 @@ _INT_RANGES = {  # inclusive ranges for integer data, small enough that no op ov
 
 
 def np_dtype(dtype: str) -> np.dtype:
-    """The numpy dtype of a dtype name (``backplane.graph.DTYPE_NAMES``)."""
+    """The numpy dtype of a dtype name (``backplane.model.graph.DTYPE_NAMES``)."""
     return np.dtype(helper.tensor_dtype_to_np_dtype(DTYPE_CODES[dtype]))
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackplaneError
+from backplane.sdk.errors import BackplaneError
 
 OVERLAY_SCHEMA = 1
 #: Element types tried for the matrix-product peak, as (dtype name, numpy dtype, figure key).
@@ -82,7 +82,7 @@ class DeviceCalibration:
 
 def overlay_path() -> Path:
     """Where measured figures are stored."""
-    from .db import data_dir
+    from backplane.hardware.db import data_dir
 
     return data_dir() / "calibration.json"
 
@@ -90,7 +90,7 @@ def overlay_path() -> Path:
 def read_overlay() -> list[dict[str, Any]]:
     """Every stored calibration record (an unreadable overlay, or one in a data folder
     that is not private to this user, reads as empty)."""
-    from .db import private_data_dir
+    from backplane.hardware.db import private_data_dir
 
     if private_data_dir() is None:
         return []
@@ -105,9 +105,9 @@ def read_overlay() -> list[dict[str, Any]]:
 
 
 def _write_overlay(records: list[dict[str, Any]]) -> None:
-    from ..cache import write_atomic
+    from backplane.sdk.cache import write_atomic
 
-    from .db import private_data_dir
+    from backplane.hardware.db import private_data_dir
 
     if private_data_dir(create=True) is None:
         raise OSError(f"the data folder {overlay_path().parent} is not private to this user "
@@ -171,9 +171,9 @@ def calibrate(devices: list[str] | None = None, dtypes: list[str] | None = None,
         dtypes: element types for the peak measurement (default fp64, fp32, fp16).
         save: write the results to the overlay.
     """
-    from ..registry import registry
-    from .match import hardware_for, match_all
-    from .probe import probe_all
+    from backplane.engine.registry import registry
+    from backplane.hardware.match import hardware_for, match_all
+    from backplane.hardware.probe import probe_all
 
     reg = registry()
     chosen = ([d for spec in devices for d in reg.resolve(spec)] if devices else reg.devices())
@@ -233,7 +233,7 @@ def _measure_alone(device_id: str, dtypes: list[str] | None
 def _measure_child(device_id: str, dtypes: list[str] | None, send: Any) -> None:
     """The child of :func:`_measure_alone`: measure, send (measurements, skipped)."""
     try:
-        from ..registry import registry
+        from backplane.engine.registry import registry
 
         reg = registry()
         device = reg.resolve(device_id)[0]
@@ -266,8 +266,8 @@ def _model(op: str, inputs: list[tuple[str, str, list[int]]], consts: dict[str, 
     the other inputs); every op used keeps the shape of its first input."""
     from onnx import helper, numpy_helper
 
-    from ..graph import DTYPE_CODES
-    from ..intake import load_model
+    from backplane.model.graph import DTYPE_CODES
+    from backplane.model.intake import load_model
 
     out_dtype, out_shape = inputs[0][1], inputs[0][2]
     rest = [n for n, _, _ in inputs[1:]] + list(consts)
@@ -298,7 +298,7 @@ def _measure(result: DeviceCalibration, backend: Any, device: Any,
              dtypes: list[str] | None) -> None:
     import numpy as np
 
-    from ..contract import CompileOptions
+    from backplane.sdk.contract import CompileOptions
 
     rng = np.random.default_rng(0)
     options = CompileOptions()
@@ -427,7 +427,7 @@ def _qdq_matmul_model(n: int, rng: Any) -> Any:
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from ..intake import load_model
+    from backplane.model.intake import load_model
 
     w = rng.integers(-127, 128, (n, n)).astype(np.int8)
     consts = [numpy_helper.from_array(w, "w"),

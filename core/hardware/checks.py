@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .schema import Entry
+from backplane.hardware.schema import Entry
 
 #: Lowest believable memory bandwidth (GB/s) per memory technology; a figure below it is
 #: almost always TB/s written into a GB/s field.

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .probe import Hardware, probe_all
-from .schema import Entry
+from backplane.hardware.probe import Hardware, probe_all
+from backplane.hardware.schema import Entry
 
 _DTYPES = (("fp64", "fp64_flops_per_cycle", "fp64_tflops"),
            ("fp32", "fp32_flops_per_cycle", "fp32_tflops"),
@@ -175,7 +175,7 @@ def _figures(m: Match, entry: Entry | None) -> None:
 def match_all(hardware: list[Hardware] | None = None, entries: list[Entry] | None = None
               ) -> list[Match]:
     """Match every probed device of this machine (or the given ones)."""
-    from .db import load
+    from backplane.hardware.db import load
 
     if entries is None:
         entries = [x.entry for x in load()]

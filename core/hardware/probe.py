@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import parsers
+from backplane.hardware import parsers
 
 #: How long a vendor tool may take before its answer is ignored.
 TOOL_TIMEOUT_S = 10.0

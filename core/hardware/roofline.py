@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackplaneError
+from backplane.sdk.errors import BackplaneError
 
 _RATE_KEYS = ("fp64_tflops", "fp32_tflops", "tf32_tflops", "fp16_tflops", "bf16_tflops",
               "fp8_tflops", "int8_tops")
@@ -18,8 +18,8 @@ _RATE_KEYS = ("fp64_tflops", "fp32_tflops", "tf32_tflops", "fp16_tflops", "bf16_
 
 def ceilings(entry_id: str) -> dict[str, Any]:
     """The figures drawn: {"datasheet": {...}, "measured": {...}, "basis": str}."""
-    from .calibrate import measured_for_entry
-    from .db import load
+    from backplane.hardware.calibrate import measured_for_entry
+    from backplane.hardware.db import load
 
     entry = load().get(entry_id)
     figures: dict[str, float] = {}
@@ -29,7 +29,7 @@ def ceilings(entry_id: str) -> dict[str, Any]:
         if entry.memory is not None and entry.memory.bandwidth_gb_s:
             figures["memory_bandwidth_gb_s"] = entry.memory.bandwidth_gb_s
     else:
-        from .match import match_all
+        from backplane.hardware.match import match_all
 
         for m in match_all():
             if m.entry_id == entry_id:

@@ -27,13 +27,13 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ..contract import op_key
-from ..errors import UnsupportedError, did_you_mean
-from .costs import Cost, cost_function, cost_of, family_of, output_bytes
-from .opdef import DOMAIN, FUSED, MANDATORY, RANDOM_OPS, TIERS, OpDef, OpVersion
+from backplane.sdk.contract import op_key
+from backplane.sdk.errors import UnsupportedError, did_you_mean
+from backplane.ops.costs import Cost, cost_function, cost_of, family_of, output_bytes
+from backplane.ops.opdef import DOMAIN, FUSED, MANDATORY, RANDOM_OPS, TIERS, OpDef, OpVersion
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..graph import Node
+    from backplane.model.graph import Node
 
 _lock = threading.Lock()
 _registry: dict[str, OpDef] | None = None
@@ -59,7 +59,7 @@ def _ops() -> dict[str, OpDef]:
     global _registry
     with _lock:
         if _registry is None:
-            from . import fused, schemas
+            from backplane.ops import fused, schemas
 
             table = _from_data(schemas.load(schemas.DATA_FILE), {}, "optional")
             table.update(_from_data(schemas.load(schemas.CONTRIB_FILE), {}, "contrib"))

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..graph import Node, ValueInfo
+    from backplane.model.graph import Node, ValueInfo
 
 #: Flops per element of a transcendental function (a polynomial or table evaluation).
 TRANSCENDENTAL_FLOPS = 8

@@ -38,22 +38,15 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from ..contract import op_key
-from ..errors import UnsupportedError
-from .costs import (
-    ELEMENTWISE_FLOPS,
-    NORMALISATION_FLOPS,
-    conv_cost,
-    dims,
-    io_bytes,
-    matmul_dims,
-    result_elements,
-)
-from .costs import Cost
-from .opdef import DOMAIN, FUSED, OpDef
+from backplane.sdk.contract import op_key
+from backplane.sdk.errors import UnsupportedError
+from backplane.ops.costs import (ELEMENTWISE_FLOPS, NORMALISATION_FLOPS, conv_cost, dims, io_bytes,
+                                 matmul_dims, result_elements)
+from backplane.ops.costs import Cost
+from backplane.ops.opdef import DOMAIN, FUSED, OpDef
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..graph import Node
+    from backplane.model.graph import Node
 
 #: Version of the ``backplane`` domain these definitions belong to.
 VERSION = 1
@@ -374,7 +367,7 @@ HasKernel = Callable[[str], bool]
 def fuse(graph: Any, has_kernel: HasKernel) -> Any:
     """The fusion pass, :func:`backplane.ops.fusion.fuse` (imported on use: it imports this
     module, so either may be imported first)."""
-    from .fusion import fuse as _fuse
+    from backplane.ops.fusion import fuse as _fuse
 
     return _fuse(graph, has_kernel)
 

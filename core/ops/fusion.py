@@ -29,11 +29,11 @@ import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from . import DOMAIN, get, window_pads
-from .fused import KEYS, MIN_OPSET, HasKernel, add_decompositions
+from backplane.ops import DOMAIN, get, window_pads
+from backplane.ops.fused import KEYS, MIN_OPSET, HasKernel, add_decompositions
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..graph import Graph
+    from backplane.model.graph import Graph
 
 _ONNX = ("", "ai.onnx")
 
@@ -42,7 +42,7 @@ def fuse(graph: "Graph", has_kernel: HasKernel) -> "Graph":
     """Rewrite fusable patterns of ``graph`` into fused ops.
 
     Args:
-        graph: a Graph from :func:`backplane.intake.load_model`.
+        graph: a Graph from :func:`backplane.model.intake.load_model`.
         has_kernel: ``op_key -> bool`` (``"backplane::FusedConvRelu"``): whether some backend
             can run the fused op; patterns of ops without a kernel are left alone.
 
@@ -60,7 +60,7 @@ def fuse(graph: "Graph", has_kernel: HasKernel) -> "Graph":
             rewriter.match(i)
     if not rewriter.counts:
         return graph
-    from ..intake import load_model
+    from backplane.model.intake import load_model
 
     fused = load_model(add_decompositions(rewriter.model()))
     fused.name = graph.name
@@ -353,7 +353,7 @@ class _Rewriter:
         """A new scalar zero initializer of ``dtype``: the additive mask of no mask."""
         from onnx import helper
 
-        from ..graph import DTYPE_CODES
+        from backplane.model.graph import DTYPE_CODES
 
         name = self.fresh(f"{owner}/zero_mask")
         self.initializers.append(helper.make_tensor(name, DTYPE_CODES[dtype], [], [0]))

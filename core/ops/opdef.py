@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from ..contract import op_key
-from .costs import Cost
+from backplane.sdk.contract import op_key
+from backplane.ops.costs import Cost
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..graph import Node
+    from backplane.model.graph import Node
 
 #: The mandatory op set, in the order of the project's op list (default domain): what a
 #: backend claiming one of them must pass in the conformance suite's mandatory tier.
@@ -56,7 +56,7 @@ class OpVersion:
             has the ONNX type string as its constraint name (``"tensor(int64)"``).
         outputs: the same per formal output.
         type_constraints: constraint name -> admitted dtypes (names as in
-            :data:`backplane.graph.DTYPE_NAMES`; ``seq(float32)`` and the like for types that
+            :data:`backplane.model.graph.DTYPE_NAMES`; ``seq(float32)`` and the like for types that
             are not tensors).
         attributes: attribute name -> default value, or ``None`` when it has none
             (required, or derived from the inputs, as Conv's ``kernel_shape``).
@@ -156,7 +156,7 @@ class OpDef:
 
     @property
     def key(self) -> str:
-        """The op's key in capability tables (:func:`backplane.contract.op_key`)."""
+        """The op's key in capability tables (:func:`backplane.sdk.contract.op_key`)."""
         return op_key(self.name, self.domain)
 
     @property

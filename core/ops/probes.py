@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..graph import DTYPE_CODES
+from backplane.model.graph import DTYPE_CODES
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -56,7 +56,7 @@ def discover(try_op: TryOp, dtypes: tuple[str, ...] = DTYPES,
     declared for ``bool``. Fused ops (``backplane::`` keys) are tried in ``fused_dtypes``
     (none by default: a backend that fuses on its own need not declare them).
     """
-    from . import DOMAIN, FUSED, MANDATORY, get
+    from backplane.ops import DOMAIN, FUSED, MANDATORY, get
 
     ops: dict[str, list[str]] = {}
     refused: dict[str, dict[str, str]] = {}
@@ -131,7 +131,7 @@ def _model(op: str, inputs: list[tuple | None], outputs: list[str], attrs: dict[
     opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(domain, 1)] if domain else [])
     model = helper.make_model(graph, opset_imports=opsets, ir_version=10)
     if domain == "backplane":
-        from .fused import add_decompositions
+        from backplane.ops.fused import add_decompositions
 
         model = add_decompositions(model)
     return model, feeds

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import all_ops
-from .schemas import type_name
+from backplane.ops import all_ops
+from backplane.ops.schemas import type_name
 
 #: ONNX Runtime's op domains, as the operator registry names them.
 ORT_DOMAINS = ("", "ai.onnx.ml", "com.microsoft")
@@ -126,7 +126,7 @@ def op_supports(table: Any, constraints: Any = None, **fixed: Any) -> dict[str, 
     """OpSupport per op from an op table ``{op key: {version: [dtypes]}}``, derived or
     surveyed: ``constraints`` adds OpSupport fields per op key (attribute limits where a
     variant runs wrong), ``fixed`` to every op (``dynamic_shapes=False``)."""
-    from ..contract import OpSupport
+    from backplane.sdk.contract import OpSupport
 
     out = {}
     for key, versions in table.items():

@@ -29,9 +29,9 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import MANDATORY, all_ops, find
-from .probes import OPSET, TryOp, discover
-from .registrations import main_constraint
+from backplane.ops import MANDATORY, all_ops, find
+from backplane.ops.probes import OPSET, TryOp, discover
+from backplane.ops.registrations import main_constraint
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -93,7 +93,7 @@ def survey(query: Query, run: TryOp | None = None,
 
 def _core_probes() -> Iterator[tuple[str, int, str, Any]]:
     """The core ops' probe models, every variant in every dtype, at opset 21."""
-    from .probes import DTYPES, models
+    from backplane.ops.probes import DTYPES, models
 
     for op in MANDATORY:
         schema = find(op).at(OPSET)
@@ -167,7 +167,7 @@ def _seeds(definition: Any, per: dict[tuple[int, str], list[Any]]) -> list[Any]:
     """Models to convert to an op's untested versions: a core op's own float32 probe
     models first (their attribute-like inputs are constants, which the converter turns
     into the attributes of older versions), then its node tests, float32 first."""
-    from .probes import models
+    from backplane.ops.probes import models
 
     out = list(_old_forms(definition.name))
     if definition.tier == "mandatory":
@@ -215,8 +215,8 @@ def _retyped(model: Any, schema: Any, dtype: str) -> Any:
     import onnx
     from onnx import numpy_helper
 
-    from ..graph import DTYPE_CODES
-    from .probes import np_dtype
+    from backplane.model.graph import DTYPE_CODES
+    from backplane.ops.probes import np_dtype
 
     main = main_constraint(schema)
     node = model.graph.node[0]
@@ -316,7 +316,7 @@ def node_test_cases(ops: tuple[str, ...] | None = None) -> tuple[tuple[Any, ...]
     import numpy as np
     from onnx import TensorProto, numpy_helper
 
-    from ..contract import op_key
+    from backplane.sdk.contract import op_key
 
     out = []
     cases = _collected(ops)
@@ -368,7 +368,7 @@ def low_precision_cases(cases: tuple[tuple[Any, ...], ...],
     import numpy as np
     from onnx import TensorProto
 
-    from ..graph import numpy_dtype
+    from backplane.model.graph import numpy_dtype
 
     recorded = {(c[0], c[1], c[2]) for c in cases}
     out = []
@@ -443,7 +443,7 @@ def _node_tests() -> tuple[tuple[str, int, str, Any], ...]:
 
 def _dtype_of(model: Any) -> str:
     """The dtype of the one node's first input (first output when it has none)."""
-    from ..graph import DTYPE_NAMES
+    from backplane.model.graph import DTYPE_NAMES
 
     node = model.graph.node[0]
     name = next((n for n in node.input if n), None) or node.output[0]

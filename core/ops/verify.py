@@ -30,7 +30,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from .opdef import RANDOM_OPS
+from backplane.ops.opdef import RANDOM_OPS
 
 #: Seconds one node test may take in the child before it counts as a hang.
 TEST_TIMEOUT_S = 30.0
@@ -169,7 +169,7 @@ def _modes(key: str) -> dict[str, Any]:
     """The attributes of an op that choose a variant (a mode, a layout, a flag), with their
     defaults: those whose default is a string or an integer, as opposed to sizes and
     coefficients."""
-    from . import find
+    from backplane.ops import find
 
     definition = find(key)
     if definition is None:
@@ -181,7 +181,7 @@ def _modes(key: str) -> dict[str, Any]:
 def attribute_rules(rules: Mapping[str, Mapping[str, list[Any]]]) -> dict[str, dict[str, Any]]:
     """OpSupport keyword arguments from :func:`verify`'s limits: ``attributes`` rules,
     ``input_dtypes`` from operand dtypes, ``absent_outputs`` from outputs asked for."""
-    from ..contract import AttributeRule
+    from backplane.sdk.contract import AttributeRule
 
     out: dict[str, dict[str, Any]] = {}
     for key, per in rules.items():
@@ -303,11 +303,11 @@ def _child(backend: str, start: int, k: int = 0, n: int = 1) -> None:
     ``n`` on ``backend``, one thread of the runtime's own."""
     import numpy as np
 
-    from ..contract import Capabilities, CompileOptions
-    from ..intake import load_model
-    from ..registry import registry
-    from .registrations import op_supports
-    from .survey import low_precision_cases, node_test_cases
+    from backplane.sdk.contract import Capabilities, CompileOptions
+    from backplane.model.intake import load_model
+    from backplane.engine.registry import registry
+    from backplane.ops.registrations import op_supports
+    from backplane.ops.survey import low_precision_cases, node_test_cases
 
     table = json.loads(sys.stdin.read())
     reg = registry()

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from backplane.contract import Device, Executable
-from backplane.errors import CompileError, DeviceUnavailable, ExecutionError
+from backplane.sdk.contract import Device, Executable
+from backplane.sdk.errors import CompileError, DeviceUnavailable, ExecutionError
 
 CPU = "CPUExecutionProvider"
 #: Providers of ORT builds that are not compute devices (Azure calls a remote endpoint).

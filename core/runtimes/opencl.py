@@ -30,13 +30,13 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from backplane.cache import cache_dir, cache_key, read_sealed, write_sealed
-from backplane.contract import AttributeRule, Executable
-from backplane.errors import DeviceNotFoundError
+from backplane.sdk.cache import cache_dir, cache_key, read_sealed, write_sealed
+from backplane.sdk.contract import AttributeRule, Executable
+from backplane.sdk.errors import DeviceNotFoundError
 from backplane.kernels import source
-from backplane.kerneltable import KernelTable, LazyKernel
+from backplane.sdk.kerneltable import KernelTable, LazyKernel
 
-from .opencl_drivers import start_loader
+from backplane.runtimes.opencl_drivers import start_loader
 
 #: The module holding the host side of the table's kernels, named here and imported on
 #: first call. (It lives with the opencl plugin; nothing imports that plugin.)

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from backplane.errors import BackendError, CompileError
+from backplane.sdk.errors import BackendError, CompileError
 
 _core_lock = threading.Lock()
 _core: Any = None

@@ -12,7 +12,7 @@ DLPack tensors on ``torch_device`` and a run under ``torch.inference_mode()``.
 must not import torch.
 
 The kernels' implementations are in :data:`OPS`, imported on a kernel's first call (as
-:class:`~backplane.kerneltable.LazyKernel` does for every table); the runner shares with
+:class:`~backplane.sdk.kerneltable.LazyKernel` does for every table); the runner shares with
 them the run's float type and the host copies of constants. Importing this module imports
 neither torch nor numpy.
 """
@@ -24,12 +24,12 @@ import re
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from backplane.contract import AttributeRule, CompileOptions, Device, Executable
-from backplane.errors import CompileError
-from backplane.kerneltable import KernelTable, LazyKernel
+from backplane.sdk.contract import AttributeRule, CompileOptions, Device, Executable
+from backplane.sdk.errors import CompileError
+from backplane.sdk.kerneltable import KernelTable, LazyKernel
 
 if TYPE_CHECKING:  # pragma: no cover
-    from backplane.graph import Graph
+    from backplane.model.graph import Graph
 
 #: The module holding the table's kernels, named here and imported on first call. (They
 #: live with the torch-cpu plugin, which verifies them; nothing imports that plugin.)

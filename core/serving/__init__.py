@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import UnsupportedError
+from backplane.sdk.errors import UnsupportedError
 
 #: The import names of the ``serve`` extra's packages.
 REQUIRED = ("starlette", "uvicorn", "prometheus_client")
 
 
 def require() -> None:
-    """Raise :class:`~backplane.errors.UnsupportedError` naming the packages of the
+    """Raise :class:`~backplane.sdk.errors.UnsupportedError` naming the packages of the
     ``serve`` extra that are not installed, and how to install them."""
     missing = []
     for name in REQUIRED:

@@ -19,13 +19,13 @@ backplane_plan_events_total                    counter    model, version, kind
 
 ``outcome`` is one of :data:`OUTCOMES`. Request durations are those of answered requests
 (success), from the body read to the response built; queue times, batch sizes (requests
-per batch) and run times come from the batcher's :class:`~backplane.batcher.BatchRecord`.
+per batch) and run times come from the batcher's :class:`~backplane.engine.batcher.BatchRecord`.
 ``requests_in_flight`` counts the requests running now on each device of their model's
 current plan (a request on a two-device plan counts on both); ``partitions_in_flight``
-is the executor's own count of partitions running on the device (:mod:`backplane.load`).
+is the executor's own count of partitions running on the device (:mod:`backplane.hardware.liveload`).
 
 Device utilisation: ``device_load_factor`` is the live load the scheduler itself reads
-(:func:`backplane.load.slowdown`: 1 = idle; CPU load of other processes through psutil,
+(:func:`backplane.hardware.liveload.slowdown`: 1 = idle; CPU load of other processes through psutil,
 GPU utilisation through NVML where the device carries a PCI bus id, plus this process's
 partitions in flight). No backend reports a utilisation of its own, so there is no
 separate per-runtime utilisation metric.
@@ -56,7 +56,7 @@ TIME_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.
 #: Requests per batch.
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 #: Plan event kinds, by how the event's text begins (the first that matches; the texts
-#: are those of :mod:`backplane.recovery` and :class:`backplane.Session`).
+#: are those of :mod:`backplane.engine.recovery` and :class:`backplane.Session`).
 EVENT_KINDS = (
     ("device_failure", re.compile(r"re-planned without \S+ for .*\(device failure")),
     ("precision_banned", re.compile(r"re-planned without \S+ at [\w-]+: ")),
@@ -68,7 +68,7 @@ EVENT_KINDS = (
 
 
 def event_kind(event: str) -> str:
-    """The kind of one ``plan.events`` line (see :mod:`backplane.recovery`), or ``other``."""
+    """The kind of one ``plan.events`` line (see :mod:`backplane.engine.recovery`), or ``other``."""
     return next((kind for kind, pattern in EVENT_KINDS if pattern.match(event)), "other")
 
 
@@ -148,8 +148,8 @@ class Metrics:
     def refresh(self) -> None:
         """Read the live figures: queues, requests and partitions in flight per device,
         load, and the plan events added since the last reading."""
-        from .. import load
-        from ..registry import devices
+        from backplane.hardware import liveload as load
+        from backplane.engine.registry import devices
 
         per_device: Tally = Tally()
         with self._lock:

@@ -26,7 +26,7 @@ BYTES     object      per element: 4-byte little-endian length, then the bytes
 
 In JSON, ``data`` is a flat row-major list or nested lists of the tensor's shape; BYTES
 elements are strings. Everything that is no valid request raises :class:`ProtocolError`
-(an :class:`~backplane.errors.InputError`: the request is at fault), naming the input and
+(an :class:`~backplane.sdk.errors.InputError`: the request is at fault), naming the input and
 what is wrong with it.
 """
 
@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DeadlineError, InputError, OverloadError
-from ..text import shown
+from backplane.sdk.errors import DeadlineError, InputError, OverloadError
+from backplane.sdk.text import shown
 
 #: The request header that gives the length of the JSON part of a body with binary data.
 HEADER_LENGTH = "Inference-Header-Content-Length"

@@ -12,7 +12,7 @@
     # HTTP through Serve's proxy: POST / {"inputs": {"x": [[...]]}} -> {"outputs": {...}}
 
 Each replica builds a :class:`~backplane.Session` on the devices of its node and a
-:class:`~backplane.batcher.Batcher` over it; the batching parameters go to that Batcher
+:class:`~backplane.engine.batcher.Batcher` over it; the batching parameters go to that Batcher
 (Ray's ``@serve.batch`` is not used: two batchers in a row would each wait for the other's
 batch-mates). Serve hands a replica at most ``max_ongoing_requests`` requests at once, so
 that bound must be at least ``max_batch_size`` or batches never fill (Ray issue 43288);
@@ -45,8 +45,8 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import BackplaneError, DeviceNotFoundError, InputError, UnsupportedError
-from .protocol import error_status
+from backplane.sdk.errors import BackplaneError, DeviceNotFoundError, InputError, UnsupportedError
+from backplane.serving.protocol import error_status
 
 log = logging.getLogger("backplane")
 
@@ -68,8 +68,8 @@ def _devices(devices: Any, *, one_per_backend: bool = False) -> list[Any]:
     """``devices`` as a list of Device objects, dicts (``backplane devices --json``) or
     strings this machine cannot resolve (a driver without the node's GPUs). With
     ``one_per_backend``, a backend name stands for one device of it (its first here)."""
-    from ..contract import Device
-    from ..registry import devices as found_here, registry
+    from backplane.sdk.contract import Device
+    from backplane.engine.registry import devices as found_here, registry
 
     if devices is None or (isinstance(devices, str) and devices == "auto"):
         return list(found_here())
@@ -147,7 +147,7 @@ def _replica_devices(devices: Any) -> Any:
     """The ``devices=`` a replica's Session gets. Ray shows a replica only the GPUs it
     assigned, as its backend's first devices whatever their index on the node, so a GPU
     named by id becomes its backend's name; everything else stays as given."""
-    from ..contract import Device
+    from backplane.sdk.contract import Device
 
     if isinstance(devices, str) and devices == "auto":
         return "auto"
@@ -175,8 +175,8 @@ class BackplaneReplica:
     def __init__(self, model: Any, devices: Any = "auto",
                  batching: Mapping[str, Any] | None = None,
                  session_options: Mapping[str, Any] | None = None):
-        from ..batcher import Batcher
-        from ..session import Session
+        from backplane.engine.batcher import Batcher
+        from backplane.engine.session import Session
 
         self.session = Session(model, devices=devices, **dict(session_options or {}))
         self._lock = threading.Lock()
@@ -295,7 +295,7 @@ def deployment(model: Any, *, name: str | None = None, devices: Any = "auto",
             that backend", the one Ray assigns.
         num_replicas: replicas (or ``"auto"``, Serve's autoscaling).
         max_batch_size, max_delay_ms, preferred_batch_sizes, max_queue_size, timeout_s:
-            the replica's :class:`~backplane.batcher.Batcher` settings.
+            the replica's :class:`~backplane.engine.batcher.Batcher` settings.
         max_ongoing_requests: requests Serve sends a replica at once (default
             ``2 * max_batch_size``; below ``max_batch_size`` batches cannot fill).
         num_cpus: CPUs each replica reserves.

@@ -33,7 +33,7 @@ A model's ``config.toml`` (every key optional)::
 Each key is checked when the repository is read: an unknown key, or a value of the wrong
 type, is a :class:`RepositoryError` that names the file and the key. Loading
 (:meth:`Repository.load`) makes one :class:`~backplane.Session` and one
-:class:`~backplane.batcher.Batcher` per model version.
+:class:`~backplane.engine.batcher.Batcher` per model version.
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..batcher import Batcher
-from ..contract import POLICIES, PRECISIONS
-from ..errors import BackplaneError, ModelError, did_you_mean
-from ..session import Session
-from ..text import shown
-from .protocol import datatype_of, shape_of
+from backplane.engine.batcher import Batcher
+from backplane.sdk.contract import POLICIES, PRECISIONS
+from backplane.sdk.errors import BackplaneError, ModelError, did_you_mean
+from backplane.engine.session import Session
+from backplane.sdk.text import shown
+from backplane.serving.protocol import datatype_of, shape_of
 
 #: The file name of a model inside its folder (or its version folder).
 MODEL_FILE = "model.onnx"
@@ -109,7 +109,7 @@ class ModelConfig:
 
     ``session`` holds keyword arguments of :class:`~backplane.Session` (``devices``,
     ``policy``, ``precision``, ``max_rel_error``, ``dims``); ``batching`` those of
-    :class:`~backplane.batcher.Batcher`. Keys not set are left to their defaults.
+    :class:`~backplane.engine.batcher.Batcher`. Keys not set are left to their defaults.
     """
 
     session: dict[str, Any] = field(default_factory=dict)
@@ -280,7 +280,7 @@ class ServedModel:
         entry: where it came from.
         config: the settings it was loaded with.
         session: the :class:`~backplane.Session`.
-        batcher: the :class:`~backplane.batcher.Batcher`.
+        batcher: the :class:`~backplane.engine.batcher.Batcher`.
     """
 
     def __init__(self, entry: ModelEntry, config: ModelConfig,

@@ -53,13 +53,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import __version__
-from ..errors import BackplaneError, OverloadError, did_you_mean
-from ..text import shown
-from .metrics import Metrics
-from .protocol import (HEADER_LENGTH, InferRequest, ProtocolError, datatype_of, decode_request,
-                       encode_response, error_status)
-from .repository import ModelNotFoundError, Repository, ServedModel
+from backplane import __version__
+from backplane.sdk.errors import BackplaneError, OverloadError, did_you_mean
+from backplane.sdk.text import shown
+from backplane.serving.metrics import Metrics
+from backplane.serving.protocol import (HEADER_LENGTH, InferRequest, ProtocolError, datatype_of,
+                                        decode_request, encode_response, error_status)
+from backplane.serving.repository import ModelNotFoundError, Repository, ServedModel
 
 log = logging.getLogger("backplane.serving")
 

@@ -34,7 +34,7 @@ from typing import Any
 from backplane import API_VERSION, AttributeRule, Backend, CompileOptions, Device, Executable
 from backplane import KernelTable
 from backplane import __version__ as _backplane_version
-from backplane.errors import BackplaneError, CompileError, DeviceUnavailable
+from backplane.sdk.errors import BackplaneError, CompileError, DeviceUnavailable
 
 from . import features
 
@@ -300,7 +300,7 @@ def table_for(rt: Any) -> KernelTable:
 
 
 def _kernels_of(graph: Any) -> list[str]:
-    from backplane.contract import op_key
+    from backplane.sdk.contract import op_key
 
     return [op_key(n.op_type, n.domain) for n in graph.nodes]
 

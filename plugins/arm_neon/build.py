@@ -24,8 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from backplane.cache import cache_dir, cache_key, write_atomic
-from backplane.errors import CompileError
+from backplane.sdk.cache import cache_dir, cache_key, write_atomic
+from backplane.sdk.errors import CompileError
 
 from .features import MARCH, VARIANTS
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backplane.errors import CompileError, ExecutionError
+from backplane.sdk.errors import CompileError, ExecutionError
 
 from . import build, features
 

@@ -38,7 +38,7 @@ from typing import Any
 from backplane import (API_VERSION, Backend, Capabilities, CompileOptions, Device, Executable,
                        LazyOps)
 from backplane import __version__ as _backplane_version
-from backplane.errors import CompileError, DeviceUnavailable, did_you_mean
+from backplane.sdk.errors import CompileError, DeviceUnavailable, did_you_mean
 from backplane.runtimes import onnxruntime as ort_rt
 from backplane.runtimes.torch import compile_on, torch_build
 from backplane.runtimes.torch import kernels as torch_kernels

@@ -11,7 +11,7 @@ check that every kernel compiles. The library is looked for, in order, in
 :func:`compile_source` builds a cubin for the device's architecture (``"9.0"`` gives
 ``--gpu-architecture=sm_90``), or PTX for the newest virtual architecture NVRTC knows when
 the GPU is newer than NVRTC (the driver then compiles the PTX). Results are cached under
-``backplane.cache.cache_dir("cuda")``, keyed by the source and every header it includes,
+``backplane.sdk.cache.cache_dir("cuda")``, keyed by the source and every header it includes,
 the target, the NVRTC version and the options; each binary has a JSON sidecar with its
 SHA-256, so a truncated or altered file is compiled again rather than loaded. A compile
 error is a :class:`backplane.CompileError` carrying NVRTC's log.
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backplane.cache import cache_dir, cache_key, write_atomic
-from backplane.errors import CompileError
+from backplane.sdk.cache import cache_dir, cache_key, write_atomic
+from backplane.sdk.errors import CompileError
 
 #: The backend name errors carry.
 BACKEND = "cuda-tensorrt"

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from backplane import CompileOptions, Device, Executable
-from backplane.cache import cache_dir, cache_key, read_sealed, write_sealed
-from backplane.errors import CompileError, ExecutionError
+from backplane.sdk.cache import cache_dir, cache_key, read_sealed, write_sealed
+from backplane.sdk.errors import CompileError, ExecutionError
 
 BACKEND = "cuda-tensorrt"
 #: Builder workspace, unless ``options={"cuda-tensorrt": {"workspace_bytes": N}}``.

@@ -19,7 +19,7 @@ int8 (post-training quantization with the session's calibration inputs: NNCF for
 ONNX Runtime's QDQ quantizer for QNN and VitisAI); OpenVINO's ``query_model`` must place
 every operation on the NPU (never a partial run); the compiled blob is cached on disk
 (``export_model``/``import_model``; QNN's EP context model; VitisAI's own cache) under
-``backplane.cache.cache_dir("npu")``, keyed by model, shapes, precision, calibration,
+``backplane.sdk.cache.cache_dir("npu")``, keyed by model, shapes, precision, calibration,
 device and driver, compiler and runtime versions. A run at other input sizes compiles
 that signature once more (kept in a small LRU).
 
@@ -42,8 +42,8 @@ from typing import Any
 from backplane import (API_VERSION, Backend, Capabilities, CompileOptions, Device, Executable,
                        LazyOps, OpSupport)
 from backplane import __version__ as _backplane_version
-from backplane.cache import prune, subfolder
-from backplane.errors import BackendError, CompileError, DeviceUnavailable, ExecutionError
+from backplane.sdk.cache import prune, subfolder
+from backplane.sdk.errors import BackendError, CompileError, DeviceUnavailable, ExecutionError
 from backplane.runtimes import onnxruntime as ort_rt
 from backplane.runtimes.openvino import (infer, onnx_nodes_of, outputs_of, ov_core, query,
                                          valid_survey, wrap)
@@ -327,7 +327,7 @@ class _OpenVINOBuild(_Build):
         self._base: Any = None
 
     def __call__(self, shapes: dict[str, tuple[int, ...]]) -> tuple[Callable, str]:
-        from backplane.cache import read_sealed, write_sealed
+        from backplane.sdk.cache import read_sealed, write_sealed
 
         core = ov_core()
         key = prepare.blob_key(self._onnx, shapes, self._precision, self._calibration_key,
@@ -427,8 +427,8 @@ class _ORTBuild(_Build):
         self._prepared: Any = None
 
     def __call__(self, shapes: dict[str, tuple[int, ...]]) -> tuple[Callable, str]:
-        from backplane.cache import cache_dir, cache_key, model_bytes
-        from backplane.graph import Graph
+        from backplane.sdk.cache import cache_dir, cache_key, model_bytes
+        from backplane.model.graph import Graph
 
         if self._prepared is None:
             model = self._graph.model
@@ -490,7 +490,7 @@ def derived_ops(info: Mapping[str, Any]) -> dict[str, OpSupport]:
     (:mod:`backplane.ops.survey`), each model asked of ``query_model`` on the NPU (no
     compile: an NPU compile per model would take minutes). Cached on disk, keyed by the
     OpenVINO, driver and compiler versions and the device name."""
-    from backplane.cache import cached_json
+    from backplane.sdk.cache import cached_json
     from backplane.ops import probes
     from backplane.ops.registrations import op_supports
     from backplane.ops.survey import survey

@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backplane.errors import CompileError
+from backplane.sdk.errors import CompileError
 from backplane.runtimes.openvino import inlined, ov_core, patched
 
 #: Bump when the preparation changes what it produces, so cached blobs are not reused.
@@ -64,7 +64,7 @@ def session_dims(graph: Any, options: Any, extra: Mapping[str, Any],
     """The sizes of symbolic dimensions to compile for: the calibration inputs' sizes,
     overridden by ``options["npu"]["dims"]``, overridden by the session's own
     (``CompileOptions.dims``, when the session passes them)."""
-    from backplane.intake import dims_of
+    from backplane.model.intake import dims_of
 
     dims: dict[str, int] = {}
     if calibration:
@@ -81,8 +81,8 @@ def session_dims(graph: Any, options: Any, extra: Mapping[str, Any],
 def static_graph(graph: Any, dims: Mapping[str, int]) -> Any:
     """``graph`` with its symbolic input dimensions fixed to ``dims`` and shapes inferred
     again; refused when an input or output dimension is still not a number."""
-    from backplane.errors import InputError
-    from backplane.intake import with_dims
+    from backplane.sdk.errors import InputError
+    from backplane.model.intake import with_dims
 
     names = {d for vi in graph.inputs for d in (vi.shape or ()) if isinstance(d, str)}
     wanted = {k: v for k, v in dims.items() if k in names}
@@ -420,7 +420,7 @@ def blob_key(model: bytes, shapes: Mapping[str, Sequence[int]], precision: str,
     device's name and the versions of what compiles for it (runtime, driver, compiler);
     ``calibration`` is :func:`calibration_digest` (empty at fp16)."""
     from backplane import __version__
-    from backplane.cache import cache_key
+    from backplane.sdk.cache import cache_key
 
     return cache_key(model, sorted((k, tuple(v)) for k, v in shapes.items()), precision,
                      calibration, sorted(quantization.items()), sorted(device.items()),

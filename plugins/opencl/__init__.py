@@ -22,7 +22,7 @@ from typing import Any
 
 from backplane import API_VERSION, Backend, CompileOptions, Device, Executable
 from backplane import __version__ as _backplane_version
-from backplane.errors import DeviceUnavailable
+from backplane.sdk.errors import DeviceUnavailable
 from backplane.runtimes.opencl import (OpenCLExecutable, cannot_run, gemm_width_of, kernels,
                                        state_for)
 from backplane.runtimes.opencl_drivers import register_pip_drivers, start_loader

@@ -45,11 +45,11 @@ from typing import Any
 from backplane import (API_VERSION, AttributeRule, Backend, Capabilities, CompileOptions, Device,
                        Executable, LazyOps, OpSupport)
 from backplane import __version__ as _backplane_version
-from backplane.cache import prune, subfolder
-from backplane.errors import CompileError, DeviceUnavailable, ExecutionError
-from backplane.runtimes.openvino import (from_tensor, infer, inlined, onnx_nodes_of,
-                                         outputs_of, ov, ov_core, ov_version, patched, query,
-                                         to_tensor, valid_survey, wrap)
+from backplane.sdk.cache import prune, subfolder
+from backplane.sdk.errors import CompileError, DeviceUnavailable, ExecutionError
+from backplane.runtimes.openvino import (from_tensor, infer, inlined, onnx_nodes_of, outputs_of, ov,
+                                         ov_core, ov_version, patched, query, to_tensor,
+                                         valid_survey, wrap)
 from backplane.runtimes.shapecache import ShapeCache
 
 #: OpenVINO's name of the device this backend drives.
@@ -423,7 +423,7 @@ class OpenVINOExecutable(Executable):
                     located=True)
 
     def _compile(self, signature: tuple) -> _Compiled:
-        from backplane.cache import cache_key, read_sealed, write_sealed
+        from backplane.sdk.cache import cache_key, read_sealed, write_sealed
 
         self._check_signature(signature)
         core = ov_core()
@@ -621,9 +621,9 @@ def derive(use_cache: bool = True) -> dict[str, Any]:
 
     Read from ``cache_dir("openvino-cpu")/capabilities-KEY.json`` when present (KEY hashes
     the OpenVINO and backplane versions, the derivation and probe versions and the machine),
-    else computed and written there (:func:`backplane.cache.cached_json`).
+    else computed and written there (:func:`backplane.sdk.cache.cached_json`).
     """
-    from backplane.cache import cached_json
+    from backplane.sdk.cache import cached_json
 
     return cached_json(OpenVINOBackend.name, derivation_key(), _derive_now,
                        use_cache=use_cache, valid=valid_survey, shipped=SHIPPED,

@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backplane import (API_VERSION, Backend, Capabilities, CompileOptions, Device,
-                       Executable, LazyOps, OpSupport)
+from backplane import (API_VERSION, Backend, Capabilities, CompileOptions, Device, Executable,
+                       LazyOps, OpSupport)
 from backplane import __version__ as _backplane_version
-from backplane.errors import CompileError, DeviceUnavailable
+from backplane.sdk.errors import CompileError, DeviceUnavailable
 from backplane.runtimes.onnxruntime import (CPU, ORTExecutable, open_session, probe_providers,
                                             runtime, session_options)
 
@@ -97,7 +97,7 @@ class ORTBackend(Backend):
         The checks run in a child process (:func:`probe_providers`): a provider whose driver
         crashes cannot take the application down, and listing devices imports no runtime.
         """
-        from backplane.registry import plugin_enabled
+        from backplane.engine.registry import plugin_enabled
 
         version, available, checks = probe_providers()
         checks = dict(checks)
@@ -185,9 +185,9 @@ def derive(use_cache: bool = True) -> dict[str, Any]:
 
     Read from ``cache_dir("onnxruntime")/capabilities-KEY.json`` when present (KEY hashes
     the ORT and backplane versions, the derivation version and the machine), else computed
-    and written (:func:`backplane.cache.cached_json`).
+    and written (:func:`backplane.sdk.cache.cached_json`).
     """
-    from backplane.cache import cached_json
+    from backplane.sdk.cache import cached_json
 
     return cached_json(ORTBackend.name, derivation_key(), _derive_now, use_cache=use_cache,
                        valid=_valid_derivation, shipped=SHIPPED,

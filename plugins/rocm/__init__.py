@@ -35,7 +35,7 @@ from typing import Any
 from backplane import (API_VERSION, Backend, Capabilities, CompileOptions, Device, Executable,
                        LazyOps)
 from backplane import __version__ as _backplane_version
-from backplane.errors import BackendError, CompileError, DeviceUnavailable
+from backplane.sdk.errors import BackendError, CompileError, DeviceUnavailable
 from backplane.runtimes import onnxruntime as ort_rt
 from backplane.runtimes import opencl as cl_rt
 from backplane.runtimes import torch as torch_rt

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from backplane.errors import DeviceUnavailable
+from backplane.sdk.errors import DeviceUnavailable
 from backplane.runtimes.onnxruntime import probe_providers
 from backplane.runtimes.opencl import cannot_run
 from backplane.runtimes.torch import torch_build as _installed_torch

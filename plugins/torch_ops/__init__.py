@@ -22,7 +22,7 @@ from typing import Any
 
 from backplane import API_VERSION, Backend, CompileOptions, Device, Executable
 from backplane import __version__ as _backplane_version
-from backplane.errors import DeviceUnavailable
+from backplane.sdk.errors import DeviceUnavailable
 from backplane.runtimes.torch import TorchExecutable, compile_on, kernels, torch_build
 
 #: The environment variable that makes torch-cpu list torch's CPU device.

@@ -1,0 +1,1 @@
+"""The engine: registry, session, planning, cost model, execution, accuracy and tuning."""

@@ -1,0 +1,491 @@
+"""Session: hand it a model, get outputs; it picks the hardware and says why.
+
+::
+
+    s = backplane.Session("model.onnx")            # devices="auto", policy="latency", fp32
+    out = s.run({"x": x})
+    print(s.plan.explain())
+
+Devices are chosen automatically unless named: ``devices=[...]`` (device ids or backend
+names), or else the environment's ``BACKPLANE_DEVICES``; the argument wins over the
+environment. A named device that is unknown or
+failed raises at once with the cause. A compile or run failure re-plans without the failed
+device (unless ``strict=True``), records the event in ``plan.events`` and logs a warning; a
+request is never lost and numerics never change silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from backplane.engine import accuracy
+from backplane.engine import costmodel
+from backplane.engine import tuning
+from backplane.sdk.contract import DEVICE_KINDS, POLICIES, PRECISIONS, CompileOptions, Device
+from backplane.sdk.errors import BackendError, InputError, UnsupportedError
+from backplane.engine.executor import CompiledPlan
+from backplane.model.graph import ValueInfo
+from backplane.model.intake import dims_of, load_model, validate_inputs, with_dims
+from backplane.engine.plan import Partition, Plan
+from backplane.model.samples import RandomInput, draw, random_input_specs
+from backplane.model.shapecheck import ShapeCheck
+from backplane.engine.recovery import DEFAULT_COOLDOWN_S, Recovery
+from backplane.engine.registry import (Registry, devices_from_env, env_seconds, plugin_manager,
+                                       registry)
+from backplane.engine.runcheck import VERIFY_MODES, Verifier, unqualified
+from backplane.engine.scheduler import DEFAULT_HEADROOM, Constraints, schedule
+
+#: The accuracy budget of ``precision="auto"`` when none is given.
+DEFAULT_MAX_REL_ERROR = 1e-2
+#: The longest one partition's compile may take, unless ``compile_timeout_s`` or
+#: ``BACKPLANE_COMPILE_TIMEOUT_S`` says otherwise.
+DEFAULT_COMPILE_TIMEOUT_S = 300.0
+
+log = logging.getLogger("backplane")
+
+
+class Session(Recovery):
+    """A model, planned and compiled onto this machine's devices, ready to run.
+
+    Args:
+        model: a path to an ``.onnx`` file, its bytes, or an ``onnx.ModelProto``.
+        devices: ``"auto"`` (every available device, placed by cost; ``BACKPLANE_DEVICES``
+            when set), or an ordered list of device ids (``openvino-cpu:0``) and backend
+            names, placed first-admitting in that order.
+        policy: ``latency`` (default), ``throughput``, ``efficiency`` or ``fixed-order``.
+        precision: the compute precision the plan must keep: ``fp32`` by default, or
+            ``auto`` to allow fp16, bf16 or int8 paths that keep within ``max_rel_error``
+            of the reference on sample inputs.
+        max_rel_error: the accuracy budget of ``precision="auto"``: the largest error of
+            any output, relative to that output's largest magnitude (default 1e-2).
+        strict: fail instead of re-planning when a compile or run fails, and when a node
+            would leave the required ``device_class``.
+        device_class: the class (``cpu``, ``gpu``, ``npu``, ``accelerator``) every node
+            should run on; nodes none of its devices admits fall back elsewhere unless
+            strict (``device_class="npu"`` is "prefer the NPU").
+        exclude: device classes, backend names or device ids never to use.
+        memory_headroom: the share of each device's memory the plan leaves free.
+        delegate: ``delegate(node, candidates) -> Candidate | None``, shown each node's
+            candidates with their predicted costs (the default first); its choice is kept.
+        tune: measure the best candidate plans on sample inputs and keep the fastest,
+            cached by model, input shapes, devices and plugin versions.
+        sample_inputs: representative inputs: the plan is priced for their sizes (unless
+            ``dims`` is given), and ``tune`` and the ``auto`` precision check run them
+            (default: :meth:`random_inputs`).
+        dims: sizes of symbolic input dimensions to plan for (``{"batch": 32}``); the
+            compiled model still takes any size. Unset dimensions are priced as 1.
+        base_dir: folder of external data for a model given as bytes or ModelProto.
+        options: backend-specific options, keyed by backend name.
+        verify: which partitions have their first run checked against the reference
+            backend on the same inputs (:mod:`backplane.engine.runcheck`): ``"unqualified"``
+            (default: those on a backend with no passing conformance run stored on this
+            device for their ops), ``"always"`` or ``"off"``. A mismatch excludes the
+            device for the session's life, with a warning.
+        cooldown_s: how long a device whose run failed (and not the request's fault) is
+            planned without before it is tried again (default 60 s, doubled at each
+            further failure, at most an hour).
+        compile_timeout_s: the longest one partition's compile may take before its device
+            is passed over (default 300 s, or ``BACKPLANE_COMPILE_TIMEOUT_S``; None: no
+            limit).
+
+    ``run`` is safe to call from many threads at once.
+    """
+
+    def __init__(self, model: Any, devices: str | Iterable[Any] = "auto", *,
+                 policy: str = "latency", precision: str = "fp32",
+                 max_rel_error: float | None = None, strict: bool = False,
+                 device_class: str | None = None, exclude: Iterable[str] = (),
+                 memory_headroom: float = DEFAULT_HEADROOM,
+                 delegate: Callable[..., Any] | None = None, tune: bool = False,
+                 sample_inputs: Mapping[str, Any] | None = None,
+                 dims: Mapping[str, int] | None = None,
+                 base_dir: Any = None, options: Mapping[str, Any] | None = None,
+                 verify: str = "unqualified", cooldown_s: float = DEFAULT_COOLDOWN_S,
+                 compile_timeout_s: float | None | str = "default"):
+        if policy not in POLICIES:
+            raise UnsupportedError(f"unknown policy '{policy}'; choose one of {', '.join(POLICIES)}")
+        if precision != "auto" and precision not in PRECISIONS:
+            raise UnsupportedError(f"unknown precision '{precision}'; choose 'auto' or one of "
+                                   f"{', '.join(PRECISIONS)}")
+        if max_rel_error is not None and precision != "auto":
+            raise UnsupportedError("max_rel_error is the budget of precision='auto'; pass "
+                                   "precision='auto' with it, or drop it")
+        if max_rel_error is not None and not max_rel_error > 0:
+            raise UnsupportedError(f"max_rel_error must be a positive number, not "
+                                   f"{max_rel_error!r}")
+        if device_class is not None and device_class not in DEVICE_KINDS:
+            raise UnsupportedError(f"unknown device class '{device_class}'; choose one of "
+                                   f"{', '.join(DEVICE_KINDS)}")
+        if not 0 <= memory_headroom < 1:
+            raise UnsupportedError(f"memory_headroom is a share of memory in [0, 1), not "
+                                   f"{memory_headroom!r}")
+        if verify not in VERIFY_MODES:
+            raise UnsupportedError(f"unknown verify mode {verify!r}; choose one of "
+                                   f"{', '.join(VERIFY_MODES)}")
+        if not isinstance(cooldown_s, (int, float)) or not 0 <= cooldown_s < float("inf"):
+            raise UnsupportedError(f"cooldown_s is a number of seconds >= 0, not {cooldown_s!r}")
+        if compile_timeout_s == "default":
+            compile_timeout_s = env_seconds("BACKPLANE_COMPILE_TIMEOUT_S",
+                                            DEFAULT_COMPILE_TIMEOUT_S, none=True)
+        elif compile_timeout_s is not None and not (
+                isinstance(compile_timeout_s, (int, float)) and compile_timeout_s > 0):
+            raise UnsupportedError(f"compile_timeout_s is a positive number of seconds or "
+                                   f"None, not {compile_timeout_s!r}")
+        if delegate is not None and not callable(delegate):
+            raise UnsupportedError("delegate must be a callable (node, candidates) -> "
+                                   "candidate or None")
+        self.graph = load_model(model, base_dir=base_dir)
+        self._shapes = ShapeCheck(self.graph.model)  # inputs that do not fit, before any run
+        self._source = (model, base_dir)  # read again by a run that overrides initializers
+        self._overriding: dict[frozenset[str], Session] = {}
+        self._guesses: dict[int, tuple[Any, str]] = {}  # random inputs the model may refuse
+        self.policy, self.precision, self.strict = policy, precision, strict
+        self.max_rel_error = (max_rel_error if max_rel_error is not None
+                              else DEFAULT_MAX_REL_ERROR) if precision == "auto" else None
+        self.constraints = Constraints(device_class, frozenset(
+            [exclude] if isinstance(exclude, str) else exclude), memory_headroom)
+        self._delegate, self._tune = delegate, tune
+        self._samples = dict(sample_inputs) if sample_inputs is not None else None
+        if dims is None and self._samples is not None:
+            dims = dims_of(self.graph, self._samples)
+        self.dims = dict(dims or {})
+        self._planned_on = with_dims(self.graph, self.dims)
+        self._registry = registry()
+        self._explicit, self._devices = _resolve_devices(self._registry, devices)
+        self._options = CompileOptions(precision="fp32" if precision == "auto" else precision,
+                                       policy=policy, extra=dict(options or {}),
+                                       dims=dict(self.dims))
+        self.verify, self.cooldown_s = verify, float(cooldown_s)
+        self.compile_timeout_s = compile_timeout_s
+        self._verifier = Verifier(self.graph, self._registry, self._options)
+        self._excluded: dict[str, str] = {}
+        self._recovering()
+        self._banned: dict[tuple[str, str], Any] = {}
+        self._refused: dict[tuple[str, str], str] = {}
+        self._history: list[str] = []
+        self._lock = threading.Lock()
+        self._timing = _Timing()
+        self._compiled = self._build()
+        plugin_manager().hook.backplane_session_created(session=self)
+
+    @property
+    def plan(self) -> Plan:
+        """The current plan: what runs where, and why."""
+        return self._compiled.plan
+
+    @property
+    def memory(self) -> Any:
+        """Peak bytes of the values a run holds between partitions: predicted from the
+        inferred shapes, measured over the runs so far (:class:`backplane.engine.executor.MemoryStats`).
+        Kernel backends report their own peaks inside a partition the same way."""
+        return self._compiled.memory
+
+    @property
+    def inputs(self) -> list[ValueInfo]:
+        """The inputs ``run`` expects."""
+        return list(self.graph.inputs)
+
+    @property
+    def outputs(self) -> list[ValueInfo]:
+        """The outputs ``run`` returns."""
+        return list(self.graph.outputs)
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run the model once. Returns a dict of output name to numpy array.
+
+        An initializer the model also lists as a graph input (IR < 4 models) is a constant
+        that ``inputs`` may override: the array given (checked like an input, dtype and
+        shape) replaces the stored value for this run. Such runs go to a second session over
+        the model with those initializers as plain inputs, planned and compiled on first
+        use for each set of names overridden; it costs a second plan, compile and the
+        memory of its executables, and the model is read again from what the session was
+        given.
+
+        When a device fails, the request is run again on the plan the session would fall
+        back to. If that answers it, the device was at fault: the session keeps the fallback
+        plan, and tries the device again after a cool-down (``cooldown_s``). If it fails
+        there too, the request was at fault: it fails alone (RequestError) and no device is
+        excluded. A device whose outputs disagree with the reference in the run-time check
+        (``verify``) is excluded for the session's life. ``plan.events`` says which case it
+        was.
+
+        Raises:
+            InputError: missing, extra, mis-typed or mis-shaped inputs.
+            RequestError: the request failed on its device and on the fallback plan (an
+                InputError and an ExecutionError at once).
+            ExecutionError: a backend failed and the session is strict, or the error names
+                no device to re-plan without, or no other device can run the model to tell
+                the device's fault from the request's, or the inputs came from
+                :meth:`random_inputs` with values the model may refuse (then the message
+                says so, and no device is blamed).
+        """
+        overridden = self._overridden(inputs)
+        if overridden:
+            return self._overriding_session(overridden).run(inputs)
+        feeds = validate_inputs(self.graph, inputs)
+        guessed = self._guessed(feeds)
+        try:
+            self._shapes.check(feeds)
+        except InputError as exc:
+            _blame_random(exc, guessed)
+            raise
+        while True:
+            if self._cooling:
+                self._return_cooled()
+            compiled = self._compiled
+            try:
+                return compiled.run(feeds)
+            except BackendError as exc:  # ExecutionError, or a plugin's own BackendError
+                if guessed:  # the inputs, more likely than the device: blame no device
+                    _blame_random(exc, guessed)
+                    raise
+                if self.strict or exc.device is None:
+                    raise
+                answered = self._after_failure(compiled, exc, feeds)
+                if answered is not None:
+                    return answered
+
+    def _overridden(self, inputs: Any) -> frozenset[str]:
+        """The initializers ``inputs`` overrides (see :meth:`run`)."""
+        if not isinstance(inputs, Mapping):
+            return frozenset()
+        g = self.graph.model.graph
+        listed = {i.name for i in g.input} & self.graph.initializers
+        return frozenset(n for n in inputs if n in listed)
+
+    def _overriding_session(self, names: frozenset[str]) -> "Session":
+        """The session over the model with ``names`` as plain inputs, made on first use."""
+        session = self._overriding.get(names)
+        if session is not None:
+            return session
+        samples = None
+        if self._tune or self.precision == "auto":  # its samples: ours, and the stored values
+            from onnx import numpy_helper
+
+            stored = {t.name: numpy_helper.to_array(t) for t in
+                      self.graph.model.graph.initializer if t.name in names
+                      and not t.external_data}
+            samples = {**self.samples(), **stored}
+        with self._lock:
+            session = self._overriding.get(names)
+            if session is not None:
+                return session
+            model, base_dir = self._source
+            graph = load_model(model, base_dir=base_dir, as_inputs=names)
+            session = Session(
+                graph, [d.id for d in self._devices] if self._explicit else "auto",
+                policy=self.policy, precision=self.precision,
+                max_rel_error=self.max_rel_error, strict=self.strict,
+                device_class=self.constraints.device_class,
+                exclude=set(self.constraints.exclude) | set(self._excluded),
+                memory_headroom=self.constraints.memory_headroom, delegate=self._delegate,
+                tune=self._tune, sample_inputs=samples, dims=self.dims or None,
+                options=self._options.extra, verify=self.verify, cooldown_s=self.cooldown_s,
+                compile_timeout_s=self.compile_timeout_s)
+            self._overriding[names] = session
+            return session
+
+    def random_input_specs(self, dims: Mapping[str, int] | None = None) -> list[RandomInput]:
+        """How :meth:`random_inputs` draws each input: its shape, its values and why
+        (:class:`backplane.model.samples.RandomInput`; ``sure`` is False where the model may
+        refuse them)."""
+        return random_input_specs(self.graph, {**self.dims, **dict(dims or {})})
+
+    def random_inputs(self, seed: int = 0, dims: Mapping[str, int] | None = None
+                      ) -> dict[str, Any]:
+        """Sample inputs the model can run, drawn as :meth:`random_input_specs` says.
+
+        Symbolic dimensions take their size from ``dims``, else the session's ``dims``,
+        else from the graph (a Conv's channels; an image's sides are 224, a batch 1, a
+        sequence 16), as shape inference accepts. Floats are standard normal; integers
+        that index a table (a Gather's indices) are drawn inside it, other integers in
+        [0, 4). A run on inputs the model may refuse that fails says so.
+        """
+        import weakref
+
+        specs = self.random_input_specs(dims)
+        out = draw(specs, seed)
+        with self._lock:
+            self._guesses = {k: v for k, v in self._guesses.items() if v[0]() is not None}
+            for spec in specs:
+                if not spec.sure:
+                    self._guesses[id(out[spec.name])] = (weakref.ref(out[spec.name]),
+                                                         spec.describe())
+        return out
+
+    def _guessed(self, feeds: Mapping[str, Any]) -> list[str]:
+        """What is guessed about the inputs among ``feeds`` drawn by :meth:`random_inputs`."""
+        if not self._guesses:
+            return []
+        found = []
+        for value in feeds.values():
+            entry = self._guesses.get(id(value))
+            if entry is not None and entry[0]() is value:
+                found.append(entry[1])
+        return found
+
+    def _ban(self, device: str, precision: str, why: str) -> None:
+        """Plan no more of ``device`` at ``precision`` (a compile that failed there: an NPU
+        refusing int8 without calibration data keeps its fp16 path)."""
+        self._banned[(device, precision)] = ("excluded", f"compile failed at {precision}: {why}")
+        self._history.append(f"re-planned without {device} at {precision}: {why}")
+        log.warning("backplane: %s; re-planning without %s at %s", why, device, precision)
+
+    def _refuse(self, device: str, nodes: list[str], why: str) -> None:
+        """Plan ``nodes`` elsewhere than ``device``, whose compile refused them."""
+        for n in nodes:
+            self._refused[(device, n)] = why
+        names = ", ".join(f"'{n}'" for n in nodes[:5]) + (" ..." if len(nodes) > 5 else "")
+        self._history.append(f"re-planned node(s) {names} off {device}: {why}")
+        log.warning("backplane: %s; re-planning node(s) %s elsewhere", why, names)
+
+    def _exclude(self, device: str, why: str) -> None:
+        self._excluded[device] = why
+        self._history.append(f"re-planned without {device}: {why}")
+        log.warning("backplane: %s; re-planning without it", why)
+
+    def _schedule(self, pins: Mapping[str, tuple[str, str]] | None = None, *,
+                  policy: str | None = None, devices: list[Device] | None = None,
+                  explicit: bool | None = None, precision: str | None = None) -> Plan:
+        plan = schedule(self._planned_on, devices or self._devices, self._registry.backends,
+                        policy=policy or self.policy, precision=precision or self.precision,
+                        explicit=self._explicit if explicit is None else explicit,
+                        excluded=dict(self._excluded), banned=dict(self._banned),
+                        refused=dict(self._refused),
+                        constraints=self.constraints, strict=self.strict,
+                        delegate=self._delegate, pins=pins)
+        plan.events[:0] = self._history
+        if self.dims:
+            plan.notes.append("priced for " + ", ".join(f"{k}={v}" for k, v in
+                                                        sorted(self.dims.items())))
+        return plan
+
+    def _compile(self, plan: Plan) -> CompiledPlan:
+        by_id = {d.id: d for d in self._devices}
+        return CompiledPlan(self.graph, plan, self._registry, self._options, by_id,
+                            on_partition_run=self._timing.record, verifier=self._verifier,
+                            verify=unqualified(self.graph, plan, self.verify),
+                            compile_timeout_s=self.compile_timeout_s)
+
+    def _build(self) -> CompiledPlan:
+        """Plan and compile, excluding each device whose compile fails, until one holds;
+        with ``tune``, measure the candidates; with precision ``auto``, check accuracy."""
+        while True:
+            plan = None
+            try:
+                if self._tune:
+                    compiled = tuning.tuned(self)
+                else:
+                    plan = self._schedule()
+                    compiled = self._compile(plan)
+                if self.precision == "auto":
+                    compiled = accuracy.checked(self, compiled)
+                compiled.plan.predicted_peak_bytes = compiled.memory.predicted_peak_bytes
+                self._timing.reset(compiled.plan)
+                plugin_manager().hook.backplane_plan_ready(plan=compiled.plan, graph=self.graph)
+                return compiled
+            except BackendError as exc:  # CompileError, or a plugin's own BackendError
+                if self.strict or exc.device is None or exc.device in self._excluded:
+                    raise
+                fresh = [n for n in exc.nodes if (exc.device, n) not in self._refused]
+                if fresh:  # the backend named the nodes it refused: only those move
+                    self._refuse(exc.device, fresh, str(exc))
+                    continue
+                lower = _lower_precision(plan, exc.device)
+                if lower and (exc.device, lower) not in self._banned:
+                    self._ban(exc.device, lower, str(exc))
+                else:
+                    self._exclude(exc.device, str(exc))
+
+    def samples(self) -> dict[str, Any]:
+        """The sample inputs for tuning and accuracy checks: ``sample_inputs``, or
+        :meth:`random_inputs` (seed 0, sizes from the session's ``dims`` and the graph)."""
+        if self._samples is None:
+            self._samples = self.random_inputs(seed=0, dims=self.dims)
+        return validate_inputs(self.graph, self._samples)
+
+
+class _Timing:
+    """Measured partition times of the current plan, fed back to the cost model.
+
+    Every run's partition times are kept (the last :data:`WINDOW` per partition); each
+    partition's median, and one observation for the cost model, are refreshed every
+    :data:`EVERY` runs so that the hot path pays one append.
+    """
+
+    WINDOW, EVERY = 32, 8
+
+    def __init__(self) -> None:
+        self._plan: Plan | None = None
+        self._times: list[deque[float]] = []
+        self._lock = threading.Lock()
+
+    def reset(self, plan: Plan) -> None:
+        with self._lock:
+            self._plan = plan
+            self._times = [deque(maxlen=self.WINDOW) for _ in plan.partitions]
+
+    def record(self, part: Partition, seconds: float) -> None:
+        times = self._times
+        if part.index >= len(times) or self._plan is None:
+            return
+        window = times[part.index]
+        window.append(seconds)
+        if len(window) % self.EVERY and len(window) != 1:
+            return
+        plan = self._plan
+        if plan.partitions[part.index] is not part:
+            return  # a run of a plan that was replaced meanwhile
+        part.measured_s = statistics.median(window)
+        correction = plan.corrections.get(part.device, 1.0)
+        costmodel.observe(part.backend, plan.versions.get(part.backend, "0"),
+                          plan.fingerprints.get(part.device), plan.model_key,
+                          part.predicted_s / correction,
+                          seconds)
+
+
+def _lower_precision(plan: Plan | None, device: str) -> str | None:
+    """The precision ``plan`` ran ``device`` at, when every partition there is below fp32
+    (so a compile failure there may be the precision's, not the device's), else None."""
+    found = {p.precision for p in (plan.partitions if plan else []) if p.device == device}
+    return found.pop() if len(found) == 1 and found != {"fp32"} else None
+
+
+def _resolve_devices(reg: Registry, devices: Any) -> tuple[bool, list[Device]]:
+    """(explicit, devices in rank order) for a Session's ``devices=`` argument."""
+    if isinstance(devices, str) and devices == "auto":
+        names = devices_from_env()
+        if names is None:
+            found = reg.devices()
+            if not found:
+                raise UnsupportedError("no device is available: every backend failed or has no "
+                                       "device; run 'backplane plugins' to see why")
+            return False, found
+    elif isinstance(devices, (str, Device)):
+        names = [devices]
+    else:
+        names = list(devices)
+    chosen: list[Device] = []
+    for name in names:
+        for d in reg.resolve(name.id if isinstance(name, Device) else name):
+            if d not in chosen:
+                chosen.append(d)
+    if not chosen:
+        raise UnsupportedError("devices= names no device; pass device ids or backend names, "
+                               "or 'auto'")
+    return True, chosen
+
+
+def _blame_random(exc: Exception, guessed: list[str]) -> None:
+    """Say in ``exc`` that the inputs were drawn by :meth:`Session.random_inputs`, with what
+    was guessed about them (``guessed`` empty: nothing to say)."""
+    if guessed:
+        exc.args = (f"{exc}. The inputs were random and the model may refuse them: "
+                    f"{'; '.join(guessed)}. Pass real inputs (Session.run({{name: array}}); "
+                    "backplane run --input NAME=FILE.npy)",)
+

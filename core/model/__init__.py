@@ -1,0 +1,1 @@
+"""The model: graph, ONNX intake and normalisation, sample inputs, shape checks."""
