@@ -8,7 +8,6 @@ caught, so a bug still shows its traceback.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -16,35 +15,9 @@ from typing import Any
 
 import click
 
+from backplane.cli import ui
 from backplane.sdk.errors import BackplaneError, InputError
 from backplane.sdk.text import shown
-
-
-def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
-
-
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Any:
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=title, title_justify="left")
-    for c in columns:
-        table.add_column(c)
-    for r in rows:  # (cells as Text: a "[" in a model's name is no rich markup)
-        table.add_row(*[Text("" if v is None else str(v)) for v in r])
-    return table
-
-
-def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the data as JSON.")
-device_option = click.option("--device", "-d", "devices", multiple=True, metavar="D",
-                             help="Device id (reference:0) or backend name; repeatable, in order.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,7 +27,7 @@ def cli() -> None:
 
 
 @cli.command()
-@json_option
+@ui.json_option
 def devices(as_json: bool) -> None:
     """List the devices of every healthy backend, best first."""
     from backplane.hardware.match import device_records
@@ -62,17 +35,17 @@ def devices(as_json: bool) -> None:
 
     records = device_records(list_devices())
     if as_json:
-        return _emit_json(records)
+        return ui.emit_json(records)
     rows = [[d["id"], d["kind"], d["name"], d["vendor"],
              f"{d['hwdb']['entry']} ({d['hwdb']['confidence']:.2f})"
              if d["hwdb"] and d["hwdb"]["entry"] else "-"] for d in records]
-    _console().print(_table("devices", ["id", "kind", "name", "vendor", "hwdb entry"], rows))
+    ui.console().print(ui.table("devices", ["id", "kind", "name", "vendor", "hwdb entry"], rows))
 
 
 @cli.command()
 @click.option("--recheck", is_flag=True, help="Forget the cached verdicts of the checks that "
               "third-party plugins pass in a child process, and check them again.")
-@json_option
+@ui.json_option
 def plugins(recheck: bool, as_json: bool) -> None:
     """List backend plugins: loaded, without device, failed or disabled, with the reason, and
     what a third-party plugin changed in the process that checked it."""
@@ -84,13 +57,13 @@ def plugins(recheck: bool, as_json: bool) -> None:
         registry(refresh=True)
     records = plugin_records()
     if as_json:
-        return _emit_json([r.to_dict() for r in records])
+        return ui.emit_json([r.to_dict() for r in records])
     rows = [[r.name, r.state, ", ".join(r.devices), r.reason,
              f"{r.distribution or '?'} {r.distribution_version or ''}".strip(),
              f"{r.api_version} (deprecated)" if r.deprecation else r.api_version]
             for r in records]
-    console = _console()
-    console.print(_table("backend plugins", ["name", "state", "devices", "reason",
+    console = ui.console()
+    console.print(ui.table("backend plugins", ["name", "state", "devices", "reason",
                                              "distribution", "api"], rows))
     changed = [r for r in records if r.side_effects]
     if changed:
@@ -135,12 +108,12 @@ def planning_options(fn: Any) -> Any:
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@device_option
+@ui.device_option
 @planning_options
 @click.option("--verbose", "-v", is_flag=True,
               help="Also each node's device, precision and predicted time, and why every "
                    "other device does not run it.")
-@json_option
+@ui.json_option
 def plan(model: str, devices: tuple[str, ...], verbose: bool, as_json: bool,
          **planning: Any) -> None:
     """Show how MODEL is planned: a summary (partitions, devices, predicted time, the
@@ -148,7 +121,7 @@ def plan(model: str, devices: tuple[str, ...], verbose: bool, as_json: bool,
     device does not run it; with --json all of it as data."""
     session = _session(model, devices, **planning)
     if as_json:
-        return _emit_json(session.plan.to_dict())
+        return ui.emit_json(session.plan.to_dict())
     click.echo(session.plan.explain(verbose=verbose))
 
 
@@ -175,9 +148,9 @@ def _read_inputs(specs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False),
               help="Write each output to DIR/NAME.npy.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
-@device_option
+@ui.device_option
 @planning_options
-@json_option
+@ui.json_option
 def run(model: str, inputs: tuple[str, ...], output_dir: str | None, seed: int,
         devices: tuple[str, ...], as_json: bool, **planning: Any) -> None:
     """Run MODEL once and summarise its outputs.
@@ -197,7 +170,7 @@ def run(model: str, inputs: tuple[str, ...], output_dir: str | None, seed: int,
             for d, size in zip(vi.shape or (), spec.shape) if isinstance(d, str)}
     session = _session(graph, devices, dims=dims or None, **planning)
     if specs is not None and not as_json:
-        con = _console()
+        con = ui.console()
         con.print(f"no --input given: random inputs, seed {seed}:")
         for spec in specs:
             con.print(f"  {shown(spec.describe(), LINE_LIMIT)}", markup=False)
@@ -220,10 +193,10 @@ def run(model: str, inputs: tuple[str, ...], output_dir: str | None, seed: int,
             "devices": session.plan.devices_used,
             "seconds": seconds, "outputs": summary, "plan": session.plan.to_dict()}
     if as_json:
-        return _emit_json(data)
-    con = _console()
+        return ui.emit_json(data)
+    con = ui.console()
     con.print(f"ran on {', '.join(data['devices'])} in {seconds * 1e3:.2f} ms")
-    con.print(_table("outputs", ["name", "dtype", "shape", "min", "max", "mean", "file"],
+    con.print(ui.table("outputs", ["name", "dtype", "shape", "min", "max", "mean", "file"],
                      [[shown(s["name"]), s["dtype"], s["shape"], s["min"], s["max"], s["mean"],
                        s["file"] and shown(s["file"], LINE_LIMIT)] for s in summary]))
 
@@ -245,17 +218,17 @@ def _stat(fn: Any, value: Any) -> float | None:
 
 
 @cli.command()
-@device_option
+@ui.device_option
 @click.option("--batch", default=8, show_default=True, help="Batch size of the demo input.")
 @click.option("--repeats", default=10, show_default=True, help="Timed runs per device.")
-@json_option
+@ui.json_option
 def demo(devices: tuple[str, ...], batch: int, repeats: int, as_json: bool) -> None:
     """Run a small CNN on this machine's devices and check it against the reference."""
     from backplane.cli.demo import run_demo
 
     result = run_demo(list(devices) or None, batch=batch, repeats=repeats)
     if as_json:
-        _emit_json(result.to_dict())
+        ui.emit_json(result.to_dict())
     else:
         rows = [[r.target, ", ".join(r.devices), r.status,
                  None if r.median_ms is None else f"{r.median_ms:.3f}",
@@ -264,12 +237,12 @@ def demo(devices: tuple[str, ...], batch: int, repeats: int, as_json: bool) -> N
                 for r in result.rows]
         tolerances = sorted({f"rtol {r.rtol:g}, atol {r.atol:g}" for r in result.rows
                              if r.rtol is not None})
-        table = _table(f"backplane demo: {result.model}, batch {result.batch}",
+        table = ui.table(f"backplane demo: {result.model}, batch {result.batch}",
                        ["target", "ran on", "status", "median ms", "max abs err",
                         "max rel err"], rows)
         table.caption = (f"median of {result.repeats} runs; error against the reference "
                          f"backend; tolerance {'; '.join(tolerances) or '-'}")
-        con = _console()
+        con = ui.console()
         con.print(table)
         for r in result.rows:
             if r.error:
@@ -285,7 +258,7 @@ def demo(devices: tuple[str, ...], batch: int, repeats: int, as_json: bool) -> N
               help="Seconds each backend x device trial may take before it is a FAIL.")
 @click.option("-j", "--jobs", type=int, default=None,
               help="Trials at once (default: the usable cores, at most 4).")
-@json_option
+@ui.json_option
 def doctor(timeout_s: float, jobs: int | None, as_json: bool) -> None:
     """Try every backend on every device with a tiny model: PASS/FAIL with the reason, each
     plugin's state, and hints for what is missing. Exit 1 unless every device passed."""
@@ -299,7 +272,7 @@ def doctor(timeout_s: float, jobs: int | None, as_json: bool) -> None:
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=".",
               show_default=True, help="Where to create the package folder backplane-NAME/.")
 @click.option("--force", is_flag=True, help="Write the files over an existing backplane-NAME/.")
-@json_option
+@ui.json_option
 def new_plugin(name: str, directory: str, force: bool, as_json: bool) -> None:
     """Create backplane-NAME/, a backend plugin package for backend NAME that installs and
     passes the conformance suite's API tier as generated."""
@@ -307,7 +280,7 @@ def new_plugin(name: str, directory: str, force: bool, as_json: bool) -> None:
 
     made = scaffold(name, directory, force=force)
     if as_json:
-        return _emit_json(made.to_dict())
+        return ui.emit_json(made.to_dict())
     click.echo(made.summary())
 
 
@@ -373,7 +346,7 @@ def main() -> None:
         from rich.text import Text
 
         message = Text.assemble(("error: ", "bold red"), f"{type(exc).__name__}: {exc}")
-        _console(stderr=True).print(message, soft_wrap=True)
+        ui.console(stderr=True).print(message, soft_wrap=True)
         sys.exit(2)
 
 

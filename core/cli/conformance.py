@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from backplane.cli import _console, _emit_json, _table, json_option
+from backplane.cli import ui
 
 
 @click.group()
@@ -32,7 +32,7 @@ def conformance() -> None:
               help="Write report.json, junit.xml and report.html here.")
 @click.option("--also-run-known-failures", is_flag=True,
               help="Run declared known failures too, to see which now pass.")
-@json_option
+@ui.json_option
 def run(backend: str, device: str | None, tier: str, pattern: str | None, jobs: int,
         seed: int | None, timeout_s: float, report_dir: str | None,
         also_run_known_failures: bool, as_json: bool) -> None:
@@ -41,7 +41,7 @@ def run(backend: str, device: str | None, tier: str, pattern: str | None, jobs: 
 
     from backplane.conformance.suite import run as run_suite
 
-    con = _console(stderr=True)
+    con = ui.console(stderr=True)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=con,
                   disable=as_json or not con.is_terminal) as bar:
@@ -55,18 +55,18 @@ def run(backend: str, device: str | None, tier: str, pattern: str | None, jobs: 
                            report_dir=report_dir, also_run_known_failures=also_run_known_failures,
                            timeout_s=timeout_s, progress=tick)
     if as_json:
-        _emit_json(report.to_dict())
+        ui.emit_json(report.to_dict())
     else:
-        out = _console()
+        out = ui.console()
         bad = [c for c in report.cases if c.status not in (
             "pass", "skipped", "undeclared-pass", "unsupported", "special-values")]
         if bad:
-            out.print(_table("cases that did not pass", ["case", "status", "error or reason"],
+            out.print(ui.table("cases that did not pass", ["case", "status", "error or reason"],
                              [[c.id, c.status, (c.error or c.reason or "-").splitlines()[0][:120]]
                               for c in bad[:200]]))
         differ = report.special_values()
         if differ:
-            out.print(_table("special values: right on ordinary values, different from the "
+            out.print(ui.table("special values: right on ordinary values, different from the "
                              "oracle on these (passed, listed in the report)", ["op", "what"],
                              [[op, "; ".join(texts)[:300]] for op, texts in differ.items()]))
         summary = ", ".join(f"{k} {v}" for k, v in report.summary.items())
@@ -89,7 +89,7 @@ def run(backend: str, device: str | None, tier: str, pattern: str | None, jobs: 
 @click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="The matrix page to write (.html).")
-@json_option
+@ui.json_option
 def matrix(reports: tuple[str, ...], output: str, as_json: bool) -> None:
     """Merge REPORT.json files from many machines into one backend x device matrix."""
     from backplane.conformance.report import load, matrix as merge, render_matrix_html
@@ -97,8 +97,8 @@ def matrix(reports: tuple[str, ...], output: str, as_json: bool) -> None:
     m = merge([load(p) for p in reports])
     Path(output).write_text(render_matrix_html(m))
     if as_json:
-        return _emit_json(m)
-    _console().print(f"wrote {output}: {len(m['columns'])} columns, {len(m['rows'])} rows",
+        return ui.emit_json(m)
+    ui.console().print(f"wrote {output}: {len(m['columns'])} columns, {len(m['rows'])} rows",
                      markup=False)
 
 
@@ -125,7 +125,7 @@ def matrix(reports: tuple[str, ...], output: str, as_json: bool) -> None:
                    "node and device class, and matrix.json, matrix.html, fleet.json.")
 @click.option("--also-run-known-failures", is_flag=True,
               help="Run declared known failures too, to see which now pass.")
-@json_option
+@ui.json_option
 def fleet(address: str, backends: tuple[str, ...], tier: str, pattern: str | None, jobs: int,
           seed: int | None, timeout_s: float, shared: bool, deadline_s: float | None,
           report_dir: str | None, also_run_known_failures: bool, as_json: bool) -> None:
@@ -133,7 +133,7 @@ def fleet(address: str, backends: tuple[str, ...], tier: str, pattern: str | Non
     merge the reports into one matrix; exit 0 only if every run passed."""
     from backplane.conformance.fleet import fleet as run_fleet
 
-    con = _console(stderr=True)
+    con = ui.console(stderr=True)
 
     def tick(node):
         said = node.get("error") or node.get("note") or f"{node['runs']} run(s) done"
@@ -144,10 +144,10 @@ def fleet(address: str, backends: tuple[str, ...], tier: str, pattern: str | Non
                        also_run_known_failures=also_run_known_failures,
                        report_dir=report_dir, progress=None if as_json else tick)
     if as_json:
-        _emit_json(result.to_dict())
+        ui.emit_json(result.to_dict())
     else:
-        out = _console()
-        out.print(_table(f"conformance fleet: tier {tier}, seed {result.seed}",
+        out = ui.console()
+        out.print(ui.table(f"conformance fleet: tier {tier}, seed {result.seed}",
                          ["node", "backend", "device", "class", "verdict", "summary"],
                          [[r.hostname, r.backend, r.devices[0] + (
                              f" (+{len(r.devices) - 1})" if len(r.devices) > 1 else ""),
@@ -183,7 +183,7 @@ def fleet(address: str, backends: tuple[str, ...], tier: str, pattern: str | Non
 @click.option("--write-capabilities", is_flag=True,
               help="First derive the graph compilers' capability tables afresh and write "
                    "the ones the plugins ship (minutes).")
-@json_option
+@ui.json_option
 def ops_table(reports: tuple[str, ...], results: str, special_values: str, output: str | None,
               write_capabilities: bool, as_json: bool) -> None:
     """Every op of the registry against every built-in backend: the versions each declares
@@ -195,7 +195,7 @@ def ops_table(reports: tuple[str, ...], results: str, special_values: str, outpu
 
     if write_capabilities:
         for path in write_shipped_tables():
-            _console(stderr=True).print(f"wrote {path}", markup=False)
+            ui.console(stderr=True).print(f"wrote {path}", markup=False)
     stored = load_results(results)
     if reports:
         stored = merge_reports(stored, [json.loads(Path(r).read_text("utf-8")) for r in reports])
@@ -203,11 +203,11 @@ def ops_table(reports: tuple[str, ...], results: str, special_values: str, outpu
         Path(special_values).parent.mkdir(parents=True, exist_ok=True)
         Path(special_values).write_text(render_shipped(stored, installed_versions()), "utf-8")
     if as_json:
-        return _emit_json(stored)
+        return ui.emit_json(stored)
     page = render(stored)
     if output:
         Path(output).write_text(page, "utf-8")
-        _console().print(f"wrote {output}", markup=False)
+        ui.console().print(f"wrote {output}", markup=False)
     else:
         click.echo(page, nl=False)
 
@@ -231,7 +231,7 @@ def ops_table(reports: tuple[str, ...], results: str, special_values: str, outpu
 @click.option("--write-gaps", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write the cases a runtime passes and auto does not to FILE (the CI "
                    "test's conformance/onnx_suite_gaps.txt, with --sample).")
-@json_option
+@ui.json_option
 def onnx_suite(backend: str | None, no_pinned: bool, sets: tuple[str, ...],
                pattern: str | None, sample: int | None, jobs: int, timeout_s: float,
                write_gaps: str | None, as_json: bool) -> None:
@@ -263,7 +263,7 @@ def onnx_suite(backend: str | None, no_pinned: bool, sets: tuple[str, ...],
     if not cases:
         raise click.UsageError(f"no case matches {pattern!r}" if pattern else "no case")
     columns = suite.columns_for(backend, pinned=not no_pinned)
-    con = _console(stderr=True)
+    con = ui.console(stderr=True)
     t0 = time.perf_counter()
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=con,
@@ -275,11 +275,11 @@ def onnx_suite(backend: str | None, no_pinned: bool, sets: tuple[str, ...],
     env = report.environment()
     data = report.to_dict(results, columns, env, time.perf_counter() - t0)
     if as_json:
-        _emit_json(data)
+        ui.emit_json(data)
     else:
         click.echo(report.render(data), nl=False)
     if write_gaps:
         n = report.write_gaps(write_gaps, results, env)
-        _console(stderr=True).print(f"wrote {n} gaps to {write_gaps}", markup=False)
+        ui.console(stderr=True).print(f"wrote {n} gaps to {write_gaps}", markup=False)
     if data["targets"]["auto_wrong"]:
         sys.exit(1)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from backplane.cli import _console, _emit_json, _table, json_option
+from backplane.cli import ui
 
 
 @click.group()
@@ -25,20 +25,20 @@ def _peaks(entry: Any) -> str:
 
 
 @hwdb.command("list")
-@json_option
+@ui.json_option
 def list_(as_json: bool) -> None:
     """List every entry: id, kind, name, peak rates and where it came from."""
     from backplane.hardware.db import load
 
     db = load()
     if as_json:
-        return _emit_json([{"id": x.entry.id, "kind": x.entry.kind, "name": x.entry.name,
+        return ui.emit_json([{"id": x.entry.id, "kind": x.entry.kind, "name": x.entry.name,
                             "generic": x.entry.generic, "origin": x.origin,
                             "location": x.location} for x in db])
     rows = [[x.entry.id, x.entry.kind, x.entry.name, _peaks(x.entry),
              x.entry.memory.bandwidth_gb_s if x.entry.memory else None, x.origin] for x in db]
-    con = _console()
-    con.print(_table(f"hwdb: {len(db)} entries", ["id", "kind", "name",
+    con = ui.console()
+    con.print(ui.table(f"hwdb: {len(db)} entries", ["id", "kind", "name",
                                                   "dense peak (TFLOP/s, TOP/s)", "GB/s",
                                                   "origin"], rows))
     for c in db.conflicts:
@@ -47,7 +47,7 @@ def list_(as_json: bool) -> None:
 
 @hwdb.command()
 @click.argument("entry_id", metavar="ID")
-@json_option
+@ui.json_option
 def show(entry_id: str, as_json: bool) -> None:
     """Show one entry with its sources, and measured figures beside datasheet ones."""
     from backplane.hardware.calibrate import measured_for_entry
@@ -61,8 +61,8 @@ def show(entry_id: str, as_json: bool) -> None:
             **entry.model_dump(mode="json", by_alias=True, exclude_none=True),
             "measured": measured}
     if as_json:
-        return _emit_json(data)
-    con = _console()
+        return ui.emit_json(data)
+    con = ui.console()
     con.print(f"{entry.id}: {entry.name} ({entry.kind}; {loaded.origin}: {loaded.location})",
               markup=False)
     sources = {s.id: s for s in entry.sources}
@@ -71,9 +71,9 @@ def show(entry_id: str, as_json: bool) -> None:
         for field, value in table.figures().items():
             src = table.field_sources.get(field, table.source)
             rows.append([f"{table_name}.{field}", f"{value:g}", src])
-    con.print(_table("figures", ["field", "value", "source"], rows))
+    con.print(ui.table("figures", ["field", "value", "source"], rows))
     if measured:
-        con.print(_table("measured (backplane hwdb calibrate)",
+        con.print(ui.table("measured (backplane hwdb calibrate)",
                          ["field", "value", "backend", "when"],
                          [[k, f"{m['value']:.4g}", m["backend"], m["measured_at"]]
                           for k, m in sorted(measured.items())]))
@@ -83,7 +83,7 @@ def show(entry_id: str, as_json: bool) -> None:
 
 @hwdb.command()
 @click.argument("paths", nargs=-1, type=click.Path())
-@json_option
+@ui.json_option
 def validate(paths: tuple[str, ...], as_json: bool) -> None:
     """Validate hwdb files or folders (default: every loaded source); exit 1 if any is invalid."""
     from backplane.hardware.db import load, shipped_dir, validate_paths
@@ -96,9 +96,9 @@ def validate(paths: tuple[str, ...], as_json: bool) -> None:
         problems = problems + [p for p in db.problems if p not in problems]
         count = max(count_shipped, len(db))
     if as_json:
-        _emit_json({"files": count, "problems": [p.to_dict() for p in problems]})
+        ui.emit_json({"files": count, "problems": [p.to_dict() for p in problems]})
     else:
-        con = _console()
+        con = ui.console()
         for p in problems:
             con.print(f"invalid: {p}", markup=False, soft_wrap=True)
         con.print(f"{count} file{'s' if count != 1 else ''} checked, "
@@ -108,7 +108,7 @@ def validate(paths: tuple[str, ...], as_json: bool) -> None:
 
 
 @hwdb.command("match")
-@json_option
+@ui.json_option
 def match_(as_json: bool) -> None:
     """Probe this machine's hardware and show the entry each device matched, and how."""
     from backplane.hardware.match import match_all
@@ -117,11 +117,11 @@ def match_(as_json: bool) -> None:
     probed = probe_all()
     matches = match_all(probed.hardware)
     if as_json:
-        return _emit_json({"devices": [m.to_dict() for m in matches], "notes": probed.notes})
+        return ui.emit_json({"devices": [m.to_dict() for m in matches], "notes": probed.notes})
     rows = [[m.hardware.kind, m.hardware.name, m.entry_id or "-", f"{m.confidence:.2f}",
              _figure_text(m.figures)] for m in matches]
-    con = _console()
-    con.print(_table("hardware", ["kind", "name", "entry", "confidence", "figures"], rows))
+    con = ui.console()
+    con.print(ui.table("hardware", ["kind", "name", "entry", "confidence", "figures"], rows))
     for m in matches:
         con.print(f"{m.hardware.name}: rule {m.rule or '-'}", markup=False)
         if m.basis:
@@ -143,7 +143,7 @@ def _figure_text(figures: dict[str, float]) -> str:
 @click.option("--dtype", "dtypes", multiple=True, type=click.Choice(["fp64", "fp32", "fp16"]),
               help="Element types of the peak measurement; repeatable. Default: all.")
 @click.option("--no-save", is_flag=True, help="Measure and print, but do not store.")
-@json_option
+@ui.json_option
 def calibrate(devices: tuple[str, ...], dtypes: tuple[str, ...], no_save: bool,
               as_json: bool) -> None:
     """Measure bandwidth, peak per dtype and launch overhead; store them per user."""
@@ -153,15 +153,15 @@ def calibrate(devices: tuple[str, ...], dtypes: tuple[str, ...], no_save: bool,
     results = run(list(devices) or None, list(dtypes) or None, save=not no_save)
     seconds = time.perf_counter() - t0
     if as_json:
-        return _emit_json({"seconds": seconds, "stored_in": None if no_save else
+        return ui.emit_json({"seconds": seconds, "stored_in": None if no_save else
                            str(overlay_path()), "results": [r.to_dict() for r in results]})
-    con = _console()
+    con = ui.console()
     for r in results:
         rows = [[m.key, f"{m.value:.4g}",
                  f"{r.datasheet[m.key]:.4g}" if m.key in r.datasheet else "-",
                  f"{m.value / r.datasheet[m.key]:.2f}" if r.datasheet.get(m.key) else "-",
                  m.detail] for m in r.measurements]
-        con.print(_table(f"{r.device} ({r.hardware}; entry {r.entry or 'none'})",
+        con.print(ui.table(f"{r.device} ({r.hardware}; entry {r.entry or 'none'})",
                          ["figure", "measured", "datasheet/derived", "ratio", "how"], rows))
         for s in r.skipped:
             con.print(f"  skipped: {s}", markup=False)
@@ -178,7 +178,7 @@ def roofline(entry_id: str, output: str) -> None:
     from backplane.hardware.roofline import draw
 
     path = draw(entry_id, output)
-    _console().print(f"wrote {path}", markup=False)
+    ui.console().print(f"wrote {path}", markup=False)
 
 
 @hwdb.command()
