@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from backplane.engine.executor import CompiledPlan
 from backplane.engine.plan import FALLBACK_BACKEND
 from backplane.engine.scheduler import schedule
+from backplane.sdk.errors import BackplaneError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from backplane.engine.executor import CompiledPlan
-    from backplane.engine.session import Session
+    from collections.abc import Callable
+
+    from backplane.engine.planner import Planner
 
 
 def max_rel_error(got: dict[str, Any], want: dict[str, Any]) -> float:
@@ -42,40 +45,40 @@ def max_rel_error(got: dict[str, Any], want: dict[str, Any]) -> float:
     return worst
 
 
-def reference_outputs(session: "Session", feeds: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def reference_outputs(planner: "Planner", feeds: dict[str, Any]
+                      ) -> tuple[dict[str, Any], str]:
     """The oracle's outputs for ``feeds``, and what the oracle was."""
-    from backplane.sdk.errors import BackplaneError
-    from backplane.engine.executor import CompiledPlan
-
-    reg = session._registry
+    reg = planner.registry
     oracle = [d for d in reg.devices() if d.backend == FALLBACK_BACKEND]
     if oracle:
         try:
-            plan = schedule(session.graph, oracle, reg.backends, precision="fp32",
+            plan = schedule(planner.graph, oracle, reg.backends, precision="fp32",
                             explicit=True)
-            compiled = CompiledPlan(session.graph, plan, reg, session._options,
+            compiled = CompiledPlan(planner.graph, plan, reg, planner.options,
                                     {d.id: d for d in oracle})
             return compiled.run(feeds), "the reference backend"
         except BackplaneError:
             pass  # an op the oracle lacks: fall back to this session's fp32 plan
-    compiled = session._compile(session._schedule(precision="fp32"))
+    compiled = planner.compile(planner.schedule(precision="fp32"))
     return compiled.run(feeds), "this session's fp32 plan (the reference backend cannot run it)"
 
 
-def checked(session: "Session", compiled: "CompiledPlan") -> "CompiledPlan":
-    """``compiled``, or the plan that replaced it, once its accuracy was measured."""
+def checked(planner: "Planner", compiled: CompiledPlan,
+            samples: "Callable[[], dict[str, Any]]", budget: float | None) -> CompiledPlan:
+    """``compiled``, or the plan that replaced it, once its accuracy was measured on
+    ``samples()`` against ``budget`` (the largest relative error allowed)."""
     checks: list[dict[str, Any]] = []
     want: tuple[dict[str, Any], str] | None = None
-    budget = float(session.max_rel_error or 0.0)
+    budget = float(budget or 0.0)
     while True:
         lower = sorted({(p.device, p.precision) for p in compiled.plan.partitions
                         if p.precision != "fp32"})
         if not lower:
             compiled.plan.precision_checks = checks
             return compiled
-        feeds = session.samples()
+        feeds = samples()
         if want is None:
-            want = reference_outputs(session, feeds)
+            want = reference_outputs(planner, feeds)
         error = max_rel_error(compiled.run(feeds), want[0])
         paths = ", ".join(f"{d} at {p}" for d, p in lower)
         kept = error <= budget
@@ -85,7 +88,7 @@ def checked(session: "Session", compiled: "CompiledPlan") -> "CompiledPlan":
             compiled.plan.precision_checks = checks
             return compiled
         for key in lower:
-            session._banned[key] = (f"the plan computing {paths} measured max relative error "
+            planner.banned[key] = (f"the plan computing {paths} measured max relative error "
                                     f"{error:.3g} against {want[1]} on sample inputs, over "
                                     f"the budget {budget:.3g}")
-        compiled = session._compile(session._schedule())
+        compiled = planner.compile(planner.schedule())

@@ -44,8 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover
 class Recovery:
     """The run-failure handling of :class:`backplane.Session` (a part of it, kept apart).
 
-    It reads and changes the session's plan state: ``_compiled``, ``_excluded``,
-    ``_history``, ``_timing``, ``_lock``, and calls its ``_build`` and ``_exclude``.
+    It reads and changes the session's plan state: ``_compiled``, ``planner`` (what is
+    excluded, and the history), ``_timing`` and ``_lock``, and calls its ``_build``.
     """
 
     def _recovering(self) -> None:
@@ -64,11 +64,11 @@ class Recovery:
         with self._lock:
             if self._compiled is not compiled:
                 return None  # another thread re-planned meanwhile: run on its plan
-            if exc.device in self._excluded:
+            if exc.device in self.planner.excluded:
                 raise exc  # not the named device's fault: re-planning cannot help
             why = str(exc)
             if isinstance(exc, VerificationError):  # wrong values: for the session's life
-                self._exclude(exc.device, why)
+                self.planner.exclude(exc.device, why)
                 self._replace(self._build())
                 return None
             try:
@@ -83,7 +83,7 @@ class Recovery:
                 answer = fallback.run(feeds)
             except VerificationError as wrong:  # the fallback's fault: exclude it, try again
                 self._timing.reset(compiled.plan)
-                self._exclude(wrong.device, str(wrong))
+                self.planner.exclude(wrong.device, str(wrong))
                 self._alternate = None
                 return None
             except BackendError as again:
@@ -97,28 +97,28 @@ class Recovery:
         kept = self._alternate
         if kept is not None and kept[0] is compiled and kept[1] == device:
             return kept[2]
-        self._excluded[device] = why
+        self.planner.excluded[device] = why
         try:
             fallback = self._build()
         finally:
-            del self._excluded[device]  # until the fallback shows it is the device's fault
+            del self.planner.excluded[device]  # until the fallback shows it is the device's fault
         self._alternate = (compiled, device, fallback)
         return fallback
 
     def _cool(self, compiled: "CompiledPlan", device: str, why: str,
               fallback: "CompiledPlan") -> None:
         """Plan without ``device`` for its cool-down: the fallback answered the request."""
-        key = self._state()
+        key = self.planner.state()
         seconds = self._strikes.get(device)
         seconds = min(MAX_COOLDOWN_S, 2 * seconds) if seconds else self.cooldown_s
         self._strikes[device] = seconds
-        self._before[device] = (compiled, key, len(self._history))
+        self._before[device] = (compiled, key, len(self.planner.history))
         event = (f"re-planned without {device} for {seconds:g} s (device failure: the plan "
                  f"without it ran the same request): {why}")
-        self._excluded[device] = why
+        self.planner.excluded[device] = why
         self._cooling[device] = (time.monotonic() + seconds, seconds)
-        fallback.plan.events.insert(len(self._history), event)
-        self._history.append(event)
+        fallback.plan.events.insert(len(self.planner.history), event)
+        self.planner.history.append(event)
         self._alternate = None
         self._replace(fallback)
         log.warning("backplane: %s; re-planning without it for %g s", why, seconds)
@@ -133,15 +133,15 @@ class Recovery:
             due = [d for d, (until, _) in self._cooling.items() if until <= now]
             for device in due:
                 seconds = self._cooling.pop(device)[1]
-                why = self._excluded.pop(device, "")
-                self._history.append(f"retried {device} after its {seconds:g} s cool-down "
+                why = self.planner.excluded.pop(device, "")
+                self.planner.history.append(f"retried {device} after its {seconds:g} s cool-down "
                                      f"(it had failed: {first_line(why)})")
             if not due:
                 return
             kept = self._before.pop(due[0], None) if len(due) == 1 else None
-            if kept is not None and kept[1] == self._state():  # as it was: no new compile
+            if kept is not None and kept[1] == self.planner.state():  # as it was: no new compile
                 compiled, _, n = kept
-                compiled.plan.events[:n] = self._history
+                compiled.plan.events[:n] = self.planner.history
                 self._timing.reset(compiled.plan)
                 self._replace(compiled)
             else:
@@ -157,12 +157,12 @@ class Recovery:
                  f"and again on {elsewhere} (the plan without it): {first_line(exc)}")
         self._request_failures += 1
         if self._request_failures <= REQUEST_EVENTS:
-            self._history.append(event)
+            self.planner.history.append(event)
             compiled.plan.events.append(event)
         elif self._request_failures == REQUEST_EVENTS + 1:
             more = (f"more than {REQUEST_EVENTS} requests failed on their inputs; later "
                     "ones are not recorded")
-            self._history.append(more)
+            self.planner.history.append(more)
             compiled.plan.events.append(more)
         raise RequestError(
             f"the request failed on {exc.device} and again on {elsewhere}, the plan the "
@@ -183,8 +183,3 @@ class Recovery:
         for line in special_value_change(before, compiled.plan):
             if line not in compiled.plan.events:
                 compiled.plan.events.append(line)
-
-    def _state(self) -> tuple[frozenset, frozenset, frozenset]:
-        """What a plan of this session depends on besides the model: the devices excluded,
-        the precisions banned and the nodes refused."""
-        return (frozenset(self._excluded), frozenset(self._banned), frozenset(self._refused))

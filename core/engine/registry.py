@@ -37,7 +37,7 @@ from backplane.engine import isolation
 from backplane.sdk.contract import (API_VERSION, DEVICE_KINDS, MIN_API_VERSION, PRECISIONS, Backend,
                                     Capabilities, Device, changes_since)
 from backplane.sdk.errors import (DeviceNotFoundError, DeviceUnavailable, PluginDeprecationWarning,
-                                  PluginLoadError, did_you_mean)
+                                  PluginLoadError, UnsupportedError, did_you_mean)
 
 log = logging.getLogger("backplane")
 
@@ -404,6 +404,32 @@ class Registry:
                                   f"{did_you_mean(name, self.records)}")
         raise PluginLoadError(f"backend '{name}' is {record.state}: {record.reason}") \
             from record.exception
+
+    def resolve_devices(self, devices: Any) -> tuple[bool, list[Device]]:
+        """(explicit, devices in rank order) for a session's ``devices=`` argument: "auto"
+        (``BACKPLANE_DEVICES`` when set, else every device), or device ids, backend names
+        and Device objects, in the order given."""
+        if isinstance(devices, str) and devices == "auto":
+            names = devices_from_env()
+            if names is None:
+                found = self.devices()
+                if not found:
+                    raise UnsupportedError("no device is available: every backend failed or "
+                                           "has no device; run 'backplane plugins' to see why")
+                return False, found
+        elif isinstance(devices, (str, Device)):
+            names = [devices]
+        else:
+            names = list(devices)
+        chosen: list[Device] = []
+        for name in names:
+            for d in self.resolve(name.id if isinstance(name, Device) else name):
+                if d not in chosen:
+                    chosen.append(d)
+        if not chosen:
+            raise UnsupportedError("devices= names no device; pass device ids or backend "
+                                   "names, or 'auto'")
+        return True, chosen
 
     def resolve(self, spec: str) -> list[Device]:
         """The devices a name denotes: ``BACKEND:INDEX`` is one device, ``BACKEND`` all of its.

@@ -130,11 +130,10 @@ def plan_model(model: Any, devices: Any = "auto", *, policy: str = "latency",
     from backplane.model.graph import Graph
     from backplane.model.intake import load_model
     from backplane.engine.registry import registry
-    from backplane.engine.session import _resolve_devices
 
     graph = model if isinstance(model, Graph) else load_model(model)
     reg = registry()
-    explicit, found = _resolve_devices(reg, devices)
+    explicit, found = reg.resolve_devices(devices)
     return schedule(graph, found, reg.backends, policy=policy, precision=precision,
                     explicit=explicit, constraints=constraints)
 

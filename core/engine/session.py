@@ -26,7 +26,7 @@ from typing import Any
 from backplane.engine import accuracy
 from backplane.engine import costmodel
 from backplane.engine import tuning
-from backplane.sdk.contract import DEVICE_KINDS, POLICIES, PRECISIONS, CompileOptions, Device
+from backplane.sdk.contract import DEVICE_KINDS, POLICIES, PRECISIONS, CompileOptions
 from backplane.sdk.errors import BackendError, InputError, UnsupportedError
 from backplane.engine.executor import CompiledPlan
 from backplane.model.graph import ValueInfo
@@ -35,10 +35,10 @@ from backplane.engine.plan import Partition, Plan
 from backplane.model.samples import RandomInput, draw, random_input_specs
 from backplane.model.shapecheck import ShapeCheck
 from backplane.engine.recovery import DEFAULT_COOLDOWN_S, Recovery
-from backplane.engine.registry import (Registry, devices_from_env, env_seconds, plugin_manager,
-                                       registry)
-from backplane.engine.runcheck import VERIFY_MODES, Verifier, unqualified
-from backplane.engine.scheduler import DEFAULT_HEADROOM, Constraints, schedule
+from backplane.engine.planner import Planner
+from backplane.engine.registry import env_seconds, plugin_manager, registry
+from backplane.engine.runcheck import VERIFY_MODES, Verifier
+from backplane.engine.scheduler import DEFAULT_HEADROOM, Constraints
 
 #: The accuracy budget of ``precision="auto"`` when none is given.
 DEFAULT_MAX_REL_ERROR = 1e-2
@@ -149,27 +149,26 @@ class Session(Recovery):
                               else DEFAULT_MAX_REL_ERROR) if precision == "auto" else None
         self.constraints = Constraints(device_class, frozenset(
             [exclude] if isinstance(exclude, str) else exclude), memory_headroom)
-        self._delegate, self._tune = delegate, tune
+        self._tune = tune
         self._samples = dict(sample_inputs) if sample_inputs is not None else None
         if dims is None and self._samples is not None:
             dims = dims_of(self.graph, self._samples)
         self.dims = dict(dims or {})
-        self._planned_on = with_dims(self.graph, self.dims)
-        self._registry = registry()
-        self._explicit, self._devices = _resolve_devices(self._registry, devices)
-        self._options = CompileOptions(precision="fp32" if precision == "auto" else precision,
-                                       policy=policy, extra=dict(options or {}),
-                                       dims=dict(self.dims))
+        reg = registry()
+        explicit, found = reg.resolve_devices(devices)
+        options = CompileOptions(precision="fp32" if precision == "auto" else precision,
+                                 policy=policy, extra=dict(options or {}),
+                                 dims=dict(self.dims))
         self.verify, self.cooldown_s = verify, float(cooldown_s)
         self.compile_timeout_s = compile_timeout_s
-        self._verifier = Verifier(self.graph, self._registry, self._options)
-        self._excluded: dict[str, str] = {}
-        self._recovering()
-        self._banned: dict[tuple[str, str], Any] = {}
-        self._refused: dict[tuple[str, str], str] = {}
-        self._history: list[str] = []
-        self._lock = threading.Lock()
         self._timing = _Timing()
+        self.planner = Planner(
+            self.graph, with_dims(self.graph, self.dims), reg, found, explicit, options,
+            policy, precision, self.constraints, strict, delegate, dict(self.dims),
+            Verifier(self.graph, reg, options), verify, compile_timeout_s,
+            self._timing.record)
+        self._recovering()
+        self._lock = threading.Lock()
         self._compiled = self._build()
         plugin_manager().hook.backplane_session_created(session=self)
 
@@ -276,16 +275,17 @@ class Session(Recovery):
             if session is not None:
                 return session
             model, base_dir = self._source
+            planner = self.planner
             graph = load_model(model, base_dir=base_dir, as_inputs=names)
             session = Session(
-                graph, [d.id for d in self._devices] if self._explicit else "auto",
+                graph, [d.id for d in planner.devices] if planner.explicit else "auto",
                 policy=self.policy, precision=self.precision,
                 max_rel_error=self.max_rel_error, strict=self.strict,
                 device_class=self.constraints.device_class,
-                exclude=set(self.constraints.exclude) | set(self._excluded),
-                memory_headroom=self.constraints.memory_headroom, delegate=self._delegate,
+                exclude=set(self.constraints.exclude) | set(planner.excluded),
+                memory_headroom=self.constraints.memory_headroom, delegate=planner.delegate,
                 tune=self._tune, sample_inputs=samples, dims=self.dims or None,
-                options=self._options.extra, verify=self.verify, cooldown_s=self.cooldown_s,
+                options=planner.options.extra, verify=self.verify, cooldown_s=self.cooldown_s,
                 compile_timeout_s=self.compile_timeout_s)
             self._overriding[names] = session
             return session
@@ -329,49 +329,6 @@ class Session(Recovery):
                 found.append(entry[1])
         return found
 
-    def _ban(self, device: str, precision: str, why: str) -> None:
-        """Plan no more of ``device`` at ``precision`` (a compile that failed there: an NPU
-        refusing int8 without calibration data keeps its fp16 path)."""
-        self._banned[(device, precision)] = ("excluded", f"compile failed at {precision}: {why}")
-        self._history.append(f"re-planned without {device} at {precision}: {why}")
-        log.warning("backplane: %s; re-planning without %s at %s", why, device, precision)
-
-    def _refuse(self, device: str, nodes: list[str], why: str) -> None:
-        """Plan ``nodes`` elsewhere than ``device``, whose compile refused them."""
-        for n in nodes:
-            self._refused[(device, n)] = why
-        names = ", ".join(f"'{n}'" for n in nodes[:5]) + (" ..." if len(nodes) > 5 else "")
-        self._history.append(f"re-planned node(s) {names} off {device}: {why}")
-        log.warning("backplane: %s; re-planning node(s) %s elsewhere", why, names)
-
-    def _exclude(self, device: str, why: str) -> None:
-        self._excluded[device] = why
-        self._history.append(f"re-planned without {device}: {why}")
-        log.warning("backplane: %s; re-planning without it", why)
-
-    def _schedule(self, pins: Mapping[str, tuple[str, str]] | None = None, *,
-                  policy: str | None = None, devices: list[Device] | None = None,
-                  explicit: bool | None = None, precision: str | None = None) -> Plan:
-        plan = schedule(self._planned_on, devices or self._devices, self._registry.backends,
-                        policy=policy or self.policy, precision=precision or self.precision,
-                        explicit=self._explicit if explicit is None else explicit,
-                        excluded=dict(self._excluded), banned=dict(self._banned),
-                        refused=dict(self._refused),
-                        constraints=self.constraints, strict=self.strict,
-                        delegate=self._delegate, pins=pins)
-        plan.events[:0] = self._history
-        if self.dims:
-            plan.notes.append("priced for " + ", ".join(f"{k}={v}" for k, v in
-                                                        sorted(self.dims.items())))
-        return plan
-
-    def _compile(self, plan: Plan) -> CompiledPlan:
-        by_id = {d.id: d for d in self._devices}
-        return CompiledPlan(self.graph, plan, self._registry, self._options, by_id,
-                            on_partition_run=self._timing.record, verifier=self._verifier,
-                            verify=unqualified(self.graph, plan, self.verify),
-                            compile_timeout_s=self.compile_timeout_s)
-
     def _build(self) -> CompiledPlan:
         """Plan and compile, excluding each device whose compile fails, until one holds;
         with ``tune``, measure the candidates; with precision ``auto``, check accuracy."""
@@ -379,28 +336,30 @@ class Session(Recovery):
             plan = None
             try:
                 if self._tune:
-                    compiled = tuning.tuned(self)
+                    compiled = tuning.tuned(self.planner, self.samples)
                 else:
-                    plan = self._schedule()
-                    compiled = self._compile(plan)
+                    plan = self.planner.schedule()
+                    compiled = self.planner.compile(plan)
                 if self.precision == "auto":
-                    compiled = accuracy.checked(self, compiled)
+                    compiled = accuracy.checked(self.planner, compiled, self.samples,
+                                                self.max_rel_error)
                 compiled.plan.predicted_peak_bytes = compiled.memory.predicted_peak_bytes
                 self._timing.reset(compiled.plan)
                 plugin_manager().hook.backplane_plan_ready(plan=compiled.plan, graph=self.graph)
                 return compiled
             except BackendError as exc:  # CompileError, or a plugin's own BackendError
-                if self.strict or exc.device is None or exc.device in self._excluded:
+                planner = self.planner
+                if self.strict or exc.device is None or exc.device in planner.excluded:
                     raise
-                fresh = [n for n in exc.nodes if (exc.device, n) not in self._refused]
+                fresh = [n for n in exc.nodes if (exc.device, n) not in planner.refused]
                 if fresh:  # the backend named the nodes it refused: only those move
-                    self._refuse(exc.device, fresh, str(exc))
+                    planner.refuse(exc.device, fresh, str(exc))
                     continue
                 lower = _lower_precision(plan, exc.device)
-                if lower and (exc.device, lower) not in self._banned:
-                    self._ban(exc.device, lower, str(exc))
+                if lower and (exc.device, lower) not in planner.banned:
+                    planner.ban(exc.device, lower, str(exc))
                 else:
-                    self._exclude(exc.device, str(exc))
+                    planner.exclude(exc.device, str(exc))
 
     def samples(self) -> dict[str, Any]:
         """The sample inputs for tuning and accuracy checks: ``sample_inputs``, or
@@ -454,31 +413,6 @@ def _lower_precision(plan: Plan | None, device: str) -> str | None:
     (so a compile failure there may be the precision's, not the device's), else None."""
     found = {p.precision for p in (plan.partitions if plan else []) if p.device == device}
     return found.pop() if len(found) == 1 and found != {"fp32"} else None
-
-
-def _resolve_devices(reg: Registry, devices: Any) -> tuple[bool, list[Device]]:
-    """(explicit, devices in rank order) for a Session's ``devices=`` argument."""
-    if isinstance(devices, str) and devices == "auto":
-        names = devices_from_env()
-        if names is None:
-            found = reg.devices()
-            if not found:
-                raise UnsupportedError("no device is available: every backend failed or has no "
-                                       "device; run 'backplane plugins' to see why")
-            return False, found
-    elif isinstance(devices, (str, Device)):
-        names = [devices]
-    else:
-        names = list(devices)
-    chosen: list[Device] = []
-    for name in names:
-        for d in reg.resolve(name.id if isinstance(name, Device) else name):
-            if d not in chosen:
-                chosen.append(d)
-    if not chosen:
-        raise UnsupportedError("devices= names no device; pass device ids or backend names, "
-                               "or 'auto'")
-    return True, chosen
 
 
 def _blame_random(exc: Exception, guessed: list[str]) -> None:

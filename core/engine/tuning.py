@@ -21,9 +21,13 @@ from typing import TYPE_CHECKING, Any
 from backplane.sdk.errors import BackendError, UnsupportedError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
     from backplane.engine.executor import CompiledPlan
     from backplane.engine.plan import Plan
-    from backplane.engine.session import Session
+    from backplane.engine.planner import Planner
+
+    Samples = Callable[[], dict[str, Any]]
 
 #: At most this many distinct candidate plans are measured.
 MAX_CANDIDATES = 6
@@ -32,29 +36,29 @@ ROUNDS = 7
 CACHE_SCHEMA = 1
 
 
-def key(session: "Session") -> str:
-    """The tuning-cache key of a session (see the module docstring)."""
+def key(planner: "Planner", samples: "Samples") -> str:
+    """The tuning-cache key of a session's planner (see the module docstring)."""
     from backplane import __version__
     from backplane.engine import costmodel
     from backplane.sdk.cache import cache_key, model_bytes
 
-    feeds = session.samples()
+    feeds = samples()
     shapes = sorted((k, str(v.dtype), tuple(v.shape)) for k, v in feeds.items())
     devices = sorted((d.id, d.name, costmodel.profile(d).fingerprint or "")
-                     for d in session._devices)
-    versions = sorted((d.backend, str(session._registry.backends[d.backend].version))
-                      for d in session._devices)
-    c = session.constraints
-    return cache_key("tune", CACHE_SCHEMA, __version__, model_bytes(session.graph.model),
-                     repr(shapes), repr(devices), repr(versions), session.policy,
-                     session.precision, session._explicit, c.device_class, sorted(c.exclude),
-                     c.memory_headroom, sorted(session._excluded))
+                     for d in planner.devices)
+    versions = sorted((d.backend, str(planner.registry.backends[d.backend].version))
+                      for d in planner.devices)
+    c = planner.constraints
+    return cache_key("tune", CACHE_SCHEMA, __version__, model_bytes(planner.graph.model),
+                     repr(shapes), repr(devices), repr(versions), planner.policy,
+                     planner.precision, planner.explicit, c.device_class, sorted(c.exclude),
+                     c.memory_headroom, sorted(planner.excluded))
 
 
-def _path(session: "Session", k: str) -> Any:
+def _path(planner: "Planner", k: str) -> Any:
     from backplane.sdk.cache import cache_dir
 
-    root = cache_dir("tune", session._options)
+    root = cache_dir("tune", planner.options)
     return None if root is None else root / f"{k}.json"
 
 
@@ -63,28 +67,29 @@ def pins_of(plan: "Plan") -> dict[str, tuple[str, str]]:
     return {p.node: (p.device, p.precision) for p in plan.placements}
 
 
-def tuned(session: "Session") -> "CompiledPlan":
-    """The tuned, compiled plan of a session: from the cache, or measured now."""
+def tuned(planner: "Planner", samples: "Samples") -> "CompiledPlan":
+    """The tuned, compiled plan of a session's planner: from the cache, or measured now on
+    ``samples()``."""
     from backplane.sdk.cache import write_sealed
 
-    k = key(session)
-    path = _path(session, k)
+    k = key(planner, samples)
+    path = _path(planner, k)
     cached = _read(path)
     if cached is not None:
-        plan = session._schedule(pins={n: tuple(v) for n, v in cached["pins"].items()})
+        plan = planner.schedule(pins={n: tuple(v) for n, v in cached["pins"].items()})
         if pins_of(plan) == {n: tuple(v) for n, v in cached["pins"].items()}:
             plan.tuned = (f"from the tuning cache ({k[:12]}): measured "
                           f"{cached['best_s'] * 1e3:.3g} ms on {cached['measured_at']}")
-            return session._compile(plan)
+            return planner.compile(plan)
     compiled, notes = [], []
-    for plan in candidates(session):
+    for plan in candidates(planner):
         try:
-            compiled.append(session._compile(plan))
+            compiled.append(planner.compile(plan))
         except BackendError as exc:
             notes.append(f"a candidate failed to compile: {exc}")
     if not compiled:
-        return session._compile(session._schedule())
-    times = measure(compiled, session.samples())
+        return planner.compile(planner.schedule())
+    times = measure(compiled, samples())
     best = min(range(len(compiled)), key=times.__getitem__)
     winner = compiled[best]
     summary = ", ".join(f"{_describe(c.plan)} {t * 1e3:.3g} ms"
@@ -101,19 +106,19 @@ def tuned(session: "Session") -> "CompiledPlan":
     return winner
 
 
-def candidates(session: "Session") -> list["Plan"]:
+def candidates(planner: "Planner") -> list["Plan"]:
     """Distinct candidate plans, the cost model's first."""
-    plans = [session._schedule()]
-    if not session._explicit:
-        plans.append(session._schedule(policy="fixed-order"))
+    plans = [planner.schedule()]
+    if not planner.explicit:
+        plans.append(planner.schedule(policy="fixed-order"))
         from backplane.engine.plan import FALLBACK_BACKEND
 
-        refs = [d for d in session._devices if d.backend == FALLBACK_BACKEND]
-        for device in session._devices:
-            if device.backend == FALLBACK_BACKEND or device.id in session._excluded:
+        refs = [d for d in planner.devices if d.backend == FALLBACK_BACKEND]
+        for device in planner.devices:
+            if device.backend == FALLBACK_BACKEND or device.id in planner.excluded:
                 continue
             try:
-                plans.append(session._schedule(devices=[device] + refs, explicit=True))
+                plans.append(planner.schedule(devices=[device] + refs, explicit=True))
             except UnsupportedError:
                 continue  # this device alone cannot run the model
     seen, out = set(), []
