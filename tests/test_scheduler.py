@@ -375,7 +375,7 @@ def test_runs_record_measured_times_beside_predictions_and_teach_the_cost_model(
 
 
 def test_mixing_runtimes_on_one_device_must_pay_for_their_interference():
-    from backplane.engine.scheduler import RUNTIME_INTERFERENCE
+    from backplane.engine.assignment import RUNTIME_INTERFERENCE
 
     # Two runtimes on the host CPU, each better at one op: a mixed plan would save a
     # little per node, and lose more to the runtimes contending for the same cores.
