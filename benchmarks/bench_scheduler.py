@@ -637,7 +637,7 @@ def stress_rows(backends: list[str]) -> list[dict[str, Any]]:
 
 
 def calibration() -> dict[str, Any]:
-    from backplane.hardware.calibrate import calibrate
+    from backplane.engine.calibration import calibrate
 
     t0 = time.perf_counter()
     results = calibrate(dtypes=["fp32"])

@@ -147,7 +147,8 @@ def _figure_text(figures: dict[str, float]) -> str:
 def calibrate(devices: tuple[str, ...], dtypes: tuple[str, ...], no_save: bool,
               as_json: bool) -> None:
     """Measure bandwidth, peak per dtype and launch overhead; store them per user."""
-    from backplane.hardware.calibrate import calibrate as run, overlay_path
+    from backplane.engine.calibration import calibrate as run
+    from backplane.hardware.calibrate import overlay_path
 
     t0 = time.perf_counter()
     results = run(list(devices) or None, list(dtypes) or None, save=not no_save)
