@@ -303,22 +303,23 @@ def _child(backend: str, start: int, k: int = 0, n: int = 1) -> None:
     ``n`` on ``backend``, one thread of the runtime's own."""
     import numpy as np
 
-    from backplane.sdk.contract import Capabilities, CompileOptions
+    from importlib.metadata import entry_points
+
     from backplane.model.intake import load_model
-    from backplane.engine.registry import registry
     from backplane.ops.registrations import op_supports
     from backplane.ops.survey import low_precision_cases, node_test_cases
+    from backplane.sdk.contract import Capabilities, CompileOptions
 
     table = json.loads(sys.stdin.read())
-    reg = registry()
-    impl = reg.backends[backend]
-    device = next((d for d in reg.devices() if d.backend == backend), None)
-    if device is None:  # the registry's probe may time out on a loaded machine: ask again
-        try:
-            device = dataclasses.replace(impl.probe()[0], backend=backend, index=0)
-        except Exception as exc:
-            print(json.dumps({"error": f"no {backend} device to verify on: {exc}"}), flush=True)
-            os._exit(0)
+    try:
+        # The backend straight from its entry point (the parent is that backend deriving
+        # its own table, so it was loaded and accepted already), and its first device.
+        [ep] = [e for e in entry_points(group="backplane.backends") if e.name == backend][:1]
+        impl = ep.load()()
+        device = dataclasses.replace(impl.probe()[0], backend=backend, index=0)
+    except Exception as exc:
+        print(json.dumps({"error": f"no {backend} device to verify on: {exc}"}), flush=True)
+        os._exit(0)
     # The table as declared, with the backend's attribute rules and value types; its
     # capabilities are not read here (that would derive them again, verification included).
     module = sys.modules[type(impl).__module__]
