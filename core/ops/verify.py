@@ -314,8 +314,10 @@ def _child(backend: str, start: int, k: int = 0, n: int = 1) -> None:
     try:
         # The backend straight from its entry point (the parent is that backend deriving
         # its own table, so it was loaded and accepted already), and its first device.
-        [ep] = [e for e in entry_points(group="backplane.backends") if e.name == backend][:1]
-        impl = ep.load()()
+        found = [e for e in entry_points(group="backplane.backends") if e.name == backend]
+        if not found:
+            raise LookupError(f"no backend entry point named {backend!r} is installed")
+        impl = found[0].load()()
         device = dataclasses.replace(impl.probe()[0], backend=backend, index=0)
     except Exception as exc:
         print(json.dumps({"error": f"no {backend} device to verify on: {exc}"}), flush=True)
