@@ -16,7 +16,9 @@ import time
 
 import pytest
 
-from backplane.cli.doctor import FAIL, PASS, Hint, Report, Row, derive_hints
+from backplane.cli.doctor import Report, Row
+from backplane.cli.doctor_hints import Hint, derive_hints
+from backplane.cli.doctor_trial import FAIL, PASS
 from conftest import PROBE_TIMEOUT_S, pip_install, run_cli, run_python
 
 #: Seconds a trial may take in the failure run: the hanging plugin costs this much.

@@ -53,7 +53,7 @@ import numpy as np
 
 from backplane.sdk.errors import (BackplaneError, DeadlineError, InputError, OverloadError,
                                   UnsupportedError)
-from backplane.model.intake import dims_of, validate_inputs
+from backplane.model.inputs import dims_of, validate_inputs
 from backplane.engine.runcheck import QUANTIZED_TOLERANCE, compare
 from backplane.sdk.text import first_line, shown
 

@@ -30,7 +30,8 @@ from backplane.sdk.contract import DEVICE_KINDS, POLICIES, PRECISIONS, CompileOp
 from backplane.sdk.errors import BackendError, InputError, UnsupportedError
 from backplane.engine.executor import CompiledPlan
 from backplane.model.graph import ValueInfo
-from backplane.model.intake import dims_of, load_model, validate_inputs, with_dims
+from backplane.model.inputs import dims_of, validate_inputs
+from backplane.model.intake import load_model, with_dims
 from backplane.engine.plan import Partition, Plan
 from backplane.model.samples import RandomInput, draw, random_input_specs
 from backplane.model.shapecheck import ShapeCheck

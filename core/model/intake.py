@@ -1,8 +1,9 @@
 """Model intake: from a path, bytes or ModelProto to a checked, shape-inferred Graph.
 
 Every way a model can be wrong ends here as a :class:`ModelError` naming what is wrong and
-what to do; every way a run's inputs can be wrong ends as an :class:`InputError`.
-External data is read only from files inside the model's own folder (:mod:`backplane.model.external`).
+what to do. The model is read and checked as protobuf in :mod:`backplane.model.modelfile`;
+a run's inputs are checked in :mod:`backplane.model.inputs`. External data is read only from
+files inside the model's own folder (:mod:`backplane.model.external`).
 
 Models are accepted as ONNX Runtime accepts them: a negative dimension in an input or output
 declaration is a dynamic one (Paddle2ONNX writes -1); a declared output shape that shape
@@ -15,16 +16,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
-from backplane.sdk.errors import InputError, ModelError, did_you_mean
-from backplane.model.external import (INLINE_LIMIT, PROTO_LIMIT, attach, describe_tensor, detach,
-                                      load_external_data, tensor_nbytes, tensors)
+from backplane.sdk.errors import ModelError
+from backplane.model.external import INLINE_LIMIT, attach, detach, load_external_data
 from backplane.model.fold import fold_constants
-from backplane.model.graph import (NON_TENSOR, Dim, Graph, ValueInfo, numpy_dtype,
-                                   value_info_from_proto)
+from backplane.model.graph import Dim, Graph, ValueInfo, value_info_from_proto
+from backplane.model.modelfile import (check_raw_data, keepdims_as_read, name_nodes, read_proto,
+                                       take_as_inputs)
 from backplane.ops import schemas
 from backplane.sdk.text import shown
 from backplane.model.typefill import complete_types
@@ -67,32 +67,9 @@ def load_model(model: Any, *, base_dir: str | os.PathLike | None = None,
         # (Taken in again from its folded model: nodes folded away that read one of
         # ``as_inputs`` keep the stored value. A session re-reads its source instead.)
         model, base_dir, name = model.model, model.external_dir, model.name
-    if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        if not path.is_file():
-            what = "is a folder" if path.is_dir() else "does not exist"
-            raise ModelError(f"model file '{path}' {what}; pass the path of an .onnx file")
-        name = path.stem
-        base_dir = path.resolve().parent
-        if path.stat().st_size > PROTO_LIMIT:
-            raise ModelError(f"model file '{path}' is over 2 GiB, more than protobuf can "
-                             "read as one message; save the model with its tensors as "
-                             "external data (onnx.save(model, path, save_as_external_data="
-                             "True))")
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ModelError(f"model file '{path}' cannot be read: {exc.strerror or exc}; "
-                             "check its permissions") from None
-        proto = _parse(data, f"model file '{path}'")
-    elif isinstance(model, (bytes, bytearray, memoryview)):
-        proto = _parse(bytes(model), "model bytes")
-    elif isinstance(model, onnx.ModelProto):
-        proto = onnx.ModelProto()
-        proto.CopyFrom(model)
-    else:
-        raise ModelError(f"cannot read a model from a {type(model).__name__}; "
-                         "pass a path, the file's bytes, or an onnx.ModelProto")
+    proto, stem, base_dir = read_proto(model, base_dir)
+    if stem is not None:  # a path: the file's stem names the model
+        name = stem
     if name == "model" and proto.graph.name:
         name = proto.graph.name
     label = shown(name)  # (the model's name as messages show it)
@@ -104,13 +81,13 @@ def load_model(model: Any, *, base_dir: str | os.PathLike | None = None,
     # External data is confined and read first: the checker would otherwise resolve its
     # locations against the process's working directory, with its own rules and words.
     external_dir = load_external_data(proto, base_dir, label)
-    _check_raw_data(proto, label)
+    check_raw_data(proto, label)
     if proto.ByteSize() > INLINE_LIMIT:
         raise ModelError(f"{label}: the model is {proto.ByteSize() / 2**30:.2f} GiB with its "
                          "tensors inline, more than one ONNX message can hold (2 GiB); save "
                          "it with external data (onnx.save(model, path, "
                          "save_as_external_data=True)) and load it from that path")
-    _take_as_inputs(proto, set(as_inputs), label)
+    take_as_inputs(proto, set(as_inputs), label)
     # Initializers left in their files are graph inputs of their type while the model is
     # checked, inferred and folded: none of those steps reads their bytes.
     kept = detach(proto)
@@ -132,10 +109,10 @@ def load_model(model: Any, *, base_dir: str | os.PathLike | None = None,
     if folded:
         notes.append(f"{folded} node(s) computing constants (Constant nodes, shape "
                      "arithmetic) folded before planning")
-    _keepdims_as_read(proto)
+    keepdims_as_read(proto)
     unconfirmed = _settle_outputs(proto, declared, label, notes)
     attach(proto, kept)
-    _name_nodes(proto)
+    name_nodes(proto)
     graph = Graph(proto, name)
     graph.notes.extend(notes)
     graph.external_dir = external_dir
@@ -187,23 +164,6 @@ def _infer(proto: Any, name: str, notes: list[str]) -> tuple[Any, bool]:
     return proto, False
 
 
-def _check_raw_data(proto: Any, name: str) -> None:
-    """Refuse a stored tensor whose raw data is not the size its shape and type need: the
-    checker does not compare them; ONNX Runtime refuses such a model, OpenVINO read it
-    (found by fuzzing)."""
-    from onnx import TensorProto
-
-    for t in tensors(proto):
-        if t.data_location == TensorProto.EXTERNAL or not t.HasField("raw_data"):
-            continue
-        need = tensor_nbytes(t)
-        if need is not None and len(t.raw_data) != need:
-            raise ModelError(f"{name}: tensor '{shown(t.name)}' ({describe_tensor(t)}) holds "
-                             f"{len(t.raw_data)} bytes of raw data, its shape and type need "
-                             f"{need}; the model is damaged or was written wrongly: export "
-                             "it again")
-
-
 def _check_node_shapes(proto: Any, name: str) -> None:
     """Refuse a model whose inferred shapes already break a rule of a node that ONNX's
     inference leaves unchecked (:func:`backplane.model.shapecheck.contradiction`: a Conv's kernel
@@ -214,21 +174,6 @@ def _check_node_shapes(proto: Any, name: str) -> None:
     if why:
         raise ModelError(f"{name}: {why}; no input can run the model as it is: correct the "
                          "node, its attributes or its weights")
-
-
-def _take_as_inputs(proto: Any, names: set[str], name: str) -> None:
-    """Drop the stored values of the initializers ``names``, which the model also lists as
-    graph inputs (IR < 4): they become plain inputs."""
-    if not names:
-        return
-    listed = {i.name for i in proto.graph.input} & {t.name for t in proto.graph.initializer}
-    unknown = sorted(names - listed)
-    if unknown:
-        given = ", ".join(f"'{shown(n)}'" for n in unknown)
-        allowed = ", ".join(shown(n) for n in sorted(listed)) or "this model has none"
-        raise ModelError(f"{name}: {given} are not initializers the model also lists as "
-                         f"inputs; only those can be fed ({allowed})")
-    detach(proto, names)
 
 
 def _names_a_size(param: str) -> bool:
@@ -358,37 +303,6 @@ def _reinfer(proto: Any, name: str, strict: bool = True) -> Any:
                          ) from None
 
 
-def _parse(data: bytes, what: str) -> Any:
-    import onnx
-
-    if not data:
-        raise ModelError(f"{what} is empty; it should hold a serialised ONNX model")
-    proto = onnx.ModelProto()
-    try:
-        proto.ParseFromString(data)
-    except Exception as exc:  # protobuf's DecodeError, and RuntimeError from its C++ parser
-        raise ModelError(f"{what} is not a valid ONNX file (truncated or not ONNX): {exc}"
-                         ) from None
-    if not proto.HasField("graph") or not proto.opset_import:
-        raise ModelError(f"{what} is not an ONNX model (no graph or no opset); "
-                         "it may be truncated or another format")
-    return proto
-
-
-def _all_nodes(nodes: Any) -> Iterator[Any]:
-    """Nodes, and the nodes of their subgraphs, recursively."""
-    from onnx import AttributeProto
-
-    for n in nodes:
-        yield n
-        for a in n.attribute:
-            if a.type == AttributeProto.GRAPH:
-                yield from _all_nodes(a.g.node)
-            elif a.type == AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    yield from _all_nodes(g.node)
-
-
 def _check_opset_versions(proto: Any, name: str) -> None:
     """Refuse a model at an opset of an ONNX domain newer than the installed onnx knows:
     its ops may mean what no installed runtime, nor the oracle, can tell."""
@@ -430,174 +344,6 @@ def _check_opset(proto: Any, name: str, notes: list[str]) -> Any:
             f"Re-export the model at opset {MIN_OPSET} or newer.") from None
     notes.append(f"upgraded from opset {version} to {MIN_OPSET}")
     return upgraded
-
-
-def _keepdims_as_read(proto: Any) -> None:
-    """A ``keepdims`` of other than 0 or 1 set to 0: ONNX's inference and ONNX Runtime keep
-    the reduced axes only for 1, OpenVINO and opencl kept them for any non-zero value and
-    the outputs had another shape, onnx.reference raised on 2**31 (found by fuzzing)."""
-    for node in _all_nodes(proto.graph.node):
-        if node.domain in ("", "ai.onnx"):
-            for a in node.attribute:
-                if a.name == "keepdims" and a.i not in (0, 1):
-                    a.i = 0
-
-
-def _name_nodes(proto: Any) -> None:
-    """Give every node a unique, stable name for plans and errors.
-
-    An unnamed node becomes ``Relu_3`` (op and position); a name the model repeats keeps its
-    first use and later uses get a ``#2``, ``#3`` suffix, since placements are keyed by name.
-    """
-    taken = {n.name for n in proto.graph.node if n.name}
-    seen: set[str] = set()
-    for i, n in enumerate(proto.graph.node):
-        if n.name and n.name not in seen:
-            seen.add(n.name)
-            continue
-        stem, k = (n.name, 2) if n.name else (f"{n.op_type}_{i}", 1)
-        candidate = stem if k == 1 else f"{stem}#{k}"
-        while candidate in taken:
-            k += 1
-            candidate = f"{stem}#{k}"
-        n.name = candidate
-        taken.add(candidate)
-        seen.add(candidate)
-
-
-def validate_inputs(graph: Graph, feeds: Any) -> dict[str, Any]:
-    """Check a run's inputs against the model and return them as numpy arrays.
-
-    Refuses missing, extra, mis-typed and mis-shaped inputs, and symbolic dimensions
-    bound to different sizes by different inputs. Arrays are never cast: a float64 array
-    for a float32 input is refused. Python lists and scalars are converted.
-    """
-    import numpy as np
-
-    if not isinstance(feeds, Mapping):
-        raise InputError(f"inputs must be a dict mapping input names to arrays, got a "
-                         f"{type(feeds).__name__}; the model's inputs are: "
-                         f"{graph.describe_inputs()}")
-    expected = {vi.name: vi for vi in graph.inputs}
-    # An optional input may be left out (or given as None): the optional is empty.
-    missing = [n for n in expected if n not in feeds
-               and not expected[n].dtype.startswith("optional(")]
-    extra = [n for n in feeds if n not in expected]
-    if missing or extra:
-        # A misspelt name is both unknown and missing: name what was given, then what is
-        # missing, then the model's inputs and the likely meaning of each unknown name.
-        problems, hints = [], ""
-        if extra:
-            problems.append(f"unknown input{'s' if len(extra) > 1 else ''} "
-                            + ", ".join(f"'{shown(n)}'" for n in extra))
-            for n in extra:
-                hint = did_you_mean(str(n), missing or expected)
-                if hint:
-                    hints += (f" For '{shown(n)}':" if len(extra) > 1 else "") + hint
-        if missing:
-            problems.append(f"missing input{'s' if len(missing) > 1 else ''} "
-                            + ", ".join(f"'{shown(n)}' ({expected[n].describe()})"
-                                        for n in missing))
-        raise InputError("; ".join(problems)
-                         + f"; the model's inputs are: {graph.describe_inputs()}.{hints}")
-    bound: dict[str, tuple[int, str]] = {}
-    out: dict[str, Any] = {}
-    for name, vi in expected.items():
-        if name in feeds:
-            out[name] = _check_one(np, name, vi, feeds[name], bound)
-    return out
-
-
-def _check_one(np: Any, name: str, vi: ValueInfo, value: Any, bound: dict) -> Any:
-    if vi.dtype.startswith(NON_TENSOR):
-        return _check_non_tensor(np, name, vi, value, bound)
-    want = numpy_dtype(vi.dtype) if vi.dtype != "string" else None
-    if isinstance(value, np.ma.MaskedArray):
-        masked = int(np.ma.count_masked(value))
-        if masked:
-            raise InputError(f"input '{shown(name)}' is a masked array with {masked} masked "
-                             "element(s); a model reads values, not a mask: pass "
-                             f"{shown(name)}.filled(value) with the value the model should see")
-        value = np.ma.getdata(value)
-    if isinstance(value, np.ndarray):
-        arr = value
-    else:
-        try:
-            arr = np.asarray(value)
-        except Exception as exc:
-            raise InputError(f"input '{shown(name)}' cannot be read as an array ({exc}); "
-                             f"expected {vi.describe()}") from None
-        # Python lists and numbers have no dtype of their own: they take the input's where
-        # it holds their values. An array of another library (a torch tensor) keeps its
-        # own, and is refused below like a numpy array of another dtype.
-        if want is not None and arr.dtype != want and arr.dtype.kind in "biuf" and \
-                want.kind in "biuf" and np.can_cast(arr.dtype, want, "same_kind") and \
-                not hasattr(value, "dtype"):
-            arr = arr.astype(want)
-    if vi.dtype == "string":
-        ok = arr.dtype.kind in "OU"
-    else:
-        ok = want is not None and arr.dtype == want
-    if not ok:
-        hint = "" if want is None else (
-            f"; convert it with .astype(numpy.{vi.dtype})" if isinstance(value, np.ndarray)
-            else f"; convert it to {vi.dtype} first (a torch tensor: .to(torch.{vi.dtype}))")
-        raise InputError(f"input '{shown(name)}' has dtype {arr.dtype}, the model expects "
-                         f"{vi.dtype} ({vi.describe()}){hint}")
-    if vi.shape is None:
-        return arr
-    if arr.ndim != len(vi.shape):
-        raise InputError(f"input '{shown(name)}' has shape {tuple(arr.shape)} (rank "
-                         f"{arr.ndim}), the model expects rank {len(vi.shape)}: "
-                         f"{vi.describe()}")
-    for axis, (got, dim) in enumerate(zip(arr.shape, vi.shape)):
-        if isinstance(dim, int) and got != dim:
-            raise InputError(f"input '{shown(name)}' has shape {tuple(arr.shape)}, the model "
-                             f"expects {vi.describe()}: dimension {axis} must be {dim}, got "
-                             f"{got}")
-        if isinstance(dim, str):
-            if dim in bound and bound[dim][0] != got:
-                size, other = bound[dim]
-                raise InputError(f"input '{shown(name)}' dimension {axis} ('{shown(dim)}') is "
-                                 f"{got}, but input '{shown(other)}' set '{shown(dim)}' = "
-                                 f"{size}; inputs sharing a dimension name must agree")
-            bound.setdefault(dim, (got, name))
-    return arr
-
-
-def _check_non_tensor(np: Any, name: str, vi: ValueInfo, value: Any, bound: dict) -> Any:
-    """A sequence (a list of arrays, each checked as its element type), an optional (None,
-    or its element) or a map (a dict), as ONNX Runtime takes them."""
-    inner = vi.dtype[vi.dtype.index("(") + 1:-1]
-    label = shown(name)
-    if vi.dtype.startswith("optional("):
-        if value is None:
-            return None
-        return _check_one(np, name, ValueInfo(name, inner, None), value, bound)
-    if vi.dtype.startswith("seq("):
-        if not isinstance(value, (list, tuple)):
-            raise InputError(f"input '{label}' is a sequence ({vi.dtype}): pass a list of "
-                             f"arrays, not a {type(value).__name__}")
-        return [_check_one(np, f"{name}[{k}]", ValueInfo(f"{name}[{k}]", inner, None), v, {})
-                for k, v in enumerate(value)]
-    if not isinstance(value, Mapping):
-        raise InputError(f"input '{label}' is a map ({vi.dtype}): pass a dict, not a "
-                         f"{type(value).__name__}")
-    return dict(value)
-
-
-def dims_of(graph: Graph, feeds: Any) -> dict[str, int]:
-    """The size of each symbolic input dimension in ``feeds`` (``{"batch": 32}``)."""
-    out: dict[str, int] = {}
-    for vi in graph.inputs:
-        value = feeds.get(vi.name) if hasattr(feeds, "get") else None
-        shape = getattr(value, "shape", None)
-        if vi.shape is None or shape is None or len(shape) != len(vi.shape):
-            continue
-        for d, size in zip(vi.shape, shape):
-            if isinstance(d, str):
-                out.setdefault(d, int(size))
-    return out
 
 
 def with_dims(graph: Graph, dims: dict[str, int]) -> Graph:

@@ -302,7 +302,7 @@ def _fits_checker(graph: "Graph") -> Any:
     base = nonpositive(graph)
     # Each check copies the model: a copy without its big weights (inputs of their type
     # instead) costs what the graph does, not what the weights do.
-    light = Graph(_without_big_weights(graph.model), graph.name)
+    light = Graph(without_big_weights(graph.model), graph.name)
     light.unconfirmed_outputs = graph.unconfirmed_outputs
 
     def fits(dims: dict[str, int]) -> bool:
@@ -315,7 +315,7 @@ def _fits_checker(graph: "Graph") -> Any:
     return fits
 
 
-def _without_big_weights(model: Any) -> Any:
+def without_big_weights(model: Any) -> Any:
     """``model`` with each initializer of :data:`~backplane.model.external.KEEP_BYTES` or more
     (or kept in its file) declared as a graph input of its type instead."""
     from onnx import ModelProto, TensorProto, helper

@@ -92,11 +92,11 @@ class ShapeCheck:
 
 def _skeleton(model: Any) -> Any:
     """The model for inference: large weights as typed inputs of their shape
-    (:func:`backplane.model.samples._without_big_weights`), no value infos, outputs typed but
+    (:func:`backplane.model.samples.without_big_weights`), no value infos, outputs typed but
     not shaped."""
-    from backplane.model.samples import _without_big_weights
+    from backplane.model.samples import without_big_weights
 
-    out = _without_big_weights(model)
+    out = without_big_weights(model)
     del out.graph.value_info[:]
     for o in out.graph.output:
         if o.type.HasField("tensor_type"):

@@ -64,7 +64,7 @@ def session_dims(graph: Any, options: Any, extra: Mapping[str, Any],
     """The sizes of symbolic dimensions to compile for: the calibration inputs' sizes,
     overridden by ``options["npu"]["dims"]``, overridden by the session's own
     (``CompileOptions.dims``, when the session passes them)."""
-    from backplane.model.intake import dims_of
+    from backplane.model.inputs import dims_of
 
     dims: dict[str, int] = {}
     if calibration:
