@@ -16,7 +16,7 @@ from backplane import ops
 from backplane.sdk.errors import UnsupportedError
 from backplane.model.graph import Node, ValueInfo
 from backplane.model.intake import load_model
-from backplane.ops import Cost, costs, fused, schemas
+from backplane.ops import Cost, costs, fused, fusion, schemas
 from conftest import ROOT, run_python
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -520,7 +520,7 @@ def test_fuse_rewrites_each_pattern_when_a_kernel_exists(pattern, seed):
     original = build(rng)
     graph = load_model(original)
     asked = []
-    result = fused.fuse(graph, lambda key: asked.append(key) or True)
+    result = fusion.fuse(graph, lambda key: asked.append(key) or True)
     assert f"backplane::{op}" in asked
     assert op_types(result) == [op]
     assert result.nodes[0].name == graph.nodes[1 if pattern == "attention" else 0].name
@@ -534,13 +534,13 @@ def test_fuse_rewrites_each_pattern_when_a_kernel_exists(pattern, seed):
 @pytest.mark.parametrize("pattern", sorted(PATTERNS))
 def test_fuse_leaves_a_pattern_alone_without_a_kernel(pattern, seed):
     graph = load_model(PATTERNS[pattern][0](np.random.default_rng(seed)))
-    assert fused.fuse(graph, lambda key: False) is graph
+    assert fusion.fuse(graph, lambda key: False) is graph
 
 
 @pytest.mark.parametrize("pattern", sorted(PATTERNS))
 def test_fuse_leaves_a_pattern_alone_when_an_intermediate_has_another_reader(pattern, seed):
     graph = load_model(PATTERNS[pattern][0](np.random.default_rng(seed), extra_reader=True))
-    assert op_types(fused.fuse(graph, lambda key: True)) == op_types(graph)
+    assert op_types(fusion.fuse(graph, lambda key: True)) == op_types(graph)
 
 
 @pytest.mark.parametrize(("build", "intermediate"), [
@@ -550,22 +550,22 @@ def test_fuse_leaves_a_pattern_alone_when_an_intermediate_is_a_graph_output(buil
                                                                              seed):
     graph = load_model(build(np.random.default_rng(seed)))
     assert intermediate in {o.name for o in graph.outputs}
-    assert op_types(fused.fuse(graph, lambda key: True)) == op_types(graph)
+    assert op_types(fusion.fuse(graph, lambda key: True)) == op_types(graph)
 
 
 def test_fuse_only_rewrites_the_ops_that_have_kernels(seed):
     rng = np.random.default_rng(seed)
     conv = conv_model(rng)
     graph = load_model(conv)
-    assert fused.fuse(graph, lambda key: key == "backplane::Attention") is graph
-    assert op_types(fused.fuse(graph, lambda key: key == "backplane::FusedConvRelu")) == [
+    assert fusion.fuse(graph, lambda key: key == "backplane::Attention") is graph
+    assert op_types(fusion.fuse(graph, lambda key: key == "backplane::FusedConvRelu")) == [
         "FusedConvRelu"]
 
 
 def test_fuse_resolves_same_padding_into_explicit_pads(seed):
     rng = np.random.default_rng(seed)
     original = conv_model(rng, "clip", auto_pad="SAME_UPPER")
-    result = fused.fuse(load_model(original), lambda key: True)
+    result = fusion.fuse(load_model(original), lambda key: True)
     (n,) = result.nodes
     assert "auto_pad" not in n.attributes and n.attributes["pads"] == [1, 1, 1, 1]
     feeds = feeds_for(original, rng)
@@ -575,7 +575,7 @@ def test_fuse_resolves_same_padding_into_explicit_pads(seed):
 def test_fuse_maps_an_unbounded_clip_to_infinite_bounds(seed):
     rng = np.random.default_rng(seed)
     original = conv_model(rng, "clip", lo=None, hi=1.5)
-    (n,) = fused.fuse(load_model(original), lambda key: True).nodes
+    (n,) = fusion.fuse(load_model(original), lambda key: True).nodes
     assert n.attributes["clip_min"] == -math.inf and n.attributes["clip_max"] == 1.5
 
 
@@ -584,7 +584,7 @@ def test_fuse_maps_an_unbounded_clip_to_infinite_bounds(seed):
 def test_fuse_rewrites_attention_variants(mask, scale_op, transpose, seed):
     rng = np.random.default_rng(seed)
     original = attention_model(rng, mask, scale_op, transpose)
-    result = fused.fuse(load_model(original), lambda key: True)
+    result = fusion.fuse(load_model(original), lambda key: True)
     assert op_types(result)[-1] == "Attention"
     assert op_types(result) == (["Attention"] if transpose else ["Transpose", "Attention"])
     att = result.nodes[-1]
@@ -596,7 +596,7 @@ def test_fuse_rewrites_attention_variants(mask, scale_op, transpose, seed):
 
 def test_fuse_leaves_a_model_older_than_opset_17_alone(seed):
     graph = load_model(conv_model(np.random.default_rng(seed), opset=13))
-    assert fused.fuse(graph, lambda key: True) is graph
+    assert fusion.fuse(graph, lambda key: True) is graph
 
 
 # --------------------------------------------------------------------------- backends
@@ -605,7 +605,7 @@ def _fused_pairs(seed):
     rng = np.random.default_rng(seed)
     for pattern, (build, _) in sorted(PATTERNS.items()):
         original = build(rng)
-        yield pattern, original, fused.fuse(load_model(original), lambda key: True), \
+        yield pattern, original, fusion.fuse(load_model(original), lambda key: True), \
             feeds_for(original, rng)
 
 

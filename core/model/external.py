@@ -234,6 +234,31 @@ def attach(proto: Any, detached: Detached) -> None:
     g.initializer.extend(detached.tensors)
 
 
+def without_big_weights(model: Any) -> Any:
+    """``model`` with each initializer of :data:`KEEP_BYTES` or more (or kept in its file)
+    declared as a graph input of its type instead, so that a copy for shape inference costs
+    what the graph does, not what its weights do."""
+    from onnx import ModelProto, TensorProto, helper
+
+    src, out = model.graph, ModelProto()
+    out.ir_version = model.ir_version
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)
+    g = out.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    declared = {i.name for i in src.input}
+    for t in src.initializer:
+        if t.data_location != TensorProto.EXTERNAL and t.ByteSize() < KEEP_BYTES:
+            g.initializer.append(t)
+        elif t.name not in declared:
+            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return out
+
+
 def split(model: Any, folder: Path) -> tuple[Any, dict[str, Any]]:
     """``model`` with every initializer kept in a file as a graph input, and those
     initializers as numpy arrays mapped from their files in ``folder`` (copy-on-write

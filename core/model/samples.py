@@ -293,6 +293,7 @@ def _fits_checker(graph: "Graph") -> Any:
     dimension below 1 that it did not have already."""
     from backplane.sdk.errors import BackplaneError
     from backplane.model.graph import Graph
+    from backplane.model.external import without_big_weights
     from backplane.model.intake import with_dims
 
     def nonpositive(g: "Graph") -> int:
@@ -313,32 +314,6 @@ def _fits_checker(graph: "Graph") -> Any:
         return nonpositive(fixed) <= base
 
     return fits
-
-
-def without_big_weights(model: Any) -> Any:
-    """``model`` with each initializer of :data:`~backplane.model.external.KEEP_BYTES` or more
-    (or kept in its file) declared as a graph input of its type instead."""
-    from onnx import ModelProto, TensorProto, helper
-
-    from backplane.model.external import KEEP_BYTES
-
-    src, out = model.graph, ModelProto()
-    out.ir_version = model.ir_version
-    out.opset_import.extend(model.opset_import)
-    out.functions.extend(model.functions)
-    g = out.graph
-    g.name = src.name
-    g.node.extend(src.node)
-    g.input.extend(src.input)
-    g.output.extend(src.output)
-    g.value_info.extend(src.value_info)
-    declared = {i.name for i in src.input}
-    for t in src.initializer:
-        if t.data_location != TensorProto.EXTERNAL and t.ByteSize() < KEEP_BYTES:
-            g.initializer.append(t)
-        elif t.name not in declared:
-            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    return out
 
 
 # ---------------------------------------------------------------------- integer ranges

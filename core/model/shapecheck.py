@@ -92,9 +92,9 @@ class ShapeCheck:
 
 def _skeleton(model: Any) -> Any:
     """The model for inference: large weights as typed inputs of their shape
-    (:func:`backplane.model.samples.without_big_weights`), no value infos, outputs typed but
+    (:func:`backplane.model.external.without_big_weights`), no value infos, outputs typed but
     not shaped."""
-    from backplane.model.samples import without_big_weights
+    from backplane.model.external import without_big_weights
 
     out = without_big_weights(model)
     del out.graph.value_info[:]

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from backplane.model.graph import DTYPE_CODES, DTYPE_NAMES
-from backplane.ops import find
+from backplane.model.dtypes import DTYPE_CODES, DTYPE_NAMES
+from backplane.ops.registry import find
 
 #: Rounds of typing and re-inference at most (each types what the one before made known).
 MAX_ROUNDS = 4

@@ -1,9 +1,11 @@
-"""Fused ops of the ``backplane`` domain: schemas, costs, decompositions, and the fusion pass.
+"""Fused ops of the ``backplane`` domain: schemas, costs and decompositions.
 
 Each fused op has a decomposition into ONNX default-domain ops, an ``onnx.FunctionProto``
 built by :func:`function_proto`, so any backend, and the oracle, can run a graph that
-:func:`fuse` rewrote: :func:`add_decompositions` puts the functions into a model. The pass
-itself lives in :mod:`backplane.ops.fusion` (this module re-exports :func:`fuse`).
+:func:`backplane.ops.fusion.fuse` rewrote: :func:`add_decompositions` puts the functions
+into a model. The pass itself lives in :mod:`backplane.ops.fusion`, which imports this
+module and never the other way round: the registry imports this module for the fused ops'
+definitions, and the pass imports intake, which reads the registry.
 
 - ``FusedConvRelu(X, W, B?)``: Conv, then Relu; or Clip when ``clip_min``/``clip_max`` is
   set (an unset bound is then unbounded, as in ONNX Clip). Conv's attributes except
@@ -27,7 +29,7 @@ How the decompositions cope with what a FunctionProto cannot express:
   declared attribute (it applies no defaults), so :func:`add_decompositions` completes
   nodes: an absent Conv bias becomes ``""``, Conv attributes get their ONNX defaults,
   ``scale`` is computed from a static head_dim, and an absent attention mask becomes a
-  zero scalar additive mask. :func:`fuse` writes complete nodes in the first place; in
+  zero scalar additive mask. The pass writes complete nodes in the first place; in
   particular it always passes a mask, a zero scalar when the pattern has none.
 """
 
@@ -345,7 +347,8 @@ def add_decompositions(model: Any) -> Any:
     for op, found in sorted(variants.items()):
         if len(found) > 1:
             raise UnsupportedError(
-                f"the model's {op} nodes need different decompositions ({', '.join(sorted(found))}); "
+                f"the model's {op} nodes need different decompositions "
+                f"({', '.join(sorted(found))}); "
                 f"a model holds one function per op, so use one kind per model")
     if variants:
         kept = [f for f in out.functions if not (f.domain == DOMAIN and f.name in variants)]
@@ -363,15 +366,6 @@ KEYS: dict[str, str] = {name: op_key(name, DOMAIN) for name in FUSED}
 HasKernel = Callable[[str], bool]
 
 
-
-def fuse(graph: Any, has_kernel: HasKernel) -> Any:
-    """The fusion pass, :func:`backplane.ops.fusion.fuse` (imported on use: it imports this
-    module, so either may be imported first)."""
-    from backplane.ops.fusion import fuse as _fuse
-
-    return _fuse(graph, has_kernel)
-
-
 __all__ = ["CONV_ATTRIBUTES", "KEYS", "MIN_OPSET", "VARIANTS", "VERSION", "HasKernel",
-           "add_decompositions", "attention_cost", "conv_relu_cost", "function_proto", "fuse",
+           "add_decompositions", "attention_cost", "conv_relu_cost", "function_proto",
            "matmul_bias_gelu_cost", "opdefs"]

@@ -29,8 +29,10 @@ import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from backplane.ops import DOMAIN, get, window_pads
 from backplane.ops.fused import KEYS, MIN_OPSET, HasKernel, add_decompositions
+from backplane.ops.opdef import DOMAIN
+from backplane.ops.registry import get
+from backplane.ops.windows import window_pads
 
 if TYPE_CHECKING:  # pragma: no cover
     from backplane.model.graph import Graph
@@ -279,7 +281,8 @@ class _Rewriter:
         second = next(r for r in readers if r != scaled)
         if factor == x and m == second:  # (x * (1 + erf)) * 0.5
             h = self.sole_reader(self.nodes[m].outputs[0])
-            if not self.is_op(h, "Mul") or not near(other(self.nodes[h], self.nodes[m].outputs[0]), 0.5):
+            if not (self.is_op(h, "Mul")
+                    and near(other(self.nodes[h], self.nodes[m].outputs[0]), 0.5)):
                 return None
             return [scaled, e, a, m, h], self.nodes[h].outputs[0]
         if (self.is_op(second, "Mul") and factor == self.nodes[second].outputs[0]
@@ -353,7 +356,7 @@ class _Rewriter:
         """A new scalar zero initializer of ``dtype``: the additive mask of no mask."""
         from onnx import helper
 
-        from backplane.model.graph import DTYPE_CODES
+        from backplane.model.dtypes import DTYPE_CODES
 
         name = self.fresh(f"{owner}/zero_mask")
         self.initializers.append(helper.make_tensor(name, DTYPE_CODES[dtype], [], [0]))

@@ -56,7 +56,7 @@ class OpVersion:
             has the ONNX type string as its constraint name (``"tensor(int64)"``).
         outputs: the same per formal output.
         type_constraints: constraint name -> admitted dtypes (names as in
-            :data:`backplane.model.graph.DTYPE_NAMES`; ``seq(float32)`` and the like for types that
+            :data:`backplane.model.dtypes.DTYPE_NAMES`; ``seq(float32)`` and the like for types that
             are not tensors).
         attributes: attribute name -> default value, or ``None`` when it has none
             (required, or derived from the inputs, as Conv's ``kernel_shape``).

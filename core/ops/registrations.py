@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backplane.ops import all_ops
+from backplane.ops.registry import all_ops
 from backplane.ops.schemas import type_name
 
 #: ONNX Runtime's op domains, as the operator registry names them.

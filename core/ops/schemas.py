@@ -74,7 +74,7 @@ def type_name(type_str: str) -> str:
     element types of maps keep ONNX's names for non-tensors (``map(string,float32)``)."""
     from onnx import TensorProto
 
-    from backplane.model.graph import DTYPE_NAMES
+    from backplane.model.dtypes import DTYPE_NAMES
 
     def one(m: re.Match[str]) -> str:
         code = getattr(TensorProto, m.group(2).upper(), None)

@@ -29,9 +29,10 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from backplane.ops import MANDATORY, all_ops, find
+from backplane.ops.opdef import MANDATORY
 from backplane.ops.probes import OPSET, TryOp, discover
 from backplane.ops.registrations import main_constraint
+from backplane.ops.registry import all_ops, find
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -215,7 +216,7 @@ def _retyped(model: Any, schema: Any, dtype: str) -> Any:
     import onnx
     from onnx import numpy_helper
 
-    from backplane.model.graph import DTYPE_CODES
+    from backplane.model.dtypes import DTYPE_CODES
     from backplane.ops.probes import np_dtype
 
     main = main_constraint(schema)
@@ -443,7 +444,7 @@ def _node_tests() -> tuple[tuple[str, int, str, Any], ...]:
 
 def _dtype_of(model: Any) -> str:
     """The dtype of the one node's first input (first output when it has none)."""
-    from backplane.model.graph import DTYPE_NAMES
+    from backplane.model.dtypes import DTYPE_NAMES
 
     node = model.graph.node[0]
     name = next((n for n in node.input if n), None) or node.output[0]

@@ -169,7 +169,7 @@ def _modes(key: str) -> dict[str, Any]:
     """The attributes of an op that choose a variant (a mode, a layout, a flag), with their
     defaults: those whose default is a string or an integer, as opposed to sizes and
     coefficients."""
-    from backplane.ops import find
+    from backplane.ops.registry import find
 
     definition = find(key)
     if definition is None:
@@ -247,7 +247,8 @@ def _run_child(backend: str, table: Mapping[str, Any], start: int,
             "from backplane.ops.verify import _child; "
             "_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))")
     child = subprocess.Popen([sys.executable, "-c", code, json.dumps(sys.path), backend,
-                              str(start), str(shard[0]), str(shard[1])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              str(start), str(shard[0]), str(shard[1])],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True, cwd=tempfile.gettempdir(),
                              # only the backend checked is loaded and probed there
                              env={**os.environ, "BACKPLANE_PLUGINS": backend})

@@ -164,7 +164,7 @@ class KernelTable:
         return caps
 
     def _support(self) -> dict[str, OpSupport]:
-        from backplane.ops import find
+        from backplane.ops.registry import find
 
         out: dict[str, OpSupport] = {}
         for key, kernel in list(self._kernels.items()) + [
