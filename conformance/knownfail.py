@@ -94,7 +94,7 @@ def parse(entries: Any, where: str) -> list[KnownFailure]:
 
 def for_backend(backend: Any, device: Any) -> list[KnownFailure]:
     """Every known failure the backend declares, from its attribute and from the hook."""
-    from backplane.engine.registry import plugin_manager
+    from backplane.sdk.hooks import plugin_manager
 
     found: list[KnownFailure] = []
     declared = getattr(backend, "known_failures", None)

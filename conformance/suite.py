@@ -44,7 +44,7 @@ def collect(tier: str, seed: int, pattern: str | None = None, backend: Any = Non
     from backplane.conformance import cases, zoo
     from backplane.conformance.fused_cases import fused_cases
 
-    from backplane.engine.registry import plugin_manager
+    from backplane.sdk.hooks import plugin_manager
 
     found = (list(cases.all_cases(seed, tier="mandatory")) + fused_cases(seed)
              + list(zoo.zoo_cases(seed)))

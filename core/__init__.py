@@ -25,7 +25,8 @@ from backplane.sdk.errors import (BackendError, BackplaneError, CompileError, Co
                                   UnsupportedError, VerificationError)
 from backplane.sdk.hookspecs import hookimpl
 from backplane.sdk.kerneltable import KernelTable
-from backplane.engine.registry import devices, plugin_manager, plugin_records, registry
+from backplane.engine.registry import devices, plugin_records, registry
+from backplane.sdk.hooks import plugin_manager
 
 __version__ = "0.1.0"
 

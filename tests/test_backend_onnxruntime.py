@@ -305,7 +305,7 @@ def test_an_op_without_a_kernel_is_a_compile_error_naming_the_op():
 
 def test_a_session_refuses_a_precision_the_backend_does_not_declare():
     model = one_node("Relu", {"x": (TensorProto.FLOAT, [2])}, {"y": (TensorProto.FLOAT, [2])})
-    with pytest.raises(bp.errors.UnsupportedError):
+    with pytest.raises(bp.UnsupportedError):
         bp.Session(model, devices=["onnxruntime"], precision="fp16", strict=True)
 
 
@@ -404,5 +404,5 @@ def test_conv_integer_with_per_tensor_zero_points_runs_here_and_matches_the_orac
 
 
 def test_conv_integer_with_per_channel_zero_points_is_refused_before_it_runs():
-    with pytest.raises(bp.errors.UnsupportedError, match="takes one element at input 3"):
+    with pytest.raises(bp.UnsupportedError, match="takes one element at input 3"):
         bp.Session(_conv_integer(4), devices=["onnxruntime"], strict=True)

@@ -475,7 +475,7 @@ def test_an_op_left_out_for_a_wrong_node_test_says_so_when_a_pinned_session_refu
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 1])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 2])])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(bp.errors.UnsupportedError,
+    with pytest.raises(bp.UnsupportedError,
                        match="op DFT is left out: the runtime runs it, and fails ONNX's node "
                              "test test_dft"):
         bp.Session(model, devices=["openvino-cpu"])
@@ -485,7 +485,7 @@ def test_an_op_left_out_for_a_wrong_node_test_says_so_when_a_pinned_session_refu
                            helper.make_tensor_value_info("i", TensorProto.INT64, [2])],
                           [numpy_helper.from_array(np.array([2], np.int64), "k")])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 24)])
-    with pytest.raises(bp.errors.UnsupportedError,
+    with pytest.raises(bp.UnsupportedError,
                        match="int64 left out: it fails ONNX's node test test_top_k_same_values"):
         bp.Session(model, devices=["openvino-cpu"])
 
@@ -514,7 +514,7 @@ def test_an_lstm_with_peepholes_is_never_given_to_openvino_which_ignores_them():
     runs here."""
     from backplane.conformance.oracle import expected
 
-    with pytest.raises(bp.errors.UnsupportedError, match="ignores its optional input 7"):
+    with pytest.raises(bp.UnsupportedError, match="ignores its optional input 7"):
         bp.Session(_lstm(True), devices=["openvino-cpu"])
     x = {"X": rng(12).standard_normal((5, 2, 4)).astype(np.float32)}
     auto = bp.Session(_lstm(True))

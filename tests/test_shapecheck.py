@@ -84,7 +84,7 @@ def test_inputs_that_do_not_fit_are_an_input_error_on_every_backend(case, backen
     model = make()
     try:
         session = bp.Session(model, devices=[backend])
-    except bp.errors.UnsupportedError as exc:
+    except bp.UnsupportedError as exc:
         pytest.skip(f"{backend} does not run this model: {exc}")
     with pytest.raises(InputError) as info:
         session.run(_feeds(bad))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from backplane import ops
 from backplane.engine import convert as conversion
+from backplane.engine import qualification
 from backplane.engine.plan import FALLBACK_BACKEND, Rejection
 from backplane.ops.costs import nbytes
 from backplane.sdk.contract import Device, Verdict, op_key
@@ -263,15 +264,8 @@ class Candidates:
 
 def failed_variants(backend: "Backend", prof: Any, device_id: str) -> set[tuple[str, str]]:
     """Op x dtype variants the stored conformance run marks failed on this device."""
-    try:
-        from backplane.conformance.store import failed_variants, store_key
-    except ImportError:
-        return set()
-    try:
-        return failed_variants(backend.name, store_key(device_id, prof.fingerprint),
-                               str(backend.version))
-    except Exception:  # an unreadable store is no result, never a planning failure
-        return set()
+    return qualification.failed_variants(backend.name, device_id, prof.fingerprint,
+                                         str(backend.version))
 
 
 def no_device_message(node: Any, rejected: list[Rejection], explicit: bool) -> str:

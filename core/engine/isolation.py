@@ -155,7 +155,7 @@ def verdicts(targets: list[Target], installed: list[Target],
     """
     import json
 
-    from backplane.sdk.cache import _exclusive, cache_dir, cache_key, prune, write_sealed
+    from backplane.sdk.cache import exclusive, cache_dir, cache_key, prune, write_sealed
 
     # (A built-in entry point's metadata is rewritten by every build of a source tree; its
     # version stands for it.)
@@ -174,7 +174,7 @@ def verdicts(targets: list[Target], installed: list[Target],
 
     fresh: dict[str, Verdict] = {}
     if any(stale(t) for t in targets):
-        with _exclusive(path.with_suffix(".lock")) if path else nullcontext():
+        with exclusive(path.with_suffix(".lock")) if path else nullcontext():
             known.update(_read(path, key) if path else {})  # another process may have checked
             todo = [t for t in targets if stale(t)]
             fresh = run_checks(todo, timeout_s) if todo else {}

@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from backplane.engine import qualification
 from backplane.sdk.errors import BackendError, RequestError, UnsupportedError, VerificationError
 from backplane.sdk.text import first_line
 
@@ -176,10 +177,6 @@ class Recovery:
         NaN, infinity or a signed zero give (for the ops that moved)."""
         before = self._compiled.plan
         self._compiled = compiled
-        try:
-            from backplane.conformance.store import special_value_change
-        except ImportError:
-            return
-        for line in special_value_change(before, compiled.plan):
+        for line in qualification.special_value_change(before, compiled.plan):
             if line not in compiled.plan.events:
                 compiled.plan.events.append(line)

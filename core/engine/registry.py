@@ -19,20 +19,17 @@ Device ids are ``BACKEND:INDEX`` in the order the backend's probe returned them.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pluggy
-
-from backplane.sdk import hookspecs
+from backplane.sdk.env import ALWAYS_LOADED, debug, env_list, probe_timeout_s
+from backplane.sdk.hooks import plugin_manager, register_hooks
 from backplane.engine import isolation
 from backplane.sdk.contract import (API_VERSION, DEVICE_KINDS, MIN_API_VERSION, PRECISIONS, Backend,
                                     Capabilities, Device, changes_since)
@@ -42,10 +39,7 @@ from backplane.sdk.errors import (DeviceNotFoundError, DeviceUnavailable, Plugin
 log = logging.getLogger("backplane")
 
 GROUP = "backplane.backends"
-HOOK_GROUP = "backplane.hooks"
 #: The oracle and last resort; loaded whatever the allow and deny lists say.
-ALWAYS_LOADED = ("reference",)
-DEFAULT_PROBE_TIMEOUT_S = 5.0
 
 # Plugin states.
 READY = "ready"          # loaded, probed, has at least one device
@@ -83,50 +77,9 @@ class PluginRecord:
         d = dataclasses.asdict(self)
         d.pop("exception")
         d["error_type"] = type(self.exception).__name__ if self.exception else None
-        if not _debug():
+        if not debug():
             d.pop("traceback")
         return d
-
-
-def _debug() -> bool:
-    return os.environ.get("BACKPLANE_DEBUG", "") not in ("", "0")
-
-
-def _env_list(name: str) -> list[str]:
-    return [x.strip() for x in os.environ.get(name, "").split(",") if x.strip()]
-
-
-def plugin_enabled(name: str) -> bool:
-    """Whether backend ``name`` may be loaded under ``BACKPLANE_PLUGINS`` and
-    ``BACKPLANE_DISABLE_PLUGINS`` (read now; nothing is loaded)."""
-    allow, deny = _env_list("BACKPLANE_PLUGINS"), _env_list("BACKPLANE_DISABLE_PLUGINS")
-    if name in ALWAYS_LOADED:
-        return True
-    return (not allow or name in allow) and name not in deny
-
-
-def _probe_timeout() -> float:
-    return env_seconds("BACKPLANE_PROBE_TIMEOUT_S", DEFAULT_PROBE_TIMEOUT_S)  # type: ignore
-
-
-def env_seconds(name: str, default: float, *, none: bool = False) -> float | None:
-    """A positive number of seconds from the environment variable ``name``, else
-    ``default`` (a malformed value warns and uses it). With ``none``, ``0``, ``none`` or
-    ``off`` mean no limit (None)."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    if none and raw.lower() in ("0", "none", "off"):
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        log.warning("backplane: %s=%r is not a positive number of seconds; using %g", name,
-                    raw, default)
-        return default
-    return value
 
 
 _dist_index: dict[tuple[str, str], isolation.Target] | None = None
@@ -175,7 +128,7 @@ class Registry:
         self.records: dict[str, PluginRecord] = {}
         self.backends: dict[str, Backend] = {}
         self._devices: dict[str, list[Device]] | None = None
-        self.probe_timeout_s = _probe_timeout()
+        self.probe_timeout_s = probe_timeout_s()
         self._discover()
 
     # -- discovery -------------------------------------------------------------------------
@@ -188,7 +141,7 @@ class Registry:
         # A manager asked for no names imports nothing; it only lists the group.
         entry_points = NamedExtensionManager(
             GROUP, names=[], on_missing_entrypoints_callback=None).list_entry_points()
-        allow, deny = _env_list("BACKPLANE_PLUGINS"), _env_list("BACKPLANE_DISABLE_PLUGINS")
+        allow, deny = env_list("BACKPLANE_PLUGINS"), env_list("BACKPLANE_DISABLE_PLUGINS")
         names = []
         for ep in entry_points:
             if ep.name in self.records:  # the same name declared twice: the first one wins
@@ -316,8 +269,8 @@ class Registry:
             if record.distribution else ""
         log.warning("backplane: backend plugin '%s'%s is unavailable: %s%s",
                     record.name, where, reason,
-                    f"\n{detail}" if detail and _debug() else "",
-                    exc_info=exc if _debug() else None)
+                    f"\n{detail}" if detail and debug() else "",
+                    exc_info=exc if debug() else None)
 
     # -- probing ---------------------------------------------------------------------------
 
@@ -503,89 +456,8 @@ def plugin_records() -> list[PluginRecord]:
 
 def devices_from_env() -> list[str] | None:
     """``BACKPLANE_DEVICES`` as an ordered list, or None when unset."""
-    names = _env_list("BACKPLANE_DEVICES")
+    names = env_list("BACKPLANE_DEVICES")
     return names or None
-
-
-# -- hooks ---------------------------------------------------------------------------------
-
-class _PluginManager(pluggy.PluginManager):
-    """pluggy's PluginManager, with every implementation guarded as it is registered.
-
-    Hooks are called through pluggy (``pm.hook.backplane_NAME(...)``), which stops a whole
-    call at the first implementation that raises. Here each plain implementation is wrapped
-    when registered: one that raises is logged as a warning (traceback under
-    ``BACKPLANE_DEBUG``) and counts as having returned None, so the others still run and keep
-    their results, and the application goes on. Wrappers (``wrapper=True`` or
-    ``hookwrapper=True``) are left as pluggy runs them: they wrap the call, errors included.
-    (A historic spec would replay its calls inside ``super().register``, before the guard:
-    see hookspecs for why none is historic.)
-    """
-
-    def register(self, plugin: Any, name: str | None = None) -> str | None:
-        """Register ``plugin`` as pluggy does, then guard its implementations."""
-        plugin_name = super().register(plugin, name)
-        if plugin_name is not None:
-            for caller in self.get_hookcallers(plugin) or ():
-                for impl in caller.get_hookimpls():
-                    if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
-                        impl.function = _guarded(caller.name, impl.plugin_name, impl.function)
-        return plugin_name
-
-
-def _guarded(hook: str, plugin_name: str, function: Callable[..., Any]) -> Callable[..., Any]:
-    """``function``, reporting what it raises and returning None instead."""
-
-    @functools.wraps(function)
-    def guarded(*args: Any) -> Any:
-        try:
-            return function(*args)
-        except Exception as exc:  # a broken hook implementation is its plugin's fault only
-            log.warning("backplane: %s hook of '%s' raised %s: %s", hook, plugin_name,
-                        type(exc).__name__, exc, exc_info=exc if _debug() else None)
-            return None
-
-    return guarded
-
-
-_pm: pluggy.PluginManager | None = None
-_pm_lock = threading.Lock()
-
-
-def plugin_manager() -> pluggy.PluginManager:
-    """The pluggy PluginManager carrying the ``backplane_*`` hooks (:mod:`backplane.sdk.hookspecs`).
-
-    It holds every loaded backend that implements hooks, and every object named by an
-    entry point in the group ``backplane.hooks`` (loaded with the same isolation as
-    backends: one that fails to import is logged and skipped). Call hooks through it,
-    ``plugin_manager().hook.backplane_NAME(arg=...)``: an implementation that raises is
-    logged and skipped, the others' results are kept.
-    """
-    global _pm
-    with _pm_lock:
-        if _pm is None:
-            from stevedore import ExtensionManager
-
-            pm = _PluginManager(hookspecs.PROJECT)
-            pm.add_hookspecs(hookspecs)
-
-            def on_failure(_m: Any, ep: Any, exc: BaseException) -> None:
-                log.warning("backplane: hook plugin '%s' (%s) failed to load: %s: %s",
-                            ep.name, ep.value, type(exc).__name__, exc,
-                            exc_info=exc if _debug() else None)
-
-            for ext in ExtensionManager(HOOK_GROUP, on_load_failure_callback=on_failure):
-                _register(pm, ext.plugin, ext.name)
-            _pm = pm
-        return _pm
-
-
-def _register(pm: pluggy.PluginManager, obj: Any, name: str) -> None:
-    try:
-        if not pm.is_registered(obj):
-            pm.register(obj, name=name)
-    except Exception as exc:  # a malformed hook implementation is the plugin's fault only
-        log.warning("backplane: hooks of '%s' rejected: %s", name, exc)
 
 
 def _notify_loaded(reg: Registry, old: Registry | None = None) -> None:
@@ -594,6 +466,6 @@ def _notify_loaded(reg: Registry, old: Registry | None = None) -> None:
         if pm.is_registered(backend):  # a refreshed registry replaces the old objects
             pm.unregister(backend)
     for name, backend in reg.backends.items():
-        _register(pm, backend, f"backend:{name}")
+        register_hooks(pm, backend, f"backend:{name}")
     for record in reg.records.values():
         pm.hook.backplane_plugin_loaded(record=record)

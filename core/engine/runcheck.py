@@ -2,7 +2,7 @@
 partition checked against the reference backend, on the same inputs.
 
 A backend is qualified for a partition when the conformance run stored on this device
-(``backplane conformance run``; :mod:`backplane.conformance.store`), for the plugin's
+(``backplane conformance run``; :mod:`backplane.engine.qualification`), for the plugin's
 installed version, passed every op x dtype of the partition. ``Session(verify=...)``:
 
 - ``"unqualified"`` (the default): check the partitions of backends not qualified here;
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from backplane.sdk.contract import CompileOptions, Device, op_key
 from backplane.sdk.errors import BackplaneError, VerificationError
+from backplane.engine import qualification
 from backplane.engine.plan import FALLBACK_BACKEND
 from backplane.sdk.text import first_line
 
@@ -75,14 +76,9 @@ def unqualified(graph: "Graph", plan: "Plan", mode: str) -> frozenset[int]:
 def _passed(plan: "Plan", part: "Partition") -> set[tuple[str, str]]:
     """The op x dtype variants the stored conformance run of the partition's backend on
     its device passed (none when there is no run, or it cannot be read)."""
-    try:
-        from backplane.conformance.store import passed_variants, store_key
-
-        return passed_variants(part.backend,
-                               store_key(part.device, plan.fingerprints.get(part.device)),
-                               plan.versions.get(part.backend))
-    except Exception:  # an unreadable store qualifies nothing
-        return set()
+    return qualification.passed_variants(part.backend, part.device,
+                                         plan.fingerprints.get(part.device),
+                                         plan.versions.get(part.backend))
 
 
 class Verifier:

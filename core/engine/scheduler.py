@@ -29,12 +29,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from backplane.engine import qualification
 from backplane.engine.assignment import fixed_choice
 from backplane.engine.candidates import (AUTO_PRECISIONS, DEFAULT_HEADROOM, Constraints,
                                          NodeCandidates, Option)
 from backplane.engine.partitioning import PlanningPass
 from backplane.engine.plan import Candidate, Plan
-from backplane.engine.registry import plugin_manager
+from backplane.sdk.hooks import plugin_manager
 from backplane.sdk.contract import Device
 from backplane.sdk.errors import UnsupportedError
 
@@ -135,11 +136,7 @@ def schedule(graph: "Graph", devices: list[Device], backends: "Mapping[str, Back
 def _special_values(plan: Plan) -> list[str]:
     """Notes on the backends of ``plan`` that differ from the oracle on NaN, infinity or
     the sign of zero for ops they run (recorded by conformance runs; never raises)."""
-    try:
-        from backplane.conformance.store import special_value_note
-    except ImportError:
-        return []
-    return special_value_note(plan)
+    return qualification.special_value_note(plan)
 
 
 def _check_required(graph: "Graph", cands: list[NodeCandidates], constraints: Constraints,

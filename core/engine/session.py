@@ -37,7 +37,9 @@ from backplane.model.samples import RandomInput, draw, random_input_specs
 from backplane.model.shapecheck import ShapeCheck
 from backplane.engine.recovery import DEFAULT_COOLDOWN_S, Recovery
 from backplane.engine.planner import Planner
-from backplane.engine.registry import env_seconds, plugin_manager, registry
+from backplane.engine.registry import registry
+from backplane.sdk.env import env_seconds
+from backplane.sdk.hooks import plugin_manager
 from backplane.engine.runcheck import VERIFY_MODES, Verifier
 from backplane.engine.scheduler import DEFAULT_HEADROOM, Constraints
 

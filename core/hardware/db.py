@@ -242,7 +242,7 @@ def _load() -> HardwareDB:
 
 
 def _plugin_entries() -> list[tuple[str, Entry | None, list[Problem]]]:
-    from backplane.engine.registry import plugin_manager
+    from backplane.sdk.hooks import plugin_manager
 
     out: list[tuple[str, Entry | None, list[Problem]]] = []
     for contributed in plugin_manager().hook.backplane_hwdb_entries():

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from backplane.sdk.contract import Device, Executable
+from backplane.sdk.env import probe_budget_s
 from backplane.sdk.errors import CompileError, DeviceUnavailable, ExecutionError
 
 CPU = "CPUExecutionProvider"
@@ -29,9 +30,6 @@ CPU = "CPUExecutionProvider"
 NOT_COMPUTE = frozenset({"AzureExecutionProvider"})
 #: Seconds one provider's readiness check may take before it counts as not ready.
 READINESS_TIMEOUT_S = 2.0
-#: Seconds the whole probe (a child process: start, import, every check) may take; 90% of
-#: BACKPLANE_PROBE_TIMEOUT_S where that is set.
-PROBE_BUDGET_S = 4.0
 #: The session config entry that keeps ORT from running nodes on the CPU quietly.
 FALLBACK_OFF = "session.disable_cpu_ep_fallback"
 
@@ -264,7 +262,8 @@ def probe_providers() -> tuple[str, list[str], dict[str, tuple[bool, str]]]:
 
     The CPU provider is checked first and reported before the others start, so a provider
     that crashes the child costs only itself. Raises DeviceUnavailable when onnxruntime is
-    not importable or the child gives no answer within PROBE_BUDGET_S.
+    not importable or the child gives no answer within 90% of the registry's probe
+    deadline (:func:`backplane.sdk.env.probe_budget_s`).
     """
     global _probed
     with _readiness_lock:
@@ -302,12 +301,8 @@ def probe_providers() -> tuple[str, list[str], dict[str, tuple[bool, str]]]:
 
 def _probe_budget() -> float:
     """Seconds the probe child may take: 90% of the registry's deadline for all probes
-    (BACKPLANE_PROBE_TIMEOUT_S), however long it was set to, else PROBE_BUDGET_S."""
-    try:
-        budget = 0.9 * float(os.environ["BACKPLANE_PROBE_TIMEOUT_S"])
-    except (KeyError, ValueError):
-        budget = PROBE_BUDGET_S
-    return budget if budget > 0 else PROBE_BUDGET_S
+    (BACKPLANE_PROBE_TIMEOUT_S), however long it was set to."""
+    return probe_budget_s(cap=None)
 
 
 def _probe_child() -> None:
@@ -324,10 +319,8 @@ def _probe_child() -> None:
     compute = [p for p in available if p not in NOT_COMPUTE]
     emit({"onnxruntime": ort.__version__, "available": available, "compute": compute})
 
-    try:  # a longer probe deadline (a loaded machine) gives each check longer too
-        each = max(READINESS_TIMEOUT_S, 0.4 * float(os.environ["BACKPLANE_PROBE_TIMEOUT_S"]))
-    except (KeyError, ValueError):
-        each = READINESS_TIMEOUT_S
+    # a longer probe deadline (a loaded machine) gives each check longer too
+    each = probe_budget_s(cap=None, share=0.4, floor=READINESS_TIMEOUT_S)
 
     def check(p: str, timeout_s: float) -> None:
         ready, reason = provider_readiness(p, timeout_s=timeout_s)

@@ -210,7 +210,7 @@ def cached_json(backend: str, key_parts: tuple[Any, ...],
     found = read_json(path, valid)
     if found is not None:
         return found
-    with _exclusive(path.with_suffix(".lock")):  # one process derives; the others wait
+    with exclusive(path.with_suffix(".lock")):  # one process derives; the others wait
         found = read_json(path, valid)
         if found is not None:
             return found
@@ -234,7 +234,7 @@ def read_json(path: Path, valid: Callable[[dict[str, Any]], bool] | None = None
     return data if isinstance(data, dict) and (valid is None or valid(data)) else None
 
 
-class _exclusive:
+class exclusive:
     """An advisory lock on ``path`` across processes (none where locks are unavailable)."""
 
     def __init__(self, path: Path):

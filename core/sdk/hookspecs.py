@@ -180,6 +180,23 @@ def backplane_conformance_cases() -> list[Any]:
     """
 
 
+
+@hookspec(firstresult=True)
+def backplane_conformance_results() -> Any:
+    """The stored conformance results the engine plans and verifies with.
+
+    Called when a plan is made (variants that failed on a device are not placed there, and
+    notes on special values), when a plan's first run is checked (variants that passed
+    need no check) and when a plan replaces another. The conformance suite implements it
+    (entry point ``conformance`` of the group ``backplane.hooks``); another package may
+    stand in for it.
+
+    Returns:
+        An object with the functions of :class:`backplane.engine.qualification.Results`,
+        or None. Stops at the first non-None result. With none, nothing counts as failed
+        or qualified.
+    """
+
 # ---------------------------------------------------------------------------------------------
 # lifecycle
 # ---------------------------------------------------------------------------------------------

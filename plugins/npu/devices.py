@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from backplane.runtimes.onnxruntime import session_options
+from backplane.sdk.env import probe_budget_s
 
 #: Where the kernel lists accelerator device nodes (/dev/accel/accelN).
 SYS_ACCEL = "/sys/class/accel"
@@ -75,11 +76,7 @@ def accel_nodes(root: str | os.PathLike = SYS_ACCEL) -> list[dict[str, str]]:
 
 def probe_budget() -> float:
     """Seconds a child may take: :data:`PROBE_BUDGET_S`, or 90% of the registry's deadline."""
-    try:
-        limit = float(os.environ.get("BACKPLANE_PROBE_TIMEOUT_S", "") or 5.0)
-    except ValueError:
-        limit = 5.0
-    return max(0.5, min(PROBE_BUDGET_S, 0.9 * limit if limit > 0 else PROBE_BUDGET_S))
+    return probe_budget_s(cap=PROBE_BUDGET_S, floor=0.5)
 
 
 def _ask_child(entry: str, args: list[str], what: str) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ from backplane import (API_VERSION, AttributeRule, Backend, Capabilities, Compil
                        Executable, LazyOps, OpSupport)
 from backplane import __version__ as _backplane_version
 from backplane.sdk.cache import prune, subfolder
+from backplane.sdk.env import probe_budget_s
 from backplane.sdk.errors import CompileError, DeviceUnavailable, ExecutionError
 from backplane.runtimes.openvino import (from_tensor, infer, inlined, onnx_nodes_of, outputs_of, ov,
                                          ov_core, ov_version, patched, query, to_tensor,
@@ -243,11 +244,7 @@ def probe_info() -> dict[str, Any]:
             answer = {"ok": False, "reason": "openvino is not installed; pip install "
                                              "'backplane-hal[openvino]'"}
         else:
-            try:
-                limit = float(os.environ.get("BACKPLANE_PROBE_TIMEOUT_S", "") or 5.0)
-            except ValueError:
-                limit = 5.0
-            budget = max(0.5, min(4.0, 0.9 * limit))
+            budget = probe_budget_s(cap=4.0, floor=0.5)
             code = "from backplane.plugins.openvino_cpu import _probe_child; _probe_child()"
             try:
                 done = subprocess.run([sys.executable, "-c", code], capture_output=True,

@@ -97,7 +97,7 @@ class ORTBackend(Backend):
         The checks run in a child process (:func:`probe_providers`): a provider whose driver
         crashes cannot take the application down, and listing devices imports no runtime.
         """
-        from backplane.engine.registry import plugin_enabled
+        from backplane.sdk.env import plugin_enabled
 
         version, available, checks = probe_providers()
         checks = dict(checks)

@@ -31,6 +31,7 @@ from typing import Any
 from backplane.sdk.errors import DeviceUnavailable
 from backplane.runtimes.onnxruntime import probe_providers
 from backplane.runtimes.opencl import cannot_run
+from backplane.sdk.env import probe_budget_s
 from backplane.runtimes.torch import torch_build as _installed_torch
 
 #: The paths in the order a compile tries them.
@@ -214,10 +215,7 @@ def _ort(budget_s: float) -> dict[str, Any]:
 
 def budget() -> float:
     """Seconds detection may take: PROBE_BUDGET_S, within the registry's probe timeout."""
-    try:
-        return min(PROBE_BUDGET_S, 0.9 * float(os.environ["BACKPLANE_PROBE_TIMEOUT_S"]))
-    except (KeyError, ValueError):
-        return PROBE_BUDGET_S
+    return probe_budget_s(cap=PROBE_BUDGET_S)
 
 
 def detect(budget_s: float | None = None) -> Runtimes:
