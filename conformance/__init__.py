@@ -65,6 +65,12 @@ def tolerance_with_reason(dtype: str, op: str | None = None, backend: str | None
     return float(entry["rtol"]), float(entry["atol"]), ""
 
 
+def field_of(case: Any, key: str) -> Any:
+    """A case result's field, from a result or its dict (None where an older report has
+    no such field)."""
+    return case.get(key) if isinstance(case, dict) else getattr(case, key, None)
+
+
 def is_float_dtype(dtype: Any) -> bool:
     """Whether ``dtype`` is a float type: numpy floats and complex, and the ml_dtypes floats
     (bfloat16, float8) that numpy reports as kind 'V'."""

@@ -95,7 +95,7 @@ class Finding:
 
 
 @dataclass
-class Report:
+class FuzzReport:
     """The outcome of a campaign."""
 
     seed: int
@@ -471,9 +471,9 @@ def run_campaign(seed: int = DEFAULT_SEED, cases: int | list[int] = 300, *, jobs
                  timeout_s: float = DEFAULT_TIMEOUT_S,
                  memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
                  execute: Callable[[int, int], dict[str, Any]] = run_case,
-                 progress: Callable[[int, dict[str, Any]], None] | None = None) -> Report:
+                 progress: Callable[[int, dict[str, Any]], None] | None = None) -> FuzzReport:
     """Run cases ``0 .. cases - 1`` (or the indices listed) of campaign ``seed`` in ``jobs``
-    worker processes and return the :class:`Report`.
+    worker processes and return the :class:`FuzzReport`.
 
     ``execute(seed, index)`` runs one case in a worker (a module-level function, since
     workers are spawned); it returns :func:`run_case`'s dict. ``progress(index, result)``
@@ -482,7 +482,7 @@ def run_campaign(seed: int = DEFAULT_SEED, cases: int | list[int] = 300, *, jobs
     from multiprocessing.connection import wait
 
     indices = list(range(cases)) if isinstance(cases, int) else list(cases)
-    report = Report(seed, len(indices))
+    report = FuzzReport(seed, len(indices))
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="bp-fuzz-campaign-"))
     env = private_env(scratch)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from backplane.conformance import field_of
 from backplane.sdk.errors import ConformanceError
 
 SCHEMA = "backplane-conformance/1"
@@ -118,12 +119,6 @@ class Report:
         paths["junit"].write_text(junit(self))
         paths["html"].write_text(render_html(self))
         return paths
-
-
-def field_of(case: Any, key: str) -> Any:
-    """A case result's field, from a result or its dict (None where an older report has
-    no such field)."""
-    return case.get(key) if isinstance(case, dict) else getattr(case, key, None)
 
 
 def json_default(value: Any) -> Any:

@@ -214,7 +214,7 @@ def summarize(cases: Sequence[Any]) -> dict[str, list[str]]:
     case results as objects or dicts."""
     import re
 
-    from backplane.conformance.report import field_of
+    from backplane.conformance import field_of
 
     out: dict[str, list[str]] = {}
     for c in cases:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from backplane.cli.doctor import Report, Row
+from backplane.cli.doctor import Diagnosis, Row
 from backplane.cli.doctor_hints import Hint, derive_hints
 from backplane.cli.doctor_trial import FAIL, PASS
 from conftest import PROBE_TIMEOUT_S, pip_install, run_cli, run_python
@@ -181,7 +181,7 @@ def test_gpu_backends_without_their_gpu_show_no_device_with_the_reason(
 
 
 @pytest.fixture(scope="module")
-def api_report(example_site) -> Report:
+def api_report(example_site) -> Diagnosis:
     from backplane.cli.doctor import diagnose
 
     return diagnose(timeout_s=60, jobs=2)
@@ -381,11 +381,11 @@ def test_disabled_plugins_and_deprecated_ones_are_mentioned():
 
 
 def test_the_verdict_counts_only_devices_tried():
-    report = Report([Row("a", "a:0", PASS), Row("b", None, "NO DEVICE", "none here")])
+    report = Diagnosis([Row("a", "a:0", PASS), Row("b", None, "NO DEVICE", "none here")])
     assert report.ok and report.exit_code == 0
     report.rows.append(Row("c", "c:0", FAIL, "run error"))
     assert not report.ok and report.exit_code == 1
-    assert Report([Row("b", None, "FAILED", "import")]).exit_code == 1  # nothing was tried
+    assert Diagnosis([Row("b", None, "FAILED", "import")]).exit_code == 1  # nothing was tried
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,7 @@ hangs is a ``FAIL`` with that reason, never a dead doctor. Hints
 states and the machine's device nodes into what to install or set.
 
 The verdict of a trial is ``PASS`` or ``FAIL``; a plugin without a device gets its state
-instead: ``NO DEVICE``, ``DISABLED`` or ``FAILED``. :attr:`Report.ok` (exit status 0 of the
+instead: ``NO DEVICE``, ``DISABLED`` or ``FAILED``. :attr:`Diagnosis.ok` (exit status 0 of the
 command) holds when every listed device passed.
 """
 
@@ -70,7 +70,7 @@ class Row:
 
 
 @dataclass
-class Report:
+class Diagnosis:
     """What :func:`diagnose` found, as ``backplane doctor --json`` prints it."""
 
     rows: list[Row] = field(default_factory=list)
@@ -109,7 +109,7 @@ class Report:
 
 # -- the whole check ---------------------------------------------------------------------------
 
-def diagnose(timeout_s: float = DEFAULT_TIMEOUT_S, jobs: int | None = None) -> Report:
+def diagnose(timeout_s: float = DEFAULT_TIMEOUT_S, jobs: int | None = None) -> Diagnosis:
     """Try every device of every ready backend, list every other plugin, derive hints.
 
     Args:
@@ -118,7 +118,7 @@ def diagnose(timeout_s: float = DEFAULT_TIMEOUT_S, jobs: int | None = None) -> R
             trials that ran side by side are indicative only.
 
     Returns:
-        A :class:`Report`; never raises for a backend's failure.
+        A :class:`Diagnosis`; never raises for a backend's failure.
     """
     from backplane.hardware.probe import probe_all
     from backplane.engine.registry import plugin_records, registry
@@ -158,7 +158,7 @@ def diagnose(timeout_s: float = DEFAULT_TIMEOUT_S, jobs: int | None = None) -> R
     facts = machine_facts(probed)
     deprecations = {r.name: getattr(r, "deprecation", "") for r in records}
     hints = derive_hints([r.to_dict() for r in rows], notes, facts, deprecations)
-    return Report(rows, hints, notes, facts, SEED, timeout_s,
+    return Diagnosis(rows, hints, notes, facts, SEED, timeout_s,
                   round(time.perf_counter() - t0, 3))
 
 
@@ -182,7 +182,7 @@ def command(timeout_s: float = DEFAULT_TIMEOUT_S, jobs: int | None = None,
     return report.exit_code
 
 
-def print_report(report: Report) -> None:
+def print_report(report: Diagnosis) -> None:
     """The report as a table of rows, the reasons, the hints and a summary line."""
     from rich.console import Console
     from rich.table import Table
