@@ -135,6 +135,46 @@ def load(path: str | Path) -> Report:
     return Report.from_dict(data, str(path))
 
 
+#: What a case's verdict is made of: compared by :func:`diff`. Timings, and texts that quote
+#: measurements (``reason``, ``error``), are listed apart and do not make reports differ.
+VERDICT_FIELDS = ("op", "dtype", "tier", "status", "max_abs_error", "max_rel_error", "rtol",
+                  "atol", "oracle_mode")
+TIMING_FIELDS = ("seconds",)
+
+
+def diff(before: Report, after: Report) -> dict[str, Any]:
+    """How two reports of the same cases differ, case by case (a refactoring's check that
+    nothing changed, or a driver upgrade's check of what did).
+
+    Returns ``{"same": bool, "cases": [N before, N after], "only_before": [id],
+    "only_after": [id], "verdicts": [{"id", "field", "before", "after"}], "texts": [...]}``:
+    ``same`` is true when both hold the same case ids and every case the same
+    :data:`VERDICT_FIELDS` (NaN equal to NaN); ``texts`` lists the other fields that
+    differ (never timings).
+    """
+    def equal(a: Any, b: Any) -> bool:
+        return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+
+    old = {field_of(c, "id"): c for c in before.cases}
+    new = {field_of(c, "id"): c for c in after.cases}
+    verdicts, texts = [], []
+    for case_id in [i for i in old if i in new]:
+        a, b = old[case_id], new[case_id]
+        fields = {*(a if isinstance(a, dict) else vars(a)),
+                  *(b if isinstance(b, dict) else vars(b))}
+        for name in VERDICT_FIELDS + tuple(sorted(fields - set(VERDICT_FIELDS)
+                                                  - set(TIMING_FIELDS) - {"id"})):
+            x, y = field_of(a, name), field_of(b, name)
+            if not equal(x, y):
+                (verdicts if name in VERDICT_FIELDS else texts).append(
+                    {"id": case_id, "field": name, "before": x, "after": y})
+    only_before = [i for i in old if i not in new]
+    only_after = [i for i in new if i not in old]
+    return {"same": not (verdicts or only_before or only_after),
+            "cases": [len(old), len(new)], "only_before": only_before,
+            "only_after": only_after, "verdicts": verdicts, "texts": texts}
+
+
 def junit(report: Report) -> str:
     """JUnit XML: one testsuite, one testcase per case; known failures and cases of ops the
     backend does not declare (``unsupported``) are skipped, as the verdict counts them."""

@@ -13,6 +13,7 @@ from backplane.conformance import knownfail, store
 from backplane.conformance.report import Report, junit, load, matrix, render_matrix_html
 from backplane.conformance.runner import CaseResult
 from backplane.sdk.errors import ConformanceError
+from tests.conftest import run_cli
 
 
 def case(id_, op, dtype, status, **kw):
@@ -93,6 +94,27 @@ def test_a_report_round_trips_through_json_and_refuses_another_schema(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"schema": "something/9"}))
     with pytest.raises(ConformanceError, match="not a backplane conformance report"):
         load(tmp_path / "other.json")
+
+
+def test_diff_finds_a_changed_verdict_and_ignores_timings_and_measured_texts(tmp_path):
+    from backplane.conformance.report import diff
+
+    before = report([case("Relu/a", "Relu", "float32", "pass", max_rel_error=1e-7, seconds=1.0),
+                     case("Add/a", "Add", "float32", "pass", reason="grew 3.9 MiB")])
+    same = report([case("Relu/a", "Relu", "float32", "pass", max_rel_error=1e-7, seconds=9.0),
+                   case("Add/a", "Add", "float32", "pass", reason="grew 4.1 MiB")])
+    d = diff(before, same)
+    assert d["same"] and d["verdicts"] == [] and [t["field"] for t in d["texts"]] == ["reason"]
+    worse = report([case("Relu/a", "Relu", "float32", "fail", max_rel_error=0.5),
+                    case("Mul/a", "Mul", "float32", "pass")])
+    d = diff(before, worse)
+    assert not d["same"] and d["only_before"] == ["Add/a"] and d["only_after"] == ["Mul/a"]
+    assert {(v["field"], v["before"], v["after"]) for v in d["verdicts"]} == {
+        ("status", "pass", "fail"), ("max_rel_error", 1e-7, 0.5)}
+    a, b = before.write(tmp_path / "a")["json"], worse.write(tmp_path / "b")["json"]
+    assert run_cli("conformance", "diff", str(a), str(a)).returncode == 0
+    shown = run_cli("conformance", "diff", str(a), str(b), "--json")
+    assert shown.returncode == 1 and json.loads(shown.stdout)["only_after"] == ["Mul/a"]
 
 
 def test_the_verdict_ignores_optional_cases_and_known_failures():

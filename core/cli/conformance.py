@@ -103,6 +103,37 @@ def matrix(reports: tuple[str, ...], output: str, as_json: bool) -> None:
 
 
 @conformance.command()
+@click.argument("before", type=click.Path(dir_okay=False))
+@click.argument("after", type=click.Path(dir_okay=False))
+@ui.json_option
+def diff(before: str, after: str, as_json: bool) -> None:
+    """Compare two REPORT.json files case by case; exit 0 only if every verdict is the same.
+
+    Verdicts are the status, errors and tolerances of each case id; timings and texts
+    that quote measurements are listed, not counted."""
+    from backplane.conformance.report import diff as compare, load
+
+    d = compare(load(before), load(after))
+    if as_json:
+        ui.emit_json(d)
+    else:
+        out = ui.console()
+        out.print(f"{before}: {d['cases'][0]} cases; {after}: {d['cases'][1]} cases; "
+                  f"{'the same verdicts' if d['same'] else 'verdicts differ'}", markup=False)
+        rows = ([[i, "only before", "", ""] for i in d["only_before"]]
+                + [[i, "only after", "", ""] for i in d["only_after"]]
+                + [[v["id"], v["field"], v["before"], v["after"]] for v in d["verdicts"]])
+        if rows:
+            out.print(ui.table("verdicts that differ", ["case", "field", "before", "after"],
+                               rows))
+        if d["texts"]:
+            out.print(f"{len(d['texts'])} other field(s) differ (texts, not verdicts): "
+                      + ", ".join(sorted({t['field'] for t in d['texts']})), markup=False)
+    if not d["same"]:
+        sys.exit(1)
+
+
+@conformance.command()
 @click.option("--ray", "address", required=True, metavar="ADDRESS",
               help="The Ray cluster: auto, local (start one here, to try it), ray://HOST:PORT "
                    "or HOST:PORT (the head's GCS address).")
