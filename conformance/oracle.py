@@ -77,8 +77,8 @@ def evaluate(model: onnx.ModelProto, feeds: Mapping[str, Any]) -> dict[str, np.n
 
 def _evaluator_class() -> type:
     """onnx.reference's evaluator with the reference backend's kernel fixes (Erf in float64,
-    MaxPool, Pad, ConvTranspose ...: ``backplane.plugins.reference.fixes``)."""
-    from backplane.plugins.reference.fixes import evaluator_class
+    MaxPool, Pad, ConvTranspose ...: ``backplane.runtimes.onnxref.fixes``)."""
+    from backplane.runtimes.onnxref.fixes import evaluator_class
 
     return evaluator_class()
 

@@ -7,7 +7,7 @@ domains; the function-expanded variants too), at the opset it was recorded at, n
 conversion, is run by four runners, each case in a worker process with a timeout (a crash or
 a hang of a runtime is recorded and the audit goes on):
 
-- ``reference``: backplane's evaluator, onnx.reference with ``plugins/reference/fixes.py``,
+- ``reference``: backplane's evaluator, onnx.reference with ``runtimes/onnxref/fixes.py``,
   in the model's own types (what the reference backend runs);
 - ``oracle``: the conformance oracle (``oracle.expected``: the same evaluator in float64
   where the model admits it), on tensor-only cases;

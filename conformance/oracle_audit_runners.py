@@ -19,7 +19,7 @@ def run_reference(model: bytes, feeds: dict[str, Any]) -> list[Any]:
     import numpy as np
     import onnx
 
-    from backplane.plugins.reference.fixes import evaluator_class
+    from backplane.runtimes.onnxref.fixes import evaluator_class
 
     with np.errstate(all="ignore"):
         return list(evaluator_class()(onnx.load_from_string(model)).run(None, feeds))

@@ -47,7 +47,7 @@ def _opencl_device():
 def opencl():
     """(backend, device 0, its runtime state)."""
     backend, device = _opencl_device()
-    from backplane.plugins.opencl import runtime
+    from backplane.runtimes import opencl as runtime
 
     return backend, device, runtime.state_for(device)
 
@@ -121,7 +121,7 @@ def test_the_host_cpu_is_listed_once_whatever_drivers_offer_it(opencl):
 def test_every_listed_device_builds_with_the_drivers_of_a_fresh_process(tmp_path):
     code = textwrap.dedent("""
         import json, backplane as bp
-        from backplane.plugins.opencl import runtime
+        from backplane.runtimes import opencl as runtime
         for d in bp.registry().devices():
             if d.backend == "opencl":
                 runtime.state_for(d)  # builds a kernel program on the device
@@ -191,7 +191,7 @@ def test_the_driver_environment_is_seen_by_the_icd_loader_only():
         from backplane.runtimes import opencl_drivers
         devices = [d for d in bp.registry().devices() if d.backend == 'opencl']
         if devices:
-            from backplane.plugins.opencl import runtime
+            from backplane.runtimes import opencl as runtime
             runtime.state_for(devices[0])  # the first OpenCL call of this process
         print(json.dumps([bool(opencl_drivers.use_pip_installed_drivers()), len(devices),
                           os.environ.get('OCL_ICD_VENDORS'),
@@ -369,7 +369,7 @@ def test_concurrent_runs_agree_with_single_threaded_ones(opencl):
 
 
 def test_fused_kernels_agree_with_their_unfused_sequence(opencl):
-    from backplane.plugins.opencl import ops
+    from backplane.runtimes import opencl_ops as ops
 
     _, _, st = opencl
     r = rng(3)
@@ -417,7 +417,7 @@ def test_every_zoo_model_runs_wholly_on_opencl_and_matches_the_oracle(opencl, na
 
 def test_the_tiled_local_memory_gemm_of_gpus_agrees_with_numpy(opencl, monkeypatch):
     """The GPU path (matmul.cl) runs on any device; checked here on whatever this one is."""
-    from backplane.plugins.opencl import ops
+    from backplane.runtimes import opencl_ops as ops
 
     _, _, st = opencl
     monkeypatch.setattr(st, "is_cpu", False)

@@ -24,7 +24,7 @@ import pytest
 import backplane as bp
 from backplane import CompileOptions, Device
 from backplane.sdk.errors import CompileError, DeviceUnavailable
-from backplane.hardware import parsers
+from backplane.sdk import hostfacts
 from backplane.plugins.rocm import RocmBackend, runtimes as rt, sysfs
 
 DATA = Path(__file__).resolve().parent / "data" / "hwprobe"
@@ -191,7 +191,7 @@ def test_names_come_from_amd_smi_joined_by_pci_address(tmp_path):
     # amd-smi static --json as recorded on a Strix Halo, with the bus address of the first
     # recorded MI300X partition put in place of the APU's so that the join can be seen.
     text = recorded("amd_smi_static_json_strix_halo.json")
-    [listed] = parsers.parse_amd_smi_static_json(text)
+    [listed] = hostfacts.parse_amd_smi_static_json(text)
     text = text.replace(listed["bus_id"], "0000:05:00.0")
     b = RocmBackend(*tree(tmp_path, MI300X),
                     runtimes=torch_ready("0000:05:00.0", "0000:05:00.1"),

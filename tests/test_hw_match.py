@@ -188,9 +188,10 @@ def test_a_recorded_cpuinfo_matches_its_entry(recorded):
 
 
 def test_a_recorded_rocm_smi_mi250x_matches_by_its_pci_device_id():
-    from backplane.hardware import parsers
+    from backplane.sdk import hostfacts
 
-    [gpu] = parsers.parse_rocm_smi((DATA / "rocm_smi_showproductname_json_mi250x.json").read_text())
+    [gpu] = hostfacts.parse_rocm_smi(
+        (DATA / "rocm_smi_showproductname_json_mi250x.json").read_text())
     hw = Hardware("gpu", gpu["card_series"], "amd", "rocm-smi",
                   {"gfx_target": gpu["gfx_target"], "pci_vendor_id": "0x1002",
                    "pci_device_id": gpu["card_model"]})
@@ -198,11 +199,11 @@ def test_a_recorded_rocm_smi_mi250x_matches_by_its_pci_device_id():
 
 
 def test_a_recorded_nvidia_smi_gpu_without_an_entry_falls_to_the_generic_gpu():
-    from backplane.hardware import parsers
+    from backplane.sdk import hostfacts
     from backplane.hardware.probe import _nvidia_hw
 
-    [gpu] = parsers.parse_nvidia_smi_csv((DATA / "nvidia_smi_h100nvl_name_device_id.csv").read_text(),
-                                         fields=["name", "pci.device_id"])
+    [gpu] = hostfacts.parse_nvidia_smi_csv((DATA / "nvidia_smi_h100nvl_name_device_id.csv").read_text(),
+                                           fields=["name", "pci.device_id"])
     m = match(_nvidia_hw(gpu, "nvidia-smi"), entries())
     assert (gpu["name"], gpu["pci_device_id"]) == ("NVIDIA H100 NVL", "0x2321")
     assert m.entry_id == "generic/unknown-gpu"  # H100 NVL has no entry yet, and it says so

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper
 from backplane.conformance import compare, tolerance
 from backplane.conformance.cases import onnx_node_cases
 from backplane.conformance.oracle import evaluate, np_conv, np_layer_norm, np_pool
-from backplane.plugins.reference import fixes
+from backplane.runtimes.onnxref import fixes
 
 SEED = int(os.environ.get("BACKPLANE_TEST_SEED") or random.SystemRandom().randrange(2 ** 31))
 WHERE = f"(seed={SEED}; rerun with BACKPLANE_TEST_SEED={SEED})"

@@ -206,7 +206,7 @@ def _samples(graph: "Graph", feeds: list[str], size: int) -> dict[str, Any] | st
 def _evaluate(model: Any, feeds: dict[str, Any]) -> list[Any]:
     import numpy as np
 
-    from backplane.plugins.reference.fixes import evaluator_class
+    from backplane.runtimes.onnxref.fixes import evaluator_class
 
     with np.errstate(all="ignore"):
         return list(evaluator_class()(model).run(None, dict(feeds)))

@@ -1,7 +1,8 @@
 """Finding this machine's hardware: CPUs, NVIDIA and AMD GPUs, Intel NPUs, OpenCL devices.
 
 Each probe reads what the operating system and the vendor's own tools say, through the
-parsers in ``parsers.py`` (tested on recorded real outputs), and returns
+parsers of :mod:`backplane.sdk.hostfacts` (tested on recorded real outputs) and, for NVIDIA,
+the NVML adapter the cuda-tensorrt plugin shares (:mod:`backplane.runtimes.nvml`), and returns
 :class:`Hardware` records of plain facts. Probes never raise: a missing tool, driver or
 package means that kind of device is simply not listed, and ``probe_all`` records why in
 its notes. Nothing here imports a vendor runtime unless that vendor's device node exists.
@@ -20,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backplane.hardware import parsers
+from backplane.runtimes import nvml
+from backplane.sdk import hostfacts
 
 #: How long a vendor tool may take before its answer is ignored.
 TOOL_TIMEOUT_S = 10.0
@@ -148,7 +150,7 @@ def probe_cpu(cpuinfo: str | None = None, sysfs: str = "/sys/devices/system/cpu"
     import platform
 
     text = cpuinfo if cpuinfo is not None else _read("/proc/cpuinfo")
-    info = parsers.parse_cpuinfo(text) if text else {}
+    info = hostfacts.parse_cpuinfo(text) if text else {}
     facts: dict[str, Any] = {k: info.get(k) for k in (
         "arch", "vendor_id", "model_name", "family", "model", "stepping", "cpu_part",
         "cpu_implementer", "physical_cores", "sockets") if info.get(k) is not None}
@@ -168,7 +170,7 @@ def probe_cpu(cpuinfo: str | None = None, sysfs: str = "/sys/devices/system/cpu"
     if clock:
         facts["clock_mhz"] = round(float(clock), 1)
         facts["clock_source"] = "cpufreq max" if max_khz else "/proc/cpuinfo MHz"
-    facts.update({k: v for k, v in parsers.parse_cache_sysfs(f"{sysfs}/cpu0/cache").items()
+    facts.update({k: v for k, v in hostfacts.parse_cache_sysfs(f"{sysfs}/cpu0/cache").items()
                   if v is not None})
     name = info.get("model_name") or platform.processor() or facts["arch"]
     return [Hardware("cpu", name, str(facts.get("vendor_id") or "unknown"), "cpuinfo",
@@ -179,19 +181,17 @@ def probe_cpu(cpuinfo: str | None = None, sysfs: str = "/sys/devices/system/cpu"
 
 
 def probe_nvidia() -> tuple[list[Hardware], str | None]:
-    """NVIDIA GPUs through NVML (nvidia-ml-py), else nvidia-smi, else torch."""
-    if not Path("/dev/nvidiactl").exists() and shutil.which("nvidia-smi") is None:
+    """NVIDIA GPUs through NVML (nvidia-ml-py), else nvidia-smi (:mod:`backplane.runtimes.nvml`),
+    else torch."""
+    if not nvml.present():
         return [], "no NVIDIA GPU: no /dev/nvidiactl and no nvidia-smi"
-    found = _nvml()
+    found = nvml.gpus()
     if found is not None:
-        return found, None
-    text = _tool("nvidia-smi", f"--query-gpu={','.join(parsers.NVIDIA_SMI_QUERY)}",
-                 "--format=csv,noheader,nounits")
-    if text is not None:
-        return [_nvidia_hw(g, "nvidia-smi") for g in parsers.parse_nvidia_smi_csv(text)], None
-    found = _torch_cuda()
-    if found:
-        return found, None
+        records, source = found
+        return [_nvidia_hw(g, source) for g in records], None
+    torch_found = _torch_cuda()
+    if torch_found:
+        return torch_found, None
     return [], "NVIDIA device nodes exist but neither NVML, nvidia-smi nor torch answered"
 
 
@@ -219,52 +219,7 @@ def _torch_cuda() -> list[Hardware]:
 
 
 def _nvidia_hw(g: dict[str, Any], source: str) -> Hardware:
-    facts = {k: v for k, v in g.items() if v is not None and k != "name"}
-    if g.get("memory_mib"):
-        facts["memory_gib"] = round(g["memory_mib"] / 1024, 1)
-    return Hardware("gpu", g.get("name") or "NVIDIA GPU", "nvidia", source, facts)
-
-
-def _nvml() -> list[Hardware] | None:
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-    except Exception:
-        return None
-    try:
-        out = []
-        driver = _text(pynvml.nvmlSystemGetDriverVersion())
-        try:  # the newest CUDA this driver supports: 12040 -> "12.4"
-            cuda = int(pynvml.nvmlSystemGetCudaDriverVersion_v2())
-            cuda_version = f"{cuda // 1000}.{(cuda % 1000) // 10}"
-        except Exception:
-            cuda_version = None
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
-            pci = pynvml.nvmlDeviceGetPciInfo(h)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-            try:
-                sm_clock = pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM)
-            except Exception:
-                sm_clock = None
-            ids = int(pci.pciDeviceId)
-            out.append(_nvidia_hw({
-                "index": i, "name": _text(pynvml.nvmlDeviceGetName(h)),
-                "pci_bus_id": _text(pci.busId), "pci_vendor_id": f"0x{ids & 0xFFFF:04x}",
-                "pci_device_id": f"0x{ids >> 16:04x}", "memory_mib": int(mem.total) // 2**20,
-                "compute_capability": f"{major}.{minor}", "driver_version": driver,
-                "cuda_driver_version": cuda_version, "max_sm_clock_mhz": sm_clock}, "nvml"))
-        return out
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return Hardware("gpu", g.get("name") or "NVIDIA GPU", "nvidia", source, nvml.facts(g))
 
 
 # -- AMD -------------------------------------------------------------------------------------
@@ -273,16 +228,16 @@ def _text(value: Any) -> str:
 def probe_amd(kfd: str = "/sys/class/kfd/kfd/topology/nodes") -> tuple[list[Hardware], str | None]:
     """AMD GPUs from the KFD topology in sysfs, named by amd-smi or rocm-smi when present."""
     nodes = sorted(Path(kfd).glob("*/properties")) if Path(kfd).is_dir() else []
-    gpus = [p for p in (parsers.parse_kfd_properties(_read(n) or "") for n in nodes)
+    gpus = [p for p in (hostfacts.parse_kfd_properties(_read(n) or "") for n in nodes)
             if p.get("is_gpu")]
     if not gpus:
         return [], "no AMD GPU: no KFD GPU node in sysfs"
     names: list[dict[str, Any]] = []
     text = _tool("amd-smi", "static", "--json")
     if text:
-        names = parsers.parse_amd_smi_static_json(text)
+        names = hostfacts.parse_amd_smi_static_json(text)
     elif (text := _tool("rocm-smi", "--showproductname")):
-        names = parsers.parse_rocm_smi(text)
+        names = hostfacts.parse_rocm_smi(text)
     out = []
     for i, node in enumerate(gpus):
         named = next((n for n in names if n.get("gfx_target") == node.get("gfx_target")), {})
@@ -294,7 +249,7 @@ def probe_amd(kfd: str = "/sys/class/kfd/kfd/topology/nodes") -> tuple[list[Hard
             facts["units"] = node["simd_count"] // node["simd_per_cu"]
         if node.get("max_engine_clk_fcompute"):
             facts["clock_mhz"] = node["max_engine_clk_fcompute"]
-        bus = parsers.kfd_pci_bus_id(node)
+        bus = hostfacts.kfd_pci_bus_id(node)
         if bus:  # links the rocm backend's devices to this record (match.hardware_for)
             facts["pci_bus_id"] = bus
         if named.get("vram_mib"):

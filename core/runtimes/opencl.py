@@ -38,9 +38,9 @@ from backplane.sdk.kerneltable import KernelTable, LazyKernel
 
 from backplane.runtimes.opencl_drivers import start_loader
 
-#: The module holding the host side of the table's kernels, named here and imported on
-#: first call. (It lives with the opencl plugin; nothing imports that plugin.)
-OPS = "backplane.plugins.opencl.ops"
+#: The kernels' host side, named here and imported on first call (it imports numpy and
+#: pyopencl, which listing backends must not).
+OPS = "backplane.runtimes.opencl_ops"
 
 #: Element types the kernels compute on. float16 is left out: it would need cl_khr_fp16,
 #: which PoCL's CPU device lacks, and capabilities are declared per backend, not per device.
@@ -72,7 +72,8 @@ RAW_TYPES = {1: "uchar", 2: "ushort", 4: "uint", 8: "ulong"}
 #: Unsigned numpy type (its name) by element size: an element's bits.
 RAW_NUMPY = {1: "uint8", 2: "uint16", 4: "uint32", 8: "uint64"}
 #: Small integer arrays keep a host copy next to the device one (shapes, axes, indices),
-#: so that kernels reading them as parameters need no device-to-host transfer.
+#: so that kernels reading them as parameters need no device-to-host transfer: the array's
+#: ``host_mirror`` (set by ``upload``, kept by the kernels' views, read by :func:`mirror`).
 HOST_MIRROR_MAX = 64
 #: Entries of the layout-descriptor cache (shape/stride tables uploaded once).
 LAYOUT_CACHE = 512
@@ -150,7 +151,9 @@ class DeviceState:
         self.lock = threading.RLock()
         self._programs: dict[tuple[str, str], Any] = {}
         self._kernels: dict[tuple[str, str, str], Any] = {}
-        self._layouts: OrderedDict[tuple, Any] = OrderedDict()
+        #: Device tables by content (:meth:`layout`), least recently used first; the kernels
+        #: (``opencl_ops``) keep their int32 tables here too, under a tagged key.
+        self.layouts: OrderedDict[tuple, Any] = OrderedDict()
         self.disk: Path | None = cache_dir("opencl")
         self.stats = {"builds": 0, "disk_hits": 0, "memory_hits": 0}
         # Limits, from the device.
@@ -263,7 +266,7 @@ class DeviceState:
         if host.size:
             cl.enqueue_copy(self.queue, out.base_data, host, is_blocking=False)
         if host.size <= HOST_MIRROR_MAX and host.dtype.kind in "iub":
-            out._host = host.copy()
+            out.host_mirror = host.copy()
         return out
 
     def download(self, value: Any) -> Any:
@@ -287,7 +290,7 @@ class DeviceState:
 
     def layout(self, table: tuple[int, ...]) -> Any:
         """A small int64 table (shapes, strides) on the device, uploaded once per content."""
-        buf = self._layouts.get(table)
+        buf = self.layouts.get(table)
         if buf is None:
             import numpy as np  # defers the vendor runtime (loaded by now: a cheap lookup)
             import pyopencl as cl
@@ -295,11 +298,11 @@ class DeviceState:
             host = np.asarray(table, np.int64)
             buf = cl.Buffer(self.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
                             hostbuf=host)
-            self._layouts[table] = buf
-            if len(self._layouts) > LAYOUT_CACHE:
-                self._layouts.popitem(last=False)
+            self.layouts[table] = buf
+            if len(self.layouts) > LAYOUT_CACHE:
+                self.layouts.popitem(last=False)
         else:
-            self._layouts.move_to_end(table)
+            self.layouts.move_to_end(table)
         return buf
 
     def buf(self, array: Any) -> Any:
@@ -431,7 +434,7 @@ def _kernel_names(program: Any) -> str:
 def mirror(array: Any) -> Any:
     """The host value (a numpy array) of a (small) device array: its host copy when it has
     one."""
-    host = getattr(array, "_host", None)
+    host = getattr(array, "host_mirror", None)
     if host is not None:
         return host
     import numpy as np  # defers the vendor runtime (loaded by now: a cheap lookup)

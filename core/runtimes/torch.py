@@ -31,9 +31,9 @@ from backplane.sdk.kerneltable import KernelTable, LazyKernel
 if TYPE_CHECKING:  # pragma: no cover
     from backplane.model.graph import Graph
 
-#: The module holding the table's kernels, named here and imported on first call. (They
-#: live with the torch-cpu plugin, which verifies them; nothing imports that plugin.)
-OPS = "backplane.plugins.torch_ops.ops"
+#: The module holding the table's kernels (:mod:`backplane.runtimes.torch_ops`), named here
+#: and imported on first call: importing it imports torch, which listing backends must not.
+OPS = "backplane.runtimes.torch_ops"
 
 F = ("float32", "float16", "bfloat16")
 F16 = ("float32", "float16")  # ops whose ONNX schema (opset 21) has no bfloat16

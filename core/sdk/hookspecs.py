@@ -101,6 +101,34 @@ def backplane_hwdb_entries() -> list[str | os.PathLike[str] | dict[str, Any]]:
     """
 
 
+@hookspec(firstresult=True)
+def backplane_hwdb_match(kind: str, name: str, vendor: str, source: str,
+                         facts: dict[str, Any]) -> tuple[str, str] | None:
+    """Name the hwdb entry a device a plugin found matches, and the rule that matched it.
+
+    Called by backend plugins while they probe (cuda-tensorrt, rocm), once per device they
+    list, so that a plugin reaches the hardware database without importing the hardware
+    layer. The hardware layer implements it (entry point ``hwdb`` of the group
+    ``backplane.hooks``, :mod:`backplane.hardware.hooks`); another package may stand in.
+    First-result: a device matches one entry, so the first implementation to name one
+    decides.
+
+    Args:
+        kind: the device's kind (``"gpu"``, ``"cpu"``, ``"npu"`` ...).
+        name: its name as the plugin lists it (``"NVIDIA H100 80GB HBM3"``).
+        vendor: its vendor in lower case (``"nvidia"``, ``"amd"``).
+        source: what found it (``"cuda-driver"``, ``"rocm"``), for the match's record.
+        facts: what match rules read, in the hardware probe's keys (``pci_vendor_id``,
+            ``pci_device_id``, ``compute_capability``, ``gfx_target``, ``units``,
+            ``clock_mhz``, ``memory_gib`` ...).
+
+    Returns:
+        ``(entry id, the matching rule in words)``, or None when no entry matches or the
+        database cannot be read (a device without an entry is still listed). Stops at the
+        first non-None result.
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # capability
 # ---------------------------------------------------------------------------------------------

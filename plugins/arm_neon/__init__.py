@@ -173,7 +173,7 @@ def _shipped_variants(found: frozenset[str]) -> dict[str, str]:
 
 
 def _native_device() -> Device:
-    from backplane.hardware.parsers import parse_cpuinfo
+    from backplane.sdk.hostfacts import parse_cpuinfo
 
     cc = _host_cc()
     if cc is None:

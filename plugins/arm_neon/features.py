@@ -54,7 +54,7 @@ def from_hwcap(hwcap: int, hwcap2: int = 0) -> frozenset[str]:
 
 def from_cpuinfo(text: str) -> frozenset[str]:
     """The known features of an aarch64 ``/proc/cpuinfo`` (empty for another CPU)."""
-    from backplane.hardware.parsers import parse_cpuinfo
+    from backplane.sdk.hostfacts import parse_cpuinfo
 
     info = parse_cpuinfo(text)
     if info.get("arch") != "aarch64":

@@ -21,7 +21,8 @@ Capabilities are the kernel path's (the torch op table), the one path that is al
 there when a device is listed: TensorRT and ORT take at least those ops.
 
 How it finds devices: the CUDA driver API through ctypes (``driver.py``: no runtime
-import), names and driver versions from NVML or nvidia-smi, the hwdb entry by matching.
+import), names and driver versions from NVML or nvidia-smi (:mod:`backplane.runtimes.nvml`),
+the hwdb entry through the ``backplane_hwdb_match`` hook.
 A GPU is listed when the driver initialises and at least one path has its runtime
 installed; otherwise the probe says which of GPU, driver or runtime package is missing.
 """
@@ -39,6 +40,8 @@ from backplane import (API_VERSION, Backend, Capabilities, CompileOptions, Devic
                        LazyOps)
 from backplane import __version__ as _backplane_version
 from backplane.sdk.errors import CompileError, DeviceUnavailable, did_you_mean
+from backplane.sdk.hooks import plugin_manager
+from backplane.runtimes import nvml
 from backplane.runtimes import onnxruntime as ort_rt
 from backplane.runtimes.torch import compile_on, torch_build
 from backplane.runtimes.torch import kernels as torch_kernels
@@ -350,31 +353,28 @@ def describe(gpus: list[dict[str, Any]], why: str | None, paths: Mapping[str, st
 
 
 def _nvml_records() -> dict[str, dict[str, Any]]:
-    """NVML's (else nvidia-smi's) record of each GPU, by normalised PCI bus id."""
-    from backplane.hardware.probe import probe_nvidia
-
+    """NVML's (else nvidia-smi's) facts of each GPU, by normalised PCI bus id."""
     try:
-        found, _ = probe_nvidia()
-    except Exception:
+        found = nvml.gpus()
+    except Exception:  # a driver failing mid-query leaves the names to the CUDA driver
         return {}
-    return {driver.normal_bus_id(str(hw.facts.get("pci_bus_id", ""))): hw.facts
-            for hw in found if hw.facts.get("pci_bus_id")}
+    records = found[0] if found else []
+    return {driver.normal_bus_id(str(g["pci_bus_id"])): nvml.facts(g)
+            for g in records if g.get("pci_bus_id")}
 
 
 def _hwdb_entry(gpu: Mapping[str, Any], facts: Mapping[str, Any]) -> str | None:
-    """The id of the hwdb entry this GPU matches, or None."""
+    """The id of the hwdb entry this GPU matches (the ``backplane_hwdb_match`` hook), or
+    None."""
     try:
-        from backplane.hardware.db import load
-        from backplane.hardware.match import match
-        from backplane.hardware.probe import Hardware
-
-        hw = Hardware("gpu", gpu["name"], "nvidia", "cuda-driver", {
-            **facts, "compute_capability": gpu["compute_capability"],
-            "units": gpu["multiprocessors"],
-            "memory_gib": round(gpu["memory_bytes"] / 2**30, 1)})
-        return match(hw, [x.entry for x in load()]).entry_id
-    except Exception:
+        found = plugin_manager().hook.backplane_hwdb_match(
+            kind="gpu", name=gpu["name"], vendor="nvidia", source="cuda-driver", facts={
+                **facts, "compute_capability": gpu["compute_capability"],
+                "units": gpu["multiprocessors"],
+                "memory_gib": round(gpu["memory_bytes"] / 2**30, 1)})
+    except Exception:  # the database is optional to listing devices
         return None
+    return found[0] if found else None
 
 
 def _dist_version(*names: str) -> str | None:

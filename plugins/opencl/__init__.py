@@ -4,7 +4,8 @@ What it is (name, api_version, capabilities as data: the kernel table of
 :mod:`backplane.runtimes.opencl`, shared with rocm's OpenCL path), how it finds devices
 (``probe``), how it compiles (the default node-by-node runner of ``KernelTable``, with device
 arrays moved by ``upload``/``download`` hooks of the adapter's device state). The kernel
-sources are ``kernels/opencl/*.cl``; the host side of each kernel is in ``ops/``.
+sources are ``kernels/opencl/*.cl``; the host side of each kernel is in
+:mod:`backplane.runtimes.opencl_ops`.
 Importing this module imports neither pyopencl nor numpy; it writes the list of the OpenCL
 drivers that pip installed into a private folder, which the ICD loader is shown at the
 first OpenCL call only (:mod:`backplane.runtimes.opencl_drivers`).

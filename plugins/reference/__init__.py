@@ -1,6 +1,7 @@
 """reference: runs any valid ONNX graph through onnx.reference, on the host CPU.
 
-The few kernels onnx.reference gets wrong are replaced (``fixes.py``).
+The few kernels onnx.reference gets wrong are replaced (:mod:`backplane.runtimes.onnxref`,
+the evaluator this backend shares with the conformance oracle and model conversion).
 
 It is always available, it is the oracle the conformance suite compares against, and it
 is the last resort of every automatic plan (plans flag it when it is used).
@@ -53,7 +54,7 @@ class ReferenceExecutable(Executable):
     thread_safe = True
 
     def __init__(self, model: Any, consts: dict[str, Any] | None = None):
-        from .fixes import evaluator_class
+        from backplane.runtimes.onnxref.fixes import evaluator_class
 
         self._model, self._consts = model, dict(consts or {})
         self._outputs = [o.name for o in model.graph.output]
@@ -67,7 +68,7 @@ class ReferenceExecutable(Executable):
         """Evaluate the graph once."""
         evaluator = getattr(self._local, "evaluator", None)
         if evaluator is None:
-            from .fixes import evaluator_class
+            from backplane.runtimes.onnxref.fixes import evaluator_class
 
             evaluator = self._local.evaluator = evaluator_class()(self._model)
         import numpy as np

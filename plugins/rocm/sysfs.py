@@ -2,9 +2,11 @@
 and the names amd-smi or rocm-smi give them.
 
 Everything here reads files under a sysfs root and a /dev root given as parameters (tests
-point them at recorded trees), through the pure parsers of ``backplane.hardware.parsers``,
+point them at recorded trees), through the pure parsers of ``backplane.sdk.hostfacts``,
 and never raises on missing, unreadable or garbled files: what cannot be read is left out.
-The vendor tools run through an injectable ``run_tool`` and are bounded by a timeout.
+The vendor tools run through an injectable ``run_tool`` and are bounded by a timeout. The
+hwdb entry comes through the ``backplane_hwdb_match`` hook, which the hardware layer
+implements.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backplane.hardware import parsers
+from backplane.sdk import hostfacts
+from backplane.sdk.hooks import plugin_manager
 
 #: Where the topology, the DRM cards and the amdgpu module are, below the sysfs root.
 KFD_NODES = "class/kfd/kfd/topology/nodes"
@@ -48,7 +51,7 @@ class Gpu:
     @property
     def bus_id(self) -> str | None:
         """The PCI address ("0000:05:00.0"), from KFD's location_id, else the DRM card's."""
-        return parsers.kfd_pci_bus_id(self.props) or self.drm.get("pci_bus_id")
+        return hostfacts.kfd_pci_bus_id(self.props) or self.drm.get("pci_bus_id")
 
     def facts(self) -> dict[str, Any]:
         """What sysfs says of this GPU, as device properties (absent facts left out)."""
@@ -98,7 +101,7 @@ def find_gpus(sysfs: str | os.PathLike) -> list[Gpu]:
     gpus: list[Gpu] = []
     cards: list[dict[str, Any]] | None = None
     for f in files:
-        props = parsers.parse_kfd_properties(_read(f))
+        props = hostfacts.parse_kfd_properties(_read(f))
         if not (props.get("is_gpu") or props.get("gfx_target")):
             continue
         gpu_id = _read(f.parent / "gpu_id").strip()
@@ -107,10 +110,10 @@ def find_gpus(sysfs: str | os.PathLike) -> list[Gpu]:
         props["is_gpu"] = True
         gpu = Gpu(_node_number(f), props)
         minor = props.get("drm_render_minor")
-        found = parsers.parse_drm_device(Path(sysfs, DRM, f"renderD{minor}", "device")) \
+        found = hostfacts.parse_drm_device(Path(sysfs, DRM, f"renderD{minor}", "device")) \
             if isinstance(minor, int) and minor > 0 else {}
         gpu.drm_note = _mismatch(gpu, found, f"renderD{minor}")
-        bus = parsers.kfd_pci_bus_id(props)
+        bus = hostfacts.kfd_pci_bus_id(props)
         if (gpu.drm_note or not found) and bus:
             cards = drm_cards(sysfs) if cards is None else cards
             at_bus = next((c for c in cards if c.get("pci_bus_id") == bus), {})
@@ -123,7 +126,7 @@ def find_gpus(sysfs: str | os.PathLike) -> list[Gpu]:
 
 def _mismatch(gpu: Gpu, card: dict[str, Any], where: str) -> str:
     """Why a DRM card is not the GPU of a KFD node (another PCI address or device), or ''."""
-    bus = parsers.kfd_pci_bus_id(gpu.props)
+    bus = hostfacts.kfd_pci_bus_id(gpu.props)
     for key, mine in (("pci_bus_id", bus), ("pci_device_id", gpu.props.get("pci_device_id"))):
         theirs = card.get(key)
         if mine and theirs and mine != theirs:
@@ -141,7 +144,7 @@ def drm_cards(sysfs: str | os.PathLike) -> list[dict[str, Any]]:
     except OSError:
         return []
     return [{"card": p.name, **info} for p in names
-            if (info := parsers.parse_drm_device(p / "device"))]
+            if (info := hostfacts.parse_drm_device(p / "device"))]
 
 
 def driver_version(sysfs: str | os.PathLike) -> str | None:
@@ -209,11 +212,11 @@ def tool_names(run: RunTool = run_tool, timeout_s: float = TOOL_TIMEOUT_S
     lists, parsed; [] when neither answers."""
     text = run(["amd-smi", "static", "--json"], timeout_s)
     if text:
-        found = parsers.parse_amd_smi_static_json(text)
+        found = hostfacts.parse_amd_smi_static_json(text)
         if found:
             return found
     text = run(["rocm-smi", "--showproductname"], timeout_s)
-    return parsers.parse_rocm_smi(text) if text else []
+    return hostfacts.parse_rocm_smi(text) if text else []
 
 
 def name_of(gpu: Gpu, position: int, gpus: list[Gpu], names: list[dict[str, Any]]) -> str:
@@ -238,22 +241,20 @@ def name_of(gpu: Gpu, position: int, gpus: list[Gpu], names: list[dict[str, Any]
 
 
 def hwdb_match(name: str, facts: dict[str, Any]) -> tuple[str | None, str | None]:
-    """The hwdb entry this GPU matches and the rule, in words; (None, None) when none does
-    or the database cannot be read."""
+    """The hwdb entry this GPU matches and the rule, in words (the ``backplane_hwdb_match``
+    hook); (None, None) when none does or the database cannot be read."""
+    # The facts in the keys the hardware probe gives an AMD GPU, which match rules read.
+    hw_facts = {k: facts[k] for k in ("gfx_target", "pci_vendor_id", "pci_device_id",
+                                      "pci_bus_id") if facts.get(k)}
+    if facts.get("compute_units"):
+        hw_facts["units"] = facts["compute_units"]
+    if facts.get("max_clock_mhz"):
+        hw_facts["clock_mhz"] = facts["max_clock_mhz"]
+    if facts.get("vram_bytes"):
+        hw_facts["memory_gib"] = round(facts["vram_bytes"] / 2**30, 1)
     try:
-        from backplane.hardware.db import load
-        from backplane.hardware.match import match
-        from backplane.hardware.probe import Hardware
-
-        hw_facts = {k: facts[k] for k in ("gfx_target", "pci_vendor_id", "pci_device_id",
-                                          "pci_bus_id") if facts.get(k)}
-        if facts.get("compute_units"):
-            hw_facts["units"] = facts["compute_units"]
-        if facts.get("max_clock_mhz"):
-            hw_facts["clock_mhz"] = facts["max_clock_mhz"]
-        if facts.get("vram_bytes"):
-            hw_facts["memory_gib"] = round(facts["vram_bytes"] / 2**30, 1)
-        m = match(Hardware("gpu", name, "amd", "rocm", hw_facts), [x.entry for x in load()])
-        return m.entry_id, m.rule
+        found = plugin_manager().hook.backplane_hwdb_match(
+            kind="gpu", name=name, vendor="amd", source="rocm", facts=hw_facts)
     except Exception:  # the database is optional to listing devices
         return None, None
+    return (found[0], found[1]) if found else (None, None)

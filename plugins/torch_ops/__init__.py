@@ -4,7 +4,7 @@ What it is: :data:`kernels`, the torch op table of :mod:`backplane.runtimes.torc
 implementations of the 49 core ONNX ops, opsets 13 to 21, and the three fused ops of the
 ``backplane`` domain, written once, device-agnostic), which ``cuda-tensorrt`` and ``rocm``
 run on a torch ``cuda`` device wherever their graph compilers leave a node over, through the
-same adapter's ``compile_on``. The kernels are in ``ops/``.
+same adapter's ``compile_on``. The kernels are in :mod:`backplane.runtimes.torch_ops`.
 
 How it is verified: ``torch-cpu`` runs the same table on torch's CPU device, so the
 conformance suite checks on every commit, without a GPU, the code a GPU runs. It is a

@@ -5,10 +5,13 @@ device's pool. Every function launches device code except the metadata-only ones
 (Reshape, Flatten, Squeeze, Unsqueeze, Identity: a view of the same buffer; Shape: a host
 computation uploaded as a small int64 array). Parameters that decide a launch (shapes,
 axes, pads, indices, clip bounds) are read from the host copy small integer arrays carry
-(see ``runtime.mirror``).
+(see :func:`backplane.runtimes.opencl.mirror`).
 
 The kernels are grouped by op family in this package's modules; every one is
-imported here, where the kernel table looks them up by name.
+imported here, where the kernel table looks them up by name. The table is
+:data:`backplane.runtimes.opencl.kernels` (the opencl and rocm backends share it), which
+names this package (``OPS``) and imports it on a kernel's first call: importing it imports
+numpy and pyopencl.
 """
 
 from .common import ACT, FLOAT_MIN, INT_LIMITS

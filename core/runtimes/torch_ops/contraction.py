@@ -117,7 +117,7 @@ def conv_transpose(x: Any, w: Any, b: Any = None, auto_pad: str = "NOTSET",
                    strides: Any = None) -> Any:
     """ONNX ConvTranspose: the uncropped transposed convolution, then the window ONNX keeps
     (pads cropped; an ``output_padding`` or ``output_shape`` beyond it is zeros), then the
-    bias. The window follows the specification, as ``plugins/reference/fixes.py`` does."""
+    bias. The window follows the specification, as ``runtimes/onnxref/fixes.py`` does."""
     kernel = list(kernel_shape) if kernel_shape else list(w.shape[2:])
     nsp = len(kernel)
     strides = list(strides) if strides else [1] * nsp

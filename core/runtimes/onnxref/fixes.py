@@ -186,8 +186,9 @@ def fixed_ops() -> tuple[type, ...]:
     class DequantizeLinear(DequantizeLinear_21):
         op_domain = ""
 
-        def _run(self, x, x_scale, x_zero_point=None, axis=None, block_size=None,  # type: ignore[override]
-                 output_dtype=None):  # noqa: ARG002 - opset 23's attribute, outside 13..21
+        def _run(  # type: ignore[override]
+                self, x, x_scale, x_zero_point=None, axis=None, block_size=None,
+                output_dtype=None):  # noqa: ARG002 - opset 23's attribute, outside 13..21
             return super()._run(x, x_scale, x_zero_point, axis=axis, block_size=block_size)
 
     from . import control, legacy, recurrent

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pyopencl.array as cla
 
-from ..runtime import CL_TYPES, MAXR, RAW_TYPES, mirror, state_of
+from backplane.runtimes.opencl import CL_TYPES, MAXR, RAW_TYPES, mirror, state_of
 
 FLOAT_MIN = {"float32": "-INFINITY"}
 INT_LIMITS = {"int8": (-128, 127), "uint8": (0, 255), "int32": (-2 ** 31, 2 ** 31 - 1),
@@ -90,14 +90,14 @@ def view(x: Any, shape: Any) -> Any:
         out = state_of(x).empty(shape, x.dtype)
     else:
         out = cla.Array(x.queue, shape, x.dtype, data=x.base_data, offset=x.offset)
-    host = getattr(x, "_host", None)
+    host = getattr(x, "host_mirror", None)
     if host is not None:
-        out._host = host.reshape(shape)
+        out.host_mirror = host.reshape(shape)
     return out
 
 
 def host_ints(x: Any) -> list[int]:
-    """A small integer array's values as Python ints (``runtime.mirror``)."""
+    """A small integer array's values as Python ints (``runtimes.opencl.mirror``)."""
     return [int(v) for v in np.asarray(mirror(x)).reshape(-1)]
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from backplane.ops import window_pads
+from backplane.runtimes.opencl import gemm_cpu_prelude, state_of
 
-from ..runtime import gemm_cpu_prelude, state_of
 from .common import ACT, broadcast_strides, scalar_from, to3, view
 from .elementwise import binary, gelu, where
 from .reduction import softmax
@@ -234,12 +234,12 @@ def _int32_table(st: Any, values: list[int]) -> Any:
     import pyopencl as cl
 
     key = ("i32", *values)
-    buf = st._layouts.get(key)
+    buf = st.layouts.get(key)
     if buf is None:
         host = np.asarray(values, np.int32)
         buf = cl.Buffer(st.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
                         hostbuf=host)
-        st._layouts[key] = buf
+        st.layouts[key] = buf
     return buf
 
 

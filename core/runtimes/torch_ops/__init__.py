@@ -18,7 +18,10 @@ stands for the run's compute type: :data:`FLOAT` holds it, and the kernels that 
 tensors of their own choosing (Cast to float, LayerNormalization's statistics) read it.
 
 The kernels are grouped by op family in this package's modules; every one is
-imported here, where the kernel table looks them up by name.
+imported here, where the kernel table looks them up by name. The table is
+:data:`backplane.runtimes.torch.kernels` (torch-cpu, cuda-tensorrt and rocm share it), which
+names this package (``OPS``) and imports it on a kernel's first call: importing it imports
+torch.
 """
 
 from .common import FLOAT, HOST_COPIES, HOST_COPY_ELEMENTS, ONNX_TYPES, onnx_dtype, remember

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from backplane.ops import pool_geometry
+from backplane.runtimes.opencl import state_of
 
-from ..runtime import state_of
 from .common import (INT_LIMITS, broadcast_strides, cl_type, collapse, dense_strides, host_ints,
                      is_floating, norm_axis, pad_rank, to3)
 from .elementwise import strided_copy

@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime import MAXR, RAW_NUMPY, mirror, state_of
+from backplane.runtimes.opencl import MAXR, RAW_NUMPY, mirror, state_of
+
 from .common import (broadcast_strides, collapse, dense_strides, host_ints, norm_axis, pad_rank,
                      raw_type, view)
 from .elementwise import strided_copy

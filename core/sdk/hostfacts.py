@@ -1,20 +1,22 @@
-"""Pure parsers for what hardware tools and kernel files print.
+"""Host facts: pure parsers for what hardware tools and kernel files print.
 
 Each function turns the text of one source into plain Python data and nothing else: no
 subprocesses, no file reads except ``parse_cache_sysfs`` and ``parse_drm_device``, which
-read a sysfs folder.
-``backplane.hardware.probe`` runs the tools and calls these:
+read a sysfs folder. They are part of the plugin SDK because backend plugins and core's
+hardware probe (``backplane.hardware.probe``) read the same sources: whoever runs the tool
+or reads the file calls these.
 
-- ``/proc/cpuinfo`` (x86_64 and aarch64 kernels) -> ``parse_cpuinfo``, from ``probe_cpu``;
+- ``/proc/cpuinfo`` (x86_64 and aarch64 kernels) -> ``parse_cpuinfo``, from ``probe_cpu``
+  and the ``arm-neon`` backend plugin;
 - ``/sys/devices/system/cpu/cpu0/cache/index*`` -> ``parse_cache_sysfs``, from ``probe_cpu``;
 - ``nvidia-smi --query-gpu=<NVIDIA_SMI_QUERY> --format=csv,noheader,nounits`` ->
-  ``parse_nvidia_smi_csv``, from ``probe_nvidia`` when NVML is not installed;
+  ``parse_nvidia_smi_csv``, from ``backplane.runtimes.nvml`` when NVML is not installed;
 - ``/sys/class/kfd/kfd/topology/nodes/N/properties`` (the amdgpu KFD topology, one node per
-  CPU or GPU agent) -> ``parse_kfd_properties``, from ``probe_amd``;
-- ``amd-smi static --json`` -> ``parse_amd_smi_static_json``, from ``probe_amd``;
-  its human-readable form -> ``parse_amd_smi_static_text``;
+  CPU or GPU agent) -> ``parse_kfd_properties``, from ``probe_amd`` and the ``rocm`` plugin;
+- ``amd-smi static --json`` -> ``parse_amd_smi_static_json``, from ``probe_amd`` and the
+  ``rocm`` plugin; its human-readable form -> ``parse_amd_smi_static_text``;
 - ``rocm-smi --showproductname`` (plain, ``--csv`` or ``--json``) -> ``parse_rocm_smi``,
-  from ``probe_amd`` when amd-smi is absent.
+  from the same two when amd-smi is absent.
 - ``/sys/class/drm/{cardN,renderDN}/device`` (a DRM card's PCI device folder: ``uevent``,
   ``vendor``, ``device``, ``mem_info_vram_total`` ...) -> ``parse_drm_device``, its
   ``uevent`` -> ``parse_drm_uevent``; and a KFD node's PCI address -> ``kfd_pci_bus_id``:
@@ -35,7 +37,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-#: The fields ``probe_nvidia`` asks nvidia-smi for, in this order.
+#: The fields ``backplane.runtimes.nvml`` asks nvidia-smi for, in this order.
 NVIDIA_SMI_QUERY = ("index", "name", "pci.bus_id", "pci.device_id", "memory.total",
                     "compute_cap", "driver_version", "clocks.max.sm")
 

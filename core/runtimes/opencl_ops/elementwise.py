@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime import CL_TYPES, MAXR, mirror, state_of
+from backplane.runtimes.opencl import CL_TYPES, MAXR, mirror, state_of
+
 from .common import (INT_LIMITS, broadcast_strides, cl_type, collapse, dense_strides, is_floating,
                      norm_axis, pad_rank, raw_type, scalar_from, view)
 
