@@ -35,6 +35,12 @@ import threading
 import time
 import weakref
 from typing import Any
+from backplane.conformance.runner import CaseResult
+from backplane.engine.registry import registry
+from backplane.engine.session import Session
+from backplane.model.intake import load_model
+from backplane.sdk.contract import API_VERSION, Capabilities, CompileOptions, changes_since
+from backplane.sdk.errors import BackplaneError, PluginDeprecationWarning
 
 CHECKS = ("api-version-current", "probe-bounded", "probe-no-side-effects", "capabilities-are-data",
           "invalid-input-is-a-backplane-error", "thread-safe", "repeatable", "releases-memory")
@@ -78,8 +84,6 @@ def check_graph(seed: int, caps: Any) -> tuple[Any, str]:
     """(the graph the compile/run checks use, its description): the 3-node MLP when the
     backend admits it, else the first one-node model of FALLBACK_OPS it admits, else the
     MLP (whose compile then fails, naming the op)."""
-    from backplane.model.intake import load_model
-
     for model, text in [(_mlp(seed), "a 3-node MLP (MatMul, Add, Relu)")] + [
             (_unary(op), f"a one-node {op} model") for op in FALLBACK_OPS]:
         graph = load_model(model)
@@ -112,10 +116,6 @@ def check_all(backend_name: str, device_id: str, seed: int) -> list[tuple[str, s
     """Run every check in this process: (name, "pass" | "fail", detail)."""
     import numpy as np
 
-    from backplane.sdk.contract import Capabilities, CompileOptions
-    from backplane.sdk.errors import BackplaneError
-    from backplane.engine.registry import registry
-    from backplane.engine.session import Session
 
     reg = registry()
     backend = reg.backend(backend_name)
@@ -127,7 +127,6 @@ def check_all(backend_name: str, device_id: str, seed: int) -> list[tuple[str, s
 
     # the contract version: the api tier certifies the current one (an older version in the
     # window loads, through an adapter, with a deprecation warning: docs/api-stability.md)
-    from backplane.sdk.contract import API_VERSION, changes_since
 
     version = getattr(backend, "api_version", None)
     record("api-version-current", version == API_VERSION,
@@ -245,7 +244,6 @@ def check_all(backend_name: str, device_id: str, seed: int) -> list[tuple[str, s
 def _child(conn: Any, backend: str, device: str, seed: int) -> None:
     import warnings
 
-    from backplane.sdk.errors import PluginDeprecationWarning
 
     warnings.simplefilter("ignore", PluginDeprecationWarning)  # the parent has shown it
     try:
@@ -256,8 +254,6 @@ def _child(conn: Any, backend: str, device: str, seed: int) -> None:
 
 def run_api_tier(backend: str, device: str, seed: int, timeout_s: float) -> list[Any]:
     """Every API check as a CaseResult, run in a worker process."""
-    from backplane.conformance.runner import CaseResult
-
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     process = ctx.Process(target=_child, args=(child, backend, device, seed), daemon=True)

@@ -15,6 +15,7 @@ import numpy as np
 from backplane.conformance.corpus_materialize import materialize
 from backplane.conformance.corpus_recipe import Entry, entry, sample_inputs
 from backplane.sdk.errors import BackplaneError
+import backplane as bp
 
 #: The backends a pinned run names, with the runtime each wraps (its direct run is the
 #: pinned run's own reference).
@@ -152,8 +153,6 @@ def _through_backplane(rec: Record, e: Entry, backend: str | None, path: Path,
                        runs: int, warmup: int) -> None:
     """One Session: ``devices="auto"`` (backend None) or pinned to ``backend``;
     ``compared`` is (the runtime's outputs or None, that runtime, the :class:`_Oracle`)."""
-    import backplane as bp
-
     ref = compared[0]
 
     what = f"pinned to {backend}" if backend else "auto"

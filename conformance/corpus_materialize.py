@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from backplane.sdk.cache import cache_dir, cache_key
 from backplane.conformance.corpus_recipe import (LAYOUT, MANIFEST, MODEL_FILE, RECIPE, CorpusError,
                                                  Entry, entry, sample_inputs)
+from backplane.sdk.cache import cache_dir, cache_key
+import backplane.kernels
 
 
 # ------------------------------------------------------------------------ materializing
@@ -201,7 +202,6 @@ def _import_hub_kernels() -> None:
     import importlib
     import importlib.util
 
-    import backplane.kernels
 
     try:
         spec = importlib.util.find_spec("kernels")

@@ -33,9 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backplane.sdk.errors import ConformanceError
-
+from backplane.conformance.report import Report, json_default, matrix, render_matrix_html
 from backplane.conformance.runner import DEFAULT_TIMEOUT_S
+from backplane.conformance.suite import TIERS, run
+from backplane.engine.registry import devices, plugin_records
+from backplane.sdk.errors import BackplaneError, ConformanceError
+
 
 INSTALL_HINT = "pip install 'backplane-hal[ray]'"
 #: Ray resources of accelerators a node task asks for (all the node has), besides num_gpus.
@@ -111,8 +114,6 @@ class FleetResult:
     def write(self, folder: str | Path) -> dict[str, Path]:
         """Write each run's report files into ``folder/HOST/BACKEND-INDEX/``, and
         ``matrix.json``, ``matrix.html`` and ``fleet.json`` into ``folder``."""
-        from backplane.conformance.report import Report, render_matrix_html
-
         root = Path(folder)
         root.mkdir(parents=True, exist_ok=True)
         hosts = {}
@@ -146,7 +147,6 @@ def device_classes(backends: Iterable[str] = ()) -> list[dict[str, Any]]:
     fingerprint where the device is matched, else its kind and name. ``backends`` keeps
     only those backends (all when empty)."""
     from backplane.hardware.match import match_devices
-    from backplane.engine.registry import devices
 
     wanted = set(backends)
     found = [d for d in devices() if not wanted or d.backend in wanted]
@@ -171,12 +171,8 @@ def run_node(tier: str = "mandatory", backends: Iterable[str] = (), pattern: str
     ``backend``, ``device_class``, ``devices``, ``report`` as JSON data or ``error``) and
     ``absent`` (each backend of ``backends`` with no device here: its plugin's state and
     reason)."""
-    from backplane.sdk.errors import BackplaneError
     from backplane.hardware.match import device_records
-    from backplane.engine.registry import devices, plugin_records
 
-    from backplane.conformance.report import json_default
-    from backplane.conformance.suite import run
 
     node_id = None
     try:
@@ -324,9 +320,6 @@ def fleet(address: str = "auto", *, tier: str = "mandatory", backends: Iterable[
     The connection is closed at the end if this call opened it (``local`` stops the
     cluster it started).
     """
-    from backplane.conformance.report import Report, matrix
-    from backplane.conformance.suite import TIERS
-
     if tier not in TIERS:
         raise ConformanceError(f"unknown tier '{tier}'; choose one of {', '.join(TIERS)}")
     backends = tuple(backends)

@@ -20,9 +20,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from backplane.model.graph import DTYPE_CODES
-
 from backplane.conformance.casedef import OPSET, Case, case_rng
+from backplane.conformance.oracle import expected
+from backplane.model.graph import DTYPE_CODES
+from backplane.ops.fused import add_decompositions
+
 
 DOMAIN = "backplane"
 _FLOAT = {"float32": np.float32, "float16": np.float16}
@@ -57,10 +59,6 @@ def _model(nodes: list[Any], inputs: dict[str, np.ndarray], inits: dict[str, np.
 def _case(seed: int, op: str, dt: str, label: str, tags: tuple[str, ...],
           make: Callable[[np.random.Generator], tuple]) -> Case:
     """``make(rng)`` -> (fused node, unfused nodes, inputs, initializers)."""
-    from backplane.ops.fused import add_decompositions
-
-    from backplane.conformance.oracle import expected
-
     case_id = f"{op}/{dt}/{label}"
     fused_node, plain_nodes, inputs, inits = make(case_rng(seed, case_id))
     plain = _model(plain_nodes, inputs, inits, case_id, fused=False)

@@ -63,7 +63,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backplane.conformance import compare, tolerance
 from backplane.conformance.runner import WorkerPool
+from backplane.conformance.worker import serve_tasks
+from backplane.engine import costmodel
+from backplane.sdk.errors import BackplaneError
+import backplane
 
 #: The campaign seed of CI (``BACKPLANE_FUZZ_SEED`` overrides it in the test).
 DEFAULT_SEED = 20240618
@@ -235,16 +240,12 @@ def _materialize(case: Case, root: Path) -> Any:
 
 
 def _session(model: Any, devices: Any, root: Path) -> Any:
-    import backplane
-
     base_dir = None if isinstance(model, Path) else root / "model"
     return backplane.Session(model, devices=devices, base_dir=base_dir)
 
 
 def _attempt(fn: Callable[..., Any], *args: Any) -> tuple[Any, dict[str, Any] | None]:
     """(fn(*args), None), or (None, what it raised: ``type``, ``unexpected``, ``text``)."""
-    from backplane.sdk.errors import BackplaneError
-
     try:
         return fn(*args), None
     except KeyboardInterrupt:
@@ -308,7 +309,6 @@ def _compare(actual: dict[str, Any], expected: dict[str, Any], session: Any) -> 
     step: its outputs are compared in dtype, shape and the places of NaN only."""
     import numpy as np
 
-    from backplane.conformance import tolerance
 
     if set(actual) != set(expected):
         return [f"outputs {sorted(actual)}, the reference's {sorted(expected)}"]
@@ -352,7 +352,6 @@ def compare_value(got: Any, want: Any, op: str | None = None, backend: str | Non
     are skipped; a non-finite value where the reference is finite is a problem."""
     import numpy as np
 
-    from backplane.conformance import compare, tolerance
 
     if isinstance(want, (list, tuple)) or isinstance(got, (list, tuple)):
         if not isinstance(got, (list, tuple)) or not isinstance(want, (list, tuple)) \
@@ -403,7 +402,6 @@ def _worker(conn: Any, env: dict[str, str], memory_limit: int | None,
         except (ImportError, ValueError, OSError):
             pass
     _quiet_and_memoryless()
-    from backplane.conformance.worker import serve_tasks
 
     conn.send(("ready", None))
     serve_tasks(conn, "case", lambda message: ("done", message[2],
@@ -428,7 +426,6 @@ def _quiet_and_memoryless() -> None:
     import logging
     import warnings
 
-    from backplane.engine import costmodel
 
     warnings.simplefilter("ignore")
     logging.getLogger("backplane").setLevel(logging.CRITICAL)

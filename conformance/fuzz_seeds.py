@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from backplane.conformance.zoo import depthwise_separable, qdq_mlp, transformer_encoder
+from backplane.model.graph import numpy_dtype
 
 F = TensorProto.FLOAT
 
@@ -178,22 +180,16 @@ def resize() -> onnx.ModelProto:
 
 def encoder() -> onnx.ModelProto:
     """The zoo's transformer encoder block at width 8, 2 heads (opset 21: Gelu)."""
-    from backplane.conformance.zoo import transformer_encoder
-
     return transformer_encoder(dim=8, heads=2, hidden=16).model
 
 
 def qdq() -> onnx.ModelProto:
     """The zoo's int8 QDQ MLP at widths 8 -> 16 -> 4."""
-    from backplane.conformance.zoo import qdq_mlp
-
     return qdq_mlp(widths=(8, 16, 4)).model
 
 
 def separable() -> onnx.ModelProto:
     """The zoo's depthwise-separable CNN at width 4 on 8x8 images."""
-    from backplane.conformance.zoo import depthwise_separable
-
     return depthwise_separable(width=4, size=8).model
 
 
@@ -221,8 +217,6 @@ def draw_feeds(inputs: list[Any], rng: np.random.Generator) -> dict[str, Any]:
     at their seed sizes (else 1 to 3), unknown ones 2, declared sizes over 64 or negative
     replaced by 2 (so such a model meets a wrong size); floats standard normal, integers
     in [0, 3), booleans fair coins."""
-    from backplane.model.graph import numpy_dtype
-
     sizes = dict(DIMS)
     feeds: dict[str, Any] = {}
     for vi in inputs:

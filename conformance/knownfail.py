@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from backplane.sdk.errors import ConformanceError
+from backplane.sdk.hooks import plugin_manager
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,6 @@ def parse(entries: Any, where: str) -> list[KnownFailure]:
 
 def for_backend(backend: Any, device: Any) -> list[KnownFailure]:
     """Every known failure the backend declares, from its attribute and from the hook."""
-    from backplane.sdk.hooks import plugin_manager
-
     found: list[KnownFailure] = []
     declared = getattr(backend, "known_failures", None)
     if isinstance(declared, (str, Path)):

@@ -18,6 +18,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from backplane import __version__
+from backplane.conformance.specials import summarize, union
+from backplane.engine.registry import registry
+from backplane.ops import all_ops
+from backplane.sdk.cache import write_shipped
 
 #: The backends the page has a column for: the built-in ones, in priority order.
 BUILTIN = ("reference", "openvino-cpu", "onnxruntime", "opencl", "torch-cpu", "arm-neon",
@@ -52,8 +57,6 @@ def versions_text(declared: Iterable[int] | None, recorded: tuple[int, ...]) -> 
 def results_of(report: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a conformance report the page keeps: per op, status counts, and how the
     backend differs from the oracle on special values."""
-    from backplane.conformance.specials import summarize
-
     ops: dict[str, Counter] = {}
     for case in report.get("cases", []):
         if case.get("op") not in (None, "api", "model"):
@@ -70,8 +73,6 @@ def merge_reports(results: dict[str, Any], reports: Iterable[Mapping[str, Any]])
     """``results`` with each report's results under its backend (a later report of a
     backend replaces the earlier one). Special-value differences add up across reports of
     the same backend version, device and runtime versions (``specials.union``)."""
-    from backplane.conformance.specials import union
-
     out = dict(results)
     for report in reports:
         name, new = report["backend"]["name"], results_of(report)
@@ -117,10 +118,6 @@ def installed_versions() -> dict[str, str]:
 
 def render(results: Mapping[str, Any], backends: Mapping[str, Any] | None = None) -> str:
     """The page: a summary per backend, then a row per op."""
-    from backplane import __version__
-    from backplane.ops import all_ops
-    from backplane.engine.registry import registry
-
     backends = dict(backends if backends is not None else registry().backends)
     columns = [b for b in BUILTIN if b in backends]
     caps = {b: backends[b].capabilities for b in columns}
@@ -207,8 +204,6 @@ def write_shipped_tables(backends: Iterable[str] = ("onnxruntime", "openvino-cpu
     does not wait for the derivation. Returns the files written."""
     import sys
 
-    from backplane.sdk.cache import write_shipped
-    from backplane.engine.registry import registry
 
     written = []
     for name in backends:

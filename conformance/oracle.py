@@ -23,6 +23,7 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from backplane.ops import pool_geometry, window_pads
+from backplane.runtimes.onnxref.fixes import evaluator_class
 
 FLOAT64 = "float64"
 NATIVE = "native"
@@ -78,8 +79,6 @@ def evaluate(model: onnx.ModelProto, feeds: Mapping[str, Any]) -> dict[str, np.n
 def _evaluator_class() -> type:
     """onnx.reference's evaluator with the reference backend's kernel fixes (Erf in float64,
     MaxPool, Pad, ConvTranspose ...: ``backplane.runtimes.onnxref.fixes``)."""
-    from backplane.runtimes.onnxref.fixes import evaluator_class
-
     return evaluator_class()
 
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backplane.ops import RANDOM_OPS
-
 from backplane.conformance.onnx_suite import generated_node_tests, read_value
+from backplane.ops import RANDOM_OPS
+from backplane.ops.survey import relabeled
+
 
 #: Converted tests per untested op version (``--old-versions``).
 PER_OLD_VERSION = 2
@@ -164,7 +165,6 @@ def _at_opset(model: Any, target: int, op: str, feeds: dict[str, Any], versions:
     import onnx
     from onnx import numpy_helper, version_converter
 
-    from backplane.ops.survey import relabeled
 
     def valid(m: Any) -> bool:
         try:

@@ -34,6 +34,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from backplane.conformance import field_of
+from backplane.conformance.specials import summarize
 from backplane.sdk.errors import ConformanceError
 
 SCHEMA = "backplane-conformance/1"
@@ -84,8 +85,6 @@ class Report:
     def special_values(self) -> dict[str, list[str]]:
         """Per op, how the backend differs from the oracle on special values (the cases
         with the verdict ``special-values``), each difference once."""
-        from backplane.conformance.specials import summarize
-
         return summarize(self.cases)
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
 
+from backplane.conformance import compare, specials, tolerance_with_reason, worker
 from backplane.sdk.errors import ConformanceError
 
-from backplane.conformance import specials
 
 #: Statuses that count as success for the tier verdict. ``unsupported`` is among them: a
 #: backend answers for what it declares (a declared op that fails is a ``fail`` or an
@@ -86,8 +86,6 @@ class WorkerPool:
     and ``_args`` before starting their workers with ``_start``."""
 
     def __init__(self, jobs: int, backend: str, device: str):
-        from backplane.conformance import worker
-
         self._ctx = multiprocessing.get_context("spawn")
         self._target, self._args = worker.main, (backend, device)
         self.workers = [self._start() for _ in range(max(1, jobs))]
@@ -137,8 +135,6 @@ def run_cases(cases: list[Any], backend: str, device: str, *, jobs: int = 1,
               also_run_known_failures: bool = False, tolerance_backend: str | None = None,
               progress: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
     """Run cases on one device and return one result per case, in the cases' order."""
-    from backplane.conformance import compare, tolerance_with_reason
-
     results: dict[str, CaseResult] = {}
     todo = []
     for case in cases:

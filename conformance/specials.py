@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from typing import Any
+from backplane.conformance import compare, field_of, is_float_dtype
 
 #: The verdict of a case right on ordinary values and wrong on special ones.
 STATUS = "special-values"
@@ -56,7 +57,6 @@ def judge(op: str, inputs: Sequence[tuple[Any, bool]], actual: Any, expected: An
     elements in words). An empty list: the special elements agree."""
     import numpy as np
 
-    from backplane.conformance import compare
 
     a, e = np.asarray(actual), np.asarray(expected)
     if a.shape != e.shape or a.dtype != e.dtype or e.size == 0:
@@ -71,7 +71,6 @@ def _floats(x: Any) -> Any:
     """``x`` as float64 if it holds floats (numpy's or ml_dtypes'), else None."""
     import numpy as np
 
-    from backplane.conformance import is_float_dtype
 
     x = np.asarray(x)
     return x.astype(np.float64) if is_float_dtype(x.dtype) else None
@@ -214,7 +213,6 @@ def summarize(cases: Sequence[Any]) -> dict[str, list[str]]:
     case results as objects or dicts."""
     import re
 
-    from backplane.conformance import field_of
 
     out: dict[str, list[str]] = {}
     for c in cases:

@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from backplane.conformance.runner import PASSING
+from backplane.conformance.specials import shipped
+from backplane.sdk.cache import write_atomic
+from backplane.sdk.contract import DEVICE_KINDS
 
 
 def _folder() -> Path:
@@ -60,7 +63,6 @@ def save(report: Any) -> Path | None:
 
         data["special_values"] = union(before.get("special_values") or {},
                                        data["special_values"])
-    from backplane.sdk.cache import write_atomic
     from backplane.hardware.db import private_data_dir
 
     path = _path(report.backend["name"], report.device.get("fingerprint") or report.device["id"])
@@ -162,10 +164,6 @@ def _special_record(backend: str, device: str | None) -> tuple[dict[str, list[st
     """(op -> differences, where they were measured) for a backend on a device: its stored
     run there, else the shipped record (for a device of the record's kind, when ``device``
     is a kind); ({}, "") when nothing is known."""
-    from backplane.sdk.contract import DEVICE_KINDS
-
-    from backplane.conformance.specials import shipped
-
     if device and device not in DEVICE_KINDS:
         data = _recorded(backend, device)
         if data is not None:

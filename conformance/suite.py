@@ -17,12 +17,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backplane.sdk.errors import ConformanceError
-
 from backplane.conformance import knownfail
+from backplane.conformance.apitier import CHECKS, run_api_tier
 from backplane.conformance.report import Report
 from backplane.conformance.runner import DEFAULT_TIMEOUT_S, CaseResult, run_cases, select
-from backplane.conformance.store import store_key
+from backplane.conformance.store import save, store_key
+from backplane.engine.registry import registry
+from backplane.sdk.errors import ConformanceError
+from backplane.sdk.hooks import plugin_manager
+
+import backplane
 
 TIERS = ("api", "mandatory", "all")
 
@@ -44,7 +48,6 @@ def collect(tier: str, seed: int, pattern: str | None = None, backend: Any = Non
     from backplane.conformance import cases, zoo
     from backplane.conformance.fused_cases import fused_cases
 
-    from backplane.sdk.hooks import plugin_manager
 
     found = (list(cases.all_cases(seed, tier="mandatory")) + fused_cases(seed)
              + list(zoo.zoo_cases(seed)))
@@ -85,7 +88,6 @@ def _versions(backend: Any) -> dict[str, str]:
     import numpy
     import onnx
 
-    import backplane
 
     versions = {"backplane": backplane.__version__, "numpy": numpy.__version__,
                 "onnx": onnx.__version__, "python": platform.python_version()}
@@ -107,11 +109,6 @@ def run(backend: str, device: str | None = None, *, tier: str = "mandatory",
 
     ``progress(result, total)`` is called after every case.
     """
-    from backplane.engine.registry import registry
-
-    from backplane.conformance.apitier import CHECKS, run_api_tier
-    from backplane.conformance.store import save
-
     if tier not in TIERS:
         raise ConformanceError(f"unknown tier '{tier}'; choose one of {', '.join(TIERS)}")
     reg = registry()

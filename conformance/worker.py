@@ -22,6 +22,9 @@ import time
 import traceback
 from collections.abc import Callable
 from typing import Any
+from backplane.engine.executor import to_host
+from backplane.model.intake import load_model
+from backplane.sdk.errors import BackplaneError
 
 
 def main(conn: Any, backend_name: str, device_id: str) -> None:
@@ -66,9 +69,6 @@ def run_case(backend: Any, device: Any, options: Any, model_bytes: bytes,
     """The oracle's answer, then the backend's compile and run; every exception becomes data."""
     import numpy as np
 
-    from backplane.sdk.errors import BackplaneError
-    from backplane.engine.executor import to_host
-    from backplane.model.intake import load_model
 
     result: dict[str, Any] = {"outputs": None, "expected": None, "oracle_mode": None,
                               "declared": None, "error_type": None, "error": None,

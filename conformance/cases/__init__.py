@@ -26,6 +26,8 @@ from backplane.conformance.cases.build import (DTYPES, IMAGE, LARGE, MAIN_INPUT,
 from backplane.conformance.cases.node_tests import onnx_node_cases
 from backplane.conformance.cases.values import PAIRS_SHAPE, SIGNED_ZERO_OPS
 from backplane.model.intake import MIN_OPSET
+from backplane.ops import get
+from backplane.ops.survey import at_version
 
 __all__ = ["DTYPES", "IMAGE", "LARGE", "MANDATORY_OPS", "OPSET", "PAIRS_SHAPE", "PER_VERSION",
            "RANK_SHAPES", "SIGNED_ZERO_OPS", "SIZES", "SPECIAL_VALUE_OPS", "TAGS", "TIERS",
@@ -67,9 +69,6 @@ def versioned(cases: list[Case]) -> list[Case]:
     attributes that became inputs); versions no case converts to are left out. Tag
     ``version``; the id ends in ``/opset-N``. The oracle computes their outputs at that
     version, so a backend is checked on each version it declares."""
-    from backplane.ops import get
-    from backplane.ops.survey import at_version
-
     out: list[Case] = []
     if not cases:
         return out

@@ -14,9 +14,11 @@ from onnx import TensorProto, numpy_helper
 
 from backplane.conformance.casedef import Case
 from backplane.conformance.cases.build import MANDATORY_OPS
+from backplane.conformance.oracle import evaluate
 from backplane.model.graph import DTYPE_NAMES
 from backplane.model.intake import MIN_OPSET
 from backplane.ops import RANDOM_OPS
+from backplane.ops.survey import relabeled
 
 
 def onnx_node_cases(ops: Iterable[str]) -> list[Case]:
@@ -74,9 +76,6 @@ def _retarget(model: onnx.ModelProto, feeds: dict, expected: dict, rtol: float, 
               target: int) -> onnx.ModelProto | None:
     """The model at opset ``target`` if it is valid there and still gives the recorded
     outputs."""
-    from backplane.conformance.oracle import evaluate
-    from backplane.ops.survey import relabeled
-
     copy = relabeled(model, target)
     try:
         onnx.checker.check_model(copy, full_check=True)

@@ -7,9 +7,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from backplane.conformance.cases.build import (IMAGE, SIZES, Builder, CaseGenerator, T,
-                                               shape_label, weight)
+from backplane.conformance.cases.build import (IMAGE, SIZES, T, Builder, CaseGenerator, shape_label,
+                                               weight)
 from backplane.conformance.cases.values import special_data
+from backplane.conformance.oracle import np_pool
 
 
 def _he(fan_in: int) -> Callable:
@@ -109,8 +110,6 @@ def _max_pool_expect(attrs: dict, outputs: int) -> Callable[[list], list]:
     """MaxPool by the numpy formula, where onnx.reference (1.23) is wrong: asymmetric pads
     and SAME_LOWER give it the wrong output shape, and its Indices count padding and ignore
     the storage order."""
-    from backplane.conformance.oracle import np_pool
-
     def expect(arrays: list) -> list:
         y, indices = np_pool("max", arrays[0], **attrs)
         return [y, indices][:outputs]
@@ -121,8 +120,6 @@ def _nan_pool_expect(kind: str, attrs: dict) -> Callable[[list], list]:
     """A pool by the numpy formula where a window holding NaN gives NaN: onnx.reference
     (1.23) pads with NaN and leaves NaN out of every window, and the formula's max skips
     it too (NaN > x is false)."""
-    from backplane.conformance.oracle import np_pool
-
     def expect(arrays: list) -> list:
         y = np_pool(kind, arrays[0], **attrs)[0]
         touched = np_pool("max", np.isnan(arrays[0]).astype(np.float64), **attrs)[0] > 0

@@ -17,6 +17,10 @@ from typing import Any
 
 from backplane.engine.registry import registry
 from backplane.hardware.calibrate import DeviceCalibration, Measurement, store
+from backplane.hardware.probe import probe_all
+from backplane.model.graph import DTYPE_CODES
+from backplane.model.intake import load_model
+from backplane.sdk.contract import CompileOptions
 from backplane.sdk.errors import BackplaneError
 
 #: Element types tried for the matrix-product peak, as (dtype name, numpy dtype, figure key).
@@ -56,7 +60,6 @@ def calibrate(devices: list[str] | None = None, dtypes: list[str] | None = None,
         save: write the results to the overlay.
     """
     from backplane.hardware.match import hardware_for, match_all
-    from backplane.hardware.probe import probe_all
 
     reg = registry()
     chosen = ([d for spec in devices for d in reg.resolve(spec)] if devices else reg.devices())
@@ -147,8 +150,6 @@ def _model(op: str, inputs: list[tuple[str, str, list[int]]], consts: dict[str, 
     the other inputs); every op used keeps the shape of its first input."""
     from onnx import helper, numpy_helper
 
-    from backplane.model.graph import DTYPE_CODES
-    from backplane.model.intake import load_model
 
     out_dtype, out_shape = inputs[0][1], inputs[0][2]
     rest = [n for n, _, _ in inputs[1:]] + list(consts)
@@ -179,7 +180,6 @@ def _measure(result: DeviceCalibration, backend: Any, device: Any,
              dtypes: list[str] | None) -> None:
     import numpy as np
 
-    from backplane.sdk.contract import CompileOptions
 
     rng = np.random.default_rng(0)
     options = CompileOptions()
@@ -308,7 +308,6 @@ def _qdq_matmul_model(n: int, rng: Any) -> Any:
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from backplane.model.intake import load_model
 
     w = rng.integers(-127, 128, (n, n)).astype(np.int8)
     consts = [numpy_helper.from_array(w, "w"),

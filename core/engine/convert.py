@@ -22,11 +22,15 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from backplane import ops
+from backplane.model.graph import DTYPE_CODES, Graph
+from backplane.model.samples import RandomInput, draw
 from backplane.sdk.contract import Verdict
+from backplane.sdk.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from backplane.sdk.contract import Capabilities
-    from backplane.model.graph import Graph, Node
+    from backplane.model.graph import Node
 
 #: Sizes given to a dimension the node's inferred shape leaves symbolic, for its samples:
 #: the first the original node accepts.
@@ -43,8 +47,6 @@ _lock = threading.Lock()
 def target_opset(node: "Node", caps: "Capabilities") -> int:
     """The opset whose version of ``node``'s op the backend declares, the oldest one newer
     than the node's own (0: none; a conversion goes forward only)."""
-    from backplane import ops
-
     support = caps.ops.get(node.op_type) if node.domain in ("", "ai.onnx") else None
     definition = ops.find(node.op_type, "")
     if support is None or support.versions is None or definition is None or not node.version:
@@ -86,7 +88,6 @@ def convert_graph(graph: "Graph", opset: int) -> "Graph":
     """``graph`` (a partition's subgraph) converted to default-domain ``opset``."""
     from onnx import version_converter
 
-    from backplane.model.graph import Graph
 
     try:
         model = version_converter.convert_version(graph.model, opset)
@@ -112,7 +113,6 @@ def _single(node: "Node", graph: "Graph", target: int | None) -> tuple[Any, list
     to ``target``; and the names of its non-constant inputs."""
     from onnx import helper, version_converter
 
-    from backplane.model.graph import DTYPE_CODES
 
     g = graph.model.graph
     proto = g.node[next(i for i, n in enumerate(graph.nodes) if n is node)]
@@ -142,7 +142,6 @@ def _check(node: "Node", graph: "Graph", target: int) -> tuple[tuple["Node", ...
     sample inputs, else None and why not."""
     import numpy as np
 
-    from backplane.model.graph import Graph
 
     if any(v and v in graph.values and graph.values[v].shape is None for v in node.inputs):
         return None, "cannot be checked: an input's shape is unknown"
@@ -183,9 +182,6 @@ def _samples(graph: "Graph", feeds: list[str], size: int) -> dict[str, Any] | st
     """Random inputs for ``feeds`` in their inferred shapes (``size`` for a symbolic
     dimension), drawn as :func:`backplane.model.samples.draw` draws; a reason where one cannot
     be drawn."""
-    from backplane.sdk.errors import InputError
-    from backplane.model.samples import RandomInput, draw
-
     specs = []
     for v in feeds:
         vi = graph.values[v]

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from backplane import ops
 from backplane.hardware import liveload as load
+from backplane.sdk.cache import write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from backplane.sdk.contract import Backend, Device
@@ -472,8 +473,6 @@ def correction(backend: str, version: str, fingerprint: str | None, model_key: s
 
 def save() -> None:
     """Write the observations to ``<data dir>/costmodel.json`` (atomically)."""
-    from backplane.sdk.cache import write_atomic
-
     with _learn_lock:
         if not _dirty:
             return

@@ -28,13 +28,14 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
-from backplane.sdk.contract import CompileOptions, Device, Executable
 from backplane.engine.convert import convert_graph
-from backplane.sdk.errors import BackendError, CompileError, ExecutionError
+from backplane.hardware.liveload import busy
 from backplane.model.graph import is_tensor
 from backplane.model.liveness import (NUMPY_DTYPES, MemoryStats, PeakMeter, free_after,
                                       predicted_peak)
-from backplane.hardware.liveload import busy
+from backplane.ops.fusion import fuse
+from backplane.sdk.contract import CompileOptions, Device, Executable
+from backplane.sdk.errors import BackendError, CompileError, ExecutionError
 
 log = logging.getLogger("backplane")
 
@@ -415,7 +416,6 @@ def _fused(sub: "Graph", backend: Any, part: "Partition") -> "Graph":
     declared = getattr(backend.capabilities, "ops", {})
     if not any(key.startswith("backplane::") for key in declared):
         return sub
-    from backplane.ops.fusion import fuse
 
     fused = fuse(sub, lambda key: key in declared)
     if fused is sub or not all(backend.capabilities.check(n) for n in fused.nodes):

@@ -22,10 +22,12 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from backplane.engine import qualification
+from backplane.engine.executor import to_host
+from backplane.engine.plan import FALLBACK_BACKEND
+from backplane.model.graph import is_tensor
 from backplane.sdk.contract import CompileOptions, Device, op_key
 from backplane.sdk.errors import BackplaneError, VerificationError
-from backplane.engine import qualification
-from backplane.engine.plan import FALLBACK_BACKEND
 from backplane.sdk.text import first_line
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -91,8 +93,6 @@ class Verifier:
     """
 
     def __init__(self, graph: "Graph", reg: "Registry", options: CompileOptions):
-        from backplane.model.graph import is_tensor
-
         self.graph, self._reg, self._options = graph, reg, options
         self._non_tensor = frozenset(n for n, vi in graph.values.items() if not is_tensor(vi))
         self._lock = threading.Lock()
@@ -105,7 +105,6 @@ class Verifier:
         run, to ``notes``."""
         import numpy as np
 
-        from backplane.engine.executor import to_host
 
         try:
             exe = self._reference(part)

@@ -29,18 +29,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from backplane.engine import qualification
+from backplane.engine import costmodel, qualification
 from backplane.engine.assignment import fixed_choice
 from backplane.engine.candidates import (AUTO_PRECISIONS, DEFAULT_HEADROOM, Constraints,
                                          NodeCandidates, Option)
 from backplane.engine.partitioning import PlanningPass
 from backplane.engine.plan import Candidate, Plan
-from backplane.sdk.hooks import plugin_manager
+from backplane.engine.registry import registry
+from backplane.model.graph import Graph
+from backplane.model.intake import load_model
 from backplane.sdk.contract import Device
 from backplane.sdk.errors import UnsupportedError
+from backplane.sdk.hooks import plugin_manager
 
 if TYPE_CHECKING:  # pragma: no cover
-    from backplane.model.graph import Graph
     from backplane.sdk.contract import Backend
 
 #: What backplane itself adds to a run (input checks, the executor's bookkeeping), as
@@ -51,10 +53,6 @@ CALL_OVERHEAD_S = 5e-6
 def plan_model(model: Any, devices: Any = "auto", *, policy: str = "latency",
                precision: str = "fp32", constraints: Constraints | None = None) -> Plan:
     """Plan a model (a path, bytes, ModelProto or loaded Graph) without compiling it."""
-    from backplane.model.graph import Graph
-    from backplane.model.intake import load_model
-    from backplane.engine.registry import registry
-
     graph = model if isinstance(model, Graph) else load_model(model)
     reg = registry()
     explicit, found = reg.resolve_devices(devices)
@@ -92,8 +90,6 @@ def schedule(graph: "Graph", devices: list[Device], backends: "Mapping[str, Back
         UnsupportedError: a node no allowed device admits, naming each device's reason; or,
             when strict, the nodes that would leave the required device class.
     """
-    from backplane.engine import costmodel
-
     constraints = constraints or Constraints()
     excluded, banned = dict(excluded or {}), dict(banned or {})
     model_key = costmodel.graph_key(graph)

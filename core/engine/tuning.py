@@ -18,6 +18,9 @@ import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
+from backplane import __version__
+from backplane.engine import costmodel
+from backplane.sdk.cache import cache_dir, cache_key, model_bytes, read_json, write_sealed
 from backplane.sdk.errors import BackendError, UnsupportedError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,10 +41,6 @@ CACHE_SCHEMA = 1
 
 def key(planner: "Planner", samples: "Samples") -> str:
     """The tuning-cache key of a session's planner (see the module docstring)."""
-    from backplane import __version__
-    from backplane.engine import costmodel
-    from backplane.sdk.cache import cache_key, model_bytes
-
     feeds = samples()
     shapes = sorted((k, str(v.dtype), tuple(v.shape)) for k, v in feeds.items())
     devices = sorted((d.id, d.name, costmodel.profile(d).fingerprint or "")
@@ -56,8 +55,6 @@ def key(planner: "Planner", samples: "Samples") -> str:
 
 
 def _path(planner: "Planner", k: str) -> Any:
-    from backplane.sdk.cache import cache_dir
-
     root = cache_dir("tune", planner.options)
     return None if root is None else root / f"{k}.json"
 
@@ -70,8 +67,6 @@ def pins_of(plan: "Plan") -> dict[str, tuple[str, str]]:
 def tuned(planner: "Planner", samples: "Samples") -> "CompiledPlan":
     """The tuned, compiled plan of a session's planner: from the cache, or measured now on
     ``samples()``."""
-    from backplane.sdk.cache import write_sealed
-
     k = key(planner, samples)
     path = _path(planner, k)
     cached = _read(path)
@@ -148,8 +143,6 @@ def _describe(plan: "Plan") -> str:
 
 
 def _read(path: Any) -> dict[str, Any] | None:
-    from backplane.sdk.cache import read_json
-
     if path is None:
         return None
     return read_json(path, lambda data: data.get("schema") == CACHE_SCHEMA

@@ -19,15 +19,16 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from backplane.sdk.errors import ModelError
 from backplane.model.external import INLINE_LIMIT, attach, detach, load_external_data
 from backplane.model.fold import fold_constants
 from backplane.model.graph import Dim, Graph, ValueInfo, value_info_from_proto
 from backplane.model.modelfile import (check_raw_data, keepdims_as_read, name_nodes, read_proto,
                                        take_as_inputs)
-from backplane.ops import schemas
-from backplane.sdk.text import shown
+from backplane.model.shapecheck import contradiction, propagates
 from backplane.model.typefill import complete_types
+from backplane.ops import schemas
+from backplane.sdk.errors import InputError, ModelError
+from backplane.sdk.text import shown
 
 #: The oldest default-domain opset a model keeps as it is (older ones are upgraded to it):
 #: the operator registry records every op version from here on.
@@ -168,8 +169,6 @@ def _check_node_shapes(proto: Any, name: str) -> None:
     """Refuse a model whose inferred shapes already break a rule of a node that ONNX's
     inference leaves unchecked (:func:`backplane.model.shapecheck.contradiction`: a Conv's kernel
     against its weight, a Reshape's element count ...): no input could run it."""
-    from backplane.model.shapecheck import contradiction
-
     why = contradiction(proto)
     if why:
         raise ModelError(f"{name}: {why}; no input can run the model as it is: correct the "
@@ -293,7 +292,6 @@ def _reinfer(proto: Any, name: str, strict: bool = True) -> Any:
     """Shape inference again, after types or constants were added."""
     import onnx
 
-    from backplane.model.shapecheck import propagates
 
     try:
         return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=strict,
@@ -351,8 +349,6 @@ def with_dims(graph: Graph, dims: dict[str, int]) -> Graph:
     again: the graph a plan for those sizes is priced on (nodes keep names and order)."""
     from onnx import shape_inference
 
-    from backplane.sdk.errors import InputError
-    from backplane.model.shapecheck import propagates
 
     if not dims:
         return graph

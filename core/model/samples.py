@@ -27,11 +27,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from backplane.sdk.errors import InputError
+from backplane.model.external import without_big_weights
+from backplane.model.graph import Graph
+from backplane.model.intake import with_dims
+from backplane.sdk.errors import BackplaneError, InputError
 from backplane.sdk.text import shown
 
 if TYPE_CHECKING:  # pragma: no cover
-    from backplane.model.graph import Graph, Node
+    from backplane.model.graph import Node
 
 #: Size of a batch dimension.
 BATCH = 1
@@ -291,11 +294,6 @@ def _source_input(graph: "Graph", value: str, fed: set[str]) -> str | None:
 def _fits_checker(graph: "Graph") -> Any:
     """``fits(dims)``: whether shape inference accepts ``dims`` and gives no value a
     dimension below 1 that it did not have already."""
-    from backplane.sdk.errors import BackplaneError
-    from backplane.model.graph import Graph
-    from backplane.model.external import without_big_weights
-    from backplane.model.intake import with_dims
-
     def nonpositive(g: "Graph") -> int:
         return sum(1 for vi in g.values.values() if vi.shape is not None
                    for d in vi.shape if isinstance(d, int) and d < 1)

@@ -29,6 +29,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from backplane.model.external import without_big_weights
 from backplane.sdk.errors import InputError
 from backplane.sdk.text import shown
 
@@ -94,8 +95,6 @@ def _skeleton(model: Any) -> Any:
     """The model for inference: large weights as typed inputs of their shape
     (:func:`backplane.model.external.without_big_weights`), no value infos, outputs typed but
     not shaped."""
-    from backplane.model.external import without_big_weights
-
     out = without_big_weights(model)
     del out.graph.value_info[:]
     for o in out.graph.output:

@@ -29,6 +29,8 @@ import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from backplane.model.dtypes import DTYPE_CODES
+from backplane.model.intake import load_model
 from backplane.ops.fused import KEYS, MIN_OPSET, HasKernel, add_decompositions
 from backplane.ops.opdef import DOMAIN
 from backplane.ops.registry import get
@@ -62,7 +64,6 @@ def fuse(graph: "Graph", has_kernel: HasKernel) -> "Graph":
             rewriter.match(i)
     if not rewriter.counts:
         return graph
-    from backplane.model.intake import load_model
 
     fused = load_model(add_decompositions(rewriter.model()))
     fused.name = graph.name
@@ -356,7 +357,6 @@ class _Rewriter:
         """A new scalar zero initializer of ``dtype``: the additive mask of no mask."""
         from onnx import helper
 
-        from backplane.model.dtypes import DTYPE_CODES
 
         name = self.fresh(f"{owner}/zero_mask")
         self.initializers.append(helper.make_tensor(name, DTYPE_CODES[dtype], [], [0]))

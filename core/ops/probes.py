@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from backplane.model.dtypes import DTYPE_CODES
+from backplane.ops.opdef import DOMAIN, FUSED, MANDATORY
+from backplane.ops.registry import get
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -56,9 +58,6 @@ def discover(try_op: TryOp, dtypes: tuple[str, ...] = DTYPES,
     declared for ``bool``. Fused ops (``backplane::`` keys) are tried in ``fused_dtypes``
     (none by default: a backend that fuses on its own need not declare them).
     """
-    from backplane.ops.opdef import DOMAIN, FUSED, MANDATORY
-    from backplane.ops.registry import get
-
     ops: dict[str, list[str]] = {}
     refused: dict[str, dict[str, str]] = {}
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from backplane.ops.registry import all_ops
 from backplane.ops.schemas import type_name
+from backplane.sdk.contract import OpSupport
 
 #: ONNX Runtime's op domains, as the operator registry names them.
 ORT_DOMAINS = ("", "ai.onnx.ml", "com.microsoft")
@@ -126,8 +127,6 @@ def op_supports(table: Any, constraints: Any = None, **fixed: Any) -> dict[str, 
     """OpSupport per op from an op table ``{op key: {version: [dtypes]}}``, derived or
     surveyed: ``constraints`` adds OpSupport fields per op key (attribute limits where a
     variant runs wrong), ``fixed`` to every op (``dynamic_shapes=False``)."""
-    from backplane.sdk.contract import OpSupport
-
     out = {}
     for key, versions in table.items():
         per = {int(v): frozenset(d) for v, d in versions.items() if d}

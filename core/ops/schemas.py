@@ -32,6 +32,7 @@ import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from backplane.model.dtypes import DTYPE_NAMES
 
 #: The data files, beside this module.
 DATA_FILE = "schemas.json"
@@ -74,7 +75,6 @@ def type_name(type_str: str) -> str:
     element types of maps keep ONNX's names for non-tensors (``map(string,float32)``)."""
     from onnx import TensorProto
 
-    from backplane.model.dtypes import DTYPE_NAMES
 
     def one(m: re.Match[str]) -> str:
         code = getattr(TensorProto, m.group(2).upper(), None)

@@ -29,10 +29,13 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from backplane.model.dtypes import DTYPE_CODES, DTYPE_NAMES
+from backplane.model.graph import numpy_dtype
 from backplane.ops.opdef import MANDATORY
-from backplane.ops.probes import OPSET, TryOp, discover
+from backplane.ops.probes import DTYPES, OPSET, TryOp, discover, models, np_dtype
 from backplane.ops.registrations import main_constraint
 from backplane.ops.registry import all_ops, find
+from backplane.sdk.contract import op_key
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -94,8 +97,6 @@ def survey(query: Query, run: TryOp | None = None,
 
 def _core_probes() -> Iterator[tuple[str, int, str, Any]]:
     """The core ops' probe models, every variant in every dtype, at opset 21."""
-    from backplane.ops.probes import DTYPES, models
-
     for op in MANDATORY:
         schema = find(op).at(OPSET)
         main = schema.inputs[1 if op == "Where" else 0][0]
@@ -138,8 +139,8 @@ def _models(domains: tuple[str, ...], checked: set[tuple[str, int]]
         for key, dtype, model in _contrib_probes():
             tests.setdefault(key, {}).setdefault((1, dtype), []).append(model)
     for key, per in tests.items():
-        for (version, dtype), models in per.items():
-            for model in models[:PER_VERSION]:
+        for (version, dtype), found in per.items():
+            for model in found[:PER_VERSION]:
                 yield key, version, dtype, model
         yield from _retyped_variants(key, per)
     for definition in all_ops():
@@ -168,8 +169,6 @@ def _seeds(definition: Any, per: dict[tuple[int, str], list[Any]]) -> list[Any]:
     """Models to convert to an op's untested versions: a core op's own float32 probe
     models first (their attribute-like inputs are constants, which the converter turns
     into the attributes of older versions), then its node tests, float32 first."""
-    from backplane.ops.probes import models
-
     out = list(_old_forms(definition.name))
     if definition.tier == "mandatory":
         schema = definition.at(OPSET)
@@ -216,8 +215,6 @@ def _retyped(model: Any, schema: Any, dtype: str) -> Any:
     import onnx
     from onnx import numpy_helper
 
-    from backplane.model.dtypes import DTYPE_CODES
-    from backplane.ops.probes import np_dtype
 
     main = main_constraint(schema)
     node = model.graph.node[0]
@@ -317,7 +314,6 @@ def node_test_cases(ops: tuple[str, ...] | None = None) -> tuple[tuple[Any, ...]
     import numpy as np
     from onnx import TensorProto, numpy_helper
 
-    from backplane.sdk.contract import op_key
 
     out = []
     cases = _collected(ops)
@@ -369,7 +365,6 @@ def low_precision_cases(cases: tuple[tuple[Any, ...], ...],
     import numpy as np
     from onnx import TensorProto
 
-    from backplane.model.graph import numpy_dtype
 
     recorded = {(c[0], c[1], c[2]) for c in cases}
     out = []
@@ -444,8 +439,6 @@ def _node_tests() -> tuple[tuple[str, int, str, Any], ...]:
 
 def _dtype_of(model: Any) -> str:
     """The dtype of the one node's first input (first output when it has none)."""
-    from backplane.model.dtypes import DTYPE_NAMES
-
     node = model.graph.node[0]
     name = next((n for n in node.input if n), None) or node.output[0]
     for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):

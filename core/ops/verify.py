@@ -30,7 +30,12 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from backplane.model.intake import load_model
 from backplane.ops.opdef import RANDOM_OPS
+from backplane.ops.registrations import op_supports
+from backplane.ops.registry import find
+from backplane.ops.survey import low_precision_cases, node_test_cases
+from backplane.sdk.contract import AttributeRule, Capabilities, CompileOptions
 
 #: Seconds one node test may take in the child before it counts as a hang.
 TEST_TIMEOUT_S = 30.0
@@ -169,8 +174,6 @@ def _modes(key: str) -> dict[str, Any]:
     """The attributes of an op that choose a variant (a mode, a layout, a flag), with their
     defaults: those whose default is a string or an integer, as opposed to sizes and
     coefficients."""
-    from backplane.ops.registry import find
-
     definition = find(key)
     if definition is None:
         return {}
@@ -181,8 +184,6 @@ def _modes(key: str) -> dict[str, Any]:
 def attribute_rules(rules: Mapping[str, Mapping[str, list[Any]]]) -> dict[str, dict[str, Any]]:
     """OpSupport keyword arguments from :func:`verify`'s limits: ``attributes`` rules,
     ``input_dtypes`` from operand dtypes, ``absent_outputs`` from outputs asked for."""
-    from backplane.sdk.contract import AttributeRule
-
     out: dict[str, dict[str, Any]] = {}
     for key, per in rules.items():
         kwargs: dict[str, Any] = {}
@@ -306,10 +307,6 @@ def _child(backend: str, start: int, k: int = 0, n: int = 1) -> None:
 
     from importlib.metadata import entry_points
 
-    from backplane.model.intake import load_model
-    from backplane.ops.registrations import op_supports
-    from backplane.ops.survey import low_precision_cases, node_test_cases
-    from backplane.sdk.contract import Capabilities, CompileOptions
 
     table = json.loads(sys.stdin.read())
     try:

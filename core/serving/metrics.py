@@ -47,6 +47,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from backplane.engine.registry import devices
+from backplane.hardware import liveload as load
 
 #: The outcomes of an inference request.
 OUTCOMES = ("success", "bad_request", "overload", "deadline", "error")
@@ -148,9 +150,6 @@ class Metrics:
     def refresh(self) -> None:
         """Read the live figures: queues, requests and partitions in flight per device,
         load, and the plan events added since the last reading."""
-        from backplane.hardware import liveload as load
-        from backplane.engine.registry import devices
-
         per_device: Tally = Tally()
         with self._lock:
             for m in self._models:

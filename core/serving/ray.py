@@ -45,6 +45,10 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from backplane.engine.batcher import Batcher
+from backplane.engine.registry import devices as found_here, registry
+from backplane.engine.session import Session
+from backplane.sdk.contract import Device
 from backplane.sdk.errors import BackplaneError, DeviceNotFoundError, InputError, UnsupportedError
 from backplane.serving.protocol import error_status
 
@@ -68,9 +72,6 @@ def _devices(devices: Any, *, one_per_backend: bool = False) -> list[Any]:
     """``devices`` as a list of Device objects, dicts (``backplane devices --json``) or
     strings this machine cannot resolve (a driver without the node's GPUs). With
     ``one_per_backend``, a backend name stands for one device of it (its first here)."""
-    from backplane.sdk.contract import Device
-    from backplane.engine.registry import devices as found_here, registry
-
     if devices is None or (isinstance(devices, str) and devices == "auto"):
         return list(found_here())
     items = [devices] if isinstance(devices, (str, Device, Mapping)) else list(devices)
@@ -147,8 +148,6 @@ def _replica_devices(devices: Any) -> Any:
     """The ``devices=`` a replica's Session gets. Ray shows a replica only the GPUs it
     assigned, as its backend's first devices whatever their index on the node, so a GPU
     named by id becomes its backend's name; everything else stays as given."""
-    from backplane.sdk.contract import Device
-
     if isinstance(devices, str) and devices == "auto":
         return "auto"
     items = [devices] if isinstance(devices, (str, Device, Mapping)) else list(devices)
@@ -175,9 +174,6 @@ class BackplaneReplica:
     def __init__(self, model: Any, devices: Any = "auto",
                  batching: Mapping[str, Any] | None = None,
                  session_options: Mapping[str, Any] | None = None):
-        from backplane.engine.batcher import Batcher
-        from backplane.engine.session import Session
-
         self.session = Session(model, devices=devices, **dict(session_options or {}))
         self._lock = threading.Lock()
         self._totals: Counter = Counter()
