@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from backplane.conformance.fuzz_breaking import (m_attribute, m_bytes, m_dim, m_dtype, m_external, m_initializer,
-                            m_op, m_version, m_wiring)
+from backplane.conformance.fuzz_breaking import (m_attribute, m_bytes, m_dim, m_dtype, m_external,
+                                                 m_initializer, m_op, m_version, m_wiring)
 from backplane.conformance.fuzz_keeping import s_attribute, s_retype, s_swap, s_symbolic, s_values
 from backplane.conformance.fuzz_mutant import Mutant
 from backplane.conformance.fuzz_seeds import SEEDS

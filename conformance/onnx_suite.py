@@ -58,15 +58,15 @@ import onnx
 from onnx import (AttributeProto, MapProto, OptionalProto, SequenceProto, TensorProto, helper,
                   numpy_helper)
 
-from backplane.ops import RANDOM_OPS
-from backplane.engine.registry import registry
-from backplane.engine.session import Session
-
 from backplane.conformance.onnx_suite_report import (ATOL, AUTO, CAUSES, DIRECT, MISSING,
                                                      ORT_DIRECT, OV_DIRECT, RTOL, CaseResult,
                                                      Outcome, cause_of, compare)
 from backplane.conformance.runner import Worker, WorkerPool
 from backplane.conformance.worker import serve_tasks
+from backplane.engine.registry import registry
+from backplane.engine.session import Session
+from backplane.ops import RANDOM_OPS
+
 
 SETS = ("node", "simple", "pytorch-converted", "pytorch-operator", "light")
 #: Backends pinned when no ``--backend`` is named.

@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 
-from backplane.conformance.cases.build import SIZES, Builder, CaseGenerator, T, shape_label, weight
+from backplane.conformance.cases.build import SIZES, T, Builder, CaseGenerator, shape_label, weight
 from backplane.conformance.cases.values import special_data
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 from onnx import TensorProto
 
-from backplane.conformance.cases.build import (LARGE, RANK_SHAPES, SIZES, Builder, CaseGenerator, T,
+from backplane.conformance.cases.build import (LARGE, RANK_SHAPES, SIZES, T, Builder, CaseGenerator,
                                                const)
 from backplane.conformance.cases.values import is_float, special_data
 from backplane.model.graph import DTYPE_CODES

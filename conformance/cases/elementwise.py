@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from backplane.conformance.cases.build import (LARGE, RANK_SHAPES, SIZES, Builder, CaseGenerator,
-                                               T, const, shape_label)
+from backplane.conformance.cases.build import (LARGE, RANK_SHAPES, SIZES, T, Builder, CaseGenerator,
+                                               const, shape_label)
 from backplane.conformance.cases.values import (PAIRS_SHAPE, UNSIGNED, is_float, pairs_data,
                                                 special_data)
 

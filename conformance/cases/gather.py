@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from backplane.conformance.cases.build import LARGE, SIZES, CaseGenerator, T, const
+from backplane.conformance.cases.build import LARGE, SIZES, T, CaseGenerator, const
 from backplane.conformance.cases.movement import data_movement
 
 

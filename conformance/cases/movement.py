@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from backplane.conformance.cases.build import (LARGE, RANK_SHAPES, SIZES, Builder, CaseGenerator, T,
+from backplane.conformance.cases.build import (LARGE, RANK_SHAPES, SIZES, T, Builder, CaseGenerator,
                                                const, shape_label)
 from backplane.conformance.cases.values import is_float, special_data
 

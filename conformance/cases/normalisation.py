@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from backplane.conformance.cases.build import (IMAGE, LARGE, RANK_SHAPES, SIZES, Builder,
-                                               CaseGenerator, T, shape_label, weight)
+from backplane.conformance.cases.build import (IMAGE, LARGE, RANK_SHAPES, SIZES, T, Builder,
+                                               CaseGenerator, shape_label, weight)
 from backplane.conformance.cases.values import special_data
 
 

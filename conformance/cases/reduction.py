@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from backplane.conformance.cases.build import LARGE, SIZES, Builder, CaseGenerator, T, const
+from backplane.conformance.cases.build import LARGE, SIZES, T, Builder, CaseGenerator, const
 from backplane.conformance.cases.values import is_float, multiples_of, special_data
 
 

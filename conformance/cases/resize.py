@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from backplane.conformance.cases.build import IMAGE, SIZES, Builder, CaseGenerator, T, const
+from backplane.conformance.cases.build import IMAGE, SIZES, T, Builder, CaseGenerator, const
 from backplane.conformance.cases.values import is_float, special_data
 
 

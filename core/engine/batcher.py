@@ -51,10 +51,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from backplane.engine.runcheck import QUANTIZED_TOLERANCE, compare
+from backplane.model.inputs import dims_of, validate_inputs
 from backplane.sdk.errors import (BackplaneError, DeadlineError, InputError, OverloadError,
                                   UnsupportedError)
-from backplane.model.inputs import dims_of, validate_inputs
-from backplane.engine.runcheck import QUANTIZED_TOLERANCE, compare
 from backplane.sdk.text import first_line, shown
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from backplane import ops
-from backplane.engine import convert as conversion
-from backplane.engine import qualification
+from backplane.engine import convert as conversion, qualification
 from backplane.engine.plan import FALLBACK_BACKEND, Rejection
 from backplane.ops.costs import nbytes
 from backplane.sdk.contract import Device, Verdict, op_key

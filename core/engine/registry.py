@@ -28,13 +28,13 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from backplane.sdk.env import ALWAYS_LOADED, debug, env_list, probe_timeout_s
-from backplane.sdk.hooks import plugin_manager, register_hooks
 from backplane.engine import isolation
 from backplane.sdk.contract import (API_VERSION, DEVICE_KINDS, MIN_API_VERSION, PRECISIONS, Backend,
                                     Capabilities, Device, changes_since)
+from backplane.sdk.env import ALWAYS_LOADED, debug, env_list, probe_timeout_s
 from backplane.sdk.errors import (DeviceNotFoundError, DeviceUnavailable, PluginDeprecationWarning,
                                   PluginLoadError, UnsupportedError, did_you_mean)
+from backplane.sdk.hooks import plugin_manager, register_hooks
 
 log = logging.getLogger("backplane")
 

@@ -23,25 +23,23 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from backplane.engine import accuracy
-from backplane.engine import costmodel
-from backplane.engine import tuning
-from backplane.sdk.contract import DEVICE_KINDS, POLICIES, PRECISIONS, CompileOptions
-from backplane.sdk.errors import BackendError, InputError, UnsupportedError
+from backplane.engine import accuracy, costmodel, tuning
 from backplane.engine.executor import CompiledPlan
+from backplane.engine.plan import Partition, Plan
+from backplane.engine.planner import Planner
+from backplane.engine.recovery import DEFAULT_COOLDOWN_S, Recovery
+from backplane.engine.registry import registry
+from backplane.engine.runcheck import VERIFY_MODES, Verifier
+from backplane.engine.scheduler import DEFAULT_HEADROOM, Constraints
 from backplane.model.graph import ValueInfo
 from backplane.model.inputs import dims_of, validate_inputs
 from backplane.model.intake import load_model, with_dims
-from backplane.engine.plan import Partition, Plan
 from backplane.model.samples import RandomInput, draw, random_input_specs
 from backplane.model.shapecheck import ShapeCheck
-from backplane.engine.recovery import DEFAULT_COOLDOWN_S, Recovery
-from backplane.engine.planner import Planner
-from backplane.engine.registry import registry
+from backplane.sdk.contract import DEVICE_KINDS, POLICIES, PRECISIONS, CompileOptions
 from backplane.sdk.env import env_seconds
+from backplane.sdk.errors import BackendError, InputError, UnsupportedError
 from backplane.sdk.hooks import plugin_manager
-from backplane.engine.runcheck import VERIFY_MODES, Verifier
-from backplane.engine.scheduler import DEFAULT_HEADROOM, Constraints
 
 #: The accuracy budget of ``precision="auto"`` when none is given.
 DEFAULT_MAX_REL_ERROR = 1e-2

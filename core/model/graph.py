@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from backplane.model.dtypes import DTYPE_CODES, DTYPE_NAMES
-# Node.version comes from the op registry's table, which never imports this module back
 from backplane.ops.registry import version_of
 from backplane.sdk.text import shown
+# Node.version comes from the op registry's table, which never imports this module back
 
 #: The ml_dtypes type of each dtype numpy has no type of its own for (ml_dtypes comes with
 #: onnx).

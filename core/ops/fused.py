@@ -40,12 +40,11 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from backplane.ops.costs import (ELEMENTWISE_FLOPS, NORMALISATION_FLOPS, Cost, conv_cost, dims,
+                                 io_bytes, matmul_dims, result_elements)
+from backplane.ops.opdef import DOMAIN, FUSED, OpDef
 from backplane.sdk.contract import op_key
 from backplane.sdk.errors import UnsupportedError
-from backplane.ops.costs import (ELEMENTWISE_FLOPS, NORMALISATION_FLOPS, conv_cost, dims, io_bytes,
-                                 matmul_dims, result_elements)
-from backplane.ops.costs import Cost
-from backplane.ops.opdef import DOMAIN, FUSED, OpDef
 
 if TYPE_CHECKING:  # pragma: no cover
     from backplane.model.graph import Node

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from backplane.sdk.contract import op_key
 from backplane.ops.costs import Cost
+from backplane.sdk.contract import op_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from backplane.model.graph import Node

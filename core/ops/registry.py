@@ -13,10 +13,10 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from backplane.sdk.contract import op_key
-from backplane.sdk.errors import UnsupportedError, did_you_mean
 from backplane.ops.costs import Cost, cost_function, cost_of, family_of, output_bytes
 from backplane.ops.opdef import DOMAIN, FUSED, MANDATORY, TIERS, OpDef, OpVersion
+from backplane.sdk.contract import op_key
+from backplane.sdk.errors import UnsupportedError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
     from backplane.model.graph import Node

@@ -45,9 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from backplane.engine.batcher import Batcher
+from backplane.engine.session import Session
 from backplane.sdk.contract import POLICIES, PRECISIONS
 from backplane.sdk.errors import BackplaneError, ModelError, did_you_mean
-from backplane.engine.session import Session
 from backplane.sdk.text import shown
 from backplane.serving.protocol import datatype_of, shape_of
 
