@@ -42,7 +42,7 @@ def wheel(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_wheel_holds_every_package_its_data_and_the_entry_points(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for expected in ("backplane/__init__.py", "backplane/session.py",
+    for expected in ("backplane/__init__.py", "backplane/engine/session.py",
                      "backplane/plugins/reference/__init__.py", "backplane/hwdb/__init__.py",
                      "backplane/kernels/__init__.py", "backplane/conformance/__init__.py",
                      "backplane/conformance/tolerances.toml", "backplane/hardware/schema.py",
@@ -51,6 +51,13 @@ def test_wheel_holds_every_package_its_data_and_the_entry_points(wheel):
         assert expected in names
     for rel in DATA_PROBES:
         assert "backplane/" + rel in names, f"package data rule misses {rel}"
+    # every package of the source tree, so that one left out of pyproject's list fails here
+    from tests import architecture
+
+    for name, module in architecture.modules().items():
+        if module.is_package:
+            path = name.replace(".", "/") + "/__init__.py"
+            assert path in names, f"{name} is not in the wheel: add it to pyproject's packages"
     assert not any(n.startswith(("tests/", "examples/", "core/")) for n in names)
     dist_info = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     entry_points = zipfile.ZipFile(wheel).read(dist_info).decode()

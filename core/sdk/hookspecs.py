@@ -12,7 +12,7 @@ the first non-None result (``firstresult``), that result or None.
 
 Specs evolve by adding parameters only; an implementation may take fewer parameters than
 its spec. An implementation that raises is reported as a warning and skipped: the others
-still run and the application goes on (see :func:`backplane.engine.registry.plugin_manager`).
+still run and the application goes on (see :func:`backplane.sdk.hooks.plugin_manager`).
 
 No hook is historic (replayed to implementations registered after it was called): the calls
 are about objects that are replaced or short-lived (records replaced on every refresh,
@@ -179,8 +179,9 @@ def backplane_select_device(node: Node, candidates: list[Candidate]) -> Candidat
 def backplane_plan_ready(plan: Plan, graph: Graph) -> None:
     """Observe a plan once it is made (and again after every re-plan).
 
-    Called by the session after each plan, before it is compiled. Not historic: replaying
-    plans to late registrants would keep every plan and graph of the process alive.
+    Called by the session once each plan is compiled (and, with ``precision="auto"``,
+    its accuracy checked). Not historic: replaying plans to late registrants would keep
+    every plan and graph of the process alive.
 
     Args:
         plan: the plan, with its placements, partitions and events.
