@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from backplane.runtimes import nvml
 from backplane.sdk import hostfacts
+from backplane.sdk.child import run_child
 
 #: How long a vendor tool may take before its answer is ignored.
 TOOL_TIMEOUT_S = 10.0
@@ -305,12 +305,10 @@ def probe_opencl() -> tuple[list[Hardware], str | None]:
             "found, note = opencl_records(); "
             "print(json.dumps([[h.kind, h.name, h.vendor, h.source, h.facts] for h in found]"
             " + [note]))")
-    try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=OPENCL_CHILD_TIMEOUT_S)
-        *records, note = json.loads(out.stdout.strip().splitlines()[-1])
-    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as exc:
-        return [], f"OpenCL probe failed: {type(exc).__name__}: {exc}"
+    found = run_child(code, timeout_s=OPENCL_CHILD_TIMEOUT_S, what="the OpenCL listing")
+    if not isinstance(found.last, list) or not found.last:
+        return [], f"OpenCL probe failed: {found.reason or f'unexpected answer {found.last!r}'}"
+    *records, note = found.last
     return [Hardware(*r) for r in records], note
 
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from backplane.sdk.child import run_child
 from backplane.sdk.contract import Device, Executable
 from backplane.sdk.env import probe_budget_s
 from backplane.sdk.errors import CompileError, DeviceUnavailable, ExecutionError
@@ -269,30 +270,21 @@ def probe_providers() -> tuple[str, list[str], dict[str, tuple[bool, str]]]:
     with _readiness_lock:
         if _probed is not None:
             return _probed
-    import subprocess
-    import sys
-    import tempfile
-
     budget = _probe_budget()
-    code = "from backplane.runtimes.onnxruntime import _probe_child; _probe_child()"
-    try:
-        child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                               timeout=budget, cwd=tempfile.gettempdir(),
-                               env=dict(os.environ))
-        out, err, rc = child.stdout, child.stderr, child.returncode
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        err, rc = f"no answer within {budget:.2g} s", None
-    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    found = run_child("from backplane.runtimes.onnxruntime import _probe_child; _probe_child()",
+                      timeout_s=budget, what="the probe process")
+    lines = [x for x in found.lines if isinstance(x, dict)]
     if not lines or "error" in lines[0]:
-        why = lines[0]["error"] if lines else (err.strip().splitlines() or ["no output"])[-1]
+        why = lines[0]["error"] if lines else found.reason
         raise DeviceUnavailable(f"onnxruntime is not usable here ({why}); "
                                 "pip install 'backplane-hal[onnxruntime]'")
     head, rows = lines[0], lines[1:]
     checks = {r["provider"]: (bool(r["ready"]), str(r["reason"])) for r in rows}
+    rc = found.returncode
     for p in head["compute"]:
         checks.setdefault(p, (False, "the readiness check " + (
-            f"crashed the probe process (exit code {rc})" if rc else f"gave no answer: {err}")))
+            f"crashed the probe process (exit code {rc})" if rc else
+            f"gave no answer: {found.reason or found.stderr.strip() or 'no output'}")))
     result = (head["onnxruntime"], head["available"], checks)
     with _readiness_lock:
         _probed = _probed or result

@@ -52,6 +52,9 @@ ANY = ("float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64", "boo
 #: ONNX TensorProto codes the Cast kernel converts to: float, uint8, int8, int32, int64, bool.
 CAST_TO = (1, 2, 3, 6, 7, 9)
 MAX_RANK = 8
+#: Seconds the child measuring a CPU device's GEMM vector width may take (it builds each
+#: kernel variant; not a probe of the registry's, so not within its deadline).
+GEMM_WIDTH_TIMEOUT_S = 60.0
 #: Every device builds and runs this, as the kernels are built, before it is listed: a
 #: driver whose compiler cannot target the device (PoCL 3.0 on a CPU its LLVM does not
 #: know) is reported with its own words instead of failing every compile later.
@@ -391,21 +394,12 @@ def gemm_width_of(pi: int, di: int, in_child: bool = False) -> int | None:
 
         start_loader()  # the drivers the parent listed, at the same indices
         return gemm_width(cl.get_platforms()[pi].get_devices()[di])
-    import json
-    import subprocess
-    import sys
-    import tempfile
+    from backplane.sdk.child import run_child
 
-    code = ("import json, sys, os; sys.path[:0] = json.loads(sys.argv[1]); "
-            "from backplane.runtimes.opencl import gemm_width_of; "
+    code = ("import os; from backplane.runtimes.opencl import gemm_width_of; "
             f"print(gemm_width_of({pi}, {di}, in_child=True), flush=True); os._exit(0)")
-    try:
-        out = subprocess.run([sys.executable, "-c", code, json.dumps(sys.path)],
-                             capture_output=True, text=True, timeout=60,
-                             cwd=tempfile.gettempdir())
-        return int(out.stdout.strip().splitlines()[-1])
-    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
-        return None
+    found = run_child(code, timeout_s=GEMM_WIDTH_TIMEOUT_S, what="the GEMM width check")
+    return found.last if isinstance(found.last, int) else None
 
 
 #: Programs a driver built without kernels, never released (see :func:`gemm_width`).

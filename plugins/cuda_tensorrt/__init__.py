@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,8 @@ from typing import Any
 from backplane import (API_VERSION, Backend, Capabilities, CompileOptions, Device, Executable,
                        LazyOps)
 from backplane import __version__ as _backplane_version
-from backplane.sdk.errors import CompileError, DeviceUnavailable, did_you_mean
+from backplane.sdk.compilepath import CompilePaths
+from backplane.sdk.errors import CompileError, DeviceUnavailable
 from backplane.sdk.hooks import plugin_manager
 from backplane.runtimes import nvml
 from backplane.runtimes import onnxruntime as ort_rt
@@ -49,10 +50,13 @@ from backplane.runtimes.torch import kernels as torch_kernels
 from . import driver
 
 NAME = "cuda-tensorrt"
-#: The compile paths, in the order they are tried.
-PATHS = ("tensorrt", "onnxruntime", "kernels")
-LABELS = {"tensorrt": "TensorRT", "onnxruntime": "ONNX Runtime CUDA provider",
-          "kernels": "kernel path"}
+#: The compile paths, in the order they are tried (:mod:`backplane.sdk.compilepath`).
+CHOICE = CompilePaths(NAME, {"tensorrt": "TensorRT", "onnxruntime": "ONNX Runtime CUDA provider",
+                             "kernels": "kernel path"}, messages={
+    "forced": "{backend} path {path!r} was asked for (options {backend}.{option}) but "
+              "cannot be taken: {reason}"})
+PATHS = CHOICE.names
+LABELS = CHOICE.labels
 #: The precisions each path computes at.
 PATH_PRECISIONS = {"tensorrt": frozenset({"fp32", "fp16", "bf16", "int8"}),
                    "onnxruntime": frozenset({"fp32"}),
@@ -104,24 +108,16 @@ class CudaTensorRTBackend(Backend):
     def compile(self, graph: Any, device: Device, options: CompileOptions) -> Executable:
         """The first path that takes the partition (see the module's docstring)."""
         extra = dict(options.extra.get(NAME, {})) if options.extra else {}
-        order, passed = choose_paths(device.properties.get("paths", {}), options.precision,
-                                     extra.get("path"), device.id)
-        for path in order:
-            try:
-                exe = _COMPILERS[path](graph, device, options, extra)
-            except CompileError as exc:
-                if extra.get("path") or path == order[-1]:
-                    if passed:
-                        raise CompileError(f"{exc} (passed over before: {'; '.join(passed)})",
-                                           backend=NAME, device=device.id, op=exc.op,
-                                           vendor_message=exc.vendor_message) from exc
-                    raise
-                passed.append(f"{LABELS[path]} failed: {exc}")
-                continue
-            if passed:
-                exe.path = f"{exe.path}; passed over: {'; '.join(passed)}"
-            return exe
-        raise AssertionError("choose_paths returns at least one path")  # pragma: no cover
+        exe, choice = CHOICE.compile(
+            _why_not(device.properties.get("paths", {}), options.precision),
+            lambda path: _COMPILERS[path](graph, device, options, extra), extra.get("path"),
+            device=device.id, precision=options.precision)
+        # Every path passed over is named: those not ready, then those that failed.
+        notes = [str(p) for p in choice.passed if p.error is None] + [
+            f"{p.label} failed: {p.error}" for p in choice.passed if p.error is not None]
+        if notes:
+            exe.path = f"{exe.path}; passed over: {'; '.join(notes)}"
+        return exe
 
 
 def graph_path_ops() -> dict[str, Any]:
@@ -151,6 +147,14 @@ def choose_paths(paths: Mapping[str, str], precision: str, requested: str | None
     (the device's ``paths`` property). A ``requested`` path is the only one tried; it
     raises CompileError when unknown, missing or unable to compute at ``precision``.
     """
+    order, passed = CHOICE.order(_why_not(paths, precision), requested, device=device or None,
+                                 precision=precision)
+    return order, [str(p) for p in passed]
+
+
+def _why_not(paths: Mapping[str, str], precision: str) -> Callable[[str], str]:
+    """The readiness check of the paths: each one's runtime installed (``paths``) and its
+    precisions holding ``precision``."""
     def why_not(path: str) -> str:
         reason = paths.get(path, "not probed")
         if reason:
@@ -160,24 +164,7 @@ def choose_paths(paths: Mapping[str, str], precision: str, requested: str | None
                     f"{precision}")
         return ""
 
-    if requested is not None:
-        if requested not in PATHS:
-            raise CompileError(f"unknown {NAME} path {requested!r}: the paths are "
-                               f"{', '.join(PATHS)}." + did_you_mean(requested, PATHS),
-                               backend=NAME, device=device)
-        reason = why_not(requested)
-        if reason:
-            raise CompileError(f"{NAME} path '{requested}' was asked for but cannot be taken "
-                               f"on {device or 'this device'}: {reason}", backend=NAME,
-                               device=device)
-        return [requested], []
-    order = [p for p in PATHS if not why_not(p)]
-    passed = [f"{LABELS[p]}: {why_not(p)}" for p in PATHS if why_not(p)]
-    if not order:
-        raise CompileError(f"no {NAME} path can compile at {precision} on "
-                           f"{device or 'this device'}: {'; '.join(passed)}", backend=NAME,
-                           device=device)
-    return order, passed
+    return why_not
 
 
 # ---------------------------------------------------------------------- the three paths

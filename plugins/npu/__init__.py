@@ -139,41 +139,27 @@ class NpuBackend(Backend):
         return listed
 
     def find(self) -> tuple[list[Device], list[str]]:
-        """``(ready devices, why each other path is not ready)``; never raises."""
+        """``(ready devices, why each other path is not ready)``, in the order of the paths
+        (:data:`devices.PATHS`); never raises."""
         nodes = found.accel_nodes(self._sys_accel)
         intel = [n for n in nodes if n["driver"] == "intel_vpu"]
-        listed: list[Device] = []
-        reasons: list[str] = []
-        if intel or self._platform == "win32":
-            info = self._openvino()
-            where = f"the Intel NPU at {intel[0]['node']}: " if intel else ""
-            if info.get("ok"):
-                listed.append(self._openvino_device(info, intel[0] if intel else {}))
-            else:
-                reasons.append(where + str(info.get("reason") or "OpenVINO's NPU is not ready"))
-        else:
-            reasons.append("no Intel NPU: no /dev/accel node driven by intel_vpu")
+        info = self._openvino() if intel or self._platform == "win32" else None
         answers = self._ort()
-        if not answers:
-            installed, _ = found.ort_builds()
-            amd = [n for n in nodes if n["driver"] == "amdxdna"]
-            reasons.append(
-                "no QNN or VitisAI build of onnxruntime (installed: "
-                f"{installed or 'none'}; Snapdragon X NPUs need onnxruntime-qnn, AMD XDNA "
-                "NPUs Ryzen AI Software's onnxruntime-vitisai)"
-                + (f"; an AMD XDNA NPU node is present at {amd[0]['node']}" if amd else ""))
-        for provider, answer in answers.items():
-            if answer.get("ready"):
-                vendor = found.ORT_PROVIDERS.get(provider, ("", "", ""))[0]
-                listed.append(Device(
-                    name=f"{vendor} NPU ({provider}, ONNX Runtime {answer.get('onnxruntime')})",
-                    kind="npu", vendor=vendor, properties={
-                        "path": "onnxruntime", "provider": provider,
-                        "onnxruntime": answer.get("onnxruntime", ""),
-                        "precisions": list(found.PRECISIONS.get(provider, ("int8",)))}))
-            else:
-                reasons.append(f"{provider}: {answer.get('reason') or 'not ready'}")
-        return listed, reasons
+        ready, passed = found.PATHS.survey(lambda p: found.why_not(p, info, answers, intel))
+        listed = [self._openvino_device(info or {}, intel[0] if intel else {})
+                  if p == "openvino" else self._ort_device(p, answers[p]) for p in ready]
+        reasons = [p.reason for p in passed]
+        return listed, reasons + ([] if answers else [found.no_ort_reason(nodes)])
+
+    @staticmethod
+    def _ort_device(provider: str, answer: Mapping[str, Any]) -> Device:
+        vendor = found.ORT_PROVIDERS.get(provider, ("", "", ""))[0]
+        return Device(
+            name=f"{vendor} NPU ({provider}, ONNX Runtime {answer.get('onnxruntime')})",
+            kind="npu", vendor=vendor, properties={
+                "path": "onnxruntime", "provider": provider,
+                "onnxruntime": answer.get("onnxruntime", ""),
+                "precisions": list(found.PRECISIONS.get(provider, ("int8",)))})
 
     @staticmethod
     def _openvino_device(info: Mapping[str, Any], node: Mapping[str, str]) -> Device:

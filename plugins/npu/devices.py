@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from backplane.runtimes.onnxruntime import session_options
+from backplane.sdk.child import run_child
+from backplane.sdk.compilepath import CompilePaths
 from backplane.sdk.env import probe_budget_s
 
 #: Where the kernel lists accelerator device nodes (/dev/accel/accelN).
@@ -41,6 +41,11 @@ PROVIDER_OPTIONS: dict[str, dict[str, str]] = {"QNNExecutionProvider": {"backend
                                                "VitisAIExecutionProvider": {}}
 #: Seconds a probe child may take at most (less under a shorter BACKPLANE_PROBE_TIMEOUT_S).
 PROBE_BUDGET_S = 4.0
+#: The paths, in the order their devices are listed (:mod:`backplane.sdk.compilepath`):
+#: OpenVINO's NPU device, then ONNX Runtime's NPU providers. Each ready path is a device of
+#: its own, so a compile takes its device's path (``properties["path"]``): none is chosen
+#: among others, forced, or fallen through to.
+PATHS = CompilePaths("npu", {"openvino": "OpenVINO NPU", **{p: p for p in ORT_PROVIDERS}})
 
 _lock = threading.Lock()
 _answers: dict[str, Any] = {}
@@ -80,22 +85,45 @@ def probe_budget() -> float:
 
 
 def _ask_child(entry: str, args: list[str], what: str) -> list[dict[str, Any]]:
-    """Run ``backplane.plugins.npu.devices.ENTRY(*args)`` in a child; its JSON lines, or
-    one ``{"error"}`` line saying why there is none."""
+    """Run ``backplane.plugins.npu.devices.ENTRY(*args)`` in a probe child
+    (:func:`backplane.sdk.child.run_child`); its JSON lines, or one ``{"error"}`` line
+    saying why there is none."""
     code = f"import sys; from backplane.plugins.npu.devices import {entry}; {entry}(sys.argv[1:])"
-    budget = probe_budget()
-    try:
-        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
-                              text=True, timeout=budget, cwd=tempfile.gettempdir())
-    except subprocess.TimeoutExpired:
-        return [{"error": f"{what} gave no answer within {budget:g} s"}]
-    except OSError as exc:
-        return [{"error": f"{what} could not start: {exc}"}]
-    lines = [json.loads(ln) for ln in done.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:300]
-        return [{"error": f"{what} exited with {done.returncode}: {tail}"}]
-    return lines
+    found = run_child(code, *args, timeout_s=probe_budget(), what=what)
+    lines = [x for x in found.lines if isinstance(x, dict)]
+    return lines or [{"error": found.reason or f"{what} gave no answer"}]
+
+
+# ---------------------------------------------------------------------- readiness
+
+def why_not(path: str, openvino: Mapping[str, Any] | None,
+            ort: Mapping[str, Mapping[str, Any]], intel: list[dict[str, str]]) -> str | None:
+    """The readiness check of a path of :data:`PATHS`: ``""`` when ready, else why not;
+    None for an ONNX Runtime provider that no installed build carries (not mentioned).
+
+    ``openvino`` is :func:`openvino_npu`'s answer (None: not asked, there being no Intel
+    NPU node), ``ort`` :func:`ort_npus`'s, ``intel`` the Intel NPU nodes."""
+    if path == "openvino":
+        if openvino is None:
+            return "no Intel NPU: no /dev/accel node driven by intel_vpu"
+        where = f"the Intel NPU at {intel[0]['node']}: " if intel else ""
+        return "" if openvino.get("ok") else where + str(
+            openvino.get("reason") or "OpenVINO's NPU is not ready")
+    answer = ort.get(path)
+    if answer is None:
+        return None
+    return "" if answer.get("ready") else f"{path}: {answer.get('reason') or 'not ready'}"
+
+
+def no_ort_reason(nodes: list[dict[str, str]]) -> str:
+    """Why no ONNX Runtime NPU provider is offered: what is installed, what each NPU needs,
+    and an AMD XDNA node among ``nodes`` if there is one."""
+    installed, _ = ort_builds()
+    amd = [n for n in nodes if n["driver"] == "amdxdna"]
+    return ("no QNN or VitisAI build of onnxruntime (installed: "
+            f"{installed or 'none'}; Snapdragon X NPUs need onnxruntime-qnn, AMD XDNA "
+            "NPUs Ryzen AI Software's onnxruntime-vitisai)"
+            + (f"; an AMD XDNA NPU node is present at {amd[0]['node']}" if amd else ""))
 
 
 # ---------------------------------------------------------------------- OpenVINO

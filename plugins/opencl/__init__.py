@@ -13,16 +13,14 @@ first OpenCL call only (:mod:`backplane.runtimes.opencl_drivers`).
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from backplane import API_VERSION, Backend, CompileOptions, Device, Executable
 from backplane import __version__ as _backplane_version
+from backplane.sdk.child import run_child
 from backplane.sdk.errors import DeviceUnavailable
 from backplane.runtimes.opencl import (OpenCLExecutable, cannot_run, gemm_width_of, kernels,
                                        state_for)
@@ -133,25 +131,16 @@ def _label(platform: Any, d: Any) -> str:
 
 
 def _list_devices_in_child() -> "list[dict[str, Any]] | str":
-    code = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
-            "import backplane.plugins.opencl as p; p._IN_LISTING_CHILD = True; "
-            "print(json.dumps(p._list_devices()), flush=True); "
+    code = ("import backplane.plugins.opencl as p; p._IN_LISTING_CHILD = True; "
+            "import json; print(json.dumps(p._list_devices()), flush=True); "
             # PoCL may abort at exit after a failed build (see gemm_width); the
             # answer is out by then, and the child has nothing else to tear down.
             "import os; os._exit(0)")
-    try:
-        out = subprocess.run([sys.executable, "-c", code, json.dumps(sys.path)],
-                             capture_output=True, text=True, timeout=PROBE_CHILD_TIMEOUT_S,
-                             cwd=tempfile.gettempdir())
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"listing OpenCL devices failed: {type(exc).__name__}: {exc}"
-    if out.returncode != 0:
-        tail = (out.stderr.strip().splitlines() or ["no message"])[-1]
-        return f"listing OpenCL devices failed (exit code {out.returncode}): {tail}"
-    try:
-        return json.loads(out.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return f"listing OpenCL devices gave no answer: {out.stdout[-200:]!r}"
+    found = run_child(code, timeout_s=PROBE_CHILD_TIMEOUT_S, what="the OpenCL listing child")
+    if found.reason is not None:
+        return f"listing OpenCL devices failed: {found.reason}"
+    return found.last if isinstance(found.last, (list, str)) else (
+        f"listing OpenCL devices gave no answer: {found.last!r}")
 
 
 #: Set in the child process that lists devices (:func:`_list_devices_in_child`).

@@ -46,6 +46,7 @@ from backplane import (API_VERSION, AttributeRule, Backend, Capabilities, Compil
                        Executable, LazyOps, OpSupport)
 from backplane import __version__ as _backplane_version
 from backplane.sdk.cache import subfolder
+from backplane.sdk.child import run_child
 from backplane.sdk.env import probe_budget_s
 from backplane.sdk.errors import CompileError, DeviceUnavailable
 from backplane.runtimes.openvino import (from_tensor, inlined, onnx_nodes_of, ov, ov_core,
@@ -230,8 +231,6 @@ def probe_info() -> dict[str, Any]:
     or ``{"ok": False, "reason"}``. Writes no file and changes no environment variable."""
     global _probe_answer
     import importlib.util
-    import subprocess
-    import sys
 
     with _probe_lock:
         if _probe_answer is not None:
@@ -240,20 +239,12 @@ def probe_info() -> dict[str, Any]:
             answer = {"ok": False, "reason": "openvino is not installed; pip install "
                                              "'backplane-hal[openvino]'"}
         else:
-            budget = probe_budget_s(cap=4.0, floor=0.5)
-            code = "from backplane.plugins.openvino_cpu import _probe_child; _probe_child()"
-            try:
-                done = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                                      text=True, timeout=budget)
-                lines = done.stdout.strip().splitlines()
-                answer = json.loads(lines[-1]) if done.returncode == 0 and lines else {
-                    "ok": False, "reason": f"the OpenVINO probe process exited with "
-                    f"{done.returncode}: {done.stderr.strip()[-300:]}"}
-            except subprocess.TimeoutExpired:
-                answer = {"ok": False, "reason": f"OpenVINO did not list its devices within "
-                                                 f"{budget:g} s"}
-            except (OSError, ValueError) as exc:
-                answer = {"ok": False, "reason": f"the OpenVINO probe failed: {exc}"}
+            found = run_child(
+                "from backplane.plugins.openvino_cpu import _probe_child; _probe_child()",
+                timeout_s=probe_budget_s(cap=4.0, floor=0.5), what="the OpenVINO probe process")
+            answer = found.last if found.reason is None and isinstance(found.last, dict) \
+                else {"ok": False, "reason": found.reason or f"the OpenVINO probe process "
+                                                             f"answered {found.last!r}"}
         _probe_answer = answer
         return answer
 

@@ -19,10 +19,11 @@ fallback disabled, through the ONNX Runtime adapter), else the torch op table on
 else the OpenCL kernels on ROCm's OpenCL device. Every path runs for this backend: its
 errors name ``rocm`` and the device.
 ``Executable.path`` says which path ran and why the ones before it were passed over;
-``options={"rocm": {"path": "migraphx" | "torch" | "opencl"}}`` forces one. A path that
-fails to compile (a node the graph compiler refuses) hands over to the next one unless it
-was forced. The sysfs and /dev roots are constructor parameters, so tests probe recorded
-trees; the runtimes and the vendor tools can be injected the same way.
+``options={"rocm": {"path": "migraphx" | "torch" | "opencl"}}`` forces one. A path whose
+compile raises a CompileError (a node the graph compiler refuses) hands over to the next
+one unless it was forced (the rule of :mod:`backplane.sdk.compilepath`). The sysfs and
+/dev roots are constructor parameters, so tests probe recorded trees; the runtimes and the
+vendor tools can be injected the same way.
 """
 
 from __future__ import annotations
@@ -167,25 +168,14 @@ class RocmBackend(Backend):
         """The first path that is ready, computes at the plan's precision and compiles
         (or the forced one); ``Executable.path`` says which and why."""
         extra = dict((options.extra or {}).get(self.name) or {})
-        forced = extra.get("path")
-        paths = {k: dict(v) for k, v in (device.properties.get("paths") or {}).items()}
-        gfx = device.properties.get("gfx_target")
-        while True:
-            try:
-                path, text = rt.choose_path(paths, forced, options.precision, gfx)
-            except rt.PathUnavailable as exc:
-                raise CompileError(f"compile failed in backend '{self.name}' on device "
-                                   f"'{device.id}': {exc}", backend=self.name,
-                                   device=device.id) from None
-            try:
-                exe = _COMPILERS[path](self, graph, device, options, paths[path], extra)
-            except BackendError as exc:
-                if forced:
-                    raise
-                paths[path] = {"ready": False, "detail": f"failed at compile: {exc}"}
-                continue
-            exe.path = text  # type: ignore[misc]  # per instance
-            return exe
+        paths = device.properties.get("paths") or {}
+        exe, choice = rt.CHOICE.compile(
+            rt.why_not(paths, options.precision),
+            lambda path: _COMPILERS[path](self, graph, device, options, dict(paths[path]), extra),
+            extra.get("path"), device=device.id, precision=options.precision)
+        exe.path = choice.explain(rt.describe(  # type: ignore[misc]  # per instance
+            choice.path, paths[choice.path], device.properties.get("gfx_target")))
+        return exe
 
     def _compile_graph(self, graph: Any, device: Device, options: CompileOptions,
                        status: dict[str, Any], extra: dict[str, Any]) -> Executable:

@@ -11,32 +11,34 @@ which one a compile takes.
 asking torch and pyopencl in short child processes and ORT through the ONNX Runtime
 adapter's provider check, all bounded by one time budget; :func:`device_paths` turns those
 facts into each GPU's paths, and :func:`choose_path` picks one and says why the others were
-passed over. The last two are pure functions of data, so their logic is tested with the
-runtimes' availability injected.
+passed over, by the SDK's compile-path rules (:data:`CHOICE`). The last two are pure
+functions of data, so their logic is tested with the runtimes' availability injected.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from backplane.sdk.child import run_child
+from backplane.sdk.compilepath import CompilePaths, PathUnavailable
 from backplane.sdk.errors import DeviceUnavailable
 from backplane.runtimes.onnxruntime import probe_providers
 from backplane.runtimes.opencl import cannot_run
 from backplane.sdk.env import probe_budget_s
 from backplane.runtimes.torch import torch_build as _installed_torch
 
-#: The paths in the order a compile tries them.
-PATHS = ("migraphx", "torch", "opencl")
-LABELS = {"migraphx": "graph path", "torch": "torch path", "opencl": "OpenCL path"}
+#: The paths in the order a compile tries them (:mod:`backplane.sdk.compilepath`).
+CHOICE = CompilePaths("rocm", {"migraphx": "graph path", "torch": "torch path",
+                               "opencl": "OpenCL path"},
+                      messages={"none": "no path can compile here: {reasons}"})
+PATHS = CHOICE.names
+LABELS = CHOICE.labels
 #: ORT providers of the graph path, preferred first: MIGraphX is the one AMD supports and
 #: documents; the older ROCm provider is taken where a build still has it.
 GRAPH_PROVIDERS = ("MIGraphXExecutionProvider", "ROCMExecutionProvider")
@@ -50,10 +52,6 @@ INSTALL = ("torch built for ROCm (pip install torch --index-url "
            "ROCm), ROCm's OpenCL runtime (package rocm-opencl-runtime) with pyopencl (pip "
            "install 'backplane-hal[opencl]'), or an onnxruntime built with the MIGraphX "
            "execution provider (ROCm's documentation: 'Install ONNX Runtime for ROCm')")
-
-
-class PathUnavailable(Exception):
-    """A compile cannot take any path (or the forced one): the message says why."""
 
 
 @dataclass
@@ -115,7 +113,7 @@ def _torch(budget_s: float) -> dict[str, Any]:
         return {**build, "error": "torch is not installed"}
     if build["rocm"] is None:
         return {**build, "error": f"torch {build['version']} is not a ROCm build"}
-    found = _child(_TORCH_CHILD, budget_s)
+    found = _child(_TORCH_CHILD, budget_s, "the torch check")
     if found.get("timeout"):
         return _unverified(build, found["error"])
     if "error" in found:
@@ -179,7 +177,7 @@ def opencl_child() -> None:
 
 def _opencl(budget_s: float) -> dict[str, Any]:
     found = _child("from backplane.plugins.rocm.runtimes import opencl_child; opencl_child()",
-                   budget_s)
+                   budget_s, "the OpenCL check")
     if "error" not in found and "platform" not in found:
         listed = ", ".join(found.get("platforms") or []) or "none"
         found["error"] = (f"pyopencl lists no '{ROCM_OPENCL_PLATFORM}' platform (platforms: "
@@ -246,26 +244,15 @@ def detect(budget_s: float | None = None) -> Runtimes:
                     ort=box.get("ort", {"error": late}))
 
 
-def _child(code: str, timeout_s: float) -> dict[str, Any]:
-    """Run ``code`` in a fresh Python with this one's import path; its last stdout line as
-    JSON, or ``{"error": why}``."""
-    wrapper = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
-               "exec(compile(sys.argv[2], '<backplane-rocm-check>', 'exec'))")
-    try:
-        done = subprocess.run([sys.executable, "-c", wrapper, json.dumps(sys.path), code],
-                              capture_output=True, text=True, timeout=max(0.1, timeout_s),
-                              cwd=tempfile.gettempdir())
-    except subprocess.TimeoutExpired:
-        return {"error": f"no answer within {timeout_s:g} s", "timeout": True}
-    except OSError as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    try:
-        found = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"the check exited with code {done.returncode}: {tail}"}
-    return found if isinstance(found, dict) else {"error": f"unexpected answer {found!r}"}
+def _child(code: str, timeout_s: float, what: str) -> dict[str, Any]:
+    """Run ``code`` in a probe child (:func:`backplane.sdk.child.run_child`); its last JSON
+    object, or ``{"error": why}`` (with ``"timeout": True`` when it ran out of time)."""
+    found = run_child(code, timeout_s=timeout_s, what=what)
+    answer = next((x for x in reversed(found.lines) if isinstance(x, dict)), None)
+    if answer is not None:
+        return answer
+    return {"error": found.reason or f"{what} gave no answer",
+            **({"timeout": True} if found.timed_out else {})}
 
 
 # ---------------------------------------------------------------------- per device
@@ -405,6 +392,22 @@ def describe(path: str, status: Mapping[str, Any], gfx: str | None) -> str:
             f"{status.get('platform_index')}, device {status.get('device_index')})")
 
 
+def why_not(paths: Mapping[str, Mapping[str, Any]], precision: str = "fp32"
+            ) -> Callable[[str], str]:
+    """The readiness check of a device's ``paths`` (:func:`device_paths`) at ``precision``:
+    ``""`` for a ready path computing at it, else why not."""
+    def check(path: str) -> str:
+        status = paths.get(path) or _no("not probed")
+        if not status.get("ready"):
+            return str(status.get("detail") or "not available")
+        precisions = status.get("precisions") or ["fp32"]
+        if precision not in precisions:
+            return f"computes at {', '.join(precisions)} only, the plan asks {precision}"
+        return ""
+
+    return check
+
+
 def choose_path(paths: Mapping[str, Mapping[str, Any]], forced: str | None = None,
                 precision: str = "fp32", gfx: str | None = None) -> tuple[str, str]:
     """The path a compile takes, and the explanation shown in the plan.
@@ -415,30 +418,11 @@ def choose_path(paths: Mapping[str, Mapping[str, Any]], forced: str | None = Non
     provider"``. ``forced`` (options ``{"rocm": {"path": ...}}``) takes that path or none.
     Raises PathUnavailable with every reason when no path will do.
     """
-    def why_not(path: str) -> str | None:
-        status = paths.get(path) or _no("not probed")
-        if not status.get("ready"):
-            return str(status.get("detail") or "not available")
-        precisions = status.get("precisions") or ["fp32"]
-        if precision not in precisions:
-            return f"computes at {', '.join(precisions)} only, the plan asks {precision}"
-        return None
+    choice = CHOICE.choose(why_not(paths, precision), forced, precision=precision)
+    return choice.path, choice.explain(describe(choice.path, paths[choice.path], gfx))
 
-    if forced is not None:
-        if forced not in PATHS:
-            raise PathUnavailable(f"options rocm.path must be one of {', '.join(PATHS)}, "
-                                  f"not {forced!r}")
-        reason = why_not(forced)
-        if reason:
-            raise PathUnavailable(f"the {LABELS[forced]} was asked for (options rocm.path="
-                                  f"{forced!r}) but cannot be taken: {reason}")
-        return forced, describe(forced, paths[forced], gfx) + " (forced by options rocm.path)"
-    passed = []
-    for path in PATHS:
-        reason = why_not(path)
-        if reason is None:
-            return path, "; ".join([describe(path, paths[path], gfx)] + [
-                f"{LABELS[p]} passed over: {r}" for p, r in passed])
-        passed.append((path, reason))
-    raise PathUnavailable("no path can compile here: " + "; ".join(
-        f"{LABELS[p]}: {r}" for p, r in passed))
+
+__all__ = ["CHOICE", "GRAPH_PROVIDERS", "INSTALL", "LABELS", "PATHS", "PROBE_BUDGET_S",
+           "PathUnavailable", "ROCM_OPENCL_PLATFORM", "Runtimes", "budget", "choose_path",
+           "describe", "detect", "device_paths", "hip_indexes", "opencl_child", "slot",
+           "torch_build", "why_not"]
