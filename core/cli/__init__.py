@@ -16,6 +16,9 @@ from typing import Any
 import click
 
 from backplane.cli import ui
+from backplane.engine.isolation import clear
+from backplane.engine.registry import devices as list_devices, plugin_records, registry
+from backplane.sdk.contract import DEVICE_KINDS, POLICIES
 from backplane.sdk.errors import BackplaneError, InputError
 from backplane.sdk.text import shown
 
@@ -31,7 +34,6 @@ def cli() -> None:
 def devices(as_json: bool) -> None:
     """List the devices of every healthy backend, best first."""
     from backplane.hardware.match import device_records
-    from backplane.engine.registry import devices as list_devices
 
     records = device_records(list_devices())
     if as_json:
@@ -49,9 +51,6 @@ def devices(as_json: bool) -> None:
 def plugins(recheck: bool, as_json: bool) -> None:
     """List backend plugins: loaded, without device, failed or disabled, with the reason, and
     what a third-party plugin changed in the process that checked it."""
-    from backplane.engine.isolation import clear
-    from backplane.engine.registry import plugin_records, registry
-
     if recheck:
         clear()
         registry(refresh=True)
@@ -80,8 +79,6 @@ def _session(model: Any, devices: tuple[str, ...], **kwargs: Any) -> Any:
 
 def planning_options(fn: Any) -> Any:
     """The options that shape a plan, shared by ``plan`` and ``run``."""
-    from backplane.sdk.contract import DEVICE_KINDS, POLICIES
-
     options = [
         click.option("--policy", type=click.Choice(POLICIES), default="latency",
                      show_default=True, help="What the plan minimises."),

@@ -12,6 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from backplane.engine.registry import registry
+from backplane.engine.session import Session
 from backplane.sdk.errors import BackplaneError
 
 
@@ -99,8 +101,6 @@ def run_demo(devices: list[str] | None = None, batch: int = 8, repeats: int = 10
         seed: seed of the weights and the input.
     """
     from backplane.conformance import compare
-    from backplane.engine.registry import registry
-    from backplane.engine.session import Session
 
     model = build_demo_model(seed)
     oracle = Session(model, devices=["reference"], strict=True)

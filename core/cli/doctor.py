@@ -27,6 +27,8 @@ from typing import Any
 
 from backplane.cli.doctor_hints import Hint, derive_hints, machine_facts
 from backplane.cli.doctor_trial import DEFAULT_TIMEOUT_S, FAIL, MODELS, PASS, SEED, run_trial
+from backplane.engine.registry import plugin_records, registry
+from backplane.hardware.probe import probe_all
 
 #: The verdict of a plugin without a device, by its registry state.
 STATE_VERDICTS = {"no-device": "NO DEVICE", "disabled": "DISABLED", "failed": "FAILED"}
@@ -120,9 +122,6 @@ def diagnose(timeout_s: float = DEFAULT_TIMEOUT_S, jobs: int | None = None) -> D
     Returns:
         A :class:`Diagnosis`; never raises for a backend's failure.
     """
-    from backplane.hardware.probe import probe_all
-    from backplane.engine.registry import plugin_records, registry
-
     t0 = time.perf_counter()
     hardware: dict[str, Any] = {}
     probing = threading.Thread(target=lambda: hardware.update(result=probe_all()),

@@ -16,7 +16,11 @@ import sys
 import time
 from typing import Any
 
+from backplane.engine.executor import to_host
 from backplane.engine.isolation import child_env, kill_group
+from backplane.engine.registry import registry
+from backplane.model.intake import load_model
+from backplane.sdk.contract import CompileOptions
 
 #: The verdict of a trial.
 PASS, FAIL = "PASS", "FAIL"
@@ -127,10 +131,6 @@ def _trial(backend_name: str, device_id: str, device_name: str | None) -> dict[s
     import numpy as np
 
     from backplane.conformance import compare, tolerance
-    from backplane.sdk.contract import CompileOptions
-    from backplane.engine.executor import to_host
-    from backplane.model.intake import load_model
-    from backplane.engine.registry import registry
 
     out: dict[str, Any] = {"verdict": FAIL}
 

@@ -29,6 +29,7 @@ from string import Template
 from typing import Any
 
 from backplane.sdk.errors import BackplaneError
+import backplane
 
 #: A backend name: lowercase letters, digits and single hyphens, starting with a letter.
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
@@ -126,8 +127,6 @@ def render(name: str) -> dict[str, tuple[str, str]]:
     """The files of the package for backend ``name``: ``{relative path: (text, what it
     holds)}``. The backend API version is written as a literal: the one this backplane
     implements now, so that the plugin keeps saying what it was written for."""
-    import backplane
-
     package, cls = _python_names(name)
     values = {"name": name, "package": package, "cls": cls,
               "api_version": str(backplane.API_VERSION),
@@ -171,7 +170,6 @@ def new_plugin(name: str, directory: str | Path = ".", *, force: bool = False) -
     except OSError as exc:
         raise ScaffoldError(f"cannot write the package at {root}: {exc.strerror or exc}"
                             ) from None
-    import backplane
 
     package, cls = _python_names(name)
     return Scaffold(name=name, distribution=f"backplane-{name}", package=package,

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from backplane.sdk.cache import cache_dir, cache_key, exclusive, prune, read_json, write_sealed
 from backplane.sdk.contract import API_VERSION, MIN_API_VERSION
 
 # json, signal, subprocess and the cache helpers (hashlib, tempfile) are imported where a
@@ -155,7 +156,6 @@ def verdicts(targets: list[Target], installed: list[Target],
     """
     import json
 
-    from backplane.sdk.cache import exclusive, cache_dir, cache_key, prune, write_sealed
 
     # (A built-in entry point's metadata is rewritten by every build of a source tree; its
     # version stands for it.)
@@ -196,8 +196,6 @@ def verdicts(targets: list[Target], installed: list[Target],
 def _read(path: Path, key: str) -> dict[str, Verdict]:
     """The verdicts of a cache file; {} for a missing, oversized, corrupt or altered one
     (its content hash, recorded when it was written, is checked first)."""
-    from backplane.sdk.cache import read_json
-
     try:
         if path.stat().st_size > 2**20:
             return {}
@@ -216,8 +214,6 @@ def _read(path: Path, key: str) -> dict[str, Verdict]:
 
 def clear() -> int:
     """Forget every cached verdict (in this process and on disk); the number of files removed."""
-    from backplane.sdk.cache import cache_dir
-
     _memo.clear()
     folder = cache_dir(FOLDER)
     removed = 0

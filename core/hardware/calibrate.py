@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from backplane.sdk.cache import write_atomic
 
 OVERLAY_SCHEMA = 1
 
@@ -76,8 +77,6 @@ def read_overlay() -> list[dict[str, Any]]:
 
 
 def _write_overlay(records: list[dict[str, Any]]) -> None:
-    from backplane.sdk.cache import write_atomic
-
     from backplane.hardware.db import private_data_dir
 
     if private_data_dir(create=True) is None:

@@ -27,9 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backplane.sdk.errors import BackplaneError, did_you_mean
+from backplane import hwdb
 from backplane.hardware.checks import Problem, check
 from backplane.hardware.schema import Entry
+from backplane.sdk.cache import private_folder
+from backplane.sdk.errors import BackplaneError, did_you_mean
+from backplane.sdk.hooks import plugin_manager
 
 log = logging.getLogger("backplane")
 
@@ -106,8 +109,6 @@ def private_data_dir(create: bool = False) -> Path | None:
     made (0700); without, a missing one is None (nothing to read). What backplane learns
     and stores there (conformance results, calibrations, cost corrections, hwdb entries) is
     read and written only through this."""
-    from backplane.sdk.cache import private_folder
-
     root = data_dir()
     if not create and not root.is_dir():
         return None
@@ -116,8 +117,6 @@ def private_data_dir(create: bool = False) -> Path | None:
 
 def shipped_dir() -> Path:
     """The folder of the shipped entries."""
-    from backplane import hwdb
-
     return Path(hwdb.__file__).resolve().parent
 
 
@@ -242,8 +241,6 @@ def _load() -> HardwareDB:
 
 
 def _plugin_entries() -> list[tuple[str, Entry | None, list[Problem]]]:
-    from backplane.sdk.hooks import plugin_manager
-
     out: list[tuple[str, Entry | None, list[Problem]]] = []
     for contributed in plugin_manager().hook.backplane_hwdb_entries():
         for i, item in enumerate(contributed if isinstance(contributed, list) else [contributed]):

@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from typing import Any
+from backplane.hardware.probe import usable_cores
 
 #: How long one system reading (psutil, NVML) is reused.
 READING_TTL_S = 1.0
@@ -104,8 +105,6 @@ def _cached(key: str, read: Any) -> float | None:
 
 
 def _usable_cores() -> int:
-    from backplane.hardware.probe import usable_cores
-
     return usable_cores()
 
 

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from backplane.hardware.db import load
 from backplane.hardware.probe import Hardware, probe_all
 from backplane.hardware.schema import Entry
 
@@ -175,8 +176,6 @@ def _figures(m: Match, entry: Entry | None) -> None:
 def match_all(hardware: list[Hardware] | None = None, entries: list[Entry] | None = None
               ) -> list[Match]:
     """Match every probed device of this machine (or the given ones)."""
-    from backplane.hardware.db import load
-
     if entries is None:
         entries = [x.entry for x in load()]
     if hardware is None:

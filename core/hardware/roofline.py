@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from backplane.hardware.calibrate import measured_for_entry
 from backplane.sdk.errors import BackplaneError
 
 _RATE_KEYS = ("fp64_tflops", "fp32_tflops", "tf32_tflops", "fp16_tflops", "bf16_tflops",
@@ -18,7 +19,6 @@ _RATE_KEYS = ("fp64_tflops", "fp32_tflops", "tf32_tflops", "fp16_tflops", "bf16_
 
 def ceilings(entry_id: str) -> dict[str, Any]:
     """The figures drawn: {"datasheet": {...}, "measured": {...}, "basis": str}."""
-    from backplane.hardware.calibrate import measured_for_entry
     from backplane.hardware.db import load
 
     entry = load().get(entry_id)

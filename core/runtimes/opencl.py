@@ -30,13 +30,14 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from backplane.kernels import source
+from backplane.runtimes.opencl_drivers import start_loader
 from backplane.sdk.cache import cache_dir, cache_key, read_sealed, write_sealed
+from backplane.sdk.child import run_child
 from backplane.sdk.contract import AttributeRule, Executable
 from backplane.sdk.errors import DeviceNotFoundError
-from backplane.kernels import source
 from backplane.sdk.kerneltable import KernelTable, LazyKernel
 
-from backplane.runtimes.opencl_drivers import start_loader
 
 #: The kernels' host side, named here and imported on first call (it imports numpy and
 #: pyopencl, which listing backends must not).
@@ -394,7 +395,6 @@ def gemm_width_of(pi: int, di: int, in_child: bool = False) -> int | None:
 
         start_loader()  # the drivers the parent listed, at the same indices
         return gemm_width(cl.get_platforms()[pi].get_devices()[di])
-    from backplane.sdk.child import run_child
 
     code = ("import os; from backplane.runtimes.opencl import gemm_width_of; "
             f"print(gemm_width_of({pi}, {di}, in_child=True), flush=True); os._exit(0)")

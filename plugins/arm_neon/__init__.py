@@ -31,12 +31,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from backplane import API_VERSION, AttributeRule, Backend, CompileOptions, Device, Executable
-from backplane import KernelTable
-from backplane import __version__ as _backplane_version
+from backplane import (API_VERSION, AttributeRule, Backend, CompileOptions, Device, Executable,
+                       KernelTable, __version__ as _backplane_version)
+from backplane.sdk.contract import op_key
 from backplane.sdk.errors import BackplaneError, CompileError, DeviceUnavailable
+from backplane.sdk.hostfacts import parse_cpuinfo
 
 from . import features
+import backplane
 
 NAME = "arm-neon"
 #: ``1`` (or ``max``): emulate qemu's ``max`` CPU (every feature); or a qemu CPU model
@@ -173,8 +175,6 @@ def _shipped_variants(found: frozenset[str]) -> dict[str, str]:
 
 
 def _native_device() -> Device:
-    from backplane.sdk.hostfacts import parse_cpuinfo
-
     cc = _host_cc()
     if cc is None:
         raise DeviceUnavailable("an AArch64 CPU, but no C compiler to build the NEON kernels "
@@ -234,8 +234,6 @@ def _qemu_cpus(qemu: str) -> tuple[str, ...]:
 def _graph_path(wanted: str, graph: Any, options: CompileOptions) -> tuple[Executable | None, str]:
     """The partition compiled by another backend on this AArch64 host, or why not.
     Untested on ARM hardware (written against the backends' own compile)."""
-    import backplane
-
     name = GRAPH_PATHS[wanted]
     try:
         reg = backplane.registry()
@@ -300,8 +298,6 @@ def table_for(rt: Any) -> KernelTable:
 
 
 def _kernels_of(graph: Any) -> list[str]:
-    from backplane.sdk.contract import op_key
-
     return [op_key(n.op_type, n.domain) for n in graph.nodes]
 
 

@@ -14,6 +14,7 @@ import ctypes
 import platform
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from backplane.sdk.hostfacts import parse_cpuinfo
 
 #: Bits of AT_HWCAP and AT_HWCAP2 (Linux, arch/arm64/include/uapi/asm/hwcap.h) by the
 #: feature names /proc/cpuinfo prints.
@@ -54,8 +55,6 @@ def from_hwcap(hwcap: int, hwcap2: int = 0) -> frozenset[str]:
 
 def from_cpuinfo(text: str) -> frozenset[str]:
     """The known features of an aarch64 ``/proc/cpuinfo`` (empty for another CPU)."""
-    from backplane.sdk.hostfacts import parse_cpuinfo
-
     info = parse_cpuinfo(text)
     if info.get("arch") != "aarch64":
         return frozenset()

@@ -21,7 +21,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from backplane import CompileOptions, Device, Executable
+from backplane import CompileOptions, Device, Executable, OpSupport
+from backplane.ops import all_ops
+from backplane.ops.registrations import main_constraint
 from backplane.sdk.cache import cache_dir, cache_key, read_sealed, write_sealed
 from backplane.sdk.errors import CompileError, ExecutionError
 
@@ -293,10 +295,6 @@ def supported_ops() -> dict[str, Any]:
 
     Not run on a GPU yet (docs/backends/cuda-tensorrt.md): written against TensorRT 10's
     Python API."""
-    from backplane import OpSupport
-    from backplane.ops import all_ops
-    from backplane.ops.registrations import main_constraint
-
     try:
         import tensorrt as trt
 

@@ -40,14 +40,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from backplane import (API_VERSION, Backend, Capabilities, CompileOptions, Device, Executable,
-                       LazyOps, OpSupport)
-from backplane import __version__ as _backplane_version
-from backplane.sdk.cache import prune, subfolder
-from backplane.sdk.errors import BackendError, CompileError, DeviceUnavailable, ExecutionError
+                       LazyOps, OpSupport, __version__ as _backplane_version)
 from backplane.runtimes import onnxruntime as ort_rt
 from backplane.runtimes.openvino import (infer, onnx_nodes_of, outputs_of, ov_core, query,
                                          valid_survey, wrap)
 from backplane.runtimes.shapecache import ShapeCache
+from backplane.sdk.cache import (cache_dir, cache_key, cached_json, model_bytes, prune, read_sealed,
+                                 subfolder, write_sealed)
+from backplane.sdk.errors import BackendError, CompileError, DeviceUnavailable, ExecutionError
 
 from . import devices as found
 from . import prepare
@@ -313,8 +313,6 @@ class _OpenVINOBuild(_Build):
         self._base: Any = None
 
     def __call__(self, shapes: dict[str, tuple[int, ...]]) -> tuple[Callable, str]:
-        from backplane.sdk.cache import read_sealed, write_sealed
-
         core = ov_core()
         key = prepare.blob_key(self._onnx, shapes, self._precision, self._calibration_key,
                                self._quantization, self._device_key, self._config)
@@ -413,7 +411,6 @@ class _ORTBuild(_Build):
         self._prepared: Any = None
 
     def __call__(self, shapes: dict[str, tuple[int, ...]]) -> tuple[Callable, str]:
-        from backplane.sdk.cache import cache_dir, cache_key, model_bytes
         from backplane.model.graph import Graph
 
         if self._prepared is None:
@@ -476,7 +473,6 @@ def derived_ops(info: Mapping[str, Any]) -> dict[str, OpSupport]:
     (:mod:`backplane.ops.survey`), each model asked of ``query_model`` on the NPU (no
     compile: an NPU compile per model would take minutes). Cached on disk, keyed by the
     OpenVINO, driver and compiler versions and the device name."""
-    from backplane.sdk.cache import cached_json
     from backplane.ops import probes
     from backplane.ops.registrations import op_supports
     from backplane.ops.survey import survey

@@ -40,8 +40,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backplane.sdk.errors import CompileError
+from backplane import __version__
 from backplane.runtimes.openvino import inlined, ov_core, patched
+from backplane.sdk.cache import cache_key
+from backplane.sdk.errors import CompileError, InputError
 
 #: Bump when the preparation changes what it produces, so cached blobs are not reused.
 PREPARATION_VERSION = 1
@@ -81,7 +83,6 @@ def session_dims(graph: Any, options: Any, extra: Mapping[str, Any],
 def static_graph(graph: Any, dims: Mapping[str, int]) -> Any:
     """``graph`` with its symbolic input dimensions fixed to ``dims`` and shapes inferred
     again; refused when an input or output dimension is still not a number."""
-    from backplane.sdk.errors import InputError
     from backplane.model.intake import with_dims
 
     names = {d for vi in graph.inputs for d in (vi.shape or ()) if isinstance(d, str)}
@@ -419,9 +420,6 @@ def blob_key(model: bytes, shapes: Mapping[str, Sequence[int]], precision: str,
     """The key of a compiled blob: everything it depends on. ``device`` carries the
     device's name and the versions of what compiles for it (runtime, driver, compiler);
     ``calibration`` is :func:`calibration_digest` (empty at fp16)."""
-    from backplane import __version__
-    from backplane.sdk.cache import cache_key
-
     return cache_key(model, sorted((k, tuple(v)) for k, v in shapes.items()), precision,
                      calibration, sorted(quantization.items()), sorted(device.items()),
                      sorted((k, str(v)) for k, v in config.items()), __version__,

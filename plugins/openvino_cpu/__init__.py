@@ -43,15 +43,13 @@ from pathlib import Path
 from typing import Any
 
 from backplane import (API_VERSION, AttributeRule, Backend, Capabilities, CompileOptions, Device,
-                       Executable, LazyOps, OpSupport)
-from backplane import __version__ as _backplane_version
-from backplane.sdk.cache import subfolder
+                       Executable, LazyOps, OpSupport, __version__ as _backplane_version)
+from backplane.runtimes.openvino import (from_tensor, inlined, onnx_nodes_of, ov, ov_core,
+                                         ov_version, patched, query, to_tensor, valid_survey, wrap)
+from backplane.sdk.cache import cached_json, subfolder
 from backplane.sdk.child import run_child
 from backplane.sdk.env import probe_budget_s
 from backplane.sdk.errors import CompileError, DeviceUnavailable
-from backplane.runtimes.openvino import (from_tensor, inlined, onnx_nodes_of, ov, ov_core,
-                                         ov_version, patched, query, to_tensor, valid_survey,
-                                         wrap)
 
 # What a compiled partition is, and the names the backend shares with it (OpenVINO's device
 # name, the precision hints, the caches' sizes): executable.py.
@@ -419,8 +417,6 @@ def derive(use_cache: bool = True) -> dict[str, Any]:
     the OpenVINO and backplane versions, the derivation and probe versions and the machine),
     else computed and written there (:func:`backplane.sdk.cache.cached_json`).
     """
-    from backplane.sdk.cache import cached_json
-
     return cached_json(OpenVINOBackend.name, derivation_key(), _derive_now,
                        use_cache=use_cache, valid=valid_survey, shipped=SHIPPED,
                        keep=lambda data: "unverified" not in data)

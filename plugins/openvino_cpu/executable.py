@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from backplane import Device, Executable
-from backplane.sdk.cache import prune
-from backplane.sdk.errors import CompileError, ExecutionError
 from backplane.runtimes.openvino import infer, outputs_of, ov, ov_core, wrap
 from backplane.runtimes.shapecache import ShapeCache
+from backplane.sdk.cache import cache_key, prune, read_sealed, write_sealed
+from backplane.sdk.errors import CompileError, ExecutionError
 
 #: The backend's name, in the errors raised here (``OpenVINOBackend.name``).
 BACKEND = "openvino-cpu"
@@ -106,8 +106,6 @@ class OpenVINOExecutable(Executable):
                     located=True)
 
     def _compile(self, signature: tuple) -> _Compiled:
-        from backplane.sdk.cache import cache_key, read_sealed, write_sealed
-
         self._check_signature(signature)
         core = ov_core()
         path = (self._folder / f"{cache_key(*self._key, signature)}.blob"

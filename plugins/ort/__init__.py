@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from backplane import (API_VERSION, Backend, Capabilities, CompileOptions, Device, Executable,
-                       LazyOps, OpSupport)
-from backplane import __version__ as _backplane_version
-from backplane.sdk.errors import CompileError, DeviceUnavailable
+                       LazyOps, OpSupport, __version__ as _backplane_version)
 from backplane.runtimes.onnxruntime import (CPU, ORTExecutable, open_session, probe_providers,
                                             runtime, session_options)
+from backplane.sdk.cache import cached_json
+from backplane.sdk.env import plugin_enabled
+from backplane.sdk.errors import CompileError, DeviceUnavailable
 
 #: Device kind and vendor of the providers backplane knows; others are "accelerator".
 PROVIDER_KINDS = {
@@ -97,8 +98,6 @@ class ORTBackend(Backend):
         The checks run in a child process (:func:`probe_providers`): a provider whose driver
         crashes cannot take the application down, and listing devices imports no runtime.
         """
-        from backplane.sdk.env import plugin_enabled
-
         version, available, checks = probe_providers()
         checks = dict(checks)
         for p, owner in SERVED_BY.items():
@@ -187,8 +186,6 @@ def derive(use_cache: bool = True) -> dict[str, Any]:
     the ORT and backplane versions, the derivation version and the machine), else computed
     and written (:func:`backplane.sdk.cache.cached_json`).
     """
-    from backplane.sdk.cache import cached_json
-
     return cached_json(ORTBackend.name, derivation_key(), _derive_now, use_cache=use_cache,
                        valid=_valid_derivation, shipped=SHIPPED,
                        keep=lambda data: "unverified" not in data)
