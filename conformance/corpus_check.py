@@ -123,6 +123,7 @@ class _Oracle:
     def outputs(self) -> dict[str, np.ndarray] | None:
         """The outputs, or None where the oracle cannot evaluate the model in float64."""
         if self._out is self._UNSET:
+            # on use only: the suite's modules load when a run asks for them
             import onnx
 
             from backplane.conformance.oracle import FLOAT64, expected_with_mode

@@ -146,6 +146,7 @@ def device_classes(backends: Iterable[str] = ()) -> list[dict[str, Any]]:
     ``[{"backend", "device_class", "devices": [ids]}]``. The class is the hwdb hardware
     fingerprint where the device is matched, else its kind and name. ``backends`` keeps
     only those backends (all when empty)."""
+    # on use only: the hwdb loads pydantic and its TOML files when asked
     from backplane.hardware.match import match_devices
 
     wanted = set(backends)
@@ -171,6 +172,7 @@ def run_node(tier: str = "mandatory", backends: Iterable[str] = (), pattern: str
     ``backend``, ``device_class``, ``devices``, ``report`` as JSON data or ``error``) and
     ``absent`` (each backend of ``backends`` with no device here: its plugin's state and
     reason)."""
+    # on use only: the hwdb loads pydantic and its TOML files when asked
     from backplane.hardware.match import device_records
 
 

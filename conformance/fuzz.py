@@ -152,6 +152,7 @@ class Case:
 
 def make_case(seed: int, index: int) -> Case:
     """Case ``index`` of campaign ``seed``."""
+    # on use only: the suite's modules load when a run asks for them
     import numpy as np
 
     from backplane.conformance.fuzz_mutations import mutate
@@ -188,6 +189,7 @@ def run_case(seed: int, index: int) -> dict[str, Any]:
         outputs: dict[str, Any] = {}
         if loaded is not None:
             rng = np.random.default_rng([seed, index, 1])
+            # on use only: the suite's modules load when a run asks for them
             from backplane.conformance.fuzz_seeds import draw_feeds, mutate_feeds
 
             feeds: Any = draw_feeds(loaded.inputs, rng)

@@ -16,6 +16,7 @@ from backplane.conformance.worker import serve_tasks
 
 def run_reference(model: bytes, feeds: dict[str, Any]) -> list[Any]:
     """backplane's reference evaluator (onnx.reference with the fixes), own types."""
+    # on use only: onnx.reference loads when the reference runs
     import numpy as np
     import onnx
 
@@ -27,6 +28,7 @@ def run_reference(model: bytes, feeds: dict[str, Any]) -> list[Any]:
 
 def run_oracle(model: bytes, feeds: dict[str, Any]) -> list[Any]:
     """The conformance oracle: the same evaluator, in float64 where the model admits it."""
+    # on use only: the suite's modules load when a run asks for them
     import onnx
 
     from backplane.conformance.oracle import expected

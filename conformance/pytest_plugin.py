@@ -45,10 +45,12 @@ class _Suite:
         self._ids: list[str] | None = None
 
     def ids(self) -> list[str]:
+        # on use only: each command loads what it runs, so every command starts fast
         from backplane.conformance.apitier import CHECKS
         from backplane.conformance.suite import collect
 
         if self._ids is None:
+            # on use only: each command loads what it runs, so every command starts fast
             from backplane.engine.registry import registry
 
             try:
@@ -61,6 +63,7 @@ class _Suite:
 
     def result(self, case_id: str, selected: list[str]) -> Any:
         if self.results is None:
+            # on use only: each command loads what it runs, so every command starts fast
             from backplane.conformance.suite import run
 
             pattern = None if len(selected) == len(self.ids()) else "|".join(

@@ -28,6 +28,7 @@ from backplane.sdk.contract import DEVICE_KINDS
 
 
 def _folder() -> Path:
+    # on use only: the hwdb loads pydantic and its TOML files when asked
     from backplane.hardware.db import data_dir
 
     return data_dir() / "conformance"
@@ -63,6 +64,7 @@ def save(report: Any) -> Path | None:
 
         data["special_values"] = union(before.get("special_values") or {},
                                        data["special_values"])
+    # on use only: the hwdb loads pydantic and its TOML files when asked
     from backplane.hardware.db import private_data_dir
 
     path = _path(report.backend["name"], report.device.get("fingerprint") or report.device["id"])
@@ -77,6 +79,7 @@ def save(report: Any) -> Path | None:
 
 
 def _load(backend: str, fingerprint: str) -> dict[str, Any] | None:
+    # on use only: the hwdb loads pydantic and its TOML files when asked
     from backplane.hardware.db import private_data_dir
 
     if private_data_dir() is None:  # not this user's own: nothing there is trusted
@@ -132,6 +135,7 @@ _cache: dict[Path, tuple[int, dict[str, Any] | None]] = {}
 def _recorded(backend: str, device: str) -> dict[str, Any] | None:
     """The stored run of ``backend`` on ``device`` (its store key, or the hardware
     fingerprint the key ends with) that recorded special values; read again on change."""
+    # on use only: the hwdb loads pydantic and its TOML files when asked
     from backplane.hardware.db import private_data_dir
 
     if private_data_dir() is None:  # not this user's own: nothing there is trusted

@@ -45,6 +45,7 @@ def collect(tier: str, seed: int, pattern: str | None = None, backend: Any = Non
         raise ConformanceError(f"unknown tier '{tier}'; choose one of {', '.join(TIERS)}")
     if tier == "api":
         return []
+    # on use only: the suite's modules load when a run asks for them
     from backplane.conformance import cases, zoo
     from backplane.conformance.fused_cases import fused_cases
 
@@ -60,6 +61,7 @@ def collect(tier: str, seed: int, pattern: str | None = None, backend: Any = Non
 
 def _declared_ops(backend: Any) -> list[str]:
     """Default-domain ops whose ONNX node tests the ``all`` tier runs for ``backend``."""
+    # on use only: the suite's modules load when a run asks for them
     from backplane.conformance.cases import MANDATORY_OPS
 
     caps = getattr(backend, "capabilities", None)
@@ -73,6 +75,7 @@ def _declared_ops(backend: Any) -> list[str]:
 
 
 def _device_record(device: Any) -> dict[str, Any]:
+    # on use only: the hwdb loads pydantic and its TOML files when asked
     from backplane.hardware.match import match_devices
 
     try:

@@ -30,6 +30,7 @@ from backplane.sdk.errors import BackplaneError
 def main(conn: Any, backend_name: str, device_id: str) -> None:
     """Serve cases until told to stop (or until the runner goes away)."""
     try:
+        # on use only: keeps this module's own import light
         import warnings
 
         from backplane.sdk.contract import CompileOptions
@@ -76,6 +77,7 @@ def run_case(backend: Any, device: Any, options: Any, model_bytes: bytes,
     try:
         graph = load_model(model_bytes)
         if want_expected:
+            # on use only: the suite's modules load when a run asks for them
             import onnx
 
             from backplane.conformance.oracle import expected_with_mode

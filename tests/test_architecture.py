@@ -138,6 +138,30 @@ def test_no_python_file_is_over_600_lines(modules):
           "files over 600 lines")
 
 
+def test_a_function_local_import_says_why_it_waits(modules):
+    """An import inside a function defers a cost (a vendor runtime, the hwdb's pydantic,
+    what discovery or a CLI command must not load); a comment on it or just above its
+    group says which. One that defers nothing belongs at module level."""
+    import ast
+
+    silent = []
+    for module in modules.values():
+        lines = module.path.read_text().splitlines()
+        spans = {n: (n.lineno, n.end_lineno) for n in ast.walk(module.tree)
+                 if isinstance(n, (ast.Import, ast.ImportFrom))}
+        in_import = {i for a, b in spans.values() for i in range(a, b + 1)}
+        for imp in module.imports:
+            if not imp.local or imp.type_only or "#" in lines[imp.line - 1]:
+                continue
+            above = imp.line - 1
+            while above in in_import or (above > 0 and not lines[above - 1].strip()
+                                         and above - 1 in in_import):
+                above -= 1
+            if not (above > 0 and lines[above - 1].strip().startswith("#")):
+                silent.append(f"{module.name}:{imp.line} imports {imp.target}")
+    assert not silent, f"function-local imports with no reason given: {silent}"
+
+
 def test_the_checker_sees_function_local_imports_and_cycles(tmp_path, monkeypatch):
     """The checker itself: a cycle made only by a function-local import is found."""
     pkg = tmp_path / "core"

@@ -208,3 +208,68 @@ def test_a_data_folder_others_may_write_is_neither_read_nor_written(tmp_path, mo
     record.write_text('{"variants": {"Relu|float32": "maybe"}}')  # and a malformed record
     os.chmod(data, 0o700)
     assert store.passed_variants("onnxruntime", "fp") == set()
+
+
+# ---------------------------------------------------------------------- ArtifactCache
+
+def _artifacts(tmp_path: Path, **kwargs) -> cache.ArtifactCache:
+    return cache.ArtifactCache("unit", bp.CompileOptions(cache_dir=str(tmp_path)), "compiled",
+                               suffix=".blob", **kwargs)
+
+
+def test_an_artifact_put_is_got_back_under_its_key_and_only_there(tmp_path):
+    blobs = _artifacts(tmp_path)
+    assert blobs.get(("model", "fp32")) is None
+    assert blobs.put(("model", "fp32"), b"compiled code")
+    assert blobs.get(("model", "fp32")) == b"compiled code"
+    assert blobs.get(("model", "fp16")) is None
+    key = cache.cache_key("model", "fp32")  # a key the caller made names the same file
+    assert blobs.path(key) == tmp_path / "unit" / "compiled" / f"{key}.blob"
+    assert blobs.get(key) == b"compiled code"
+
+
+def test_an_artifact_whose_file_changed_is_a_miss_and_is_made_anew(tmp_path):
+    blobs = _artifacts(tmp_path)
+    blobs.put(("k",), b"compiled code")
+    path = blobs.path(("k",))
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0x01  # one bit flipped on disk
+    path.write_bytes(bytes(data))
+    assert blobs.get(("k",)) is None and not path.exists()  # never handed back
+    assert blobs.put(("k",), b"compiled code") and blobs.get(("k",)) == b"compiled code"
+
+
+def test_pruning_keeps_the_newest_artifacts_and_a_hit_counts_as_new(tmp_path):
+    blobs = _artifacts(tmp_path, keep=3)
+    for i in range(3):
+        blobs.put((i,), b"x")
+        os.utime(blobs.path((i,)), (1000 + i, 1000 + i))  # put long ago, oldest first
+    (blobs.folder / "notes.json").write_text("{}")  # not this kind of artefact
+    assert blobs.get((0,)) == b"x"  # the oldest, used again
+    blobs.put((3,), b"x")
+    assert {p.name for p in blobs.folder.iterdir()} == {
+        "notes.json", *(blobs.path((i,)).name for i in (0, 2, 3))}
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="no POSIX owners and modes")
+def test_an_artifact_cache_in_a_folder_others_may_write_reads_and_writes_nothing(tmp_path):
+    root = tmp_path / "shared"
+    (root / "unit" / "compiled").mkdir(parents=True)
+    planted = root / "unit" / "compiled" / f"{cache.cache_key('k')}.blob"
+    cache.write_sealed(planted, b"planted code")
+    os.chmod(root, 0o777)
+    blobs = _artifacts(root)
+    assert blobs.folder is None and blobs.path(("k",)) is None
+    assert blobs.get(("k",)) is None  # the planted file is not read
+    assert not blobs.put(("j",), b"x")
+    assert [p.name for p in planted.parent.iterdir()] == [planted.name]
+
+
+def test_clearing_an_artifact_cache_deletes_its_kind_only(tmp_path):
+    blobs = _artifacts(tmp_path)
+    blobs.put(("a",), b"x")
+    blobs.put(("b",), b"y")
+    (blobs.folder / "notes.json").write_text("{}")
+    assert blobs.clear() == 2
+    assert [p.name for p in blobs.folder.iterdir()] == ["notes.json"]
+    assert cache.ArtifactCache("unit", bp.CompileOptions(cache_dir="off")).clear() == 0

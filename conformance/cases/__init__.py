@@ -114,6 +114,7 @@ def all_cases(seed: int, ops: Iterable[str] | None = None, tier: str = "mandator
     if onnx_node_tests:
         out += onnx_node_cases(names)
     if models:
+        # on use only: the suite's modules load when a run asks for them
         from backplane.conformance.zoo import zoo_cases
 
         out += zoo_cases(seed)

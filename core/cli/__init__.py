@@ -33,6 +33,7 @@ def cli() -> None:
 @ui.json_option
 def devices(as_json: bool) -> None:
     """List the devices of every healthy backend, best first."""
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.hardware.match import device_records
 
     records = device_records(list_devices())
@@ -72,6 +73,7 @@ def plugins(recheck: bool, as_json: bool) -> None:
 
 
 def _session(model: Any, devices: tuple[str, ...], **kwargs: Any) -> Any:
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.engine.session import Session
 
     return Session(model, devices=list(devices) if devices else "auto", **kwargs)
@@ -155,6 +157,7 @@ def run(model: str, inputs: tuple[str, ...], output_dir: str | None, seed: int,
     Without --input, random inputs the model can run are used (sizes from the graph, an
     image's sides 224; integers that index a table inside it), printed, and the plan is
     made for their sizes."""
+    # on use only: each command loads what it runs, so every command starts fast
     import numpy as np
 
     from backplane.model.intake import load_model
@@ -221,6 +224,7 @@ def _stat(fn: Any, value: Any) -> float | None:
 @ui.json_option
 def demo(devices: tuple[str, ...], batch: int, repeats: int, as_json: bool) -> None:
     """Run a small CNN on this machine's devices and check it against the reference."""
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.cli.demo import run_demo
 
     result = run_demo(list(devices) or None, batch=batch, repeats=repeats)
@@ -259,6 +263,7 @@ def demo(devices: tuple[str, ...], batch: int, repeats: int, as_json: bool) -> N
 def doctor(timeout_s: float, jobs: int | None, as_json: bool) -> None:
     """Try every backend on every device with a tiny model: PASS/FAIL with the reason, each
     plugin's state, and hints for what is missing. Exit 1 unless every device passed."""
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.cli.doctor import command
 
     sys.exit(command(timeout_s=timeout_s, jobs=jobs, as_json=as_json))
@@ -273,6 +278,7 @@ def doctor(timeout_s: float, jobs: int | None, as_json: bool) -> None:
 def new_plugin(name: str, directory: str, force: bool, as_json: bool) -> None:
     """Create backplane-NAME/, a backend plugin package for backend NAME that installs and
     passes the conformance suite's API tier as generated."""
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.cli.scaffold import new_plugin as scaffold
 
     made = scaffold(name, directory, force=force)
@@ -311,9 +317,11 @@ def serve(repository: str, host: str, port: int, devices: tuple[str, ...],
     NAME/1/model.onnx, each with an optional config.toml) over the KServe Open Inference
     Protocol v2 at /v2, with Prometheus metrics at /metrics; options override every
     config.toml. SIGTERM answers every accepted request, then exits (docs/serving.md)."""
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.serving import require
 
     require()
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.serving.server import serve as run_server
 
     def loaded(m: Any) -> None:
@@ -348,6 +356,7 @@ def main() -> None:
 
 
 def _add_subcommands() -> None:
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.cli.conformance import conformance
     from backplane.cli.hardware import hwdb
 

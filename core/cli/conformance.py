@@ -37,6 +37,7 @@ def run(backend: str, device: str | None, tier: str, pattern: str | None, jobs: 
         seed: int | None, timeout_s: float, report_dir: str | None,
         also_run_known_failures: bool, as_json: bool) -> None:
     """Run a tier; exit 0 only if the api and mandatory cases passed."""
+    # on use only: each command loads what it runs, so every command starts fast
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from backplane.conformance.suite import run as run_suite
@@ -92,6 +93,7 @@ def run(backend: str, device: str | None, tier: str, pattern: str | None, jobs: 
 @ui.json_option
 def matrix(reports: tuple[str, ...], output: str, as_json: bool) -> None:
     """Merge REPORT.json files from many machines into one backend x device matrix."""
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.conformance.report import load, matrix as merge, render_matrix_html
 
     m = merge([load(p) for p in reports])
@@ -111,6 +113,7 @@ def diff(before: str, after: str, as_json: bool) -> None:
 
     Verdicts are the status, errors and tolerances of each case id; timings and texts
     that quote measurements are listed, not counted."""
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.conformance.report import diff as compare, load
 
     d = compare(load(before), load(after))
@@ -162,6 +165,7 @@ def fleet(address: str, backends: tuple[str, ...], tier: str, pattern: str | Non
           report_dir: str | None, also_run_known_failures: bool, as_json: bool) -> None:
     """Run a tier on every node of a Ray cluster, once per backend and device class, and
     merge the reports into one matrix; exit 0 only if every run passed."""
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.conformance.fleet import fleet as run_fleet
 
     con = ui.console(stderr=True)
@@ -220,6 +224,7 @@ def ops_table(reports: tuple[str, ...], results: str, special_values: str, outpu
     """Every op of the registry against every built-in backend: the versions each declares
     and its stored conformance results (docs/ops.md); with --report, the stored results
     and the shipped record of special values are rewritten too."""
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.conformance.opsdoc import (installed_versions, load_results, merge_reports,
                                               render, save_results, write_shipped_tables)
     from backplane.conformance.specials import render_shipped
@@ -268,6 +273,7 @@ def onnx_suite(backend: str | None, no_pinned: bool, sets: tuple[str, ...],
                write_gaps: str | None, as_json: bool) -> None:
     """ONNX's backend test suite: backplane (auto, and pinned to a backend) beside ONNX
     Runtime and OpenVINO called directly. Exit 1 if auto gives a wrong answer."""
+    # on use only: each command loads what it runs, so every command starts fast
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -278,6 +284,7 @@ def onnx_suite(backend: str | None, no_pinned: bool, sets: tuple[str, ...],
     if backend and no_pinned:
         raise click.UsageError("--backend names a backend to pin; drop --no-pinned")
     if backend:
+        # on use only: each command loads what it runs, so every command starts fast
         from backplane.sdk.errors import did_you_mean
         from backplane.engine.registry import registry
 

@@ -100,6 +100,7 @@ def run_demo(devices: list[str] | None = None, batch: int = 8, repeats: int = 10
         repeats: timed runs per device (the median is reported).
         seed: seed of the weights and the input.
     """
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.conformance import compare
 
     model = build_demo_model(seed)

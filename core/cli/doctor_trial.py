@@ -128,6 +128,7 @@ def _child_main() -> None:
 
 def _trial(backend_name: str, device_id: str, device_name: str | None) -> dict[str, Any]:
     """Compile and run the first tiny model the backend admits; compare with numpy."""
+    # on use only: each command loads what it runs, so every command starts fast
     import numpy as np
 
     from backplane.conformance import compare, tolerance

@@ -28,6 +28,7 @@ def _peaks(entry: Any) -> str:
 @ui.json_option
 def list_(as_json: bool) -> None:
     """List every entry: id, kind, name, peak rates and where it came from."""
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.hardware.db import load
 
     db = load()
@@ -50,6 +51,7 @@ def list_(as_json: bool) -> None:
 @ui.json_option
 def show(entry_id: str, as_json: bool) -> None:
     """Show one entry with its sources, and measured figures beside datasheet ones."""
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.hardware.calibrate import measured_for_entry
     from backplane.hardware.db import load
 
@@ -86,6 +88,7 @@ def show(entry_id: str, as_json: bool) -> None:
 @ui.json_option
 def validate(paths: tuple[str, ...], as_json: bool) -> None:
     """Validate hwdb files or folders (default: every loaded source); exit 1 if any is invalid."""
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.hardware.db import load, shipped_dir, validate_paths
 
     if paths:
@@ -111,6 +114,7 @@ def validate(paths: tuple[str, ...], as_json: bool) -> None:
 @ui.json_option
 def match_(as_json: bool) -> None:
     """Probe this machine's hardware and show the entry each device matched, and how."""
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.hardware.match import match_all
     from backplane.hardware.probe import probe_all
 
@@ -147,6 +151,7 @@ def _figure_text(figures: dict[str, float]) -> str:
 def calibrate(devices: tuple[str, ...], dtypes: tuple[str, ...], no_save: bool,
               as_json: bool) -> None:
     """Measure bandwidth, peak per dtype and launch overhead; store them per user."""
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.engine.calibration import calibrate as run
     from backplane.hardware.calibrate import overlay_path
 
@@ -176,6 +181,7 @@ def calibrate(devices: tuple[str, ...], dtypes: tuple[str, ...], no_save: bool,
               help="The image to write (.png, .svg, .pdf).")
 def roofline(entry_id: str, output: str) -> None:
     """Draw ID's roofline: datasheet ceilings solid, measured ones dashed."""
+    # on use only: each command loads what it runs, so every command starts fast
     from backplane.hardware.roofline import draw
 
     path = draw(entry_id, output)
@@ -185,6 +191,7 @@ def roofline(entry_id: str, output: str) -> None:
 @hwdb.command()
 def schema() -> None:
     """Print the entry schema as JSON Schema (what hwdb/schema.json holds)."""
+    # on use only: each command loads what it runs, so every command starts fast
     import json
 
     from backplane.hardware.schema import json_schema

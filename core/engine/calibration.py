@@ -59,6 +59,7 @@ def calibrate(devices: list[str] | None = None, dtypes: list[str] | None = None,
         dtypes: element types for the peak measurement (default fp64, fp32, fp16).
         save: write the results to the overlay.
     """
+    # on use only: the hwdb loads pydantic and its TOML files when asked
     from backplane.hardware.match import hardware_for, match_all
 
     reg = registry()

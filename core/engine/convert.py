@@ -200,6 +200,7 @@ def _samples(graph: "Graph", feeds: list[str], size: int) -> dict[str, Any] | st
 
 
 def _evaluate(model: Any, feeds: dict[str, Any]) -> list[Any]:
+    # on use only: onnx.reference loads when the reference runs
     import numpy as np
 
     from backplane.runtimes.onnxref.fixes import evaluator_class

@@ -267,6 +267,7 @@ def refresh() -> None:
 
 
 def _build_profile(device: "Device") -> DeviceProfile:
+    # on use only: the hwdb loads pydantic and its TOML files when asked
     from backplane.hardware import calibrate, db
     from backplane.hardware.match import match_devices
 
@@ -415,6 +416,7 @@ def _key(backend: str, version: str, fingerprint: str | None, model_key: str) ->
 
 def _store_path(create: bool = False) -> Any:
     """The learned corrections' file, or None where the data folder is not private."""
+    # on use only: the hwdb loads pydantic and its TOML files when asked
     from backplane.hardware.db import private_data_dir
 
     folder = private_data_dir(create)

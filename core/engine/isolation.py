@@ -38,17 +38,16 @@ import logging
 import os
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from backplane.sdk.cache import cache_dir, cache_key, exclusive, prune, read_json, write_sealed
+from backplane.sdk.cache import ArtifactCache, cache_key, read_json
 from backplane.sdk.contract import API_VERSION, MIN_API_VERSION
 
-# json, signal, subprocess and the cache helpers (hashlib, tempfile) are imported where a
-# check or a verdict file is needed: ``import backplane`` and a discovery without
-# third-party plugins pay for none of them.
+# json, signal and subprocess are imported where a check runs: ``import backplane`` and a
+# discovery without third-party plugins pay for neither (the cache helpers load with
+# discovery anyway).
 
 log = logging.getLogger("backplane")
 
@@ -163,8 +162,8 @@ def verdicts(targets: list[Target], installed: list[Target],
                     MEMORY_LIMIT_BYTES, sorted(
                         (t.name, t.value, t.distribution, t.version, t.location,
                          0 if built_in(t.value) else t.stamp) for t in installed))
-    folder = cache_dir(FOLDER)
-    path = folder / f"verdicts-{key}.json" if folder else None
+    files = _verdict_files()
+    path = files.path(key)
     known = {**_memo.get(key, {}), **(_read(path, key) if path else {})}
 
     def stale(t: Target) -> bool:
@@ -174,7 +173,7 @@ def verdicts(targets: list[Target], installed: list[Target],
 
     fresh: dict[str, Verdict] = {}
     if any(stale(t) for t in targets):
-        with exclusive(path.with_suffix(".lock")) if path else nullcontext():
+        with files.lock(key):
             known.update(_read(path, key) if path else {})  # another process may have checked
             todo = [t for t in targets if stale(t)]
             fresh = run_checks(todo, timeout_s) if todo else {}
@@ -182,8 +181,7 @@ def verdicts(targets: list[Target], installed: list[Target],
             if path and fresh:
                 keep = {n: v.to_dict() for n, v in known.items() if v.state != UNCHECKED}
                 data = {"schema": SCHEMA, "key": key, "verdicts": keep}
-                write_sealed(path, json.dumps(data, indent=1, sort_keys=True).encode())
-                prune(path.parent, "verdicts-*", 2 * _KEEP_FILES)
+                files.put(key, json.dumps(data, indent=1, sort_keys=True).encode())
         for name, v in sorted(fresh.items()):
             if v.state == OK and v.side_effects:
                 log.warning("backplane: backend plugin '%s' changes process state when "
@@ -215,15 +213,14 @@ def _read(path: Path, key: str) -> dict[str, Verdict]:
 def clear() -> int:
     """Forget every cached verdict (in this process and on disk); the number of files removed."""
     _memo.clear()
-    folder = cache_dir(FOLDER)
-    removed = 0
-    for path in folder.glob("verdicts-*.json") if folder else ():
-        try:
-            path.unlink()
-            removed += 1
-        except OSError:
-            pass
-    return removed
+    return _verdict_files().clear()
+
+
+def _verdict_files() -> ArtifactCache:
+    """``cache_dir(FOLDER)/verdicts-KEY.json``, the newest :data:`_KEEP_FILES` kept (the
+    pruning pattern counts each file's lock too)."""
+    return ArtifactCache(FOLDER, prefix="verdicts-", suffix=".json", keep=2 * _KEEP_FILES,
+                         pattern="verdicts-*")
 
 
 # -- running checks ------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from backplane import __version__
 from backplane.engine import costmodel
-from backplane.sdk.cache import cache_dir, cache_key, model_bytes, read_json, write_sealed
+from backplane.sdk.cache import ArtifactCache, cache_key, model_bytes
 from backplane.sdk.errors import BackendError, UnsupportedError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,11 +54,6 @@ def key(planner: "Planner", samples: "Samples") -> str:
                      c.memory_headroom, sorted(planner.excluded))
 
 
-def _path(planner: "Planner", k: str) -> Any:
-    root = cache_dir("tune", planner.options)
-    return None if root is None else root / f"{k}.json"
-
-
 def pins_of(plan: "Plan") -> dict[str, tuple[str, str]]:
     """node -> (device id, precision) of a plan."""
     return {p.node: (p.device, p.precision) for p in plan.placements}
@@ -68,8 +63,8 @@ def tuned(planner: "Planner", samples: "Samples") -> "CompiledPlan":
     """The tuned, compiled plan of a session's planner: from the cache, or measured now on
     ``samples()``."""
     k = key(planner, samples)
-    path = _path(planner, k)
-    cached = _read(path)
+    winners = ArtifactCache("tune", planner.options, suffix=".json")
+    cached = winners.get_json(k, _valid)
     if cached is not None:
         plan = planner.schedule(pins={n: tuple(v) for n, v in cached["pins"].items()})
         if pins_of(plan) == {n: tuple(v) for n, v in cached["pins"].items()}:
@@ -92,12 +87,11 @@ def tuned(planner: "Planner", samples: "Samples") -> "CompiledPlan":
     winner.plan.tuned = (f"measured {len(compiled)} candidate plan(s) on sample inputs, "
                          f"median of {ROUNDS}: {summary}; kept the fastest"
                          + "".join(f"; {n}" for n in notes))
-    if path is not None:
-        write_sealed(path, json.dumps({
-            "schema": CACHE_SCHEMA, "pins": pins_of(winner.plan), "best_s": times[best],
-            "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "candidates": [{"plan": _describe(c.plan), "median_s": t}
-                           for c, t in zip(compiled, times)]}, indent=1).encode())
+    winners.put(k, json.dumps({
+        "schema": CACHE_SCHEMA, "pins": pins_of(winner.plan), "best_s": times[best],
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "candidates": [{"plan": _describe(c.plan), "median_s": t}
+                       for c, t in zip(compiled, times)]}, indent=1).encode())
     return winner
 
 
@@ -106,6 +100,7 @@ def candidates(planner: "Planner") -> list["Plan"]:
     plans = [planner.schedule()]
     if not planner.explicit:
         plans.append(planner.schedule(policy="fixed-order"))
+        # on use only: keeps this module's own import light
         from backplane.engine.plan import FALLBACK_BACKEND
 
         refs = [d for d in planner.devices if d.backend == FALLBACK_BACKEND]
@@ -142,13 +137,10 @@ def _describe(plan: "Plan") -> str:
     return "+".join(f"{p.device}@{p.precision}" for p in plan.partitions)
 
 
-def _read(path: Any) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    return read_json(path, lambda data: data.get("schema") == CACHE_SCHEMA
-                     and isinstance(data.get("pins"), dict)
-                     and all(isinstance(v, list) and len(v) == 2
-                             and all(isinstance(x, str) for x in v)
-                             for v in data["pins"].values())
-                     and isinstance(data.get("best_s"), (int, float))
-                     and isinstance(data.get("measured_at"), str))
+def _valid(data: dict[str, Any]) -> bool:
+    """Whether a tuning-cache file holds a winner in this schema (pins, time, date)."""
+    return (data.get("schema") == CACHE_SCHEMA and isinstance(data.get("pins"), dict)
+            and all(isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)
+                    for v in data["pins"].values())
+            and isinstance(data.get("best_s"), (int, float))
+            and isinstance(data.get("measured_at"), str))

@@ -54,6 +54,7 @@ class DeviceCalibration:
 
 def overlay_path() -> Path:
     """Where measured figures are stored."""
+    # on use only: the hwdb loads pydantic and its TOML files when asked
     from backplane.hardware.db import data_dir
 
     return data_dir() / "calibration.json"
@@ -62,6 +63,7 @@ def overlay_path() -> Path:
 def read_overlay() -> list[dict[str, Any]]:
     """Every stored calibration record (an unreadable overlay, or one in a data folder
     that is not private to this user, reads as empty)."""
+    # on use only: the hwdb loads pydantic and its TOML files when asked
     from backplane.hardware.db import private_data_dir
 
     if private_data_dir() is None:
@@ -77,6 +79,7 @@ def read_overlay() -> list[dict[str, Any]]:
 
 
 def _write_overlay(records: list[dict[str, Any]]) -> None:
+    # on use only: the hwdb loads pydantic and its TOML files when asked
     from backplane.hardware.db import private_data_dir
 
     if private_data_dir(create=True) is None:

@@ -22,6 +22,7 @@ def backplane_hwdb_match(kind: str, name: str, vendor: str, source: str,
     """The best hwdb entry for the device and its rule (:func:`backplane.hardware.match.match`),
     or None when none matches or the database cannot be read."""
     try:
+        # on use only: discovery loads this module, and must stay light
         from backplane.hardware.db import load
         from backplane.hardware.match import match
         from backplane.hardware.probe import Hardware

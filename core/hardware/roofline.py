@@ -19,6 +19,7 @@ _RATE_KEYS = ("fp64_tflops", "fp32_tflops", "tf32_tflops", "fp16_tflops", "bf16_
 
 def ceilings(entry_id: str) -> dict[str, Any]:
     """The figures drawn: {"datasheet": {...}, "measured": {...}, "basis": str}."""
+    # on use only: the hwdb loads pydantic and its TOML files when asked
     from backplane.hardware.db import load
 
     entry = load().get(entry_id)
@@ -29,6 +30,7 @@ def ceilings(entry_id: str) -> dict[str, Any]:
         if entry.memory is not None and entry.memory.bandwidth_gb_s:
             figures["memory_bandwidth_gb_s"] = entry.memory.bandwidth_gb_s
     else:
+        # on use only: the hwdb loads pydantic and its TOML files when asked
         from backplane.hardware.match import match_all
 
         for m in match_all():

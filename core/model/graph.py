@@ -394,6 +394,7 @@ class Graph:
         model = self.model if model is None else model
         if self.external_dir is None:
             return model, {}
+        # on use only: keeps this module's own import light
         from backplane.model.external import split
 
         return split(model, self.external_dir)

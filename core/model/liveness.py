@@ -97,6 +97,7 @@ def predicted_peak(produced: Sequence[Iterable[str]], frees: Sequence[Iterable[s
                    values: "dict[str, ValueInfo]") -> int:
     """The peak of :func:`free_after`'s liveness with each value at its inferred size
     (unknown dimensions count as 1, values of unknown type as 0 bytes)."""
+    # on use only: discovery loads this module, and must stay light
     from backplane.ops.costs import nbytes
 
     made = {name for names in produced for name in names if name}

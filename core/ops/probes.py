@@ -131,6 +131,7 @@ def _model(op: str, inputs: list[tuple | None], outputs: list[str], attrs: dict[
     opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(domain, 1)] if domain else [])
     model = helper.make_model(graph, opset_imports=opsets, ir_version=10)
     if domain == "backplane":
+        # on use only: the op registry reads its schema tables when first asked
         from backplane.ops.fused import add_decompositions
 
         model = add_decompositions(model)

@@ -45,6 +45,7 @@ def _ops() -> dict[str, OpDef]:
     global _registry
     with _lock:
         if _registry is None:
+            # on use only: the op registry reads its schema tables when first asked
             from backplane.ops import fused, schemas
 
             table = _from_data(schemas.load(schemas.DATA_FILE), {}, "optional")

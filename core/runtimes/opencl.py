@@ -27,12 +27,11 @@ import os
 import threading
 import warnings
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 from backplane.kernels import source
 from backplane.runtimes.opencl_drivers import start_loader
-from backplane.sdk.cache import cache_dir, cache_key, read_sealed, write_sealed
+from backplane.sdk.cache import ArtifactCache
 from backplane.sdk.child import run_child
 from backplane.sdk.contract import AttributeRule, Executable
 from backplane.sdk.errors import DeviceNotFoundError
@@ -158,7 +157,7 @@ class DeviceState:
         #: Device tables by content (:meth:`layout`), least recently used first; the kernels
         #: (``opencl_ops``) keep their int32 tables here too, under a tagged key.
         self.layouts: OrderedDict[tuple, Any] = OrderedDict()
-        self.disk: Path | None = cache_dir("opencl")
+        self.disk = ArtifactCache("opencl")  # program binaries (.bin), by device and source
         self.stats = {"builds": 0, "disk_hits": 0, "memory_hits": 0}
         # Limits, from the device.
         self.max_work_group = int(device.max_work_group_size)
@@ -203,11 +202,9 @@ class DeviceState:
         src = prelude + "\n" + source("opencl/common.h") + "\n" + source(f"opencl/{name}.cl")
         options = " ".join(self.build_options)
         digest = hashlib.sha256((src + "\0" + options).encode()).hexdigest()
-        path = None
-        if self.disk is not None:
-            path = self.disk / f"{cache_key(*self.identity, options, digest)}.bin"
+        disk_key = (*self.identity, options, digest)
         prg = None
-        binary = read_sealed(path) if path is not None else None  # checked against its hash
+        binary = self.disk.get(disk_key)  # checked against its hash
         if binary is not None:
             try:
                 with warnings.catch_warnings():
@@ -225,10 +222,10 @@ class DeviceState:
                 # follows the cache options (and knows the target architecture).
                 prg = cl.Program(self.ctx, src).build(options, cache_dir=False)
             self.stats["builds"] += 1
-            if path is not None:
+            if self.disk.folder is not None:
                 binaries = prg.get_info(cl.program_info.BINARIES)
                 if binaries and binaries[0]:
-                    write_sealed(path, bytes(binaries[0]))
+                    self.disk.put(disk_key, bytes(binaries[0]))
         self._programs[key] = prg
         return prg
 
@@ -243,7 +240,7 @@ class DeviceState:
 
     def use_cache_dir(self, options: Any) -> None:
         """Follow the compile options' cache folder for programs built from now on."""
-        self.disk = cache_dir("opencl", options)
+        self.disk = ArtifactCache("opencl", options)
 
     # ------------------------------------------------------------------ memory
 

@@ -316,6 +316,7 @@ def query(model: Any, device: str = "CPU") -> str:
 def valid_survey(data: Any) -> bool:
     """A cached survey (:func:`backplane.ops.survey.survey` of :func:`query`) is read back
     only in the shape it is written."""
+    # on use only: discovery loads this module, and must stay light
     from backplane.ops.verify import valid_rules
 
     ops = data.get("ops") if isinstance(data, dict) else None

@@ -10,6 +10,8 @@ user (created 0700; one another user owns, or others may write, is not used), ev
 artefact is written through a unique temporary file and a rename with the SHA-256 of its
 content before it (:func:`write_sealed`), and a file whose content no longer matches is
 deleted and made again (:func:`read_sealed`), never handed to a runtime.
+:class:`ArtifactCache` puts these together for one kind of artefact (folder, naming, seal,
+pruning); a backend's cache is one of those and a get and a put.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import hashlib
 import json
 import os
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 OFF = "off"
@@ -203,20 +206,19 @@ def cached_json(backend: str, key_parts: tuple[Any, ...],
                 return data
         except (OSError, ValueError):
             pass
-    folder = cache_dir(backend) if use_cache else None
-    path = folder / f"{name}-{key}.json" if folder else None
-    if path is None:
+    store = ArtifactCache(backend, prefix=f"{name}-", suffix=".json") if use_cache else None
+    if store is None or store.folder is None:
         return compute()
-    found = read_json(path, valid)
+    found = store.get_json(key, valid)
     if found is not None:
         return found
-    with exclusive(path.with_suffix(".lock")):  # one process derives; the others wait
-        found = read_json(path, valid)
+    with store.lock(key):  # one process derives; the others wait
+        found = store.get_json(key, valid)
         if found is not None:
             return found
         data = compute()
         if keep is None or keep(data):
-            write_sealed(path, json.dumps(data, indent=1, sort_keys=True).encode())
+            store.put(key, json.dumps(data, indent=1, sort_keys=True).encode())
     return data
 
 
@@ -283,3 +285,76 @@ def prune(folder: Path, pattern: str, keep: int) -> None:
             old.unlink(missing_ok=True)
     except OSError:
         pass
+
+
+class ArtifactCache:
+    """One kind of artefact a backend keeps on disk: the files ``PREFIX + KEY + SUFFIX`` in
+    ``cache_dir(backend, options)``, or in its subfolder ``under`` (:func:`subfolder`).
+
+    Each is written sealed (:func:`write_sealed`) and checked on read (:func:`read_sealed`:
+    a file that changed is deleted and is a miss, so the caller makes it again and puts it
+    anew). With ``keep``, a hit touches its file and a put prunes the folder to the ``keep``
+    newest files matching ``pattern`` (default ``PREFIX*SUFFIX``): the least recently used
+    go first. ``folder`` is None when caching is off or the folder is not this user's own and
+    private (:func:`cache_dir`): then every get is a miss and a put writes nothing.
+
+    A KEY is a :func:`cache_key` (a str), or the tuple of parts to make one from."""
+
+    def __init__(self, backend: str, options: Any = None, under: str | None = None, *,
+                 prefix: str = "", suffix: str = ".bin", keep: int | None = None,
+                 pattern: str | None = None):
+        self.folder = (subfolder(backend, under, options) if under
+                       else cache_dir(backend, options))
+        self.prefix, self.suffix, self.keep = prefix, suffix, keep
+        self.pattern = pattern or f"{prefix}*{suffix}"
+
+    def path(self, key: str | tuple[Any, ...]) -> Path | None:
+        """Where KEY's artefact is kept, or None when nothing is cached."""
+        if self.folder is None:
+            return None
+        name = key if isinstance(key, str) else cache_key(*key)
+        return self.folder / f"{self.prefix}{name}{self.suffix}"
+
+    def get(self, key: str | tuple[Any, ...]) -> bytes | None:
+        """KEY's artefact as it was put, or None (a miss: absent, changed, or not cached)."""
+        path = self.path(key)
+        data = read_sealed(path) if path is not None else None
+        if data is not None and self.keep is not None:
+            try:
+                os.utime(path)  # pruning deletes the least recently used first
+            except OSError:
+                pass
+        return data
+
+    def get_json(self, key: str | tuple[Any, ...],
+                 valid: Callable[[dict[str, Any]], bool] | None = None) -> dict | None:
+        """KEY's artefact as a JSON object that ``valid`` (if given) accepts, else None."""
+        path = self.path(key)
+        return read_json(path, valid) if path is not None else None
+
+    def put(self, key: str | tuple[Any, ...], data: bytes) -> bool:
+        """Keep ``data`` as KEY's artefact (then prune, with ``keep``); whether it was
+        written. Never raises."""
+        path = self.path(key)
+        if path is None or not write_sealed(path, data):
+            return False
+        if self.keep is not None:
+            prune(path.parent, self.pattern, self.keep)
+        return True
+
+    def lock(self, key: str | tuple[Any, ...]) -> Any:
+        """A context holding an advisory lock on KEY across processes (``.lock`` for its
+        suffix), so that one process makes the artefact while the others wait."""
+        path = self.path(key)
+        return exclusive(path.with_suffix(".lock")) if path is not None else nullcontext()
+
+    def clear(self) -> int:
+        """Delete every artefact of this kind (``PREFIX*SUFFIX``); the number deleted."""
+        removed = 0
+        for path in self.folder.glob(f"{self.prefix}*{self.suffix}") if self.folder else ():
+            try:
+                path.unlink()
+                removed += 1
+            except OSError:
+                pass
+        return removed

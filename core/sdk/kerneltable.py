@@ -164,6 +164,7 @@ class KernelTable:
         return caps
 
     def _support(self) -> dict[str, OpSupport]:
+        # on use only: discovery loads this module, and must stay light
         from backplane.ops.registry import find
 
         out: dict[str, OpSupport] = {}

@@ -94,6 +94,7 @@ class ArmNeonBackend(Backend):
     def compile(self, graph: Any, device: Device, options: CompileOptions) -> Executable:
         """The NEON kernels node by node, or (on an AArch64 host, when the session asks) a
         graph path; the executable's ``path`` says which ran and why."""
+        # on use only: discovery loads this module, and must stay light
         from .runtime import runtime_for
 
         wanted = (options.extra.get(NAME) or {}).get("path", "kernels")
@@ -169,6 +170,7 @@ def _version(tool: str) -> str:
 
 def _shipped_variants(found: frozenset[str]) -> dict[str, str]:
     """Kernel -> variant for these features, from the shipped sources (no build)."""
+    # on use only: discovery loads this module, and must stay light
     from . import build
 
     return features.variants_for(build.index(build.scan(build.source_dir())), found)

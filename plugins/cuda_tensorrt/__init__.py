@@ -125,10 +125,12 @@ def graph_path_ops() -> dict[str, Any]:
     and a GPU answers) and the CUDA provider's kernel registrations (when the installed
     ONNX Runtime has the provider), else the torch op table's own kernels: a partition goes
     to the first path that takes it (:meth:`CudaTensorRTBackend.compile`)."""
+    # on use only: discovery loads this module, and must stay light
     from backplane.ops.registrations import merged_paths, op_supports, ort_op_table
 
     paths = []
     if tensorrt_version():
+        # on use only: discovery loads this module, and must stay light
         from .tensorrt import supported_ops
 
         paths.append(supported_ops())
@@ -171,6 +173,7 @@ def _why_not(paths: Mapping[str, str], precision: str) -> Callable[[str], str]:
 
 def _compile_tensorrt(graph: Any, device: Device, options: CompileOptions,
                       extra: Mapping[str, Any]) -> Executable:
+    # on use only: discovery loads this module, and must stay light
     from .tensorrt import compile_engine
 
     gpu = {"name": device.name, "compute_capability":
@@ -215,6 +218,7 @@ def _compile_onnxruntime(graph: Any, device: Device, options: CompileOptions,
 
 def _compile_kernels(graph: Any, device: Device, options: CompileOptions,
                      extra: Mapping[str, Any]) -> Executable:
+    # on use only: discovery loads this module, and must stay light
     from .cudakernels import DEFAULT_CUSTOM
 
     wanted = extra.get("custom_kernels", DEFAULT_CUSTOM)
@@ -433,6 +437,7 @@ def __getattr__(name: str) -> Any:
     # otherwise (``options={"cuda-tensorrt": {"custom_kernels": [...]}}``), owned by
     # cudakernels.py, which discovery does not import.
     if name == "DEFAULT_CUSTOM":
+        # on use only: discovery loads this module, and must stay light
         from .cudakernels import DEFAULT_CUSTOM
 
         return DEFAULT_CUSTOM

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from backplane import CompileOptions, Device, Executable, OpSupport
 from backplane.ops import all_ops
 from backplane.ops.registrations import main_constraint
-from backplane.sdk.cache import cache_dir, cache_key, read_sealed, write_sealed
+from backplane.sdk.cache import ArtifactCache, cache_key
 from backplane.sdk.errors import CompileError, ExecutionError
 
 BACKEND = "cuda-tensorrt"
@@ -199,19 +198,17 @@ class TensorRTExecutable(Executable):
         trt = self._trt
         key = engine_key(self._gpu, trt.__version__, self._model, self._options.precision,
                          profile)
-        folder = cache_dir(BACKEND, self._options)
-        path = folder / f"engine-{key}.plan" if folder is not None else None
+        engines = ArtifactCache(BACKEND, self._options, prefix="engine-", suffix=".plan")
         logger = _Logger(trt)
         runtime = trt.Runtime(logger)
         engine = None
-        blob = read_sealed(path) if path is not None else None  # checked against its hash
+        blob = engines.get(key)  # checked against its hash
         if blob is not None:
             engine = runtime.deserialize_cuda_engine(blob)
             self.cached = engine is not None  # a foreign file is rebuilt
         if engine is None:
             blob = _build(trt, self._model, self._options, profile, self._parsed)
-            if path is not None:
-                write_sealed(Path(path), blob)
+            engines.put(key, blob)
             engine = runtime.deserialize_cuda_engine(blob)
         if engine is None:
             raise CompileError("TensorRT could not load the engine it built: "

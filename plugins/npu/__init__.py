@@ -45,8 +45,7 @@ from backplane.runtimes import onnxruntime as ort_rt
 from backplane.runtimes.openvino import (infer, onnx_nodes_of, outputs_of, ov_core, query,
                                          valid_survey, wrap)
 from backplane.runtimes.shapecache import ShapeCache
-from backplane.sdk.cache import (cache_dir, cache_key, cached_json, model_bytes, prune, read_sealed,
-                                 subfolder, write_sealed)
+from backplane.sdk.cache import ArtifactCache, cache_dir, cache_key, cached_json, model_bytes
 from backplane.sdk.errors import BackendError, CompileError, DeviceUnavailable, ExecutionError
 
 from . import devices as found
@@ -303,7 +302,8 @@ class _OpenVINOBuild(_Build):
         # "NPU" for every device probe lists; a test device may name OpenVINO's CPU to run
         # this whole path (prepare, query_model, compile, blob cache) without an NPU.
         self._ov_device = str(device.properties.get("ov_device") or OV_DEVICE)
-        self._folder = subfolder(NpuBackend.name, "compiled", options)
+        self._blobs = ArtifactCache(NpuBackend.name, options, "compiled", suffix=".blob",
+                                    keep=MAX_CACHED_BLOBS)
         self._onnx = prepare.onnx_bytes(graph)
         self._calibration_key = prepare.calibration_digest(calibration) if calibration else ""
         props = device.properties
@@ -316,12 +316,10 @@ class _OpenVINOBuild(_Build):
         core = ov_core()
         key = prepare.blob_key(self._onnx, shapes, self._precision, self._calibration_key,
                                self._quantization, self._device_key, self._config)
-        path = self._folder / f"{key}.blob" if self._folder is not None else None
-        blob = read_sealed(path) if path is not None else None  # checked against its hash
+        blob = self._blobs.get(key)  # checked against its hash
         if blob is not None:
             try:
                 compiled = core.import_model(blob, self._ov_device, self._config)
-                path.touch()
                 return self._runner(compiled), self._how(shapes, "from the blob cache")
             except Exception:  # a blob of another driver or a broken write: compile again
                 pass
@@ -331,10 +329,9 @@ class _OpenVINOBuild(_Build):
             compiled = core.compile_model(model, self._ov_device, self._config)
         except Exception as exc:
             raise _ov_error(exc, self._device) from exc
-        if path is not None:
+        if self._blobs.folder is not None:
             try:
-                if write_sealed(path, compiled.export_model().getvalue()):
-                    prune(self._folder, "*.blob", MAX_CACHED_BLOBS)
+                self._blobs.put(key, compiled.export_model().getvalue())
             except Exception:  # caching is an optimisation
                 pass
         return self._runner(compiled), self._how(shapes, "compiled")
@@ -411,6 +408,7 @@ class _ORTBuild(_Build):
         self._prepared: Any = None
 
     def __call__(self, shapes: dict[str, tuple[int, ...]]) -> tuple[Callable, str]:
+        # on use only: discovery loads this module, and must stay light
         from backplane.model.graph import Graph
 
         if self._prepared is None:
@@ -473,6 +471,7 @@ def derived_ops(info: Mapping[str, Any]) -> dict[str, OpSupport]:
     (:mod:`backplane.ops.survey`), each model asked of ``query_model`` on the NPU (no
     compile: an NPU compile per model would take minutes). Cached on disk, keyed by the
     OpenVINO, driver and compiler versions and the device name."""
+    # on use only: discovery loads this module, and must stay light
     from backplane.ops import probes
     from backplane.ops.registrations import op_supports
     from backplane.ops.survey import survey

@@ -66,6 +66,7 @@ def session_dims(graph: Any, options: Any, extra: Mapping[str, Any],
     """The sizes of symbolic dimensions to compile for: the calibration inputs' sizes,
     overridden by ``options["npu"]["dims"]``, overridden by the session's own
     (``CompileOptions.dims``, when the session passes them)."""
+    # on use only: discovery loads this module, and must stay light
     from backplane.model.inputs import dims_of
 
     dims: dict[str, int] = {}
@@ -83,6 +84,7 @@ def session_dims(graph: Any, options: Any, extra: Mapping[str, Any],
 def static_graph(graph: Any, dims: Mapping[str, int]) -> Any:
     """``graph`` with its symbolic input dimensions fixed to ``dims`` and shapes inferred
     again; refused when an input or output dimension is still not a number."""
+    # on use only: discovery loads this module, and must stay light
     from backplane.model.intake import with_dims
 
     names = {d for vi in graph.inputs for d in (vi.shape or ()) if isinstance(d, str)}

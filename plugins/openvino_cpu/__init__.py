@@ -46,14 +46,15 @@ from backplane import (API_VERSION, AttributeRule, Backend, Capabilities, Compil
                        Executable, LazyOps, OpSupport, __version__ as _backplane_version)
 from backplane.runtimes.openvino import (from_tensor, inlined, onnx_nodes_of, ov, ov_core,
                                          ov_version, patched, query, to_tensor, valid_survey, wrap)
-from backplane.sdk.cache import cached_json, subfolder
+from backplane.sdk.cache import ArtifactCache, cached_json
 from backplane.sdk.child import run_child
 from backplane.sdk.env import probe_budget_s
 from backplane.sdk.errors import CompileError, DeviceUnavailable
 
 # What a compiled partition is, and the names the backend shares with it (OpenVINO's device
 # name, the precision hints, the caches' sizes): executable.py.
-from .executable import OV_DEVICE, PRECISION_HINTS, SHAPE_CACHE_SIZE, OpenVINOExecutable
+from .executable import (MAX_CACHED_BLOBS, OV_DEVICE, PRECISION_HINTS, SHAPE_CACHE_SIZE,
+                         OpenVINOExecutable)
 
 #: Bump when this backend's derivation (try_op, the survey) changes, so stale disk caches
 #: are ignored; the probe models' own version (backplane.ops.probes.VERSION) is in the key.
@@ -151,10 +152,11 @@ class OpenVINOBackend(Backend):
         except Exception as exc:
             raise wrap(CompileError, exc, graph, backend=self.name, device=device.id) from exc
         # (No disk cache for a model with its weights in files: the blob would copy them.)
-        folder = None if consts else subfolder(OpenVINOBackend.name, "compiled", options)
+        blobs = None if consts else ArtifactCache(OpenVINOBackend.name, options, "compiled",
+                                                  suffix=".blob", keep=MAX_CACHED_BLOBS)
         key = (hashlib.sha256(data).hexdigest(), options.precision, options.policy,
                sorted(config.items()), ov_version(), _backplane_version, device.name)
-        exe = OpenVINOExecutable(ov_model, graph, device, config, options.precision, folder, key)
+        exe = OpenVINOExecutable(ov_model, graph, device, config, options.precision, blobs, key)
         if exe.static_signature is None:  # compiled per shape at run time: ask now
             _refuse_unplaced(core, ov_model, config, graph, device, fail)
             return exe
@@ -199,6 +201,7 @@ def largest_elementwise_tree(graph: Any) -> int:
     node (a value with two readers, as a residual stream's, starts a new tree), a variadic
     node (Sum, Max, Min, Mean of k inputs) counting as the k - 1 binary operations OpenVINO
     makes of it. Snippets' cost grows with the square of that number."""
+    # on use only: discovery loads this module, and must stay light
     from backplane.ops.costs import family_of
 
     readers: collections.Counter[str] = collections.Counter(
@@ -377,6 +380,7 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
 def derived_ops() -> dict[str, OpSupport]:
     """The op table: the versions and dtypes surveyed (:func:`derive`), narrowed by
     CONSTRAINTS."""
+    # on use only: discovery loads this module, and must stay light
     from backplane.ops.registrations import op_supports
     from backplane.ops.verify import attribute_rules, merged_constraints
 
@@ -425,6 +429,7 @@ def derive(use_cache: bool = True) -> dict[str, Any]:
 def derivation_key() -> tuple[Any, ...]:
     """What the derived table depends on: the OpenVINO and backplane versions, the
     derivation's and the probe models', and the machine."""
+    # on use only: discovery loads this module, and must stay light
     import platform
 
     from backplane.ops import probes
@@ -438,6 +443,7 @@ def _derive_now() -> dict[str, Any]:
     compiled and run in every dtype, the others asked of ``query_model``; then every op
     version and dtype whose ONNX node tests come back wrong taken out
     (:func:`backplane.ops.verify.verify`). Fused ops are not declared."""
+    # on use only: discovery loads this module, and must stay light
     from backplane.ops.probes import OPSET
     from backplane.ops.survey import survey
     from backplane.ops.verify import VerificationError, narrowed, verify
@@ -458,6 +464,7 @@ def _derive_now() -> dict[str, Any]:
 def try_op(op: str, dtype: str, domain: str = "") -> str:
     """'' when every probe model of ``op`` in ``dtype`` is taken whole by ``query_model``,
     compiles and runs on the CPU plugin (f32 precision, one thread); else OpenVINO's reason."""
+    # on use only: discovery loads this module, and must stay light
     import numpy as np
 
     from backplane.ops.probes import models

@@ -14,14 +14,12 @@ use are defined here.
 from __future__ import annotations
 
 import collections
-import os
-from pathlib import Path
 from typing import Any
 
 from backplane import Device, Executable
 from backplane.runtimes.openvino import infer, outputs_of, ov, ov_core, wrap
 from backplane.runtimes.shapecache import ShapeCache
-from backplane.sdk.cache import cache_key, prune, read_sealed, write_sealed
+from backplane.sdk.cache import ArtifactCache
 from backplane.sdk.errors import CompileError, ExecutionError
 
 #: The backend's name, in the errors raised here (``OpenVINOBackend.name``).
@@ -52,9 +50,10 @@ class OpenVINOExecutable(Executable):
     thread_safe = True
 
     def __init__(self, ov_model: Any, graph: Any, device: Device, config: dict[str, Any],
-                 precision: str, folder: Path | None, key: tuple):
+                 precision: str, blobs: ArtifactCache | None, key: tuple):
         self._model, self._graph, self._device = ov_model, graph, device
-        self._config, self._precision, self._folder, self._key = config, precision, folder, key
+        self._config, self._precision, self._blobs, self._key = config, precision, blobs, key
+        self._folder = blobs.folder if blobs is not None else None  # None: no disk cache
         self._cache = ShapeCache(SHAPE_CACHE_SIZE)
         self.compiles = self.disk_hits = 0
         declared = {vi.name: vi for vi in graph.inputs}
@@ -108,13 +107,12 @@ class OpenVINOExecutable(Executable):
     def _compile(self, signature: tuple) -> _Compiled:
         self._check_signature(signature)
         core = ov_core()
-        path = (self._folder / f"{cache_key(*self._key, signature)}.blob"
-                if self._folder is not None else None)
-        blob = read_sealed(path) if path is not None else None  # checked against its hash
+        key = (*self._key, signature)
+        blobs = self._blobs if self._folder is not None else None  # None: nothing cached
+        blob = blobs.get(key) if blobs is not None else None  # checked against its hash
         if blob is not None:
             try:
                 compiled = core.import_model(blob, OV_DEVICE, self._config)
-                os.utime(path)  # least recently used goes first when the folder is pruned
                 self.disk_hits += 1
                 return _Compiled(self._checked(compiled), from_cache=True)
             except CompileError:
@@ -137,10 +135,9 @@ class OpenVINOExecutable(Executable):
                        device=self._device.id) from exc
         self.compiles += 1
         self._checked(compiled)
-        if path is not None:
+        if blobs is not None:
             try:
-                if write_sealed(path, compiled.export_model().getvalue()):
-                    prune(self._folder, "*.blob", MAX_CACHED_BLOBS)
+                blobs.put(key, compiled.export_model().getvalue())
             except Exception:  # caching is an optimisation; a failed export loses nothing
                 pass
         return _Compiled(compiled, from_cache=False)

@@ -158,6 +158,7 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
 def derived_ops() -> dict[str, OpSupport]:
     """The op table: the versions and dtypes ORT's CPU provider registers kernels for
     (:func:`derive`), narrowed by CONSTRAINTS."""
+    # on use only: discovery loads this module, and must stay light
     from backplane.ops.registrations import op_supports
     from backplane.ops.verify import attribute_rules, merged_constraints
 
@@ -201,6 +202,7 @@ def derivation_key() -> tuple[Any, ...]:
 
 def _valid_derivation(data: Any) -> bool:
     """A cached derivation is read back only in the shape this code writes."""
+    # on use only: discovery loads this module, and must stay light
     from backplane.ops.verify import valid_rules
 
     ops = data.get("ops") if isinstance(data, dict) else None
@@ -220,6 +222,7 @@ def _derive_now() -> dict[str, Any]:
     for it would only be inlined back, less well than the graph as written (measured: the
     transformer block of benchmarks/bench_cpu_backends.py ran 5% slower fused). A graph that
     carries fused nodes still runs: ORT inlines their model-local decompositions."""
+    # on use only: discovery loads this module, and must stay light
     from backplane.ops.registrations import ort_op_table
     from backplane.ops.verify import VerificationError, narrowed, verify
 

@@ -54,6 +54,7 @@ class ReferenceExecutable(Executable):
     thread_safe = True
 
     def __init__(self, model: Any, consts: dict[str, Any] | None = None):
+        # on use only: discovery loads this module, and must stay light
         from backplane.runtimes.onnxref.fixes import evaluator_class
 
         self._model, self._consts = model, dict(consts or {})
@@ -68,6 +69,7 @@ class ReferenceExecutable(Executable):
         """Evaluate the graph once."""
         evaluator = getattr(self._local, "evaluator", None)
         if evaluator is None:
+            # on use only: discovery loads this module, and must stay light
             from backplane.runtimes.onnxref.fixes import evaluator_class
 
             evaluator = self._local.evaluator = evaluator_class()(self._model)

@@ -56,6 +56,7 @@ def _table() -> Any:
 def graph_path_ops(table: Any) -> dict[str, Any]:
     """The kernel table's ops, widened by what ONNX Runtime's MIGraphX and ROCm providers
     register (the graph path, tried first) when the installed ONNX Runtime has them."""
+    # on use only: discovery loads this module, and must stay light
     from backplane.ops.registrations import merged_paths, op_supports, ort_op_table
 
     paths = []

@@ -191,6 +191,7 @@ def fixed_ops() -> tuple[type, ...]:
                 output_dtype=None):  # noqa: ARG002 - opset 23's attribute, outside 13..21
             return super()._run(x, x_scale, x_zero_point, axis=axis, block_size=block_size)
 
+    # on use only: onnx.reference loads when the reference runs
     from . import control, legacy, recurrent
 
     return (Erf, MaxPool, GlobalAveragePool, Flatten, Pad, MatMulInteger, LayerNormalization,

@@ -175,6 +175,7 @@ def resize(x: Any, roi: Any = None, scales: Any = None, sizes: Any = None, antia
     (:mod:`backplane.ops.resize`), then a gather and a weighted sum on the device in the
     input's type. Integer inputs of linear and cubic modes are weighted in float64 and
     rounded back with saturation."""
+    # on use only: the op registry reads its schema tables when first asked
     from backplane.ops import resize as resize_math
 
     want = ints(sizes) if sizes is not None and sizes.numel() else None
