@@ -281,7 +281,7 @@ def test_a_static_model_is_compiled_at_compile_time_and_refuses_other_shapes():
                                         ("bfloat16", TensorProto.BFLOAT16),
                                         ("uint8", TensorProto.UINT8)])
 def test_outputs_come_back_in_the_declared_dtype_as_fresh_copies(dtype, code):
-    from backplane.ops.probes import np_dtype
+    from backplane.ops.trials import np_dtype
 
     exe = compile_model(one_node("Transpose", [("x", code, [2, 3])], [("y", code, [3, 2])]))
     x = (rng(2).integers(0, 2, (2, 3)) if dtype == "bool" else

@@ -664,25 +664,25 @@ def _checked_probe(model: onnx.ModelProto) -> None:
 
 
 def test_every_core_op_has_probe_models_that_pass_the_full_onnx_check():
-    """backplane.ops.probes builds, for every core op in every dtype its schema admits (and
+    """backplane.ops.trials builds, for every core op in every dtype its schema admits (and
     every fused op in the float types it admits), valid one-node models with their feeds."""
-    from backplane.ops import probes
+    from backplane.ops import trials
 
     built = 0
     for op in ops.MANDATORY:
-        definition = ops.get(op).at(probes.OPSET)
+        definition = ops.get(op).at(trials.OPSET)
         main = definition.inputs[1 if op == "Where" else 0][0]
-        dtypes = [d for d in probes.DTYPES if d in definition.dtypes_of(main)]
+        dtypes = [d for d in trials.DTYPES if d in definition.dtypes_of(main)]
         assert dtypes, op
         if op not in ("DequantizeLinear", "MatMulInteger"):  # their inputs are integers
             assert "float32" in dtypes, op
         for dt in dtypes:
-            pairs = list(probes.models(op, dt))
+            pairs = list(trials.models(op, dt))
             assert pairs, (op, dt)
             for model, feeds in pairs:
                 _checked_probe(model)
                 [node] = model.graph.node
-                assert node.op_type == op and model.opset_import[0].version == probes.OPSET
+                assert node.op_type == op and model.opset_import[0].version == trials.OPSET
                 fed = {i.name for i in model.graph.input}
                 assert fed and set(feeds) == fed, (op, dt, "data inputs must be fed")
                 assert {i.name for i in model.graph.initializer}.isdisjoint(fed)
@@ -690,33 +690,33 @@ def test_every_core_op_has_probe_models_that_pass_the_full_onnx_check():
     for op in ops.FUSED:
         definition = ops.get(op, ops.DOMAIN)
         admitted = definition.dtypes_of(definition.inputs[0][0])
-        for dt in [d for d in probes.FUSED_DTYPES if d in admitted]:
-            for model, _ in probes.models(op, dt, ops.DOMAIN):
+        for dt in [d for d in trials.FUSED_DTYPES if d in admitted]:
+            for model, _ in trials.models(op, dt, ops.DOMAIN):
                 _checked_probe(model)
                 assert [f.name for f in model.functions] == [op]
                 built += 1
     assert built > 400
     with pytest.raises(ValueError, match="no probe model"):
-        list(probes.models("NotAnOp", "float32"))
+        list(trials.models("NotAnOp", "float32"))
 
 
 def test_probe_models_cover_the_variants_whose_kernels_differ():
-    from backplane.ops import probes
+    from backplane.ops import trials
 
     def attrs(op, dt="float32"):
         return [{a.name: helper.get_attribute_value(a) for a in m.graph.node[0].attribute}
-                for m, _ in probes.models(op, dt)]
+                for m, _ in trials.models(op, dt)]
 
     assert [a.get("approximate") for a in attrs("Gelu")] == [b"none", b"tanh"]
     assert sorted(a["mode"] for a in attrs("Pad")) == [b"constant", b"edge", b"reflect"]
-    assert len(list(probes.models("Clip", "float32"))) == 3  # constant, fed, no bounds
-    assert len(list(probes.models("Flatten", "float32"))) == 2  # rank 2 and rank 3, axis 1
-    index_types = {m.graph.initializer[0].data_type for m, _ in probes.models("Gather", "int8")}
+    assert len(list(trials.models("Clip", "float32"))) == 3  # constant, fed, no bounds
+    assert len(list(trials.models("Flatten", "float32"))) == 2  # rank 2 and rank 3, axis 1
+    index_types = {m.graph.initializer[0].data_type for m, _ in trials.models("Gather", "int8")}
     assert index_types == {TensorProto.INT64, TensorProto.INT32}
 
 
 def test_discover_tries_each_admitted_dtype_and_declares_where_by_its_condition():
-    from backplane.ops import probes
+    from backplane.ops import trials
 
     tried = []
 
@@ -724,18 +724,18 @@ def test_discover_tries_each_admitted_dtype_and_declares_where_by_its_condition(
         tried.append((domain, op, dt))
         return "no kernel" if dt == "bfloat16" else ""
 
-    found, refused = probes.discover(try_op)
+    found, refused = trials.discover(try_op)
     assert not any(domain for domain, _, _ in tried), "fused ops are tried only when asked"
     assert set(found) == set(ops.MANDATORY) and found["Where"] == ["bool"]
     assert "bool" not in found["Add"] and refused["Add"] == {"bfloat16": "no kernel"}
-    found, refused = probes.discover(try_op, dtypes=("float32",),
-                                     fused_dtypes=probes.FUSED_DTYPES)
+    found, refused = trials.discover(try_op, dtypes=("float32",),
+                                     fused_dtypes=trials.FUSED_DTYPES)
     assert found["backplane::Attention"] == ["float32", "float16"]
     assert refused["backplane::FusedConvRelu"] == {"bfloat16": "no kernel"}
 
 
 def test_importing_the_probe_module_imports_neither_numpy_nor_onnx():
-    result = run_python("import sys; from backplane.ops import probes; "
+    result = run_python("import sys; from backplane.ops import trials; "
                         "print('numpy' in sys.modules, 'onnx' in sys.modules)")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False"]

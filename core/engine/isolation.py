@@ -46,7 +46,7 @@ from backplane.sdk.cache import ArtifactCache, cache_key, read_json
 from backplane.sdk.contract import API_VERSION, MIN_API_VERSION
 
 # json, signal and subprocess are imported where a check runs: ``import backplane`` and a
-# discovery without third-party plugins pay for neither (the cache helpers load with
+# discovery without third-party plugins pay for none of them (the cache helpers load with
 # discovery anyway).
 
 log = logging.getLogger("backplane")

@@ -4,18 +4,18 @@ For a runtime whose only op-support query is "does this model compile here" (Ope
 ``query_model``), the answer for the whole operator registry is found with one-node
 models, each asked of the runtime:
 
-- the core ops (:data:`~backplane.ops.MANDATORY`): their probe models
-  (:mod:`backplane.ops.probes`), every variant in every dtype, at opset 21, compiled and
+- the core ops (:data:`~backplane.ops.MANDATORY`): their trial models
+  (:mod:`backplane.ops.trials`), every variant in every dtype, at opset 21, compiled and
   run when the backend gives a ``run`` check;
 - every other op of the registry's ONNX domains, and the core ops at their other
   versions: ONNX's own node tests (``onnx.backend.test.case.node``: valid one-node models
   of nearly every op, at its newest version), up to :data:`PER_VERSION` per op version
   and dtype; a version no test is recorded at is reached by converting a test model with
   ``onnx.version_converter``;
-- ``com.microsoft`` ops: the probe models of :data:`CONTRIB_PROBES`.
+- ``com.microsoft`` ops: the trial models of :data:`CONTRIB_PROBES`.
 
 An op version is declared in a dtype when every model of it in that dtype was taken
-(a probe model that fails is a variant the runtime lacks; the reason is kept in
+(a trial model that fails is a variant the runtime lacks; the reason is kept in
 ``refused``). Versions that differ from a surveyed one in the types they admit only
 (:meth:`~backplane.ops.OpDef.same_as`) are declared alike, for the dtypes both admit.
 
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from backplane.model.dtypes import DTYPE_CODES, DTYPE_NAMES
 from backplane.model.graph import numpy_dtype
 from backplane.ops.opdef import MANDATORY
-from backplane.ops.probes import DTYPES, OPSET, TryOp, discover, models, np_dtype
+from backplane.ops.trials import DTYPES, OPSET, TryOp, discover, models, np_dtype
 from backplane.ops.registrations import main_constraint
 from backplane.ops.registry import all_ops, find
 from backplane.sdk.contract import op_key
@@ -73,7 +73,7 @@ def survey(query: Query, run: TryOp | None = None,
     checked = {(k, v) for k, versions in ops.items() for v in versions} | {
         (k, int(vd.split("/")[0])) for k, r in refused.items() for vd in r}
     verdicts: dict[tuple[str, int, str], list[str]] = {}
-    if run is None and "" in domains:  # the core ops' probe models, asked of query
+    if run is None and "" in domains:  # the core ops' trial models, asked of query
         for key, version, dtype, model in _core_probes():
             if only is not None and key not in only:
                 continue
@@ -96,7 +96,7 @@ def survey(query: Query, run: TryOp | None = None,
 
 
 def _core_probes() -> Iterator[tuple[str, int, str, Any]]:
-    """The core ops' probe models, every variant in every dtype, at opset 21."""
+    """The core ops' trial models, every variant in every dtype, at opset 21."""
     for op in MANDATORY:
         schema = find(op).at(OPSET)
         main = schema.inputs[1 if op == "Where" else 0][0]
@@ -177,7 +177,7 @@ def _seeds(definition: Any, per: dict[tuple[int, str], list[Any]]) -> list[Any]:
             (d for d in RETYPE_DTYPES if d in main), None)
         try:
             out += [m for m, _ in models(definition.name, dtype)][:2] if dtype else []
-        except ValueError:  # no probe model of this op
+        except ValueError:  # no trial model of this op
             pass
     tests = sorted(per.items(), key=lambda item: (item[0][1] != "float32", -item[0][0]))
     return out + [models_[0] for _, models_ in tests][:3]
@@ -450,7 +450,7 @@ def _dtype_of(model: Any) -> str:
     return ""
 
 
-#: ``com.microsoft`` ops surveyed with probe models of their own (ONNX has no tests of
+#: ``com.microsoft`` ops surveyed with trial models of their own (ONNX has no tests of
 #: them): the ones ONNX Runtime's optimizer and quantizer write into exported models.
 CONTRIB_PROBES = ("FastGelu", "BiasGelu", "Gelu", "QuickGelu", "BiasAdd",
                   "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "FusedMatMul",

@@ -187,7 +187,7 @@ class OpSupport:
 class LazyOps(Mapping):
     """An op table (``{op key: OpSupport}``) computed on its first read, for
     :attr:`Capabilities.ops` of backends that derive their capabilities by running their
-    runtime (graph compilers: see :mod:`backplane.ops.probes`).
+    runtime (graph compilers: see :mod:`backplane.ops.trials`).
 
     Loading a plugin builds its Capabilities and the registry checks them, so the table
     cannot be computed then without importing the vendor runtime into every process that

@@ -472,12 +472,12 @@ def derived_ops(info: Mapping[str, Any]) -> dict[str, OpSupport]:
     compile: an NPU compile per model would take minutes). Cached on disk, keyed by the
     OpenVINO, driver and compiler versions and the device name."""
     # on use only: discovery loads this module, and must stay light
-    from backplane.ops import probes
+    from backplane.ops import trials
     from backplane.ops.registrations import op_supports
     from backplane.ops.survey import survey
 
     key = (info.get("openvino"), info.get("driver_version"), info.get("compiler_version"),
-           info.get("name"), _backplane_version, DERIVATION_VERSION, probes.VERSION)
+           info.get("name"), _backplane_version, DERIVATION_VERSION, trials.VERSION)
     data = cached_json(NpuBackend.name, key,
                        lambda: survey(lambda model: query(model, OV_DEVICE)),
                        valid=valid_survey)

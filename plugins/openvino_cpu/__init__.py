@@ -8,7 +8,7 @@ element-wise trees are compiled without snippets: OpenVINO's compile time grows 
 than the model.
 
 - Capabilities are derived, not written by hand: each core op, in each dtype its schema
-  admits, is built as one-node models (:mod:`backplane.ops.probes`, shared with the other
+  admits, is built as one-node models (:mod:`backplane.ops.trials`, shared with the other
   graph compilers); the op is declared with the dtypes for which ``query_model`` takes every
   node *and* a compile and a run succeed. Computed on first read of ``capabilities.ops``
   (:class:`~backplane.LazyOps`), cached in memory and on disk (JSON keyed by the OpenVINO,
@@ -57,7 +57,7 @@ from .executable import (MAX_CACHED_BLOBS, OV_DEVICE, PRECISION_HINTS, SHAPE_CAC
                          OpenVINOExecutable)
 
 #: Bump when this backend's derivation (try_op, the survey) changes, so stale disk caches
-#: are ignored; the probe models' own version (backplane.ops.probes.VERSION) is in the key.
+#: are ignored; the probe models' own version (backplane.ops.trials.VERSION) is in the key.
 DERIVATION_VERSION = 16
 #: The derived table for the OpenVINO this release was checked with, shipped so that a
 #: first Session does not wait minutes for the survey (used only where its key matches).
@@ -432,9 +432,9 @@ def derivation_key() -> tuple[Any, ...]:
     # on use only: discovery loads this module, and must stay light
     import platform
 
-    from backplane.ops import probes
+    from backplane.ops import trials
 
-    return (ov_version(), _backplane_version, DERIVATION_VERSION, probes.VERSION,
+    return (ov_version(), _backplane_version, DERIVATION_VERSION, trials.VERSION,
             platform.machine())
 
 
@@ -444,7 +444,7 @@ def _derive_now() -> dict[str, Any]:
     version and dtype whose ONNX node tests come back wrong taken out
     (:func:`backplane.ops.verify.verify`). Fused ops are not declared."""
     # on use only: discovery loads this module, and must stay light
-    from backplane.ops.probes import OPSET
+    from backplane.ops.trials import OPSET
     from backplane.ops.survey import survey
     from backplane.ops.verify import VerificationError, narrowed, verify
 
@@ -467,7 +467,7 @@ def try_op(op: str, dtype: str, domain: str = "") -> str:
     # on use only: discovery loads this module, and must stay light
     import numpy as np
 
-    from backplane.ops.probes import models
+    from backplane.ops.trials import models
 
     core = ov_core()
     config = {"INFERENCE_PRECISION_HINT": "f32", "EXECUTION_MODE_HINT": "ACCURACY",

@@ -1,4 +1,4 @@
-"""One-node probe models that ask a runtime which core ops it runs, in which dtypes.
+"""One-node trial models that ask a runtime which core ops it runs, in which dtypes.
 
 For any backend that must *discover* which core ops x dtypes its runtime runs because the
 runtime has no op-support query that can be trusted (graph compilers such as OpenVINO and
@@ -32,10 +32,10 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import onnx
 
-#: Bump when a probe model or :func:`discover` changes: backends put it in the keys of
+#: Bump when a trial model or :func:`discover` changes: backends put it in the keys of
 #: their capability caches, so that tables derived with older probes are not read back.
 VERSION = 1
-#: The default-domain opset of probe models (the one the conformance cases use).
+#: The default-domain opset of trial models (the one the conformance cases use).
 OPSET = 21
 #: The dtypes probed (those the conformance suite generates).
 DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64", "bool")
@@ -43,7 +43,7 @@ DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64", "
 FUSED_DTYPES = ("float32", "float16", "bfloat16")
 I64 = "int64"
 
-#: ``try_op(op, dtype, domain)``: '' when every probe model ran, else the runtime's reason.
+#: ``try_op(op, dtype, domain)``: '' when every trial model ran, else the runtime's reason.
 TryOp = Callable[[str, str, str], str]
 
 
@@ -144,10 +144,10 @@ _BINARY = ("Add", "Sub", "Mul", "Div", "Pow")
 
 
 def models(op: str, dt: str, domain: str = "") -> Iterator[tuple[onnx.ModelProto, dict]]:
-    """Every probe model of ``op`` with main dtype ``dt``, with its feeds.
+    """Every trial model of ``op`` with main dtype ``dt``, with its feeds.
 
     ``domain`` "backplane" asks for a fused op (its model carries the decomposition as a
-    model-local function). Raises ValueError for an op without probe models.
+    model-local function). Raises ValueError for an op without trial models.
     """
     x = ("x", (2, 3), dt)
     img = ("x", (1, 2, 5, 5), dt)
