@@ -1,7 +1,7 @@
 """Shared runtime adapters: what several backend plugins need from one vendor runtime.
 
 - :mod:`backplane.runtimes.openvino`: the OpenVINO ``Core``, tensor conversion, error
-  translation, the ONNX fixes OpenVINO's frontend needs, ``query_model`` over probe models;
+  translation, the ONNX fixes OpenVINO's frontend needs, ``query_model`` over trial models;
 - :mod:`backplane.runtimes.onnxruntime`: session options, sessions on one provider with CPU
   fallback off, :class:`~backplane.runtimes.onnxruntime.ORTExecutable`, provider readiness;
 - :mod:`backplane.runtimes.torch`: the torch op table, its runner ``compile_on`` and
@@ -19,7 +19,6 @@ A plugin imports these, never another plugin; an adapter imports only the SDK. I
 adapter imports no vendor runtime (nor numpy): each is imported inside the functions that
 use it, so ``import backplane`` and plugin discovery stay fast. The kernel packages
 (``torch_ops``, ``opencl_ops``) and ``onnxref.fixes`` do import theirs: their tables and
-callers import them on first use. Code shared by the
-executables raises errors naming the backend and device it runs for, which the caller
-passes (``backend=``).
+callers import them on first use. Code shared by the executables raises errors naming
+the backend and device it runs for, which the caller passes (``backend=``).
 """

@@ -179,7 +179,7 @@ class NpuBackend(Backend):
     # ------------------------------------------------------------------ capabilities
 
     def _ops(self) -> Mapping[str, OpSupport]:
-        """The NPU's own answer (``query_model`` over the probe models) when OpenVINO has
+        """The NPU's own answer (``query_model`` over the trial models) when OpenVINO has
         an NPU here, else :data:`DECLARED_OPS`."""
         intel = [n for n in found.accel_nodes(self._sys_accel) if n["driver"] == "intel_vpu"]
         if not (intel or self._platform == "win32"):

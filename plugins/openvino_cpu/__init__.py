@@ -57,7 +57,7 @@ from .executable import (MAX_CACHED_BLOBS, OV_DEVICE, PRECISION_HINTS, SHAPE_CAC
                          OpenVINOExecutable)
 
 #: Bump when this backend's derivation (try_op, the survey) changes, so stale disk caches
-#: are ignored; the probe models' own version (backplane.ops.trials.VERSION) is in the key.
+#: are ignored; the trial models' own version (backplane.ops.trials.VERSION) is in the key.
 DERIVATION_VERSION = 16
 #: The derived table for the OpenVINO this release was checked with, shipped so that a
 #: first Session does not wait minutes for the survey (used only where its key matches).
@@ -428,7 +428,7 @@ def derive(use_cache: bool = True) -> dict[str, Any]:
 
 def derivation_key() -> tuple[Any, ...]:
     """What the derived table depends on: the OpenVINO and backplane versions, the
-    derivation's and the probe models', and the machine."""
+    derivation's and the trial models', and the machine."""
     # on use only: discovery loads this module, and must stay light
     import platform
 
