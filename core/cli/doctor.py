@@ -18,7 +18,6 @@ command) holds when every listed device passed.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ from backplane.cli.doctor_hints import Hint, derive_hints, machine_facts
 from backplane.cli.doctor_trial import DEFAULT_TIMEOUT_S, FAIL, MODELS, PASS, SEED, run_trial
 from backplane.engine.registry import plugin_records, registry
 from backplane.hardware.probe import probe_all
+from backplane.sdk.hostfacts import usable_cores
 
 #: The verdict of a plugin without a device, by its registry state.
 STATE_VERDICTS = {"no-device": "NO DEVICE", "disabled": "DISABLED", "failed": "FAILED"}
@@ -145,7 +145,7 @@ def diagnose(timeout_s: float = DEFAULT_TIMEOUT_S, jobs: int | None = None) -> D
     def trial(row: Row) -> dict[str, Any]:
         return run_trial(row.backend, row.device or "", row.device_name, timeout_s)
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs or min(4, _usable_cores()))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, jobs or min(4, usable_cores()))) as pool:
         for row, result in zip(todo, pool.map(trial, todo)):
             for key, value in result.items():
                 setattr(row, key, value)
@@ -159,13 +159,6 @@ def diagnose(timeout_s: float = DEFAULT_TIMEOUT_S, jobs: int | None = None) -> D
     hints = derive_hints([r.to_dict() for r in rows], notes, facts, deprecations)
     return Diagnosis(rows, hints, notes, facts, SEED, timeout_s,
                   round(time.perf_counter() - t0, 3))
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 # -- the command --------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from typing import Any
 
 from backplane.sdk.cache import ArtifactCache, cache_key, read_json
 from backplane.sdk.contract import API_VERSION, MIN_API_VERSION
+from backplane.sdk.hostfacts import usable_cores
 
 # json, signal and subprocess are imported where a check runs: ``import backplane`` and a
 # discovery without third-party plugins pay for none of them (the cache helpers load with
@@ -367,7 +368,7 @@ def run_checks(targets: list[Target], timeout_s: float) -> dict[str, Verdict]:
     import selectors
 
     pending, running, done = list(targets), {}, {}
-    slots = max(2, _usable_cores() + 1)
+    slots = max(2, usable_cores() + 1)
     with selectors.DefaultSelector() as selector:
         while pending or running:
             while pending and len(running) < slots:
@@ -392,13 +393,6 @@ def run_checks(targets: list[Target], timeout_s: float) -> dict[str, Verdict]:
                     selector.unregister(fd)
                     done[check.target.name] = running.pop(fd).finish(timed_out=True)
     return done
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 # -- the child -----------------------------------------------------------------------------

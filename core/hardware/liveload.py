@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from typing import Any
-from backplane.hardware.probe import usable_cores
+from backplane.sdk.hostfacts import usable_cores
 
 #: How long one system reading (psutil, NVML) is reused.
 READING_TTL_S = 1.0
@@ -104,10 +104,6 @@ def _cached(key: str, read: Any) -> float | None:
     return value
 
 
-def _usable_cores() -> int:
-    return usable_cores()
-
-
 def _cpu_load() -> float | None:
     """How many of the usable cores other processes kept busy lately (0 = none), through
     psutil: the machine's busy CPU time less this process's own, over the time since the
@@ -133,7 +129,7 @@ def _cpu_load() -> float | None:
     _last_cpu[:] = [now]
     wall = max(now[0] - prev[0], 1e-3)
     others = max(0.0, (now[1] - prev[1]) - (now[2] - prev[2]))
-    return others / (wall * max(1, _usable_cores()))
+    return others / (wall * max(1, usable_cores()))
 
 
 def _nvml_utilisation(bus_id: str) -> float | None:

@@ -136,14 +136,6 @@ def _tool(*argv: str) -> str | None:
 # -- CPU -------------------------------------------------------------------------------------
 
 
-def usable_cores() -> int:
-    """Logical CPUs this process may run on (affinity and cgroup-free count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def probe_cpu(cpuinfo: str | None = None, sysfs: str = "/sys/devices/system/cpu"
               ) -> tuple[list[Hardware], str | None]:
     """The host CPU from /proc/cpuinfo, its caches and clock from sysfs."""
@@ -159,7 +151,7 @@ def probe_cpu(cpuinfo: str | None = None, sysfs: str = "/sys/devices/system/cpu"
     facts["parts"] = list(info.get("parts") or ([info["model_name"]] if info.get("cpu_part")
                                                  is not None and info.get("model_name") else []))
     facts["logical_cpus"] = info.get("logical_cpus") or os.cpu_count() or 1
-    usable = usable_cores()
+    usable = hostfacts.usable_cores()
     facts["usable_logical_cpus"] = usable
     # Peak rates count physical cores: SMT siblings share the FMA units.
     physical = info.get("physical_cores")

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 import re
 import threading
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from backplane.sdk.child import run_child
 from backplane.sdk.contract import Device, Executable
 from backplane.sdk.env import probe_budget_s
 from backplane.sdk.errors import CompileError, DeviceUnavailable, ExecutionError
+from backplane.sdk.hostfacts import physical_cores
 
 CPU = "CPUExecutionProvider"
 #: Providers of ORT builds that are not compute devices (Azure calls a remote endpoint).
@@ -78,18 +77,6 @@ def session_options(ort: Any, policy: str, provider: str, extra: Mapping[str, An
     for key, value in dict(extra.get("session_config", {})).items():
         so.add_session_config_entry(str(key), str(value))
     return so
-
-
-def physical_cores() -> int:
-    """Physical cores available to this process (ORT's own default for intra-op threads)."""
-    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list").read_text()
-        per_core = sum(int(b or a) - int(a) + 1  # "0,4" or "0-1": hardware threads per core
-                       for a, _, b in (r.partition("-") for r in siblings.strip().split(",")))
-    except (OSError, ValueError):
-        per_core = 1
-    return max(1, (logical or 1) // max(1, per_core))
 
 
 def open_session(model: Any, so: Any, provider: str, provider_options: Mapping[str, Any], *,

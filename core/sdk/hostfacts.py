@@ -549,3 +549,23 @@ def kfd_pci_bus_id(props: dict) -> str | None:
     bus, devfn = location >> 8, location & 0xFF
     return f"{domain:04x}:{bus:02x}:{devfn >> 3:02x}.{devfn & 7:x}"
 
+
+def usable_cores() -> int:
+    """Logical CPUs this process may run on (its affinity; the CPU count elsewhere)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on: its logical CPUs over the hardware threads
+    per core (sysfs' thread siblings of CPU 0; one where that cannot be read). ONNX Runtime
+    and OpenVINO size their default thread pools by it."""
+    try:
+        siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list").read_text()
+        per_core = sum(int(b or a) - int(a) + 1  # "0,4" or "0-1": hardware threads per core
+                       for a, _, b in (r.partition("-") for r in siblings.strip().split(",")))
+    except (OSError, ValueError):
+        per_core = 1
+    return max(1, usable_cores() // max(1, per_core))

@@ -35,7 +35,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import os
 import threading
 import time
 from collections.abc import Mapping
@@ -50,6 +49,7 @@ from backplane.sdk.cache import ArtifactCache, cached_json
 from backplane.sdk.child import run_child
 from backplane.sdk.env import probe_budget_s
 from backplane.sdk.errors import CompileError, DeviceUnavailable
+from backplane.sdk.hostfacts import physical_cores
 
 # What a compiled partition is, and the names the backend shares with it (OpenVINO's device
 # name, the precision hints, the caches' sizes): executable.py.
@@ -294,7 +294,7 @@ def compile_config(options: CompileOptions, extra: Mapping[str, Any]) -> dict[st
     else:
         config["PERFORMANCE_HINT"] = "LATENCY"
         if options.policy == "efficiency":
-            config["INFERENCE_NUM_THREADS"] = max(1, _physical_cores() // 2)
+            config["INFERENCE_NUM_THREADS"] = max(1, physical_cores() // 2)
     for key, value in dict(extra).items():
         if key in ("INFERENCE_PRECISION_HINT", "EXECUTION_MODE_HINT"):
             raise CompileError(f"options['openvino-cpu'] may not set {key}: the precision is "
@@ -321,18 +321,6 @@ def host_precisions() -> frozenset[str]:
 
 def _vendor(name: str) -> str:
     return next((v for v in ("Intel", "AMD", "ARM", "Apple") if v.lower() in name.lower()), "")
-
-
-def _physical_cores() -> int:
-    """Physical cores available to this process."""
-    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list").read_text()
-        per_core = sum(int(p.split("-")[-1]) - int(p.split("-")[0]) + 1
-                       for p in siblings.strip().split(","))
-    except (OSError, ValueError):
-        per_core = 1
-    return max(1, (logical or 1) // max(1, per_core))
 
 
 def _constants(ov_model: Any, arrays: Mapping[str, Any]) -> None:
