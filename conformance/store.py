@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from backplane.conformance.runner import PASSING
-from backplane.conformance.specials import shipped
+from backplane.conformance import specials
 from backplane.sdk.cache import write_atomic
 from backplane.sdk.contract import DEVICE_KINDS
 
@@ -60,10 +60,9 @@ def save(report: Any) -> Path | None:
             "versions": report.versions}
     before = _load(data["backend"], report.device.get("fingerprint") or report.device["id"])
     if before and all(before.get(k) == data[k] for k in ("version", "versions")):
-        from backplane.conformance.specials import union  # runs of one version add up what they met
-
-        data["special_values"] = union(before.get("special_values") or {},
-                                       data["special_values"])
+        # runs of one version add up what they met
+        data["special_values"] = specials.union(before.get("special_values") or {},
+                                                data["special_values"])
     # on use only: the hwdb loads pydantic and its TOML files when asked
     from backplane.hardware.db import private_data_dir
 
@@ -172,7 +171,7 @@ def _special_record(backend: str, device: str | None) -> tuple[dict[str, list[st
         data = _recorded(backend, device)
         if data is not None:
             return data["special_values"], "measured on this device"
-    entry = shipped().get(backend)
+    entry = specials.shipped().get(backend)
     if entry is None or (device in DEVICE_KINDS and entry.get("kind") != device):
         return {}, ""
     versions = str(entry.get("versions") or "")
