@@ -40,15 +40,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from backplane.sdk.cache import ArtifactCache, cache_key, read_json
 from backplane.sdk.contract import API_VERSION, MIN_API_VERSION
-from backplane.sdk.hostfacts import usable_cores
 
-# json, signal and subprocess are imported where a check runs: ``import backplane`` and a
-# discovery without third-party plugins pay for none of them (the cache helpers load with
-# discovery anyway).
+if TYPE_CHECKING:  # pragma: no cover
+    from backplane.sdk.cache import ArtifactCache
+
+# json, signal, subprocess and the cache helpers (hashlib, tempfile) are imported where a
+# check or a verdict file is needed: ``import backplane`` and a discovery without
+# third-party plugins pay for none of them.
 
 log = logging.getLogger("backplane")
 
@@ -156,6 +157,8 @@ def verdicts(targets: list[Target], installed: list[Target],
     """
     import json
 
+    # on use only: import backplane loads this module, and must not pay for the cache
+    from backplane.sdk.cache import cache_key
 
     # (A built-in entry point's metadata is rewritten by every build of a source tree; its
     # version stands for it.)
@@ -200,6 +203,9 @@ def _read(path: Path, key: str) -> dict[str, Verdict]:
             return {}
     except OSError:
         return {}
+    # on use only: import backplane loads this module, and must not pay for the cache
+    from backplane.sdk.cache import read_json
+
     data = read_json(path)
     if not isinstance(data, dict) or set(data) != {"schema", "key", "verdicts"} or \
             data["schema"] != SCHEMA or data["key"] != key or \
@@ -217,9 +223,12 @@ def clear() -> int:
     return _verdict_files().clear()
 
 
-def _verdict_files() -> ArtifactCache:
+def _verdict_files() -> "ArtifactCache":
     """``cache_dir(FOLDER)/verdicts-KEY.json``, the newest :data:`_KEEP_FILES` kept (the
     pruning pattern counts each file's lock too)."""
+    # on use only: import backplane loads this module, and must not pay for the cache
+    from backplane.sdk.cache import ArtifactCache
+
     return ArtifactCache(FOLDER, prefix="verdicts-", suffix=".json", keep=2 * _KEEP_FILES,
                          pattern="verdicts-*")
 
@@ -366,6 +375,9 @@ def _reason(step: str, said: dict[str, Any], code: int, timed_out: bool,
 def run_checks(targets: list[Target], timeout_s: float) -> dict[str, Verdict]:
     """Check each target in a child of its own, a few at once; the verdicts by name."""
     import selectors
+
+    # on use only: import backplane loads this module, and must stay light
+    from backplane.sdk.hostfacts import usable_cores
 
     pending, running, done = list(targets), {}, {}
     slots = max(2, usable_cores() + 1)
