@@ -1,5 +1,5 @@
 """The reference backend's replacements for kernels onnx.reference (1.23) gets wrong or
-lacks, at every op version from opset 7 (plugins/reference/fixes.py lists them).
+lacks, at every op version from opset 7 (core/runtimes/onnxref/fixes.py lists them).
 
 Each is checked against something it does not share code with: ONNX's recorded node-test
 outputs, the oracle's vectorised numpy formulas, the spec's equations written out, an
