@@ -9,19 +9,33 @@ from __future__ import annotations
 import functools
 import sys
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+
+def _toml() -> Any:
+    """The TOML parser (tomllib, or tomli before Python 3.11)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    return tomllib
+
+
+def __getattr__(name: str) -> Any:
+    # ``from backplane.conformance import tomllib``: the parser loads on first use only.
+    if name == "tomllib":
+        return _toml()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @functools.lru_cache(maxsize=None)
 def _table() -> dict[str, Any]:
+    # The TOML parser loads with the first tolerance asked: discovery imports this package
+    # (its hook module, conformance/hooks.py) and must stay light.
+    from importlib import resources
+
     text = resources.files(__name__).joinpath("tolerances.toml").read_text("utf-8")
-    table = tomllib.loads(text)
+    table = _toml().loads(text)
     for key, entry in table.items():
         if key == "override":
             continue

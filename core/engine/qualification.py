@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from backplane.sdk.hooks import plugin_manager
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
     from backplane.engine.plan import Plan
 
 
@@ -50,40 +52,35 @@ def results() -> Results | None:
 def failed_variants(backend: str, device_id: str, fingerprint: str | None,
                     version: str | None) -> set[tuple[str, str]]:
     """Op x dtype variants the stored conformance run marks failed on this device."""
-    return _ask("failed_variants", set(), backend, device_id, fingerprint, version)
+    return _ask(lambda r: set(r.failed_variants(backend, r.store_key(device_id, fingerprint),
+                                                version)), set())
 
 
 def passed_variants(backend: str, device_id: str, fingerprint: str | None,
                     version: str | None) -> set[tuple[str, str]]:
     """Op x dtype variants the stored conformance run passed on this device."""
-    return _ask("passed_variants", set(), backend, device_id, fingerprint, version)
+    return _ask(lambda r: set(r.passed_variants(backend, r.store_key(device_id, fingerprint),
+                                                version)), set())
 
 
 def special_value_note(plan: "Plan") -> list[str]:
     """Notes on the backends of ``plan`` that differ from the oracle on NaN, infinity or
     the sign of zero for ops they run."""
-    found = results()
-    try:
-        return list(found.special_value_note(plan)) if found is not None else []
-    except Exception:  # an unreadable store says nothing
-        return []
+    return _ask(lambda r: list(r.special_value_note(plan)), [])
 
 
 def special_value_change(before: "Plan", after: "Plan") -> list[str]:
     """Events for where ``after`` changes what special values give, against ``before``."""
-    found = results()
-    try:
-        return list(found.special_value_change(before, after)) if found is not None else []
-    except Exception:  # an unreadable store says nothing
-        return []
+    return _ask(lambda r: list(r.special_value_change(before, after)), [])
 
 
-def _ask(what: str, empty: Any, backend: str, device_id: str, fingerprint: str | None,
-         version: str | None) -> Any:
+def _ask(question: "Callable[[Results], Any]", empty: Any) -> Any:
+    """``question(results)``, or ``empty`` when nothing answers or the store cannot be read
+    (an unreadable store is no result, never a planning failure)."""
     found = results()
     if found is None:
         return empty
     try:
-        return getattr(found, what)(backend, found.store_key(device_id, fingerprint), version)
-    except Exception:  # an unreadable store is no result, never a planning failure
+        return question(found)
+    except Exception:  # an unreadable store says nothing
         return empty

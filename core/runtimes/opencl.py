@@ -156,7 +156,7 @@ class DeviceState:
         self._kernels: dict[tuple[str, str, str], Any] = {}
         #: Device tables by content (:meth:`layout`), least recently used first; the kernels
         #: (``opencl_ops``) keep their int32 tables here too, under a tagged key.
-        self.layouts: OrderedDict[tuple, Any] = OrderedDict()
+        self._layouts: OrderedDict[tuple, Any] = OrderedDict()
         self.disk = ArtifactCache("opencl")  # program binaries (.bin), by device and source
         self.stats = {"builds": 0, "disk_hits": 0, "memory_hits": 0}
         # Limits, from the device.
@@ -289,21 +289,23 @@ class DeviceState:
         if self.pool.managed_bytes - self.pool.active_bytes > self.pool_limit:
             self.pool.free_held()
 
-    def layout(self, table: tuple[int, ...]) -> Any:
-        """A small int64 table (shapes, strides) on the device, uploaded once per content."""
-        buf = self.layouts.get(table)
+    def layout(self, table: tuple[int, ...], dtype: str = "int64") -> Any:
+        """A small integer table (shapes, strides, int64 by default) on the device,
+        uploaded once per content and type."""
+        key = table if dtype == "int64" else (dtype, *table)
+        buf = self._layouts.get(key)
         if buf is None:
             import numpy as np  # defers the vendor runtime (loaded by now: a cheap lookup)
             import pyopencl as cl
 
-            host = np.asarray(table, np.int64)
+            host = np.asarray(table, dtype)
             buf = cl.Buffer(self.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
                             hostbuf=host)
-            self.layouts[table] = buf
-            if len(self.layouts) > LAYOUT_CACHE:
-                self.layouts.popitem(last=False)
+            self._layouts[key] = buf
+            if len(self._layouts) > LAYOUT_CACHE:
+                self._layouts.popitem(last=False)
         else:
-            self.layouts.move_to_end(table)
+            self._layouts.move_to_end(key)
         return buf
 
     def buf(self, array: Any) -> Any:

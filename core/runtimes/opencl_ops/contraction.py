@@ -195,7 +195,7 @@ def conv(x: Any, w: Any, b: Any = None, auto_pad: str = "NOTSET", dilations: Any
         return y
     P = [N, G, Cg, *to3(spatial, 1), *to3(out_sp, 1), *to3(kernel, 1), *to3(strides, 1),
          *to3(p[:nsp], 0), *to3(dilations, 1), Mg]
-    P_buf = _int32_table(st, P)
+    P_buf = st.layout(tuple(P), "int32")
     ohw = int(np.prod(out_sp))
     kdim = Cg * int(np.prod(kernel))
     if Cg == 1:
@@ -227,20 +227,6 @@ def conv(x: Any, w: Any, b: Any = None, auto_pad: str = "NOTSET", dilations: Any
     gemm_launch(y, w, src, b, offsets, Mg, ohw, kdim, kdim, 1, ohw, 1, 1, 0, act=act,
                 lo=lo, hi=hi)
     return y
-
-
-def _int32_table(st: Any, values: list[int]) -> Any:
-    # The layout cache holds int64 tables; int32 ones are kept under a tagged key.
-    import pyopencl as cl
-
-    key = ("i32", *values)
-    buf = st.layouts.get(key)
-    if buf is None:
-        host = np.asarray(values, np.int32)
-        buf = cl.Buffer(st.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
-                        hostbuf=host)
-        st.layouts[key] = buf
-    return buf
 
 
 def fused_conv_relu(x: Any, w: Any, b: Any = None, clip_min: float | None = None,
