@@ -1,62 +1,90 @@
-"""Device selection by the scheduler, measured on the scheduler zoo (issue 6, point 10).
+"""Device and plan selection by the scheduler, on the real-model corpus and the zoo.
 
-Everything is measured in one run, on this machine's backends:
+Issue 6, point 10. Everything is measured in one run, on this machine's backends:
 
-a. selection regret: per zoo model (five families x small, large x batch 1, 32), the latency
-   of the default plan (``Session(model)``: devices auto, policy latency) over the best
-   single-backend latency, each loaded backend that has a device timed alone
-   (``Session(model, devices=[name])``; one that cannot run every node is shown as such).
-   Beside it, the same for the fixed-order policy (the first admitting backend in priority
-   order, as ONNX Runtime assigns nodes to its execution providers) and for ``tune=True``
-   (the winner of the candidate plans measured on the sample inputs, read back from the
-   tuning cache by a fresh session). Goals for the default plan: geometric mean <= 1.05,
-   worst <= 1.25.
+a. selection, cold and warm (benchmarks/bench_selection.py): per model (the corpus's 36,
+   conformance/corpus.toml, and the zoo's: five families x small, large x batch 1, 32),
+   ONNX Runtime and OpenVINO called directly (the corpus check's settings: ORT's CPU
+   provider defaults; OpenVINO on "CPU" at f32 with the LATENCY hint), and backplane's
+   default ``Session(path, sample_inputs=feeds)`` twice: cold (in a cache folder and a data
+   folder of the model's own: no selection database, no compiled artefacts; the data a copy
+   of the calibrated template) and warm (a new process on the folders the cold one left,
+   the selection database holding its winner). Per path: time to first result (inside its
+   child, from just before the runtime's import and load, or ``Session(...)``, to the first
+   run's return; the model file already on disk) and steady-state latency (the cold session
+   timed after ``wait_selected()``); per session how the plan was selected
+   (``plan.selection``: measured, predicted, database, single) and the winner. Regret: a
+   session's latency over the faster direct runtime's. Goals: warm geomean <= 1.03 and
+   worst <= 1.10; cold geomean <= 1.10.
 b. planning time: ``backplane.engine.scheduler.plan_model`` on a loaded graph of 1,000 nodes
    (MatMul, Add, Relu, Softmax, LayerNormalization; branches, joins and long skips), no
    compile; median of 10 after one warm-up. Goal <= 50 ms. Then bounded time (issue 18,
    point 6): the wall seconds of ``Session(model)`` (plan and compile, no compiled-artefact
-   cache) on chains of 1,000, 2,000 and 10,000 Relu/Neg nodes ([1, 16] float32), under
+   cache; with the default ``fast_start`` that is until the first candidate plan is
+   compiled) on chains of 1,000, 2,000 and 10,000 Relu/Neg nodes ([1, 16] float32), under
    devices auto and with each backend pinned, each in a fresh child after its registry
-   has probed; and the same for 10,000 parallel Relu/Neg nodes summed by one Sum, and a
-   chain of 10,000 nodes cycling through 37 kinds of op. Goal: the 10,000-node chain under
-   auto in <= 10 s.
-c. cost-model error: the default plan's ``predicted_s`` over its measured latency, per
-   model, and the geometric mean of |log ratio| as a factor.
+   has probed (and killed once it answers, so that no background selection overlaps the
+   next); and the same for 10,000 parallel Relu/Neg nodes summed by one Sum, and a chain
+   of 10,000 nodes cycling through 37 kinds of op. Goal: the 10,000-node chain under auto
+   in <= 10 s.
+c. cost-model error: the cold session's plan's ``predicted_s`` (its plan after selection)
+   over its measured latency, per model of a, and the geometric mean of |log ratio| as a
+   factor.
+d. per-backend regret (``--per-backend``, zoo models only): the latency of the default
+   plan (after ``wait_selected()``) over the best single-backend latency, each loaded
+   backend that has a device timed alone (``Session(model, devices=[name])``; one that
+   cannot run every node is shown as such). Beside it the cost model's plan unmeasured
+   (``tune="off"``) and the fixed-order policy (``tune="off"``: the first admitting backend
+   in priority order, as ONNX Runtime assigns nodes to its execution providers). Goals for
+   the default plan: geometric mean <= 1.05, worst <= 1.25.
 
-Latency is the median of timed ``session.run`` calls on the same inputs, after warm-up.
-Plans are made with ``BACKPLANE_LOAD=off``: the sessions of a model are set up together,
-and the load each would see is its siblings compiling, not the idle machine it is timed on.
-Every session is created with the model's inputs as ``sample_inputs``, so that it plans
-for the shapes it runs at. Each session lives in a child process of its own (started
-with "spawn", the model sent as bytes): runtimes loaded into one process disturb each
-other (worker threads of one slow another down, for good once Intel's OpenCL CPU runtime
-has run), while an application that runs one plan has only its own runtimes loaded. The
-sessions of one model are measured in rounds: each round asks every child, in a fresh
-random order and one at a time, for one untimed call and a burst of about 25 ms of timed
-calls, so that drift in the machine's speed hits them alike; a child answers only once
-its threads have stopped using the CPU (ONNX Runtime's spin on a core for about 35 ms
-after a call), so that it does not slow the next one. A child that raises, dies or does
-not answer within REPLY_TIMEOUT_S is shown as a note on its model's row.
-A single backend whose warm-up run took over 30x the fastest session's (and over 20 ms)
-cannot be the best: it is not timed further, and its warm-up time is shown in brackets.
-Every session's outputs are checked against the default plan's. Run it on an otherwise
-idle machine: the load of other processes changes which backend is fastest.
+Latency is the median of timed calls on the same inputs, after warm-up. Every session is
+created with the model's inputs as ``sample_inputs``, so that it plans (and measures its
+candidates) for the shapes it runs at. Plans are made with ``BACKPLANE_LOAD=off``: in d the
+sessions of a model are set up together, and the load each would see is its siblings
+compiling, not the idle machine it is timed on. Each session or direct runtime lives in a
+child process of its own (started with "spawn"): runtimes loaded into one process disturb
+each other (worker threads of one slow another down, for good once Intel's OpenCL CPU
+runtime has run), while an application has only its own runtimes loaded. In a, the
+children of a model are set up one after another, each while the others sit idle, so that
+time to first result is that of an otherwise idle machine. The paths of one model are then
+measured in rounds: each round asks every child, in a fresh random order and one at a
+time, for one untimed call and a burst of about 25 ms of timed calls, so that drift in the
+machine's speed hits them alike; a child answers only once its threads have stopped using
+the CPU (ONNX Runtime's spin on a core for about 35 ms after a call), so that it does not
+slow the next one. A child that raises, dies or does not answer in time is shown as a note
+on its model's row. In d, a single backend whose warm-up run took over 30x the fastest
+session's (and over 20 ms) cannot be the best: it is not timed further, and its warm-up
+time is shown in brackets. Outputs are checked: in a against ORT direct's (relative to
+each output's largest magnitude, within the corpus entry's rtol), in d against the default
+plan's. Run it on an otherwise idle machine: the load of other processes changes which
+backend is fastest.
 
 Before measuring, the backends are calibrated once (fp32) into a fresh temporary data
 folder (the compiled-artefact cache goes to a temporary folder too), so that no stored
-calibration or correction learned in earlier runs steers the result, and nothing is left
-behind. Calibration runs in this process before any child starts; it leaves every
-runtime loaded here, which is harmless because this process does no timed work
-afterwards: planning time (b) is measured in a fresh child too, and the CPU time this
-process spends while the children run is checked (a note if over PARENT_LIMIT_CORES).
-The cost model's learned corrections start empty and build up over the run from the
-default plans' own runs (each default child saves them when it ends; the other children
-do not), as in an application that runs them one after another.
+calibration, correction learned or conformance run stored in earlier runs steers the
+result, and nothing is left behind; in a, each model's data folder starts as a copy of
+that calibrated folder (with ``--keep-data-dir``, a copy of the user's data folder), so
+the learned corrections start empty per model, and first runs of backends with no stored
+conformance run are checked against the reference backend (``verify="unqualified"``), as
+on a machine where ``backplane conformance run`` was never run: that check is part of
+time to first result (``--qualified`` copies the user's stored conformance runs in too,
+as on a machine where it was run). Calibration runs in this process before any child
+starts; it leaves every runtime loaded here, which is harmless because this process does
+no timed work afterwards: planning time (b) is measured in a fresh child too, and the CPU
+time this process spends while the children run is checked (a note if over
+PARENT_LIMIT_CORES).
+Corpus models are materialized (from the user's cache, where they are kept) before the
+cache folder is moved; zoo models are written to the temporary folder.
 
     python benchmarks/bench_scheduler.py [--quick] [--json OUT] [--no-calibrate]
-                                         [--keep-data-dir] [--planning-only]
+        [--keep-data-dir] [--corpus-only | --zoo-only] [NAME ...]
+        [--selection-only | --planning-only] [--per-backend] [--qualified]
 
-``--planning-only`` measures b alone (no calibration, no zoo).
+``--quick``: the corpus's CI subset and the small zoo models, fewer rounds (a smoke test).
+NAMEs (corpus or zoo models) limit a and d to those. ``--selection-only`` measures a and c
+(no b); ``--planning-only`` measures b alone (no calibration, no models); ``--per-backend``
+adds d.
 """
 
 from __future__ import annotations
@@ -74,6 +102,7 @@ import sys
 import tempfile
 import time
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,6 +111,11 @@ import backplane as bp
 from machine import cpu_name, versions
 from backplane.conformance.zoo import QDQ_ACTIVATION_SCALE, SchedulerModel, scheduler_zoo
 from backplane.hardware.db import data_dir
+
+# Run as a script, this module is __main__ (or __mp_main__ in a "spawn" child); registered
+# under its own name too, so that bench_selection's ``from bench_scheduler import ...``
+# finds this copy, not a second one with classes of its own.
+sys.modules.setdefault("bench_scheduler", sys.modules[__name__])
 
 REGRET_GEOMEAN_GOAL = 1.05
 REGRET_WORST_GOAL = 1.25
@@ -155,14 +189,14 @@ def session_child(conn: Any, model: bytes, kwargs: dict[str, Any],
     """Entry point of a session's child process: ``Session(model, sample_inputs=feeds,
     **kwargs)``, then answer the parent's commands on ``conn`` until ``stop``.
 
-    The first message says ``ready`` (with the plan's prediction, devices and partitions),
-    ``cannot_run`` (the session refused the model) or ``error``. Commands: ``first`` (one
-    call: its seconds and outputs), ``calls n`` (n timed calls), ``burst n`` (one untimed
-    call, then n timed), ``stop`` (whether the plan changed since it was made, and its
-    events). Every answer is ``("ok", value)``, or ``("error", why)`` and the child ends;
-    each waits until the child's threads are quiet, so that none spins into the next
-    child's timed calls. Without ``keep_learning`` the child leaves the learned corrections
-    it gathered unsaved.
+    The first message says ``ready`` once the session's selection is over (with the plan's
+    prediction, devices and partitions), ``cannot_run`` (the session refused the model) or
+    ``error``. Commands: ``first`` (one call: its seconds and outputs), ``calls n`` (n timed
+    calls), ``burst n`` (one untimed call, then n timed), ``stop`` (whether the plan changed
+    since it was made, and its events). Every answer is ``("ok", value)``, or ``("error",
+    why)`` and the child ends; each waits until the child's threads are quiet, so that none
+    spins into the next child's timed calls. Without ``keep_learning`` the child leaves the
+    learned corrections it gathered unsaved.
     """
     from backplane.engine import costmodel
 
@@ -174,6 +208,9 @@ def session_child(conn: Any, model: bytes, kwargs: dict[str, Any],
             return conn.send(("cannot_run", str(exc).splitlines()[0]))
         except Exception as exc:  # noqa: BLE001 - reported to the parent as a row note
             return conn.send(("error", f"setting up the session: {_why(exc)}"))
+        # The default plan as an application keeps running it: after measured selection.
+        if not session.wait_selected(REPLY_TIMEOUT_S):
+            return conn.send(("error", f"selection not over after {REPLY_TIMEOUT_S:g} s"))
         plan = session.plan
         quiet()
         conn.send(("ready", {"predicted_s": plan.predicted_s,
@@ -334,7 +371,7 @@ def round_robin(children: dict[str, Child], settings: Settings, always: tuple[st
     return out
 
 
-# -- a and c: regret and cost-model error ----------------------------------------------------
+# -- d: regret per backend on the zoo -------------------------------------------------------
 
 
 def backends_with_devices() -> tuple[list[str], dict[str, str]]:
@@ -352,36 +389,39 @@ def feeds_for(entry: SchedulerModel, index: int) -> dict[str, np.ndarray]:
 
 def model_row(entry: SchedulerModel, index: int, backends: list[str],
               settings: Settings) -> dict[str, Any]:
-    """Sessions for one model (default, fixed-order, each backend alone), each in a child
-    process of its own, timed together."""
+    """Sessions for one model (default, the cost model's plan unmeasured, fixed-order, each
+    backend alone), each in a child process of its own, timed together (part d)."""
     feeds = feeds_for(entry, index)
     row: dict[str, Any] = {"model": entry.name, "input_shapes": entry.input_shapes,
                            "backends": {}, "notes": [],
                            "default_devices": [], "default_partitions": None,
                            "predicted_s": None, "fixed_devices": []}
     model = entry.model.SerializeToString()
-    kwargs: dict[str, dict[str, Any]] = {"default": {}, "fixed-order": {"policy": "fixed-order"},
-                                         "tuned": {"tune": True},
-                                         **{name: {"devices": [name]} for name in backends}}
+    kwargs: dict[str, dict[str, Any]] = {
+        "default": {}, "tune-off": {"tune": "off"},
+        "fixed-order": {"policy": "fixed-order", "tune": "off"},
+        **{name: {"devices": [name]} for name in backends}}
     children: dict[str, Child] = {}
     failed: dict[str, str] = {}
-    # tune=True as an application uses it: one session measures the candidate plans and
-    # caches the winner (with every candidate's runtime loaded, so it is not the one timed);
-    # the timed "tuned" session, like every later one, finds the winner in the cache.
-    tuner = Child(session_child, model, {"tune": True}, feeds, False)
     try:
-        tuner.receive()
-    except ChildFailed as exc:
-        failed["tuned"] = f"tuning failed: {exc}"
-        kwargs.pop("tuned")
-    finally:
-        tuner.close()
-    try:
-        # All set up at once (untimed); every call below is made with the others idle.
+        # The default session first, alone: its measured selection must not compete with
+        # its siblings compiling. Then the rest at once (untimed); every call below is made
+        # with the others idle.
+        plans = {}
         for name, kw in kwargs.items():
             children[name] = Child(session_child, model, kw, feeds, name == "default")
-        plans = {}
+            if name != "default":
+                continue
+            try:
+                kind, plans[name] = children[name].receive()
+            except ChildFailed as exc:
+                failed[name] = str(exc)
+            else:
+                if kind == "cannot_run":
+                    failed[name] = f"cannot run: {plans.pop(name)}"
         for name, child in children.items():
+            if name == "default":
+                continue
             try:
                 kind, plans[name] = child.receive()
             except ChildFailed as exc:
@@ -415,8 +455,8 @@ def model_row(entry: SchedulerModel, index: int, backends: list[str],
                     whose = "the default plan's" if reference == "default" else f"{reference}'s"
                     row["notes"].append(f"{name}: output {out} differs from {whose} "
                                         f"(max abs {err:.3g})")
-        timing = round_robin(children, settings, ("default", "fixed-order", "tuned"), first_s,
-                             failed)
+        timing = round_robin(children, settings, ("default", "tune-off", "fixed-order"),
+                             first_s, failed)
         if "default" in timing:
             try:
                 end = children["default"].ask("stop")
@@ -436,13 +476,13 @@ def model_row(entry: SchedulerModel, index: int, backends: list[str],
             row["backends"][name] = {"failed": why}
     row["default_s"] = timing.pop("default", {}).get("median_s")
     row["fixed_s"] = timing.pop("fixed-order", {}).get("median_s")
-    row["tuned_s"] = timing.pop("tuned", {}).get("median_s")
+    row["tune_off_s"] = timing.pop("tune-off", {}).get("median_s")
     row["backends"].update(timing)
     row["predicted_over_measured"] = (row["predicted_s"] / row["default_s"]
                                       if row["default_s"] is not None else None)
     alone = {n: t["median_s"] for n, t in timing.items() if "median_s" in t}
     row["best_backend"] = row["best_s"] = row["regret"] = row["fixed_regret"] = None
-    row["tuned_regret"] = None
+    row["tune_off_regret"] = None
     if not alone:  # only a plan across backends runs this model: no regret to state
         row["notes"].append("no single backend runs this model")
         return row
@@ -452,8 +492,8 @@ def model_row(entry: SchedulerModel, index: int, backends: list[str],
         row["regret"] = row["default_s"] / row["best_s"]
     if row["fixed_s"] is not None:
         row["fixed_regret"] = row["fixed_s"] / row["best_s"]
-    if row["tuned_s"] is not None:
-        row["tuned_regret"] = row["tuned_s"] / row["best_s"]
+    if row["tune_off_s"] is not None:
+        row["tune_off_regret"] = row["tune_off_s"] / row["best_s"]
     return row
 
 
@@ -462,10 +502,11 @@ def geomean(values: list[float]) -> float:
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Geometric mean and worst regret of both policies; the cost model's error factor
-    (each None when no model has the figure)."""
+    """Part d: geometric mean and worst regret of the default plan, the cost model's plan
+    unmeasured and the fixed-order policy; the cost model's error factor on the default
+    plans (each None when no model has the figure)."""
     out: dict[str, Any] = {}
-    for key in ("regret", "fixed_regret", "tuned_regret"):
+    for key in ("regret", "tune_off_regret", "fixed_regret"):
         with_regret = [r for r in rows if r.get(key) is not None]
         if not with_regret:
             out[key] = None
@@ -627,13 +668,15 @@ def stress_rows(backends: list[str]) -> list[dict[str, Any]]:
         except ChildFailed as exc:
             row = {"failed": str(exc)}
         finally:
-            child.close()
+            # killed, not left to end: a selection still measuring in the background would
+            # compete with the next child's Session()
+            child.kill()
         rows.append({"graph": kind, "nodes": n, "devices": devices, **row})
         print(f"measured {kind}-{n} on {devices}", file=sys.stderr, flush=True)
     return rows
 
 
-# -- d: calibration --------------------------------------------------------------------------
+# -- calibration -----------------------------------------------------------------------------
 
 
 def calibration() -> dict[str, Any]:
@@ -687,19 +730,21 @@ def _cell(entry: dict[str, Any]) -> str:
 
 
 def print_regret(report: dict[str, Any]) -> None:
-    """Section a: the regret table, its notes, and the summary against the goals."""
-    rows, backends = report["regret"], report["meta"]["backends"]
-    print("\na. selection regret: latency / best single-backend latency (median ms per run)")
-    head = (f"{'model':30} {'default':>9} {'regret':>7} {'fixed':>9} {'regret':>7} "
-            f"{'tuned':>9} {'regret':>7} {'best':>13}" + "".join(f" {b[:12]:>12}" for b in backends))
+    """Part d: the regret table, its notes, and the summary against the goals."""
+    rows, backends = report["per_backend"], report["meta"]["backends"]
+    print("\nd. per-backend regret: latency / best single-backend latency (median ms per run)")
+    head = (f"{'model':30} {'default':>9} {'regret':>7} {'tune off':>9} {'regret':>7} "
+            f"{'fixed':>9} {'regret':>7} {'best':>13}"
+            + "".join(f" {b[:12]:>12}" for b in backends))
     print(head)
     for r in rows:
-        regret, fixed_regret, tuned_regret = (
+        regret, off_regret, fixed_regret = (
             f"{r[k]:7.3f}" if r.get(k) is not None else "-"
-            for k in ("regret", "fixed_regret", "tuned_regret"))
+            for k in ("regret", "tune_off_regret", "fixed_regret"))
         best = (r["best_backend"] or "-")[:13]
-        print(f"{r['model']:30} {_ms(r['default_s']):>9} {regret:>7} {_ms(r['fixed_s']):>9} "
-              f"{fixed_regret:>7} {_ms(r.get('tuned_s')):>9} {tuned_regret:>7} {best:>13}"
+        print(f"{r['model']:30} {_ms(r['default_s']):>9} {regret:>7} "
+              f"{_ms(r['tune_off_s']):>9} {off_regret:>7} {_ms(r['fixed_s']):>9} "
+              f"{fixed_regret:>7} {best:>13}"
               + "".join(f" {_cell(r['backends'].get(b, {})):>12}" for b in backends))
     for r in rows:
         for note in r["notes"]:
@@ -716,31 +761,34 @@ def print_regret(report: dict[str, Any]) -> None:
             groups.setdefault(" + ".join(r[key]) or "no plan", []).append(r["model"])
         print(f"  {policy} ran on " + "; ".join(f"{devices}: {', '.join(models)}"
                                               for devices, models in groups.items()))
-    s = report["summary"]
-    reg, fixed = s["regret"], s["fixed_regret"]
+    s = report["per_backend_summary"]
+    reg = s["regret"]
     if reg is None:
         print("  default plan: no regret measured (see the notes)")
     else:
         print(f"  default plan: geomean regret {reg['geomean']:.3f} (goal <= "
-              f"{REGRET_GEOMEAN_GOAL}) {'PASS' if reg['geomean_met'] else 'MISS'}; worst "
+              f"{REGRET_GEOMEAN_GOAL}) {_met(reg['geomean_met'])}; worst "
               f"{reg['worst']:.3f} on {reg['worst_model']} (goal <= {REGRET_WORST_GOAL}) "
-              f"{'PASS' if reg['worst_met'] else 'MISS'}")
-    if fixed is not None:
-        print(f"  fixed-order:  geomean regret {fixed['geomean']:.3f}; worst "
-              f"{fixed['worst']:.3f} on {fixed['worst_model']}")
-    tuned = s.get("tuned_regret")
-    if tuned is not None:
-        print(f"  tune=True:    geomean regret {tuned['geomean']:.3f}; worst "
-              f"{tuned['worst']:.3f} on {tuned['worst_model']}")
+              f"{_met(reg['worst_met'])}")
+    for label, key in (("tune off:    ", "tune_off_regret"), ("fixed-order: ", "fixed_regret")):
+        if s[key] is not None:
+            print(f"  {label} geomean regret {s[key]['geomean']:.3f}; worst "
+                  f"{s[key]['worst']:.3f} on {s[key]['worst_model']}")
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "MISSED"
 
 
 def print_report(report: dict[str, Any]) -> None:
-    meta, rows = report["meta"], report["regret"]
+    from bench_selection import print_cost_model, print_selection
+
+    meta = report["meta"]
     print(f"{meta['date']}, {meta['cpu']}, {meta['cores']} cores; "
           + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
     print(f"data folder: {meta['data_dir']}; wall time {meta['wall_s']:.0f} s; other "
           f"processes used {meta['others_cores']:.2f} cores on average meanwhile"
-          + ("; --quick (small models, fewer runs)" if meta["quick"] else ""))
+          + ("; --quick (fewer models, fewer runs)" if meta["quick"] else ""))
     for note in meta["notes"]:
         print(f"note: {note}")
     cal = report.get("calibration")
@@ -754,30 +802,25 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"  {d['device']:16} {figures or 'nothing measured'}"
                   + (f"; skipped {len(skipped)}, e.g. {skipped[0][:100]}" if skipped else ""))
 
-    if rows:
-        print_regret(report)
+    if report["selection"]:
+        print_selection(report["selection"], report["selection_summary"])
 
-    p = report["planning"]
-    if "failed" in p:
+    p = report.get("planning")
+    if p is None:
+        pass
+    elif "failed" in p:
         print(f"\nb. planning a {PLANNING_NODES}-node graph: failed: {p['failed']}")
     else:
         print(f"\nb. planning a {p['nodes']}-node graph (plan_model, no compile): median "
               f"{p['median_s'] * 1e3:.1f} ms of {p['runs']} (goal <= "
-              f"{p['goal_s'] * 1e3:.0f} ms) {'PASS' if p['met'] else 'MISS'}; "
+              f"{p['goal_s'] * 1e3:.0f} ms) {_met(p['met'])}; "
               f"{p['partitions']} partition(s) on {', '.join(p['devices'])}")
-
     print_stress(report.get("stress", []))
-    if not rows:
-        return
-    print("\nc. cost model: predicted / measured seconds per run of the default plan")
-    print(f"{'model':30} {'predicted':>10} {'measured':>10} {'ratio':>8}")
-    for r in rows:
-        ratio = r["predicted_over_measured"]
-        print(f"{r['model']:30} {_ms(r['predicted_s']):>10} {_ms(r['default_s']):>10} "
-              + (f"{ratio:8.3f}" if ratio is not None else f"{'-':>8}"))
-    error = report["summary"]["cost_model_error_factor"]
-    if error is not None:
-        print(f"  geomean |log(predicted / measured)| as a factor: x{error:.2f}")
+    if report["selection"]:
+        print_cost_model(report["selection"],
+                         report["selection_summary"]["cost_model_error_factor"])
+    if report["per_backend"]:
+        print_regret(report)
 
 
 def print_stress(rows: list[dict[str, Any]]) -> None:
@@ -805,35 +848,64 @@ def print_stress(rows: list[dict[str, Any]]) -> None:
     if goal is not None:
         ok = "failed" not in goal and goal["seconds"] <= CHAIN_GOAL_S
         print(f"  {CHAIN_NODES[-1]}-node chain under auto: goal <= {CHAIN_GOAL_S:g} s "
-              f"{'PASS' if ok else 'MISS'}" + ("" if "failed" in goal else
-                                               f" (on {', '.join(goal['backends'])})"))
+              f"{_met(ok)}" + ("" if "failed" in goal else
+                               f" (on {', '.join(goal['backends'])})"))
 
 
 def main() -> int:
+    from bench_selection import choose_models, run_selection, selection_summary
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="corpus or zoo models to measure in a and d (default: all)")
     parser.add_argument("--quick", action="store_true",
-                        help="small models only, fewer runs (a smoke test)")
+                        help="the corpus's CI subset and the small zoo models, fewer runs "
+                             "(a smoke test)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     parser.add_argument("--no-calibrate", action="store_true",
                         help="use the stored calibration instead of measuring the backends")
     parser.add_argument("--keep-data-dir", action="store_true",
                         help="use BACKPLANE_DATA_DIR and BACKPLANE_CACHE_DIR (or the user's "
-                             "folders) as they are")
-    parser.add_argument("--planning-only", action="store_true",
-                        help="measure planning time and bounded time (b) alone")
+                             "folders) as they are (a copies the data folder per model)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--corpus-only", action="store_true", help="no zoo models")
+    which.add_argument("--zoo-only", action="store_true", help="no corpus models")
+    parts = parser.add_mutually_exclusive_group()
+    parts.add_argument("--selection-only", action="store_true",
+                       help="measure selection cold and warm (a) and the cost model (c) alone")
+    parts.add_argument("--planning-only", action="store_true",
+                       help="measure planning time and bounded time (b) alone")
+    parser.add_argument("--per-backend", action="store_true",
+                        help="also measure the zoo's regret against each backend alone (d)")
+    parser.add_argument("--qualified", action="store_true",
+                        help="in a, give each model's data folder the user's stored "
+                             "conformance runs (no first-run check of qualified backends)")
     args = parser.parse_args()
+    if args.planning_only and (args.names or args.per_backend):
+        parser.error("--planning-only measures no models")
     started, cpu_before = time.perf_counter(), cpu_seconds()
     notes = []
+    # This run's own folder, always: the zoo's model files, each model's folders in a.
+    # Registered before backplane registers its own exit hooks (which save learned
+    # corrections into the data folder here), so it runs after them: nothing is left behind.
+    work = Path(tempfile.mkdtemp(prefix="bench-scheduler-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    models = []
+    # the user's stored conformance runs (conformance/store.py), before the folder moves
+    qualified = data_dir() / "conformance" if args.qualified else None
+    if not args.planning_only:
+        # Before the cache folder moves: corpus models are kept in the user's cache.
+        (work / "zoo").mkdir()
+        models, skipped = choose_models(args.names, args.corpus_only, args.zoo_only,
+                                        args.quick, work / "zoo")
+        notes += skipped
     if not args.keep_data_dir:
-        # Registered before backplane registers its own exit hooks (which save learned
-        # corrections into this folder), so it runs after them: nothing is left behind.
-        folder = tempfile.mkdtemp(prefix="bench-scheduler-")
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        os.environ["BACKPLANE_DATA_DIR"] = os.path.join(folder, "data")
+        os.environ["BACKPLANE_DATA_DIR"] = str(work / "data")
         # Compiled artefacts of the zoo (up to 100 MB a model) stay out of the user's cache.
-        os.environ["BACKPLANE_CACHE_DIR"] = os.path.join(folder, "cache")
-    # The children of a model are set up together, so live load at planning time would be
-    # their siblings compiling, not the idle machine each is then timed on: plan without it.
+        os.environ["BACKPLANE_CACHE_DIR"] = str(work / "cache")
+    # In d the children of a model are set up together, so live load at planning time would
+    # be their siblings compiling, not the idle machine each is then timed on: plan without
+    # it (in a, each is set up alone, on the idle machine this stands for).
     os.environ["BACKPLANE_LOAD"] = "off"
     if os.environ.pop("BACKPLANE_DEVICES", None) is not None:
         notes.append("BACKPLANE_DEVICES was set; unset here so the default plan sees every "
@@ -843,31 +915,53 @@ def main() -> int:
     notes += [f"backend {b}: {why}, not measured" for b, why in absent.items()]
     report: dict[str, Any] = {
         "calibration": None if args.no_calibrate or args.planning_only else calibration()}
-    zoo = [] if args.planning_only else scheduler_zoo(sizes=settings.sizes)
-    rows = []
+    template = None
+    if models and (data_dir().is_dir() or qualified):  # each model of a starts from a copy
+        template = work / "template"
+        if data_dir().is_dir():
+            shutil.copytree(data_dir(), template)
+        else:
+            template.mkdir(mode=0o700)
+        if qualified is not None and qualified.is_dir():
+            shutil.copytree(qualified, template / "conformance", dirs_exist_ok=True)
+        elif qualified is not None:
+            notes.append(f"--qualified: no stored conformance runs in {qualified}")
+    zoo = []
+    if args.per_backend and not args.corpus_only:
+        sizes = ["small", "large"] if args.names else settings.sizes
+        zoo = [(i, z) for i, z in enumerate(scheduler_zoo(sizes=sizes))
+               if not args.names or z.name in args.names]
+    (work / "selection").mkdir()
     measuring, parent_before = time.perf_counter(), parent_cpu_seconds()
-    for index, entry in enumerate(zoo):
+    report["selection"] = run_selection(models, settings, template, work / "selection")
+    rows = []
+    for index, entry in zoo:
         rows.append(model_row(entry, index, backends, settings))
-        print(f"measured {entry.name}", file=sys.stderr, flush=True)
-    parent = (parent_cpu_seconds() - parent_before) / (time.perf_counter() - measuring)
+        print(f"measured {entry.name} (d)", file=sys.stderr, flush=True)
+    parent = (parent_cpu_seconds() - parent_before) / max(time.perf_counter() - measuring,
+                                                          1e-9)
     if parent > PARENT_LIMIT_CORES:
         notes.append(f"this process kept {parent:.2f} cores busy on average while the "
                      "sessions' children ran (runtimes left loaded by calibration?): "
                      "latencies may be off")
-    report["regret"] = rows
-    report["summary"] = summary(rows)
-    planner = Child(planning_child, settings.planning_runs)
-    try:
-        report["planning"] = planner.receive()[1]
-    except ChildFailed as exc:
-        report["planning"] = {"failed": str(exc)}
-    finally:
-        planner.close()
-    report["stress"] = stress_rows(backends)
+    report["selection_summary"] = selection_summary(report["selection"])
+    report["per_backend"] = rows
+    report["per_backend_summary"] = summary(rows)
+    report["planning"], report["stress"] = None, []
+    if not args.selection_only:
+        planner = Child(planning_child, settings.planning_runs)
+        try:
+            report["planning"] = planner.receive()[1]
+        except ChildFailed as exc:
+            report["planning"] = {"failed": str(exc)}
+        finally:
+            planner.close()
+        report["stress"] = stress_rows(backends)
     report["meta"] = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(),
                       "cores": os.cpu_count(), "versions": versions(), "backends": backends,
                       "data_dir": ("temporary" if not args.keep_data_dir else str(data_dir())),
-                      "quick": args.quick, "notes": notes, "parent_cores": parent,
+                      "quick": args.quick, "models": [m.name for m in models],
+                      "notes": notes, "parent_cores": parent,
                       "wall_s": time.perf_counter() - started}
     machine, own = (after - before for after, before in zip(cpu_seconds(), cpu_before))
     others = report["meta"]["others_cores"] = max(0.0, machine - own) / report["meta"]["wall_s"]

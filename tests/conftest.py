@@ -76,9 +76,14 @@ def duplicate_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def private_data_dir(tmp_path_factory: pytest.TempPathFactory):
     """One per-user data folder for the whole run, in this process and its children, so
     that stored calibration, conformance results and the cost model's learned corrections
-    neither leak in from the user's folder nor out of one test into the user's."""
+    neither leak in from the user's folder nor out of one test into the user's; and
+    ``BACKPLANE_TUNE=off``."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BACKPLANE_DATA_DIR", str(tmp_path_factory.mktemp("backplane-data")))
+        # Measured selection off unless a test asks for it: most tests assert the plan the
+        # cost model makes, which a background measurement would replace at any moment
+        # (tests/test_selection.py runs it, in this process and in children).
+        mp.setenv("BACKPLANE_TUNE", "off")
         yield
 
 
@@ -133,7 +138,8 @@ def clean_env(site: Path | str | None = None, **extra: str) -> dict[str, str]:
     ``site`` becomes PYTHONPATH (several folders joined with ``os.pathsep``, first wins).
     """
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("BACKPLANE_") or k in _INHERITED or k == "BACKPLANE_DATA_DIR"}
+           if not k.startswith("BACKPLANE_") or k in _INHERITED
+           or k in ("BACKPLANE_DATA_DIR", "BACKPLANE_TUNE")}
     env["BACKPLANE_PROBE_TIMEOUT_S"] = PROBE_TIMEOUT_S
     if site is not None:
         env["PYTHONPATH"] = str(site)

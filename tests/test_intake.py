@@ -818,3 +818,20 @@ def test_a_folded_constant_of_an_ir3_model_keeps_its_type():
     x = np.random.default_rng().standard_normal((2, 2)).astype(np.float32)
     got = bp.Session(model, devices=["reference"]).run({"x": x})["y"]
     np.testing.assert_allclose(got, c * x, rtol=1e-6)
+
+def test_a_run_after_an_accepted_one_is_still_checked_for_what_differs():
+    """The session skips validate_inputs for plain arrays of a signature (names, dtypes,
+    shapes) already accepted; anything else is checked as on the first run."""
+    s = reference_session(relu_add_model())
+    a = np.ones((2, 3), np.float32)
+    assert s.run({"a": a, "b": a})["y"].shape == (2, 3)
+    assert s.run({"a": a, "b": a})["y"].shape == (2, 3)  # the remembered signature
+    with pytest.raises(bp.InputError, match="dtype float64"):
+        s.run({"a": a.astype(np.float64), "b": a})
+    with pytest.raises(bp.InputError, match="must agree"):
+        s.run({"a": a, "b": np.ones((3, 3), np.float32)})
+    masked = np.ma.masked_array(a, mask=np.eye(2, 3, dtype=bool))
+    with pytest.raises(bp.InputError, match="masked array"):
+        s.run({"a": masked, "b": a})
+    with pytest.raises(bp.InputError, match="unknown input 'c'"):
+        s.run({"a": a, "b": a, "c": a})

@@ -96,9 +96,12 @@ def planning_options(fn: Any) -> Any:
         click.option("--strict", is_flag=True,
                      help="Fail instead of falling back when a node would leave the "
                           "requested devices or a backend fails."),
-        click.option("--tune", is_flag=True,
-                     help="Measure the best candidate plans on sample inputs; cache the "
-                          "fastest."),
+        click.option("--tune", type=click.Choice(["auto", "on", "off"]), default=None,
+                     is_flag=False, flag_value="on",
+                     help="Measured selection: 'auto' (default, or BACKPLANE_TUNE) measures "
+                          "the best candidate plans when the cost model cannot separate "
+                          "them; 'on' (or --tune alone) always; 'off' never. Winners are "
+                          "kept in a database."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -119,6 +122,7 @@ def plan(model: str, devices: tuple[str, ...], verbose: bool, as_json: bool,
     costliest nodes) and each partition; with --verbose every node and why every other
     device does not run it; with --json all of it as data."""
     session = _session(model, devices, **planning)
+    session.wait_selected()  # the plan shown is the one measured selection keeps
     if as_json:
         return ui.emit_json(session.plan.to_dict())
     click.echo(session.plan.explain(verbose=verbose))

@@ -73,6 +73,9 @@ class Option:
     energy: float = 0.0
     key: tuple[str, str] = ("", "")
     """(device id, precision): nodes on one path share partitions."""
+    parts: tuple[str, float, float] = ("other", 0.0, 0.0)
+    """Its op family, and its seconds of work and of per-node overhead before anything
+    learned (:meth:`backplane.engine.costmodel.CostModel.node_parts`)."""
 
     def __post_init__(self) -> None:
         self.key = (self.device_id, self.precision)
@@ -167,13 +170,13 @@ class Candidates:
                     code, why = why if isinstance(why, tuple) else ("precision:budget", why)
                     out.rejected.append(Rejection(device_id, code, why))
                     continue
-                if constant and compiler:
-                    seconds = self.model.folded_time(device_id)
-                else:
-                    seconds = self.model.node_time(node, device_id, precision, cost,
-                                                   quantized, fused=epilogue and compiler)
+                parts = self.model.node_parts(node, device_id, precision, cost, quantized,
+                                              fused=epilogue and compiler,
+                                              folded=constant and compiler)
+                seconds = self.model.learned_time(device_id, *parts)
                 out.options.append(Option(device, device_id, domain, precision, rank, seconds,
-                                           self.model.energy(seconds, device_id)))
+                                           self.model.energy(seconds, device_id),
+                                           parts=parts))
 
         for ranked in self._ranked:
             consider(*ranked, convert=False)

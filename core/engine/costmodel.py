@@ -4,8 +4,9 @@ between devices costs.
 For one node on one device through one backend at one precision::
 
     time = max(flops / (peak[precision] x compute efficiency[family]),
-               bytes / (memory bandwidth x memory efficiency)) + per-node overhead
-    time x= live-load slowdown x correction learned from past runs
+               bytes / (memory bandwidth x memory efficiency)) x learned[family]
+           + per-node overhead x learned[fixed]
+    time x= live-load slowdown x the model's own correction learned from past runs
 
 plus, once per partition, the backend's launch overhead, and, wherever a value crosses
 memory domains, ``link latency + bytes / link bandwidth``. Energy is time x power.
@@ -21,11 +22,12 @@ Where the figures come from, best first:
 - the backend on the device: its own calibration record (MatMul, Conv and depthwise Conv
   rates, bandwidth, launch and per-node overheads, each relative to the device's
   figures), else the backend's declared ``cost_hints``, else :data:`DEFAULT_HINTS`;
-- past runs: sessions report each partition's measured time beside its prediction
-  (:func:`observe`); once a backend on a device has :data:`MIN_OBSERVATIONS` for a model,
-  the geometric mean of measured over predicted scales its predictions for that model.
-  Observations are kept per backend version, device fingerprint and model
-  (:func:`graph_key`) in ``<data dir>/costmodel.json``.
+- past runs: sessions report each partition's measured time beside its prediction split
+  by op family (:func:`observe_partition`). Per backend version and device fingerprint, a
+  factor per family (and one on fixed costs) is fitted to the runs of every model, so a
+  model never run before is priced with what the others taught; once a model has
+  :data:`MIN_OBSERVATIONS` runs of its own, what is left of its error scales its
+  predictions too (:mod:`backplane.engine.learning`, ``<data dir>/costmodel.json``).
 
 Everything here is plain arithmetic on cached figures: planning a 1,000-node graph must
 take milliseconds.
@@ -33,18 +35,18 @@ take milliseconds.
 
 from __future__ import annotations
 
-import atexit
-import json
-import math
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from backplane import ops
+from backplane.engine import learning
+from backplane.engine.learning import (FAMILIES, MAX_CORRECTION, MIN_OBSERVATIONS,
+                                       correction, error_sigma, observe, save)
 from backplane.hardware import liveload as load
-from backplane.sdk.cache import write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
+    from backplane.engine.plan import Partition, Plan
     from backplane.sdk.contract import Backend, Device
     from backplane.model.graph import Node
 
@@ -61,15 +63,8 @@ KIND_DEFAULTS = {"cpu": (0.05, 10.0, 15.0), "gpu": (10.0, 500.0, 300.0),
 MIN_CPU_CORE_GB_S = 8.0
 #: Host link when the hwdb has none: PCIe 4.0 x16 per direction, and a copy's latency.
 DEFAULT_LINK_GB_S, DEFAULT_LINK_LATENCY_S = 25.0, 10e-6
-#: Observations of a backend on a device before they scale its predictions.
-MIN_OBSERVATIONS = 10
-#: A learned correction is clamped to this factor either way.
-MAX_CORRECTION = 10.0
 #: A backend whose QDQ MatMul runs this many times its fp32 MatMul rate runs int8 kernels.
 INT8_KERNELS = 1.5
-#: Op families with their own compute efficiency (``qmatmul``: a MatMul or Gemm reading
-#: dequantized values, which a backend may run on int8 kernels).
-FAMILIES = ("matmul", "qmatmul", "conv", "dwconv", "other")
 _MATMUL_OPS = frozenset({"MatMul", "Gemm", "MatMulInteger", "FusedMatMulBiasGelu", "Attention"})
 _CONV_OPS = frozenset({"Conv", "ConvTranspose", "FusedConvRelu", "ConvInteger"})
 #: Calibration figure of each family's rate.
@@ -135,8 +130,9 @@ def family(node: "Node", quantized: bool = False) -> str:
 class CostModel:
     """Prices nodes, partitions and transfers for a set of devices and their backends.
 
-    Build one per plan (:func:`for_devices`); it reads cached device profiles and the
-    current live load once, so every price within one plan sees the same machine state.
+    Build one per plan (:func:`for_devices`); it reads cached device profiles, the
+    current live load and what past runs taught once, so every price within one plan sees
+    the same machine state.
     """
 
     def __init__(self, devices: "list[Device]", backends: "dict[str, Backend]",
@@ -145,9 +141,14 @@ class CostModel:
         self.rates = {d.id: rates(backends[d.backend], self.profiles[d.id])
                       for d in devices}
         self.slowdown = {d.id: load.slowdown(d) for d in devices}
-        self.correction = {d.id: correction(d.backend, _version(backends[d.backend]),
-                                            self.profiles[d.id].fingerprint, model_key)
-                           for d in devices}
+        self.learned: dict[str, dict[str, float]] = {}
+        """Device id -> the factor runs of every model put on each family and ``fixed``."""
+        self.correction: dict[str, float] = {}
+        """Device id -> the factor this model's own runs put on top."""
+        for d in devices:
+            self.learned[d.id], self.correction[d.id] = learning.learned(
+                d.backend, _version(backends[d.backend]), self.profiles[d.id].fingerprint,
+                model_key)
 
     def node_time(self, node: "Node", device_id: str, precision: str,
                   cost: Any | None = None, quantized: bool = False,
@@ -156,9 +157,29 @@ class CostModel:
         (the partition's launch overhead is :meth:`launch_time`). ``quantized``: the node
         reads the output of a DequantizeLinear. ``fused``: a graph compiler folds the node
         into the one producing its input, so it moves no data of its own."""
-        c = cost if cost is not None else ops.cost(node)
-        prof, r = self.profiles[device_id], self.rates[device_id]
+        return self.learned_time(device_id, *self.node_parts(node, device_id, precision, cost,
+                                                             quantized, fused))
+
+    def learned_time(self, device_id: str, fam: str, work_s: float, overhead_s: float
+                     ) -> float:
+        """Seconds of a node priced by :meth:`node_parts`, with what past runs taught."""
+        learned = self.learned[device_id]
+        return (work_s * learned[fam] + overhead_s * learned["fixed"]) * \
+            self.correction[device_id]
+
+    def node_parts(self, node: "Node", device_id: str, precision: str,
+                   cost: Any | None = None, quantized: bool = False, fused: bool = False,
+                   folded: bool = False) -> tuple[str, float, float]:
+        """A node's family, and its predicted seconds of work and of per-node overhead,
+        under the live load but before anything learned (what runs are compared with).
+        ``folded``: a graph compiler folds the node at compile time (every input a
+        constant), so it costs its per-node overhead at most. See :meth:`node_time`."""
         fam = family(node, quantized)
+        r = self.rates[device_id]
+        if folded:
+            return fam, 0.0, r.node_s
+        c = cost if cost is not None else ops.cost(node)
+        prof = self.profiles[device_id]
         # Efficiencies are fractions of the fp32 peak, but for lower-precision paths.
         peak = prof.peak.get(_pricing_precision(node, precision, quantized), prof.peak["fp32"])
         compute = c.flops / (peak * r.efficiency[fam]) if c.flops else 0.0
@@ -171,23 +192,28 @@ class CostModel:
         if fam == "qmatmul" and r.efficiency["qmatmul"] > INT8_KERNELS * r.efficiency["matmul"]:
             nbytes //= 4  # int8 kernels: the dequantized operands stay int8 in memory
         memory = nbytes / bandwidth if nbytes and not fused else 0.0
-        return ((max(compute, memory) + r.node_s) * self.slowdown[device_id][0]
-                * self.correction[device_id])
+        slow = self.slowdown[device_id][0]
+        return fam, max(compute, memory) * slow, r.node_s * slow
 
-    def io_time(self, device_id: str, nbytes: int) -> float:
-        """Predicted seconds a call spends copying ``nbytes`` of inputs or outputs."""
-        return (nbytes * self.rates[device_id].io_s_per_byte * self.slowdown[device_id][0]
-                * self.correction[device_id])
+    def io_time(self, device_id: str, nbytes: int, learned: bool = True) -> float:
+        """Predicted seconds a call spends copying ``nbytes`` of inputs or outputs
+        (``learned=False``: before anything learned)."""
+        t = nbytes * self.rates[device_id].io_s_per_byte * self.slowdown[device_id][0]
+        return t * self._fixed_factor(device_id) if learned else t
 
     def folded_time(self, device_id: str) -> float:
         """Predicted seconds of a node that reads only constants, on a graph compiler:
         it is folded at compile time and costs its per-node overhead at most."""
-        return self.rates[device_id].node_s * self.correction[device_id]
+        return self.rates[device_id].node_s * self._fixed_factor(device_id)
 
-    def launch_time(self, device_id: str) -> float:
-        """Predicted seconds of one call into a partition on the device."""
-        return self.rates[device_id].launch_s * self.slowdown[device_id][0] * \
-            self.correction[device_id]
+    def launch_time(self, device_id: str, learned: bool = True) -> float:
+        """Predicted seconds of one call into a partition on the device
+        (``learned=False``: before anything learned)."""
+        t = self.rates[device_id].launch_s * self.slowdown[device_id][0]
+        return t * self._fixed_factor(device_id) if learned else t
+
+    def _fixed_factor(self, device_id: str) -> float:
+        return self.learned[device_id]["fixed"] * self.correction[device_id]
 
     def transfer_time(self, nbytes: int, src: str | None, dst: str | None) -> float:
         """Seconds to move ``nbytes`` from one device to another (``None`` is the host
@@ -262,8 +288,7 @@ def refresh() -> None:
     """Forget cached device profiles and learned corrections (re-read on next use)."""
     with _profile_lock:
         _profiles.clear()
-        _learned.clear()
-        _loaded.clear()
+    learning.forget()
 
 
 def _build_profile(device: "Device") -> DeviceProfile:
@@ -403,85 +428,24 @@ def _version(backend: "Backend") -> str:
 
 # -- learning from past runs -----------------------------------------------------------------
 
-_learn_lock = threading.Lock()
-_learned: dict[str, list[float]] = {}
-"""key -> [sum of log(measured / predicted), count]."""
-_loaded: list[bool] = []
-_dirty: list[bool] = []
+def observe_partition(plan: "Plan", part: "Partition", seconds: float) -> None:
+    """Record one measured run of a partition of ``plan``: ``seconds`` against its
+    prediction per op family (:attr:`Partition.predicted_by_family`), which teaches the
+    family factors of its backend on its device for every model, and this model's own
+    (:mod:`backplane.engine.learning`). A partition with no family split is recorded with
+    its whole prediction, for this model only."""
+    version = plan.versions.get(part.backend, "0")
+    fingerprint = plan.fingerprints.get(part.device)
+    if part.predicted_by_family:
+        learning.record(part.backend, version, fingerprint, plan.model_key,
+                        part.predicted_by_family, seconds)
+    else:
+        correction_ = plan.corrections.get(part.device, 1.0) or 1.0
+        observe(part.backend, version, fingerprint, plan.model_key,
+                part.predicted_s / correction_, seconds)
 
 
-def _key(backend: str, version: str, fingerprint: str | None, model_key: str) -> str:
-    return f"{backend}|{version}|{fingerprint or 'unknown'}|{model_key}"
-
-
-def _store_path(create: bool = False) -> Any:
-    """The learned corrections' file, or None where the data folder is not private."""
-    # on use only: the hwdb loads pydantic and its TOML files when asked
-    from backplane.hardware.db import private_data_dir
-
-    folder = private_data_dir(create)
-    return folder / "costmodel.json" if folder is not None else None
-
-
-def _ensure_loaded() -> None:
-    if _loaded:
-        return
-    try:
-        path = _store_path()
-        data = json.loads(path.read_text()) if path is not None else {}
-        entries = data.get("observations", {}) if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        entries = {}
-    for k, v in entries.items():
-        if isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
-            _learned.setdefault(k, [float(v[0]), float(v[1])])
-    _loaded.append(True)
-
-
-def observe(backend: str, version: str, fingerprint: str | None, model_key: str,
-            predicted_s: float, measured_s: float) -> None:
-    """Record one partition run of a model (:func:`graph_key`): what was predicted and
-    what was measured."""
-    if predicted_s <= 0 or measured_s <= 0:
-        return
-    ratio = math.log(measured_s / predicted_s)
-    with _learn_lock:
-        _ensure_loaded()
-        entry = _learned.setdefault(_key(backend, version, fingerprint, model_key),
-                                    [0.0, 0.0])
-        # Exponential forgetting past 200 observations: recent runs count most.
-        if entry[1] >= 200:
-            entry[0] *= 199 / 200
-            entry[1] = 199.0
-        entry[0] += ratio
-        entry[1] += 1
-        if not _dirty:
-            _dirty.append(True)
-            atexit.register(save)
-
-
-def correction(backend: str, version: str, fingerprint: str | None, model_key: str = ""
-               ) -> float:
-    """The factor past runs of a model put on a backend's predictions on a device (1.0
-    until :data:`MIN_OBSERVATIONS` runs were observed)."""
-    with _learn_lock:
-        _ensure_loaded()
-        entry = _learned.get(_key(backend, version, fingerprint, model_key))
-    if entry is None or entry[1] < MIN_OBSERVATIONS:
-        return 1.0
-    factor = math.exp(entry[0] / entry[1])
-    return min(MAX_CORRECTION, max(1 / MAX_CORRECTION, factor))
-
-
-def save() -> None:
-    """Write the observations to ``<data dir>/costmodel.json`` (atomically)."""
-    with _learn_lock:
-        if not _dirty:
-            return
-        data = {"schema": 1, "observations": {k: [round(v[0], 6), v[1]]
-                                              for k, v in sorted(_learned.items())}}
-        _dirty.clear()
-    # A read-only or shared data folder loses the learning, never the app.
-    path = _store_path(create=True)
-    if path is not None:
-        write_atomic(path, json.dumps(data, indent=1).encode())
+__all__ = ["BackendRates", "CostModel", "DEFAULT_HINTS", "DeviceProfile", "FAMILIES",
+           "KIND_DEFAULTS", "MAX_CORRECTION", "MIN_OBSERVATIONS", "correction", "error_sigma",
+           "family", "for_devices", "graph_key", "observe", "observe_partition", "profile",
+           "rates", "refresh", "save"]

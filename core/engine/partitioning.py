@@ -156,16 +156,18 @@ class PlanningPass(Assignment):
             transfer = sum(self.model.transfer_time(self.nbytes(v),
                                                     sources[v].id if sources[v] else None,
                                                     o.device_id) for v in crossing)
-            launch = self.model.launch_time(o.device_id) + self.model.io_time(
-                o.device_id, sum(self.nbytes(v) for v in inputs + outputs))
+            io_bytes = sum(self.nbytes(v) for v in inputs + outputs)
+            launch = self.model.launch_time(o.device_id) + self.model.io_time(o.device_id,
+                                                                              io_bytes)
             slowdown = 1 + RUNTIME_INTERFERENCE if o.domain in contended else 1
             seconds = launch + slowdown * sum(chosen[i].seconds for i in idx) + transfer
+            by_family = self._by_family([chosen[i] for i in idx], slowdown, transfer, io_bytes)
             parts.append(Partition(
                 g, o.device_id, o.device.backend, [graph.nodes[i].name for i in idx], idx,
                 inputs, outputs,
                 transfers_in=[v for v in inputs if v in self.producer
                               and chosen[self.producer[v]].device_id != o.device_id],
-                precision=o.precision, predicted_s=seconds,
+                precision=o.precision, predicted_s=seconds, predicted_by_family=by_family,
                 predicted_energy_j=self.model.energy(seconds, o.device_id),
                 transfer_s=transfer,
                 opset=max((self.converted.get((o.device_id, graph.nodes[i].name), 0)
@@ -174,6 +176,25 @@ class PlanningPass(Assignment):
                                             None)
                    for v in self.outputs if v in self.producer)
         return parts, back
+
+    def _by_family(self, chosen: list[Option], slowdown: float, transfer: float,
+                   io_bytes: int) -> dict[str, float]:
+        """A partition's predicted seconds per op family before anything learned, with
+        ``fixed`` (its launch, its copies into the runtime, its nodes' overheads) and
+        ``transfer`` (copies from other memory domains, where any)."""
+        device_id = chosen[0].device_id
+        fixed = self.model.launch_time(device_id, learned=False) + self.model.io_time(
+            device_id, io_bytes, learned=False)
+        out: dict[str, float] = {}
+        for o in chosen:
+            fam, work, overhead = o.parts
+            if work:
+                out[fam] = out.get(fam, 0.0) + slowdown * work
+            fixed += slowdown * overhead
+        out["fixed"] = fixed
+        if transfer:
+            out["transfer"] = transfer
+        return out
 
 
     def _capped(self, groups: list[list[int]], chosen: list[Option], events: list[str]

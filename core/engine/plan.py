@@ -120,6 +120,12 @@ class Partition:
     precision: str = "fp32"
     predicted_s: float = 0.0
     """Launch, nodes and copies in, predicted."""
+    predicted_by_family: dict[str, float] = field(default_factory=dict)
+    """Predicted seconds of its nodes per op family (``matmul``, ``conv`` ...: the cost
+    model's families) before anything learned from past runs, with ``fixed`` (launch,
+    copies into the runtime, per-node overheads) and ``transfer`` (copies from other
+    memory domains, where any): what a measured run of it teaches the cost model
+    (:func:`backplane.engine.costmodel.observe_partition`)."""
     predicted_energy_j: float = 0.0
     transfer_s: float = 0.0
     """The predicted share of ``predicted_s`` spent copying inputs from other domains."""
@@ -160,7 +166,13 @@ class Plan:
     """Peak bytes of the values held between partitions, from the inferred shapes (set
     once the plan is compiled; ``Session.memory`` has the measured peaks)."""
     tuned: str = ""
-    """How ``tune=True`` chose this plan (measured, or from the tuning cache)."""
+    """How measured selection chose this plan, in words (measured, or from the database)."""
+    selection: dict[str, Any] = field(default_factory=dict)
+    """How this plan was chosen: ``how`` is ``predicted`` (the cost model separated the
+    candidates, or tuning was off), ``measured`` (the candidates were timed on this
+    machine), ``database`` (a winner measured before) or ``single`` (one candidate);
+    ``winner`` the plan in words; ``alternatives`` each candidate with its predicted and
+    measured seconds per run (:mod:`backplane.engine.tuning`)."""
     versions: dict[str, str] = field(default_factory=dict)
     """Version of each backend planned over."""
     fingerprints: dict[str, str | None] = field(default_factory=dict)
@@ -231,8 +243,7 @@ class Plan:
             count = sum(p.fallback for p in self.placements)
             lines.append(f"fallback: {count} node(s) run on the reference backend because no "
                          f"faster backend admits their op: {_listed(slow, listed)}")
-        if self.tuned:
-            lines.append(f"tuned: {self.tuned}")
+        lines += self._selection_lines()
         for device, basis in self.cost_basis.items():
             lines.append(f"costs of {device}: {basis}; load: {self.load.get(device, '?')}")
         for check in self.precision_checks:
@@ -246,6 +257,21 @@ class Plan:
                          "explain(verbose=True), backplane plan --verbose")
         limit = MESSAGE_LIMIT if verbose else LINE_LIMIT
         return "\n".join(shown(line, limit) for line in lines)
+
+    def _selection_lines(self) -> list[str]:
+        """How the plan was chosen, and every candidate measured beside it."""
+        sel = self.selection
+        if not sel:
+            return [f"tuned: {self.tuned}"] if self.tuned else []
+        lines = [f"selection: {sel['how']}: {sel.get('why') or self.tuned}"]
+        for alt in sel.get("alternatives", [])[:LISTED]:
+            measured = alt.get("median_s")
+            lines.append(f"  candidate {alt.get('plan')}: predicted "
+                         f"{_time(alt.get('predicted_s') or 0.0)}, measured "
+                         f"{_time(measured) if measured is not None else '-'}"
+                         + (f" ({alt['note']})" if alt.get("note") else "")
+                         + ("  <- kept" if alt.get("plan") == sel.get("winner") else ""))
+        return lines
 
     def _summary(self) -> str:
         """Nodes, partitions, devices, predicted time: the explanation's second line."""

@@ -16,21 +16,23 @@ request is never lost and numerics never change silently.
 
 from __future__ import annotations
 
+import functools
 import logging
-import statistics
 import threading
-from collections import deque
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from backplane.engine import accuracy, costmodel, tuning
+from backplane.engine import accuracy, tuning
 from backplane.engine.executor import CompiledPlan
-from backplane.engine.plan import Partition, Plan
+from backplane.engine.plan import Plan
 from backplane.engine.planner import Planner
 from backplane.engine.recovery import DEFAULT_COOLDOWN_S, Recovery
 from backplane.engine.registry import registry
+from backplane.engine.timing import Timing
 from backplane.engine.runcheck import VERIFY_MODES, Verifier
 from backplane.engine.scheduler import DEFAULT_HEADROOM, Constraints
+from backplane.engine.selection import Gate, Selecting, Selection
 from backplane.model.graph import ValueInfo
 from backplane.model.inputs import dims_of, validate_inputs
 from backplane.model.intake import load_model, with_dims
@@ -47,10 +49,13 @@ DEFAULT_MAX_REL_ERROR = 1e-2
 #: ``BACKPLANE_COMPILE_TIMEOUT_S`` says otherwise.
 DEFAULT_COMPILE_TIMEOUT_S = 300.0
 
+#: Input signatures (names, dtypes, shapes) a session remembers as accepted.
+ACCEPTED = 64
+
 log = logging.getLogger("backplane")
 
 
-class Session(Recovery):
+class Session(Recovery, Selecting):
     """A model, planned and compiled onto this machine's devices, ready to run.
 
     Args:
@@ -73,13 +78,27 @@ class Session(Recovery):
         memory_headroom: the share of each device's memory the plan leaves free.
         delegate: ``delegate(node, candidates) -> Candidate | None``, shown each node's
             candidates with their predicted costs (the default first); its choice is kept.
-        tune: measure the best candidate plans on sample inputs and keep the fastest,
-            cached by model, input shapes, devices and plugin versions.
+        tune: measured selection (:mod:`backplane.engine.tuning`): ``"auto"`` (default,
+            or ``BACKPLANE_TUNE``) measures the best candidate plans on sample inputs when
+            the cost model's own measured error cannot separate them; ``"on"`` (or True)
+            measures them always; ``"off"`` (or False) never. The winner is kept in a
+            database keyed by the model's structure, input sizes, devices and versions,
+            and later sessions reuse it without measuring.
+        fast_start: answer requests at once on the plan ready first while the other
+            candidates compile and are measured in the background, then switch to the
+            measured winner (``plan.events`` says so; :meth:`wait_selected` waits for
+            it). Default: True under ``tune="auto"``, False under ``"on"`` (the session
+            is built on the winner).
+        tune_budget_s: seconds of measuring at most (default: 2 s, or 20 % of the first
+            compile when that is longer).
         sample_inputs: representative inputs: the plan is priced for their sizes (unless
             ``dims`` is given), and ``tune`` and the ``auto`` precision check run them
             (default: :meth:`random_inputs`).
         dims: sizes of symbolic input dimensions to plan for (``{"batch": 32}``); the
-            compiled model still takes any size. Unset dimensions are priced as 1.
+            compiled model still takes any size. Without ``dims`` or ``sample_inputs``,
+            the plan is priced at the sizes :meth:`random_inputs` takes, then priced and
+            selected again in the background at the first request's sizes where they
+            differ (``plan.events`` says so).
         base_dir: folder of external data for a model given as bytes or ModelProto.
         options: backend-specific options, keyed by backend name.
         verify: which partitions have their first run checked against the reference
@@ -102,7 +121,9 @@ class Session(Recovery):
                  max_rel_error: float | None = None, strict: bool = False,
                  device_class: str | None = None, exclude: Iterable[str] = (),
                  memory_headroom: float = DEFAULT_HEADROOM,
-                 delegate: Callable[..., Any] | None = None, tune: bool = False,
+                 delegate: Callable[..., Any] | None = None,
+                 tune: bool | str | None = None, fast_start: bool | None = None,
+                 tune_budget_s: float | None = None,
                  sample_inputs: Mapping[str, Any] | None = None,
                  dims: Mapping[str, int] | None = None,
                  base_dir: Any = None, options: Mapping[str, Any] | None = None,
@@ -137,6 +158,10 @@ class Session(Recovery):
                 isinstance(compile_timeout_s, (int, float)) and compile_timeout_s > 0):
             raise UnsupportedError(f"compile_timeout_s is a positive number of seconds or "
                                    f"None, not {compile_timeout_s!r}")
+        if tune_budget_s is not None and not (isinstance(tune_budget_s, (int, float))
+                                              and tune_budget_s > 0):
+            raise UnsupportedError(f"tune_budget_s is a positive number of seconds, not "
+                                   f"{tune_budget_s!r}")
         if delegate is not None and not callable(delegate):
             raise UnsupportedError("delegate must be a callable (node, candidates) -> "
                                    "candidate or None")
@@ -144,13 +169,21 @@ class Session(Recovery):
         self._shapes = ShapeCheck(self.graph.model)  # inputs that do not fit, before any run
         self._source = (model, base_dir)  # read again by a run that overrides initializers
         self._overriding: dict[frozenset[str], Session] = {}
+        self._accepted: set[tuple] = set()  # input signatures validate_inputs accepted
+        self._listed = frozenset({i.name for i in self.graph.model.graph.input}
+                                 & self.graph.initializers)  # inputs a run may override
         self._guesses: dict[int, tuple[Any, str]] = {}  # random inputs the model may refuse
         self.policy, self.precision, self.strict = policy, precision, strict
         self.max_rel_error = (max_rel_error if max_rel_error is not None
                               else DEFAULT_MAX_REL_ERROR) if precision == "auto" else None
         self.constraints = Constraints(device_class, frozenset(
             [exclude] if isinstance(exclude, str) else exclude), memory_headroom)
-        self._tune = tune
+        self._tune = tuning.mode(tune)
+        self._fast_start = (self._tune == "auto") if fast_start is None else bool(fast_start)
+        self._tune_budget_s = tune_budget_s
+        self._gate = Gate()
+        self._selection: Selection | None = None
+        self._pending: threading.Event | None = None  # a re-pricing under way
         self._samples = dict(sample_inputs) if sample_inputs is not None else None
         if dims is None and self._samples is not None:
             dims = dims_of(self.graph, self._samples)
@@ -162,15 +195,27 @@ class Session(Recovery):
                                  dims=dict(self.dims))
         self.verify, self.cooldown_s = verify, float(cooldown_s)
         self.compile_timeout_s = compile_timeout_s
-        self._timing = _Timing()
+        self._timing = Timing()
+        # Priced at the sizes given, else at those random inputs take (an image's 224),
+        # until the first request says what it runs with (_reprice).
+        priced = dict(self.dims) or _default_dims(self.graph, self._samples)
+        self._repriced = bool(self.dims)
+        try:
+            planned_on = with_dims(self.graph, priced)
+        except InputError:  # sizes random inputs guess that the model refuses: none
+            if self.dims:
+                raise
+            priced, planned_on = {}, with_dims(self.graph, {})
         self.planner = Planner(
-            self.graph, with_dims(self.graph, self.dims), reg, found, explicit, options,
-            policy, precision, self.constraints, strict, delegate, dict(self.dims),
+            self.graph, planned_on, reg, found, explicit, options,
+            policy, precision, self.constraints, strict, delegate, priced,
             Verifier(self.graph, reg, options), verify, compile_timeout_s,
             self._timing.record)
         self._recovering()
         self._lock = threading.Lock()
-        self._compiled = self._build()
+        self._compiled = self._build(select=True)
+        if self._selection is not None and self._fast_start:
+            self._selection.start()
         plugin_manager().hook.backplane_session_created(session=self)
 
     @property
@@ -227,35 +272,55 @@ class Session(Recovery):
         overridden = self._overridden(inputs)
         if overridden:
             return self._overriding_session(overridden).run(inputs)
-        feeds = validate_inputs(self.graph, inputs)
+        feeds = self._validated(inputs)
         guessed = self._guessed(feeds)
         try:
             self._shapes.check(feeds)
         except InputError as exc:
             _blame_random(exc, guessed)
             raise
-        while True:
-            if self._cooling:
-                self._return_cooled()
-            compiled = self._compiled
-            try:
-                return compiled.run(feeds)
-            except BackendError as exc:  # ExecutionError, or a plugin's own BackendError
-                if guessed:  # the inputs, more likely than the device: blame no device
-                    _blame_random(exc, guessed)
-                    raise
-                if self.strict or exc.device is None:
-                    raise
-                answered = self._after_failure(compiled, exc, feeds)
-                if answered is not None:
-                    return answered
+        self._gate.begin()
+        try:
+            while True:
+                if self._cooling:
+                    self._return_cooled()
+                compiled = self._compiled
+                try:
+                    out = compiled.run(feeds)
+                    if not self._repriced:
+                        self._reprice(feeds)
+                    return out
+                except BackendError as exc:  # ExecutionError, or a plugin's BackendError
+                    if guessed:  # the inputs, more likely than the device: blame no device
+                        _blame_random(exc, guessed)
+                        raise
+                    if self.strict or exc.device is None:
+                        raise
+                    answered = self._after_failure(compiled, exc, feeds)
+                    if answered is not None:
+                        return answered
+        finally:
+            self._gate.end()
+
+    def _validated(self, inputs: Any) -> dict[str, Any]:
+        """``validate_inputs``, skipped for a dict of plain arrays whose names, dtypes and
+        shapes a run already accepted (a few microseconds a run, which small models
+        notice)."""
+        signature = _signature(inputs)
+        if signature is not None and signature in self._accepted:
+            return dict(inputs)
+        feeds = validate_inputs(self.graph, inputs)
+        if signature is not None:
+            if len(self._accepted) >= ACCEPTED:
+                self._accepted.clear()
+            self._accepted.add(signature)
+        return feeds
 
     def _overridden(self, inputs: Any) -> frozenset[str]:
         """The initializers ``inputs`` overrides (see :meth:`run`)."""
-        if not isinstance(inputs, Mapping):
+        listed = self._listed
+        if not listed or not isinstance(inputs, Mapping):
             return frozenset()
-        g = self.graph.model.graph
-        listed = {i.name for i in g.input} & self.graph.initializers
         return frozenset(n for n in inputs if n in listed)
 
     def _overriding_session(self, names: frozenset[str]) -> "Session":
@@ -264,7 +329,7 @@ class Session(Recovery):
         if session is not None:
             return session
         samples = None
-        if self._tune or self.precision == "auto":  # its samples: ours, and the stored values
+        if self._tune != "off" or self.precision == "auto":  # its samples: ours, and the stored values
             from onnx import numpy_helper
 
             stored = {t.name: numpy_helper.to_array(t) for t in
@@ -330,20 +395,29 @@ class Session(Recovery):
                 found.append(entry[1])
         return found
 
-    def _build(self) -> CompiledPlan:
+    def _build(self, select: bool = False) -> CompiledPlan:
         """Plan and compile, excluding each device whose compile fails, until one holds;
-        with ``tune``, measure the candidates; with precision ``auto``, check accuracy."""
+        with precision ``auto``, check accuracy. With ``select`` (the session's first
+        plan), start from the database's winner, or prepare the measured selection
+        (:meth:`_selecting`)."""
         while True:
             plan = None
             try:
-                if self._tune:
-                    compiled = tuning.tuned(self.planner, self.samples)
-                else:
+                k = feeds = None
+                if select and self._tune != "off":
+                    feeds = self.samples()
+                    k = tuning.key(self.planner, feeds)
+                    plan = tuning.stored(self.planner, k)
+                if plan is None:
                     plan = self.planner.schedule()
-                    compiled = self.planner.compile(plan)
+                started = time.perf_counter()
+                compiled = self.planner.compile(plan)
+                compile_s = time.perf_counter() - started
                 if self.precision == "auto":
                     compiled = accuracy.checked(self.planner, compiled, self.samples,
                                                 self.max_rel_error)
+                if k is not None and not compiled.plan.selection:
+                    compiled = self._selecting(compiled, k, feeds, compile_s)
                 compiled.plan.predicted_peak_bytes = compiled.memory.predicted_peak_bytes
                 self._timing.reset(compiled.plan)
                 plugin_manager().hook.backplane_plan_ready(plan=compiled.plan, graph=self.graph)
@@ -370,45 +444,6 @@ class Session(Recovery):
         return validate_inputs(self.graph, self._samples)
 
 
-class _Timing:
-    """Measured partition times of the current plan, fed back to the cost model.
-
-    Every run's partition times are kept (the last :data:`WINDOW` per partition); each
-    partition's median, and one observation for the cost model, are refreshed every
-    :data:`EVERY` runs so that the hot path pays one append.
-    """
-
-    WINDOW, EVERY = 32, 8
-
-    def __init__(self) -> None:
-        self._plan: Plan | None = None
-        self._times: list[deque[float]] = []
-        self._lock = threading.Lock()
-
-    def reset(self, plan: Plan) -> None:
-        with self._lock:
-            self._plan = plan
-            self._times = [deque(maxlen=self.WINDOW) for _ in plan.partitions]
-
-    def record(self, part: Partition, seconds: float) -> None:
-        times = self._times
-        if part.index >= len(times) or self._plan is None:
-            return
-        window = times[part.index]
-        window.append(seconds)
-        if len(window) % self.EVERY and len(window) != 1:
-            return
-        plan = self._plan
-        if plan.partitions[part.index] is not part:
-            return  # a run of a plan that was replaced meanwhile
-        part.measured_s = statistics.median(window)
-        correction = plan.corrections.get(part.device, 1.0)
-        costmodel.observe(part.backend, plan.versions.get(part.backend, "0"),
-                          plan.fingerprints.get(part.device), plan.model_key,
-                          part.predicted_s / correction,
-                          seconds)
-
-
 def _lower_precision(plan: Plan | None, device: str) -> str | None:
     """The precision ``plan`` ran ``device`` at, when every partition there is below fp32
     (so a compile failure there may be the precision's, not the device's), else None."""
@@ -424,3 +459,39 @@ def _blame_random(exc: Exception, guessed: list[str]) -> None:
                     f"{'; '.join(guessed)}. Pass real inputs (Session.run({{name: array}}); "
                     "backplane run --input NAME=FILE.npy)",)
 
+
+def _default_dims(graph: Any, samples: Mapping[str, Any] | None) -> dict[str, int]:
+    """The sizes of the symbolic input dimensions random inputs take (none when the
+    session was given samples: their sizes were taken)."""
+    if samples is not None:
+        return {}
+    out: dict[str, int] = {}
+    try:
+        specs = random_input_specs(graph)
+    except InputError:
+        return out
+    for vi, spec in zip(graph.inputs, specs):
+        for d, size in zip(vi.shape or (), spec.shape):
+            if isinstance(d, str):
+                out.setdefault(d, int(size))
+    return out
+
+
+def _signature(inputs: Any) -> tuple | None:
+    """(name, dtype, shape) of each input, when ``inputs`` is a dict of plain numpy arrays
+    (no subclass: a masked array is checked every time); else None."""
+    if type(inputs) is not dict:
+        return None
+    out, ndarray = [], _ndarray()
+    for name, value in inputs.items():
+        if type(value) is not ndarray:
+            return None
+        out.append((name, value.dtype, value.shape))
+    return tuple(out)
+
+
+@functools.cache
+def _ndarray() -> type:
+    import numpy as np  # (loaded by then: a run's inputs are arrays)
+
+    return np.ndarray

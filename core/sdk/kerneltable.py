@@ -165,20 +165,28 @@ class KernelTable:
 
     def _support(self) -> dict[str, OpSupport]:
         # on use only: discovery loads this module, and must stay light
+        from backplane.model.dtypes import DTYPE_NAMES
         from backplane.ops.registry import find
 
         out: dict[str, OpSupport] = {}
+        # The built-in kernels hold the element types the table's own kernels do: tensors
+        # only (a sequence or an optional is no array the runner hands on).
+        held = [k.support.dtypes for k in self._kernels.values()]
+        tensors = (frozenset(DTYPE_NAMES.values()) if not held or None in held
+                   else frozenset().union(*held))
         for key, kernel in list(self._kernels.items()) + [
                 (k, v) for k, v in _BUILTIN.items() if k not in self._kernels]:
+            support = kernel.support
+            if kernel is _BUILTIN.get(key):
+                support = dataclasses.replace(support, dtypes=tensors)
             name, _, domain = key.rpartition("::")[::-1] if "::" in key else (key, "", "")
             definition = find(name, domain)
             if definition is None or not definition.schemas:
-                out[key] = kernel.support
+                out[key] = support
                 continue
             declared = self._versions.get(key) or {definition.version_at(KERNEL_OPSET)}
             versions = definition.same_as(frozenset(declared) - {0})
-            out[key] = dataclasses.replace(kernel.support,
-                                           versions={v: None for v in sorted(versions)})
+            out[key] = dataclasses.replace(support, versions={v: None for v in sorted(versions)})
         return out
 
     def kernel_of(self, key: str) -> Kernel | None:
