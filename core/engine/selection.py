@@ -13,7 +13,8 @@ or run twice. ``plan.events`` records the switch; ``plan.selection`` the measure
 
 A candidate is kept only within the session's precision contract: under an fp32 contract
 its outputs must agree with the first plan's within :data:`FP32_AGREEMENT` (relative to
-each output's largest magnitude); under ``precision="auto"``, a candidate with a
+each output's largest magnitude; a model that quantizes, within one quantization step,
+as the run-time check allows: runtimes round a tie either way); under ``precision="auto"``, a candidate with a
 lower-precision partition must keep the accuracy budget against the reference, as the
 first plan did (:mod:`backplane.engine.accuracy`).
 
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from backplane.engine import costmodel, tuning
 from backplane.engine.accuracy import max_rel_error, reference_outputs
+from backplane.engine.runcheck import QUANTIZED_TOLERANCE, QUANTIZING
 from backplane.model.inputs import dims_of
 from backplane.model.intake import with_dims
 from backplane.sdk.errors import BackendError
@@ -221,6 +223,8 @@ class Selection:
         else:
             want, against = self.first.run(dict(self.feeds)), "the first plan"
             limit = FP32_AGREEMENT if self.budget_error is None else self.budget_error
+            if any(n.op_type in QUANTIZING for n in self.planner.graph.nodes):
+                limit = max(limit, QUANTIZED_TOLERANCE)  # runtimes round a tie apart
         error = max_rel_error(candidate.run(dict(self.feeds)), want)
         if not error <= limit:
             raise OutsideContract(f"its outputs are {error:.3g} from {against}'s on the sample "

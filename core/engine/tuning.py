@@ -80,8 +80,11 @@ SETTLE_WINDOW_S, SETTLE_SHARE, SETTLE_MAX_S = 0.005, 0.2, 0.2
 #: A median is stable once the last two rounds move it less than this share.
 STABLE = 0.02
 #: The cost model's error (log of measured over predicted, as a standard deviation) before
-#: enough models were observed on this machine to measure it; and the least it is taken as.
-DEFAULT_SIGMA, MIN_SIGMA = 0.5, 0.1
+#: enough models were observed on this machine to measure it: 1.24 was measured over the 56
+#: models of benchmarks/bench_scheduler.py (c, calibrated, nothing learned; 2026-12-06), so
+#: candidates within x12 are measured; and the least it is taken as, however well the cost
+#: model has learned (x2.7).
+DEFAULT_SIGMA, MIN_SIGMA = 1.24, 0.5
 #: Observed models needed before their errors stand for the cost model's.
 MIN_MODELS = 3
 CACHE_SCHEMA = 2
