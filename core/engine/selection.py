@@ -14,9 +14,9 @@ or run twice. ``plan.events`` records the switch; ``plan.selection`` the measure
 A candidate is kept only within the session's precision contract: under an fp32 contract
 its outputs must agree with the first plan's within :data:`FP32_AGREEMENT` (relative to
 each output's largest magnitude; a model that quantizes, within one quantization step,
-as the run-time check allows: runtimes round a tie either way); under ``precision="auto"``, a candidate with a
-lower-precision partition must keep the accuracy budget against the reference, as the
-first plan did (:mod:`backplane.engine.accuracy`).
+as the run-time check allows: runtimes round a tie either way); under
+``precision="auto"``, a candidate with a lower-precision partition must keep the accuracy
+budget against the reference, as the first plan did (:mod:`backplane.engine.accuracy`).
 
 Under ``policy="throughput"``, the winner is also timed against requests spread over it
 and the runner-up at once (:class:`Spread`, as OpenVINO's CUMULATIVE_THROUGHPUT spreads
@@ -350,17 +350,18 @@ class Selecting:
         background(lambda: self._repricing(dims, copies), "backplane-reprice")
 
     def _repricing(self, dims: dict[str, int], feeds: dict[str, Any]) -> None:
-        selection = self._selection
-        if selection is not None:
-            selection.wait()
-        planner = self.planner
-        with self._lock:
-            before = self._compiled
-            planner.dims = {**planner.dims, **dims}
-            planner.planned_on = with_dims(self.graph, planner.dims)
         sizes = ", ".join(f"{k}={v}" for k, v in sorted(dims.items()))
         why = f"priced again at the sizes of the first request ({sizes})"
         try:
+            selection = self._selection
+            if selection is not None:
+                selection.wait()
+            planner = self.planner
+            with self._lock:
+                before = self._compiled
+                planned_on = with_dims(self.graph, {**planner.dims, **dims})
+                planner.dims = {**planner.dims, **dims}
+                planner.planned_on = planned_on
             fresh = planner.schedule()
             same = tuning.pins_of(before.plan)
             if tuning.pins_of(fresh) == same:  # the same placements, priced at these sizes
@@ -392,7 +393,7 @@ class Selecting:
                 budget=self._tune_budget_s or tuning.DEFAULT_BUDGET_S, why=why,
                 install=self._switch, gate=self._gate, budget_error=self.max_rel_error)
             self._selection.run()
-        except BackendError as exc:  # the session keeps the plan it has
+        except Exception as exc:  # the session keeps the plan it has, and answers on it
             log.warning("backplane: %s: %s", why, exc)
         finally:
             if self._selection is not None:

@@ -329,7 +329,7 @@ class Session(Recovery, Selecting):
         if session is not None:
             return session
         samples = None
-        if self._tune != "off" or self.precision == "auto":  # its samples: ours, and the stored values
+        if self._tune != "off" or self.precision == "auto":  # its samples: ours, the stored
             from onnx import numpy_helper
 
             stored = {t.name: numpy_helper.to_array(t) for t in
@@ -405,9 +405,8 @@ class Session(Recovery, Selecting):
             try:
                 k = feeds = None
                 if select and self._tune != "off":
-                    feeds = self.samples()
-                    k = tuning.key(self.planner, feeds)
-                    plan = tuning.stored(self.planner, k)
+                    k, feeds = self._selection_key()
+                    plan = tuning.stored(self.planner, k) if k is not None else None
                 if plan is None:
                     plan = self.planner.schedule()
                 started = time.perf_counter()
@@ -435,6 +434,17 @@ class Session(Recovery, Selecting):
                     planner.ban(exc.device, lower, str(exc))
                 else:
                     planner.exclude(exc.device, str(exc))
+
+    def _selection_key(self) -> tuple[str | None, Any]:
+        """The database key of this session and the sample inputs it measures on; no key
+        where no sample inputs can be drawn (then nothing is measured, and the plan says
+        why)."""
+        try:
+            feeds = self.samples()
+        except InputError as exc:
+            self.planner.history.append(f"measured selection off: no sample inputs ({exc})")
+            return None, None
+        return tuning.key(self.planner, feeds), feeds
 
     def samples(self) -> dict[str, Any]:
         """The sample inputs for tuning and accuracy checks: ``sample_inputs``, or

@@ -30,9 +30,9 @@ are measured; with ``tune="on"``, all of them.
 Timing (:func:`measure`): each candidate warms up once, then runs in interleaved rounds,
 one candidate at a time, in a fresh random order per round, each a burst of about
 :data:`BURST_S` of calls after the process's threads have gone still (another runtime's
-workers spin after a call) and one untimed call; it stops when every candidate's median is stable (the median of
-all rounds within :data:`STABLE` of the median without the last two), or when the winner
-is clear (its slowest quarter faster than every other's fastest quarter), after at least
+workers spin after a call) and one untimed call; it stops when every candidate's median
+is stable (the median of all rounds within :data:`STABLE` of the median without the last
+two), or when the winner is clear (its slowest quarter faster than every other's fastest quarter), after at least
 :data:`MIN_ROUNDS` rounds, or when the time budget runs out (:func:`budget_s`: the larger
 of :data:`DEFAULT_BUDGET_S` and :data:`COMPILE_SHARE` of the first compile).
 """
