@@ -184,6 +184,40 @@ def quiet() -> None:
             return
 
 
+def serve(conn: Any, call: Any, stop: Any, first: Any = None) -> None:
+    """Answer the parent's commands on ``conn`` until ``stop`` or the parent is gone:
+    ``first`` (``first()``'s value, where given), ``calls n`` (n timed calls of ``call()``),
+    ``burst n`` (one untimed call, then n timed), ``stop`` (``stop()``'s value; the child
+    then ends). Every answer is ``("ok", value)``, or ``("error", why)`` and the child
+    ends; each waits until this process's threads are quiet (:func:`quiet`)."""
+    while True:
+        try:
+            command, *args = conn.recv()
+        except EOFError:  # the parent is gone
+            return
+        try:
+            if command == "first" and first is not None:
+                reply = first()
+            elif command in ("calls", "burst"):
+                if command == "burst":
+                    call()
+                reply = []
+                for _ in range(args[0]):
+                    t0 = time.perf_counter()
+                    call()
+                    reply.append(time.perf_counter() - t0)
+            elif command == "stop":
+                reply = stop()
+            else:
+                raise ValueError(f"unknown command {command!r}")
+        except Exception as exc:  # noqa: BLE001 - reported to the parent as a row note
+            return conn.send(("error", f"{command}: {_why(exc)}"))
+        quiet()
+        conn.send(("ok", reply))
+        if command == "stop":
+            return
+
+
 def session_child(conn: Any, model: bytes, kwargs: dict[str, Any],
                   feeds: dict[str, np.ndarray], keep_learning: bool) -> None:
     """Entry point of a session's child process: ``Session(model, sample_inputs=feeds,
@@ -216,35 +250,15 @@ def session_child(conn: Any, model: bytes, kwargs: dict[str, Any],
         conn.send(("ready", {"predicted_s": plan.predicted_s,
                              "devices": sorted({p.device for p in plan.partitions}),
                              "partitions": len(plan.partitions)}))
-        while True:
-            try:
-                command, *args = conn.recv()
-            except EOFError:  # the parent is gone
-                return
-            try:
-                if command == "first":
-                    t0 = time.perf_counter()
-                    outputs = session.run(feeds)
-                    reply: Any = (time.perf_counter() - t0, outputs)
-                elif command in ("calls", "burst"):
-                    if command == "burst":
-                        session.run(feeds)
-                    reply = []
-                    for _ in range(args[0]):
-                        t0 = time.perf_counter()
-                        session.run(feeds)
-                        reply.append(time.perf_counter() - t0)
-                elif command == "stop":
-                    reply = {"plan_changed": session.plan is not plan,
-                             "events": list(session.plan.events)}
-                else:
-                    raise ValueError(f"unknown command {command!r}")
-            except Exception as exc:  # noqa: BLE001 - reported to the parent as a row note
-                return conn.send(("error", f"{command}: {_why(exc)}"))
-            quiet()
-            conn.send(("ok", reply))
-            if command == "stop":
-                return
+
+        def first() -> tuple[float, Any]:
+            t0 = time.perf_counter()
+            outputs = session.run(feeds)
+            return time.perf_counter() - t0, outputs
+
+        serve(conn, lambda: session.run(feeds),
+              lambda: {"plan_changed": session.plan is not plan,
+                       "events": list(session.plan.events)}, first)
     finally:
         if not keep_learning:
             atexit.unregister(costmodel.save)

@@ -40,12 +40,13 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
+from unittest.mock import patch
 
 import numpy as np
 
 import backplane as bp
 from bench_scheduler import (Child, ChildFailed, Settings, _ms, _why, feeds_for, geomean, quiet,
-                             round_robin)
+                             round_robin, serve)
 
 #: The paths measured per model, in the order their children are set up.
 DIRECT = ("onnxruntime", "openvino")
@@ -124,37 +125,6 @@ def choose_models(names: list[str], corpus_only: bool, zoo_only: bool, quick: bo
 # -- children --------------------------------------------------------------------------------
 
 
-def serve(conn: Any, call: Any, stop: Any) -> None:
-    """Answer the parent's commands on ``conn`` until ``stop`` or the parent is gone:
-    ``calls n`` (n timed calls of ``call()``), ``burst n`` (one untimed call, then n timed),
-    ``stop`` (``stop()``'s value; the child then ends). Each answer waits until this
-    process's threads are quiet (bench_scheduler's ``quiet``)."""
-    while True:
-        try:
-            command, *args = conn.recv()
-        except EOFError:  # the parent is gone
-            return
-        try:
-            if command in ("calls", "burst"):
-                if command == "burst":
-                    call()
-                reply: Any = []
-                for _ in range(args[0]):
-                    t0 = time.perf_counter()
-                    call()
-                    reply.append(time.perf_counter() - t0)
-            elif command == "stop":
-                reply = stop()
-            else:
-                raise ValueError(f"unknown command {command!r}")
-        except Exception as exc:  # noqa: BLE001 - reported to the parent as a row note
-            return conn.send(("error", f"{command}: {_why(exc)}"))
-        quiet()
-        conn.send(("ok", reply))
-        if command == "stop":
-            return
-
-
 def direct_child(conn: Any, runtime: str, path: str, feeds: dict[str, np.ndarray]) -> None:
     """Entry point of a direct runtime's child: load the model, run it once, answer
     ``("ready", {ttfr_s, load_s, first_run_s, outputs})``, then :func:`serve`."""
@@ -219,16 +189,8 @@ def backplane_child(conn: Any, path: str, feeds: dict[str, np.ndarray]) -> None:
 def spawn(env: dict[str, str], target: Any, *args: Any) -> Child:
     """A :class:`Child` started with ``env`` over this process's environment ("spawn" starts
     the child with the environment as it is then); this process's is restored after."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with patch.dict(os.environ, env):
         return Child(target, *args)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # -- one model -------------------------------------------------------------------------------

@@ -188,9 +188,6 @@ class Selection:
                 costmodel.observe_partition(c.plan, c.plan.partitions[0], median)
         winner = compiled[best] if best is not None else self.first
         alternatives = self._alternatives(compiled, found, notes)
-        for c in compiled:
-            if c is not winner:
-                c.plan.selection = {}
         rounds = min((len(r) for r in found.rounds if r), default=0)
         winner.plan.selection = {
             "how": "measured", "winner": tuning.describe(winner.plan), "key": self.key[:12],
@@ -359,9 +356,9 @@ class Selecting:
             planner = self.planner
             with self._lock:
                 before = self._compiled
-                planned_on = with_dims(self.graph, {**planner.dims, **dims})
-                planner.dims = {**planner.dims, **dims}
-                planner.planned_on = planned_on
+                priced = {**planner.dims, **dims}
+                planner.planned_on = with_dims(self.graph, priced)
+                planner.dims = priced
             fresh = planner.schedule()
             same = tuning.pins_of(before.plan)
             if tuning.pins_of(fresh) == same:  # the same placements, priced at these sizes

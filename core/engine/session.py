@@ -475,16 +475,10 @@ def _default_dims(graph: Any, samples: Mapping[str, Any] | None) -> dict[str, in
     session was given samples: their sizes were taken)."""
     if samples is not None:
         return {}
-    out: dict[str, int] = {}
     try:
-        specs = random_input_specs(graph)
+        return dims_of(graph, {spec.name: spec for spec in random_input_specs(graph)})
     except InputError:
-        return out
-    for vi, spec in zip(graph.inputs, specs):
-        for d, size in zip(vi.shape or (), spec.shape):
-            if isinstance(d, str):
-                out.setdefault(d, int(size))
-    return out
+        return {}
 
 
 def _signature(inputs: Any) -> tuple | None:

@@ -52,7 +52,7 @@ from backplane import __version__
 from backplane.engine import costmodel
 from backplane.sdk.cache import ArtifactCache, cache_key
 from backplane.sdk.env import env_list
-from backplane.sdk.errors import UnsupportedError
+from backplane.sdk.errors import BackendError, UnsupportedError
 
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Mapping
@@ -304,8 +304,6 @@ def measure(compiled: list["CompiledPlan"], feeds: "Mapping[str, Any]", budget: 
     holds before and after it, so that the candidates are timed each on its own; after
     half the budget, bursts are kept whatever it says (a session that never rests still
     gets a choice). ``stop()`` ends the measuring early (the session was closed)."""
-    from backplane.sdk.errors import BackendError  # (a name tests never patch)
-
     start = time.perf_counter()
     found = Timings([[] for _ in compiled])
     live = list(range(len(compiled)))
