@@ -32,9 +32,10 @@ one candidate at a time, in a fresh random order per round, each a burst of abou
 :data:`BURST_S` of calls after the process's threads have gone still (another runtime's
 workers spin after a call) and one untimed call; it stops when every candidate's median
 is stable (the median of all rounds within :data:`STABLE` of the median without the last
-two), or when the winner is clear (its slowest quarter faster than every other's fastest quarter), after at least
-:data:`MIN_ROUNDS` rounds, or when the time budget runs out (:func:`budget_s`: the larger
-of :data:`DEFAULT_BUDGET_S` and :data:`COMPILE_SHARE` of the first compile).
+two), or when the winner is clear (its slowest quarter faster than every other's fastest
+quarter), after at least :data:`MIN_ROUNDS` rounds, or when the time budget runs out
+(:func:`budget_s`: the larger of :data:`DEFAULT_BUDGET_S` and :data:`COMPILE_SHARE` of the
+first compile).
 """
 
 from __future__ import annotations
