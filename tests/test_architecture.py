@@ -29,6 +29,7 @@ LAYERS = {
     "backplane.engine": "engine",
     "backplane.conformance": "conformance",
     "backplane.cli": "frontend", "backplane.serving": "frontend",
+    "backplane.pytorch": "frontend",
     "backplane.__main__": "frontend",
     "backplane.plugins": "plugins",
     "backplane": "facade",
@@ -55,7 +56,8 @@ PRIVATE_EXCEPTIONS: set[str] = set()
 LONG_FILE_EXCEPTIONS: set[str] = set()
 #: Names of private attributes that belong to other libraries' documented APIs.
 FOREIGN_PRIVATE = {"_exit", "_run", "_NodeTestCases", "_fields", "_replace", "_asdict",
-                   "_getframe", "_current_frames"}
+                   "_getframe", "_current_frames",
+                   "_version"}  # torch.Tensor's version counter: how in-place writes are seen
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: The documents whose code blocks run, in the order they run.
 DOCS = ["docs/writing-a-backend.md", "docs/applications.md", "docs/qualifying-hardware.md",
-        "docs/serving.md"]
+        "docs/serving.md", "docs/pytorch.md"]
 BLOCK_TIMEOUT_S = 300
 
 pytestmark = pytest.mark.slow

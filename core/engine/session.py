@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from backplane.engine import accuracy, tuning
@@ -34,6 +36,7 @@ from backplane.engine.runcheck import VERIFY_MODES, Verifier
 from backplane.engine.scheduler import DEFAULT_HEADROOM, Constraints
 from backplane.engine.selection import Gate, Selecting, Selection
 from backplane.model.graph import ValueInfo
+from backplane.model import torchexport
 from backplane.model.inputs import dims_of, validate_inputs
 from backplane.model.intake import load_model, with_dims
 from backplane.model.samples import RandomInput, draw, random_input_specs
@@ -166,6 +169,9 @@ class Session(Recovery, Selecting):
             raise UnsupportedError("delegate must be a callable (node, candidates) -> "
                                    "candidate or None")
         self.graph = load_model(model, base_dir=base_dir)
+        #: The model file the session runs, where it was given as a path (or exported by
+        #: :meth:`from_torch`); None for bytes and ModelProtos.
+        self.model_path = Path(model) if isinstance(model, (str, os.PathLike)) else None
         self._shapes = ShapeCheck(self.graph.model)  # inputs that do not fit, before any run
         self._source = (model, base_dir)  # read again by a run that overrides initializers
         self._overriding: dict[frozenset[str], Session] = {}
@@ -217,6 +223,38 @@ class Session(Recovery, Selecting):
         if self._selection is not None and self._fast_start:
             self._selection.start()
         plugin_manager().hook.backplane_session_created(session=self)
+
+    @classmethod
+    def from_torch(cls, module: Any, example_inputs: Any = (), *,
+                   dynamic_shapes: Any = None, export_dir: str | os.PathLike | None = None,
+                   **options: Any) -> "Session":
+        """A session over a torch module, exported to ONNX by ``torch.onnx.export`` with the
+        dynamo exporter (torch.export underneath), as the ``torch.compile`` backend does.
+
+        Args:
+            module: a ``torch.nn.Module`` (put in eval mode first: what it computes is what
+                is exported) or an ``ExportedProgram``.
+            example_inputs: a tuple of positional inputs, or a dict of keyword inputs; the
+                model's input names are ``forward``'s parameter names.
+            dynamic_shapes: torch.export's dynamic shapes (per input, axis to a
+                ``torch.export.Dim`` or a name); without it every size is fixed at the
+                example's.
+            export_dir: the folder the model is written to and kept in (``model.onnx``
+                and its weights in ``model.onnx.data``); default: a temporary folder
+                removed when the interpreter exits. ``session.model_path`` names the file.
+            **options: :class:`Session`'s own keyword arguments (``devices``, ``policy``,
+                ``precision``, ...).
+
+        Raises:
+            ModelError: the exporter refused the module (its reason is in the message).
+            UnsupportedError: torch or onnxscript is not installed.
+        """
+        args, kwargs = ((), dict(example_inputs)) if isinstance(example_inputs, Mapping) \
+            else (tuple(example_inputs) if isinstance(example_inputs, (tuple, list))
+                  else (example_inputs,), None)
+        path = torchexport.export(module, args, kwargs, dynamic_shapes=dynamic_shapes,
+                                  folder=export_dir)
+        return cls(str(path), **options)
 
     @property
     def plan(self) -> Plan:
