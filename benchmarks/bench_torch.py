@@ -3,7 +3,9 @@ on a BERT encoder, a ResNet-style CNN and a GPT-2 decoding step, at batch 1 and 
 CPU (issue 22). OpenVINO's own ``torch.compile`` backend (``backend="openvino"``, the anchor)
 is measured beside them where it is installed, and backplane under ``precision="auto"``
 (fp16, bf16 or int8 paths kept within 1e-2 of the reference; OpenVINO's backend takes the
-CPU's bf16 by itself where the CPU has it).
+CPU's bf16 by itself where the CPU has it). Last, ``Session.from_torch`` run directly
+(numpy views in, tensors out): the same session without dynamo, which shows what dynamo's
+guards and frame hook cost per call (the small MLP is there for that).
 
 Each (model, batch) starts from a fresh dynamo cache and a fresh inductor cache folder:
 - compile: the first call's wall time (dynamo tracing plus the backend's compile; for
@@ -37,6 +39,7 @@ from typing import Any
 
 import torch
 
+import backplane as bp
 import backplane.pytorch as bpt
 from backplane.conformance import torch_models
 from machine import cpu_name, versions
@@ -57,7 +60,10 @@ def models(batch: int) -> dict[str, tuple[Any, tuple]]:
     gpt2 = torch_models.gpt2(embd=256, layers=4, heads=4, vocab=8000, positions=256)
     step = torch_models.decoder_step(gpt2)
     past = tuple(torch.randn(batch, 4, 127, 64) for _ in range(2 * 4))
-    return {"bert": (bert, (ids,)), "cnn": (cnn, (image,)),
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(),
+                              torch.nn.Linear(64, 64)).eval()
+    return {"mlp": (mlp, (torch.randn(batch, 64),)), "bert": (bert, (ids,)),
+            "cnn": (cnn, (image,)),
             "gpt2-step": (step, (torch.randint(0, 8000, (batch, 1)), *past))}
 
 
@@ -69,7 +75,23 @@ def variants() -> dict[str, dict[str, Any]]:
                                "precision": "auto"}}}
     if "openvino" in torch._dynamo.list_backends():
         out["openvino (its torch.compile backend)"] = {"backend": "openvino"}
+    out["backplane Session.from_torch"] = "session"
     return out
+
+
+class Direct:
+    """``Session.from_torch`` on the first call; then its ``run``, fed numpy views of the
+    tensors, outputs back as tensors: backplane's session without dynamo around it."""
+
+    def __init__(self, module: Any) -> None:
+        self.module, self.session, self.names = module, None, []
+
+    def __call__(self, *inputs: Any) -> Any:
+        if self.session is None:
+            self.session = bp.Session.from_torch(self.module, inputs)
+            self.names = [vi.name for vi in self.session.inputs]
+        out = self.session.run({n: t.numpy() for n, t in zip(self.names, inputs)})
+        return tuple(torch.from_numpy(v) for v in out.values())
 
 
 def flat(out: Any) -> list[Any]:
@@ -98,7 +120,8 @@ def measure(name: str, module: Any, inputs: tuple, batch: int, rounds: int) -> l
         want = module(*inputs)
         for label, kwargs in variants().items():
             before = {id(g) for g in bpt.graphs()}  # the graphs this variant adds are its own
-            mine = module if kwargs is None else torch.compile(copy.deepcopy(module), **kwargs)
+            mine = module if kwargs is None else Direct(copy.deepcopy(module)) \
+                if kwargs == "session" else torch.compile(copy.deepcopy(module), **kwargs)
             start = time.perf_counter()
             try:
                 with warnings.catch_warnings(record=True) as caught:
@@ -116,6 +139,7 @@ def measure(name: str, module: Any, inputs: tuple, batch: int, rounds: int) -> l
             if label.startswith("backplane"):
                 sessions = [s for g in bpt.graphs() if id(g) not in before
                             for s in g.sessions_list()]
+                sessions += [mine.session] if isinstance(mine, Direct) else []
                 for session in sessions:
                     session.wait_selected(120)
                 row["selected_s"] = time.perf_counter() - start
@@ -146,7 +170,7 @@ def measure(name: str, module: Any, inputs: tuple, batch: int, rounds: int) -> l
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="bert,cnn,gpt2-step")
+    parser.add_argument("--models", default="mlp,bert,cnn,gpt2-step")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--json", help="also write the rows to this file")

@@ -159,8 +159,8 @@ class CompiledGraph:
         taken: set[str] = set()
         for i, (node, example) in enumerate(zip(placeholders, example_inputs)):
             fake = node.meta.get("example_value")
-            if _from_module(node):
-                self.frozen.append(i)
+            if _from_module(node) and isinstance(example, torch.Tensor):
+                self.frozen.append(i)  # a module's number (eps, a size) is keyed instead
             elif isinstance(example, torch.Tensor):
                 position = len(self.inputs)
                 self.inputs.append(i)
@@ -313,12 +313,8 @@ def _replay_class(torch: Any) -> type:
         def __init__(self, graph: CompiledGraph, args: Any) -> None:
             super().__init__()
             self.gm = graph.gm
-            self.frozen = list(graph.frozen)
             for n, i in enumerate(graph.frozen):
-                value = args[i]
-                if not isinstance(value, torch.Tensor):
-                    value = torch.tensor(value)
-                self.register_buffer(f"w{n}", value.detach(), persistent=True)
+                self.register_buffer(f"w{n}", args[i].detach(), persistent=True)
             self.plan = []
             inputs = {i: k for k, i in enumerate(graph.inputs)}
             frozen = {i: n for n, i in enumerate(graph.frozen)}
@@ -422,7 +418,7 @@ def _output_count(gm: Any) -> int:
 def _check_fast(session: Session, settings: dict[str, Any]) -> None:
     """Nodes that only the reference backend (pure Python) would run make a graph slower
     than eager: refused, unless the caller named the devices."""
-    if "devices" in settings:
+    if settings.get("devices", "auto") != "auto":
         return
     slow = sorted({p.op for p in session.plan.placements if p.backend == "reference"})
     if slow:

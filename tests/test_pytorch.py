@@ -176,8 +176,39 @@ def test_options_reach_the_session_and_unknown_ones_are_named():
         (session,) = bpt.graphs()[-1].sessions_list()
         assert {p.backend for p in session.plan.partitions} == {backend}
     torch._dynamo.reset()
+    compiled = torch.compile(net, backend="backplane",
+                             options={"precision": "auto", "max_rel_error": 1e-2})
+    with torch.no_grad():
+        got = ran_on_backplane(lambda: compiled(x))
+    (session,) = bpt.graphs()[-1].sessions_list()
+    assert session.precision == "auto" and session.max_rel_error == 1e-2
+    with torch.no_grad():
+        want = net(x)
+    assert float((got - want).abs().max()) <= 1e-2 * float(want.abs().max())  # the budget
+    torch._dynamo.reset()
     with pytest.raises(Exception, match="unknown torch.compile option 'devcies'.*devices"):
         torch.compile(net, backend="backplane", options={"devcies": "auto"})(x)
+
+
+def test_a_graph_only_the_reference_backend_would_run_runs_eager_unless_named():
+    """The reference backend is pure Python: slower than eager, so it is no target unless
+    the caller names it."""
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Softsign()).eval()
+    x = torch.randn(2, 8)
+    fast = sorted({d.backend for d in bp.registry().devices()} - {"reference"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            got = torch.compile(net, backend="backplane", options={"exclude": fast})(x)
+    mine = [str(w.message) for w in caught if str(w.message).startswith("backplane:")]
+    assert len(mine) == 1 and "reference backend" in mine[0] and "Abs" in mine[0], mine
+    close(got, net(x), "eager")
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="backplane", options={"devices": ["reference"]})
+    with torch.no_grad():
+        close(ran_on_backplane(lambda: compiled(x)), net(x), "on the reference, as named")
+    (session,) = bpt.graphs()[-1].sessions_list()
+    assert {p.backend for p in session.plan.partitions} == {"reference"}
 
 
 def test_weights_changed_in_place_are_seen():
@@ -221,6 +252,18 @@ def test_from_torch_keeps_the_export_and_takes_dynamic_sizes(tmp_path):
         (out,) = session.run({"x": x}).values()
         with torch.no_grad():
             close(torch.from_numpy(out), model(x), f"from_torch at batch {size}")
+
+
+def test_from_torch_takes_keyword_inputs():
+    class Mix(torch.nn.Module):
+        def forward(self, image, scale):
+            return torch.sigmoid(image) * scale
+
+    image, scale = torch.randn(2, 3), torch.randn(2, 1)
+    session = bp.Session.from_torch(Mix(), {"image": image, "scale": scale})
+    assert [vi.name for vi in session.inputs] == ["image", "scale"]
+    (out,) = session.run({"image": image, "scale": scale}).values()
+    close(torch.from_numpy(out), Mix()(image, scale), "keyword inputs")
 
 
 def test_from_torch_says_why_a_module_cannot_be_exported():
