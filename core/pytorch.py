@@ -68,7 +68,8 @@ _compiled: list[weakref.ref] = []  # every CompiledGraph of this process, oldest
 
 def graphs() -> list["CompiledGraph"]:
     """The graphs compiled by this backend in this process that are still in use, oldest
-    first; each one's ``sessions`` are the :class:`backplane.Session` objects it runs."""
+    first; each one's ``sessions_list()`` gives the :class:`backplane.Session` objects it
+    runs."""
     return [g for g in (ref() for ref in list(_compiled)) if g is not None]
 
 
@@ -218,6 +219,7 @@ class CompiledGraph:
                                       input_names=self.names,
                                       output_names=[f"output_{i}" for i in range(self.outputs)])
             session = Session(str(path), **self.settings)
+            torchexport.remove_with(session, path)
             _check_fast(session, self.settings)
             self._note_fixed(session)
             outputs = [vi.name for vi in session.outputs]

@@ -11,6 +11,7 @@ sums). The seed is printed and put in every assertion message (set
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import warnings
@@ -86,9 +87,18 @@ def test_a_bert_encoder_matches_eager_across_batch_and_sequence_lengths():
             want = model(input_ids=ids, attention_mask=mask)
             for key in ("last_hidden_state", "pooler_output"):
                 close(got[key], want[key], f"bert {key} at batch {batch}, length {length}")
-    # the sizes dynamo marked dynamic stayed dynamic: the last graph takes any batch
+    # the sizes dynamo marked dynamic stayed dynamic: the last graph takes any batch and
+    # length, with no further export or recompile
     declared = [vi.shape for g in bpt.graphs() for s in g.sessions_list() for vi in s.inputs]
     assert any(all(isinstance(d, str) for d in shape) for shape in declared), declared
+    graphs = len(bpt.graphs())
+    with torch.no_grad():
+        ids, mask = torch.randint(0, 1000, (6, 40)), torch.ones(6, 40, dtype=torch.int64)
+        close(compiled(input_ids=ids, attention_mask=mask)["last_hidden_state"],
+              model(input_ids=ids, attention_mask=mask)["last_hidden_state"],
+              "bert at batch 6, length 40")
+    assert len(bpt.graphs()) == graphs
+    assert sum(len(g.sessions_list()) for g in bpt.graphs()) == graphs
 
 
 def test_a_gpt2_decoder_steps_through_its_kv_cache_like_eager():
@@ -127,6 +137,20 @@ def test_a_cnn_matches_eager_across_batch_sizes():
 
 
 # ------------------------------------------------------------------ graphs and options
+
+
+def test_a_dimension_marked_dynamic_is_one_session_for_every_size():
+    net = torch.nn.Sequential(torch.nn.Linear(12, 6), torch.nn.LayerNorm(6)).eval()
+    compiled = torch.compile(net, backend="backplane")
+    with torch.no_grad():
+        for batch in (2, 5, 9, 33):
+            x = torch.randn(batch, 12)
+            torch._dynamo.mark_dynamic(x, 0)
+            close(ran_on_backplane(lambda: compiled(x)), net(x), f"batch {batch}")
+    (graph,) = bpt.graphs()
+    (session,) = graph.sessions_list()
+    (declared,) = session.inputs
+    assert isinstance(declared.shape[0], str) and declared.shape[1] == 12, declared.shape
 
 
 def test_a_graph_break_gives_one_session_per_graph():
@@ -279,6 +303,10 @@ def test_from_torch_says_why_a_module_cannot_be_exported():
         bp.Session.from_torch(Training().train(), (torch.randn(3, 4),))
     default = bp.Session.from_torch(torch.nn.ReLU(), (torch.randn(3),))
     assert default.model_path.is_file() and "backplane-torch-" in str(default.model_path)
+    folder = default.model_path.parent
+    del default
+    gc.collect()
+    assert not folder.exists(), "a temporary export outlived its session"
 
 
 def test_a_graph_that_writes_into_its_input_runs_eager():

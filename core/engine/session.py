@@ -241,7 +241,8 @@ class Session(Recovery, Selecting):
                 example's.
             export_dir: the folder the model is written to and kept in (``model.onnx``
                 and its weights in ``model.onnx.data``); default: a temporary folder
-                removed when the interpreter exits. ``session.model_path`` names the file.
+                removed with the session (or when the interpreter exits).
+                ``session.model_path`` names the file.
             **options: :class:`Session`'s own keyword arguments (``devices``, ``policy``,
                 ``precision``, ...).
 
@@ -254,7 +255,9 @@ class Session(Recovery, Selecting):
                   else (example_inputs,), None)
         path = torchexport.export(module, args, kwargs, dynamic_shapes=dynamic_shapes,
                                   folder=export_dir)
-        return cls(str(path), **options)
+        session = cls(str(path), **options)
+        torchexport.remove_with(session, path)
+        return session
 
     @property
     def plan(self) -> Plan:

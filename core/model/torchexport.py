@@ -3,8 +3,8 @@ the weights beside the model in ``model.onnx.data``.
 
 Used by :meth:`backplane.Session.from_torch` and by the ``torch.compile`` backend
 (:mod:`backplane.pytorch`). Each export goes to a folder of its own: the one the caller
-names, kept; else a fresh temporary folder, removed when the interpreter exits (the
-session's ``model_path`` names the file while it runs).
+names, kept; else a fresh temporary folder, removed with the session that runs it
+(:func:`remove_with`) or when the interpreter exits.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import threading
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,11 @@ def export(module: Any, args: tuple = (), kwargs: dict[str, Any] | None = None, 
             warnings.simplefilter("ignore")
             program = module
             if not isinstance(module, torch.export.ExportedProgram):
-                program = torch.export.export(module, tuple(args), kwargs=kwargs or None,
+                # torch.export marks and then clears the dynamic dimensions of the tensors it
+                # is given: the caller's own (a tensor dynamo is compiling for) keep theirs.
+                args = tuple(_detached(torch, a) for a in args)
+                kwargs = {k: _detached(torch, v) for k, v in (kwargs or {}).items()}
+                program = torch.export.export(module, args, kwargs=kwargs or None,
                                               dynamic_shapes=dynamic_shapes, strict=False)
             _refuse_mutations(program, what)
             onnx_program = torch.onnx.export(program, dynamo=True, verbose=False, report=False,
@@ -84,6 +89,10 @@ def export(module: Any, args: tuple = (), kwargs: dict[str, Any] | None = None, 
             f"exporter's full report: torch.onnx.export(module, args, dynamo=True, "
             f"report=True))") from exc
     return target
+
+
+def _detached(torch: Any, value: Any) -> Any:
+    return value.detach() if isinstance(value, torch.Tensor) else value
 
 
 #: Loggers whose warnings during an export are the exporter's own business (a constant
@@ -163,6 +172,16 @@ def _folder(folder: str | Path | None) -> Path:
             atexit.register(_remove_temporary)
         _temporary.append(path)
     return path
+
+
+def remove_with(owner: Any, path: Path) -> None:
+    """Remove ``path``'s folder when ``owner`` (the session running it) is collected, if it
+    is one of the temporary folders (a folder the caller named is kept)."""
+    folder = Path(path).parent
+    with _lock:
+        if folder not in _temporary:
+            return
+    weakref.finalize(owner, shutil.rmtree, folder, True)
 
 
 def _remove_temporary() -> None:
