@@ -132,6 +132,7 @@ class CompiledGraph:
         self.sizes: dict[int, tuple[int, int]] = {}  # argument -> (input, axis) it is read from
         self.frozen: list[int] = []        # argument positions frozen into the model
         self.values: list[int] = []        # Python numbers: one session per value
+        self.numbers: dict[int, Any] = {}  # those of them dynamo wraps as 0-d tensors: dtype
         self.dynamic: list[dict[int, str]] = []  # per ONNX input: axis -> dynamo's symbol
         self._sort(gm, example_inputs)
         self.outputs = _output_count(gm)
@@ -160,7 +161,10 @@ class CompiledGraph:
         taken: set[str] = set()
         for i, (node, example) in enumerate(zip(placeholders, example_inputs)):
             fake = node.meta.get("example_value")
-            if _from_module(node) and isinstance(example, torch.Tensor):
+            if _wrapped_number(node, example):
+                self.numbers[i] = example.dtype  # a Python number dynamo passes as a tensor
+                self.values.append(i)
+            elif _from_module(node) and isinstance(example, torch.Tensor):
                 self.frozen.append(i)  # a module's number (eps, a size) is keyed instead
             elif isinstance(example, torch.Tensor):
                 position = len(self.inputs)
@@ -314,7 +318,8 @@ def _replay_class(torch: Any) -> type:
     class Replay(torch.nn.Module):
         def __init__(self, graph: CompiledGraph, args: Any) -> None:
             super().__init__()
-            self.gm = graph.gm
+            self.gm = _numbers_inlined(torch, graph.gm, {i: _plain(args[i])
+                                                         for i in graph.numbers})
             for n, i in enumerate(graph.frozen):
                 self.register_buffer(f"w{n}", args[i].detach(), persistent=True)
             self.plan = []
@@ -327,6 +332,9 @@ def _replay_class(torch: Any) -> type:
                     self.plan.append(("frozen", f"w{frozen[i]}"))
                 elif i in graph.sizes:
                     self.plan.append(("size", graph.sizes[i]))
+                elif i in graph.numbers:
+                    self.plan.append(("value", torch.tensor(_plain(args[i]),
+                                                            dtype=graph.numbers[i])))
                 else:
                     self.plan.append(("value", _plain(args[i])))
 
@@ -344,6 +352,33 @@ def _replay_class(torch: Any) -> type:
             return tuple(self.gm(*args))
 
     return Replay
+
+
+def _wrapped_number(node: Any, example: Any) -> bool:
+    """A Python number (a module's ``eps``, a float argument under ``dynamic=True``) that
+    dynamo passes as a 0-d tensor and reads back with ``.item()``."""
+    grapharg = node.meta.get("grapharg")
+    return bool(getattr(grapharg, "pass_arg_as_tensor", False)) and \
+        getattr(example, "ndim", None) == 0
+
+
+def _numbers_inlined(torch: Any, gm: Any, numbers: dict[int, Any]) -> Any:
+    """``gm``, or a copy of it in which each ``.item()`` of a wrapped number is the number
+    itself: traced as a tensor read, it would be a data-dependent value to the exporter."""
+    if not numbers:
+        return gm
+    graph = torch.fx.Graph()
+    graph.output(graph.graph_copy(gm.graph, {}))
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    items = (torch.ops.aten.item.default, torch.Tensor.item)
+    for i, value in numbers.items():
+        for user in list(placeholders[i].users):
+            if (user.op == "call_method" and user.target == "item") or \
+                    (user.op == "call_function" and user.target in items):
+                for reader in list(user.users):
+                    reader.replace_input_with(user, value)
+                graph.erase_node(user)
+    return torch.fx.GraphModule(gm, graph)
 
 
 def _outside(fn: Any, *args: Any) -> Any:

@@ -31,11 +31,24 @@ SEED = int(os.environ.get("BACKPLANE_TEST_SEED") or secrets.randbits(31))
 FP32 = 1e-4
 
 
+EARLIER: set[int] = set()  # ids of the graphs alive when the running test began
+
+
+def graphs() -> list:
+    """The graphs compiled by backend 'backplane' during the running test."""
+    return [g for g in bpt.graphs() if id(g) not in EARLIER]
+
+
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
     """Each test compiles from scratch: dynamo's cache would otherwise carry a graph (and
     its sizes marked dynamic) from one test to the next."""
     torch._dynamo.reset()
+    gc.collect()
+    # dynamo keeps a graph as long as its code object's cache (a function nested in a test
+    # lives with the module): each test counts the graphs it made
+    EARLIER.clear()
+    EARLIER.update(id(g) for g in bpt.graphs())
     torch.manual_seed(SEED)
     print(f"random seed: {SEED} (replay with BACKPLANE_TEST_SEED={SEED})")
     yield
@@ -89,16 +102,16 @@ def test_a_bert_encoder_matches_eager_across_batch_and_sequence_lengths():
                 close(got[key], want[key], f"bert {key} at batch {batch}, length {length}")
     # the sizes dynamo marked dynamic stayed dynamic: the last graph takes any batch and
     # length, with no further export or recompile
-    declared = [vi.shape for g in bpt.graphs() for s in g.sessions_list() for vi in s.inputs]
+    declared = [vi.shape for g in graphs() for s in g.sessions_list() for vi in s.inputs]
     assert any(all(isinstance(d, str) for d in shape) for shape in declared), declared
-    graphs = len(bpt.graphs())
+    count = len(graphs())
     with torch.no_grad():
         ids, mask = torch.randint(0, 1000, (6, 40)), torch.ones(6, 40, dtype=torch.int64)
         close(compiled(input_ids=ids, attention_mask=mask)["last_hidden_state"],
               model(input_ids=ids, attention_mask=mask)["last_hidden_state"],
               "bert at batch 6, length 40")
-    assert len(bpt.graphs()) == graphs
-    assert sum(len(g.sessions_list()) for g in bpt.graphs()) == graphs
+    assert len(graphs()) == count
+    assert sum(len(g.sessions_list()) for g in graphs()) == count
 
 
 def test_a_gpt2_decoder_steps_through_its_kv_cache_like_eager():
@@ -147,7 +160,7 @@ def test_a_dimension_marked_dynamic_is_one_session_for_every_size():
             x = torch.randn(batch, 12)
             torch._dynamo.mark_dynamic(x, 0)
             close(ran_on_backplane(lambda: compiled(x)), net(x), f"batch {batch}")
-    (graph,) = bpt.graphs()
+    (graph,) = graphs()
     (session,) = graph.sessions_list()
     (declared,) = session.inputs
     assert isinstance(declared.shape[0], str) and declared.shape[1] == 12, declared.shape
@@ -165,8 +178,8 @@ def test_a_graph_break_gives_one_session_per_graph():
     x = torch.randn(3, 8)
     with torch.no_grad():
         close(ran_on_backplane(lambda: compiled(x)), fn(x), "two graphs")
-    assert len(bpt.graphs()) == 2
-    assert all(len(g.sessions_list()) == 1 for g in bpt.graphs())
+    assert len(graphs()) == 2
+    assert all(len(g.sessions_list()) == 1 for g in graphs())
     assert bpt.explain().count("torch.compile graph") == 2
 
 
@@ -197,14 +210,14 @@ def test_options_reach_the_session_and_unknown_ones_are_named():
                                  options={"devices": [backend], "policy": "latency"})
         with torch.no_grad():
             close(ran_on_backplane(lambda: compiled(x)), net(x), f"pinned to {backend}")
-        (session,) = bpt.graphs()[-1].sessions_list()
+        (session,) = graphs()[-1].sessions_list()
         assert {p.backend for p in session.plan.partitions} == {backend}
     torch._dynamo.reset()
     compiled = torch.compile(net, backend="backplane",
                              options={"precision": "auto", "max_rel_error": 1e-2})
     with torch.no_grad():
         got = ran_on_backplane(lambda: compiled(x))
-    (session,) = bpt.graphs()[-1].sessions_list()
+    (session,) = graphs()[-1].sessions_list()
     assert session.precision == "auto" and session.max_rel_error == 1e-2
     with torch.no_grad():
         want = net(x)
@@ -231,7 +244,7 @@ def test_a_graph_only_the_reference_backend_would_run_runs_eager_unless_named():
     compiled = torch.compile(net, backend="backplane", options={"devices": ["reference"]})
     with torch.no_grad():
         close(ran_on_backplane(lambda: compiled(x)), net(x), "on the reference, as named")
-    (session,) = bpt.graphs()[-1].sessions_list()
+    (session,) = graphs()[-1].sessions_list()
     assert {p.backend for p in session.plan.partitions} == {"reference"}
 
 
@@ -346,3 +359,21 @@ def test_python_numbers_select_a_session_each():
     with torch.no_grad():
         for n in (2, 3, 4, 3):  # from the second value on, dynamo passes n as a number
             close(ran_on_backplane(lambda: compiled(x, n)), fn(x, n), f"n = {n}")
+
+
+def test_dynamic_true_runs_module_and_argument_numbers_as_constants():
+    """Under ``dynamic=True`` dynamo passes a module's float (LayerNorm's eps) and a float
+    argument as 0-d tensors read back with ``.item()``: each is baked into the model."""
+    net = torch.nn.Sequential(torch.nn.Linear(12, 6), torch.nn.LayerNorm(6)).eval()
+
+    def fn(x, scale):
+        return net(x) * scale
+
+    compiled = torch.compile(fn, backend="backplane", dynamic=True)
+    with torch.no_grad():
+        for batch, scale in ((2, 0.5), (7, 1.5), (3, 0.5)):
+            x = torch.randn(batch, 12)
+            close(ran_on_backplane(lambda: compiled(x, scale)), fn(x, scale),
+                  f"batch {batch}, scale {scale}")
+    sessions = [s for g in graphs() for s in g.sessions_list()]
+    assert len(sessions) <= 2, "one session per value of scale, whatever the batch"
