@@ -49,22 +49,29 @@ from machine import cpu_name, versions
 GOAL_MODELS = ("bert", "cnn")
 
 
-def models(batch: int) -> dict[str, tuple[Any, tuple]]:
-    """name -> (module, positional inputs) at ``batch``."""
-    torch.manual_seed(0)
-    bert = torch_models.bert(hidden=256, layers=4, heads=4, intermediate=1024, vocab=8000,
-                             positions=256)
-    ids = torch.randint(0, 8000, (batch, 128))
-    cnn = torch_models.resnet(widths=(64, 128, 256, 512), classes=1000)
-    image = torch.randn(batch, 3, 224, 224)
-    gpt2 = torch_models.gpt2(embd=256, layers=4, heads=4, vocab=8000, positions=256)
-    step = torch_models.decoder_step(gpt2)
-    past = tuple(torch.randn(batch, 4, 127, 64) for _ in range(2 * 4))
-    mlp = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(),
-                              torch.nn.Linear(64, 64)).eval()
-    return {"mlp": (mlp, (torch.randn(batch, 64),)), "bert": (bert, (ids,)),
-            "cnn": (cnn, (image,)),
-            "gpt2-step": (step, (torch.randint(0, 8000, (batch, 1)), *past))}
+def models(batch: int) -> dict[str, Any]:
+    """name -> a builder of (module, positional inputs) at ``batch``."""
+
+    def bert() -> tuple[Any, tuple]:
+        model = torch_models.bert(hidden=256, layers=4, heads=4, intermediate=1024,
+                                  vocab=8000, positions=256)
+        return model, (torch.randint(0, 8000, (batch, 128)),)
+
+    def cnn() -> tuple[Any, tuple]:
+        model = torch_models.resnet(widths=(64, 128, 256, 512), classes=1000)
+        return model, (torch.randn(batch, 3, 224, 224),)
+
+    def gpt2_step() -> tuple[Any, tuple]:
+        gpt2 = torch_models.gpt2(embd=256, layers=4, heads=4, vocab=8000, positions=256)
+        past = tuple(torch.randn(batch, 4, 127, 64) for _ in range(2 * 4))
+        return torch_models.decoder_step(gpt2), (torch.randint(0, 8000, (batch, 1)), *past)
+
+    def mlp() -> tuple[Any, tuple]:
+        model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(),
+                                    torch.nn.Linear(64, 64)).eval()
+        return model, (torch.randn(batch, 64),)
+
+    return {"mlp": mlp, "bert": bert, "cnn": cnn, "gpt2-step": gpt2_step}
 
 
 def variants() -> dict[str, dict[str, Any]]:
@@ -185,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | batch | variant | compile s | steady ms | inductor / this | error |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     for batch in (int(b) for b in args.batches.split(",")):
-        built = models(batch)
+        builders = models(batch)
         for name in args.models.split(","):
-            module, inputs = built[name]
+            torch.manual_seed(0)
+            module, inputs = builders[name]()
             for row in measure(name, module, inputs, batch, args.rounds):
                 rows.append(row)
                 if "failed" in row:

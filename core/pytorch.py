@@ -137,7 +137,8 @@ class CompiledGraph:
         self._sort(gm, example_inputs)
         self.outputs = _output_count(gm)
         self.fixed: list[tuple[int, int]] = []  # (input, axis) the exporter fixed: keyed
-        self.sessions: OrderedDict[tuple, tuple[Session, list[str], list[str]]] = OrderedDict()
+        # key -> (session, its (input name, argument position) pairs, output names)
+        self.sessions: OrderedDict[tuple, tuple] = OrderedDict()
         self.lock = threading.Lock()
         self.versions: list[int] = []
         self.weights: list[Any] = []
@@ -204,7 +205,7 @@ class CompiledGraph:
 
     # ------------------------------------------------------------------ export
 
-    def _session(self, args: Any, key: tuple) -> tuple[Session, list[str], list[str]]:
+    def _session(self, args: Any, key: tuple) -> tuple:
         with self.lock:
             found = self.sessions.get(key)
             if found:
@@ -230,7 +231,9 @@ class CompiledGraph:
             if len(outputs) != self.outputs:
                 raise UnsupportedError(f"the ONNX model has {len(outputs)} outputs, the graph "
                                        f"{self.outputs}")
-            found = (session, [vi.name for vi in session.inputs], outputs)
+            # each of the session's inputs (the exporter drops unused ones) and its argument
+            position = dict(zip(self.names, self.inputs))
+            found = (session, [(vi.name, position[vi.name]) for vi in session.inputs], outputs)
             self.sessions[self._key(args)] = found
             while len(self.sessions) > SESSIONS:
                 self.sessions.popitem(last=False)
@@ -268,16 +271,16 @@ class CompiledGraph:
         found = self.sessions.get(key) or self._specialised(args, key)
         if found is EAGER:
             return self.gm.forward(*args)
-        session, names, outputs = found
+        session, feeding, outputs = found
         feeds = {}
         device = None
-        for name, i in zip(self.names, self.inputs):
+        for name, i in feeding:
             tensor = args[i]
             if tensor.device.type != "cpu":
                 device = tensor.device
                 tensor = tensor.cpu()
             feeds[name] = tensor.detach().numpy()
-        out = session.run({n: feeds[n] for n in names})
+        out = session.run(feeds)
         result = [torch.from_numpy(out[n]) for n in outputs]
         if device is not None:
             result = [t.to(device) for t in result]

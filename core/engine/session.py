@@ -250,9 +250,12 @@ class Session(Recovery, Selecting):
             ModelError: the exporter refused the module (its reason is in the message).
             UnsupportedError: torch or onnxscript is not installed.
         """
-        args, kwargs = ((), dict(example_inputs)) if isinstance(example_inputs, Mapping) \
-            else (tuple(example_inputs) if isinstance(example_inputs, (tuple, list))
-                  else (example_inputs,), None)
+        if isinstance(example_inputs, Mapping):
+            args, kwargs = (), dict(example_inputs)
+        elif isinstance(example_inputs, (tuple, list)):
+            args, kwargs = tuple(example_inputs), None
+        else:  # one tensor
+            args, kwargs = (example_inputs,), None
         path = torchexport.export(module, args, kwargs, dynamic_shapes=dynamic_shapes,
                                   folder=export_dir)
         session = cls(str(path), **options)

@@ -61,11 +61,10 @@ def export(module: Any, args: tuple = (), kwargs: dict[str, Any] | None = None, 
     torch = torch_module()
     target = _folder(folder) / MODEL_FILE
     what = what or type(module).__name__
-    log = io.StringIO()
     try:
         # The exporter's progress lines and torch.export's FutureWarnings about its own
         # internals say nothing about the model; its failure says everything.
-        with contextlib.redirect_stdout(log), warnings.catch_warnings(), _quiet(), \
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet(), \
                 torch.no_grad():
             warnings.simplefilter("ignore")
             program = module
